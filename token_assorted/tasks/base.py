@@ -8,11 +8,12 @@ sequence is always P ⊕ C ⊕ S, with the solution opened by `SOLUTION_MARKER`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import Example
+from ..schema import Example, load_examples
 
 SOLUTION_MARKER = "###"
 
@@ -63,6 +64,10 @@ class Task(ABC):
         return Verdict(normalize_text(predicted) == normalize_text(example.answer), predicted)
 
     # --- data ----------------------------------------------------------------------
+    def load(self, path: str | Path) -> list[Example]:
+        """Load a file of this task (the Coconut schema; tasks with other official formats override)."""
+        return load_examples(path)
+
     def generate(self, n: int, seed: int, **options: Any) -> list[Example]:
         raise NotImplementedError(f"task {self.name!r} has no generator; load its official files")
 
