@@ -1,10 +1,123 @@
-"""`token-assorted data` (not implemented yet)."""
+"""`token-assorted data`: generate a task's data set, or summarise a data file.
+
+    token-assorted data generate prosqa --n 1000 --seed 0 --out train.jsonl [--nodes 10 ...]
+    token-assorted data stats train.jsonl [--task prosqa]
+
+Task options of `generate` come from `Task.generator_options()` and are parsed after the
+task is known, so every task with a generator (ProntoQA, ProsQA, the Keys-Finding Maze)
+gets its own `--option` flags. The same seed always writes the same bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from typing import Any
+
+from ..errors import DataError
+from ..io import read_records
+from ..schema import Example, save_examples
+
+MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="(not implemented yet)")
-    parser.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("data")))
+    parser = subparsers.add_parser("data", help="generate a task's data set or summarise a data file")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    generate = actions.add_parser(
+        "generate", help="generate examples of TASK (task options: `data generate TASK --help`)",
+        add_help=False)
+    generate.add_argument("task", help="task name (prontoqa, prosqa, keys-maze)")
+    # Everything after TASK is parsed by a second parser that knows the task's options.
+    generate.add_argument("task_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    generate.set_defaults(func=run_generate)
+
+    stats = actions.add_parser("stats", help="print a JSON summary of a data file")
+    stats.add_argument("file", help="a JSONL file or JSON list of examples")
+    stats.add_argument("--task", default=None, help="task of the file (default: inferred from the records)")
+    stats.set_defaults(func=run_stats)
+
+
+# --- generate ----------------------------------------------------------------------------
+def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -> argparse.ArgumentParser:
+    """The parser of `data generate TASK ...`: common flags plus one flag per task option."""
+    parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
+                                     description=f"Generate {task_name} examples as JSONL.")
+    parser.add_argument("--n", type=_positive_int, required=True, help="number of examples")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    parser.add_argument("--out", required=True, help="output JSONL file (written atomically)")
+    group = parser.add_argument_group(f"{task_name} options")
+    for name, (kind, default, text) in options.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default,
+                               help=f"{text} (default: {default})")
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=default, help=f"{text} (default: {default})")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ..tasks import get_task
+
+    task = get_task(args.task)
+    options = task.generator_options()
+    parsed = generate_parser(task.name, options).parse_args(args.task_args)
+    examples = task.generate(parsed.n, parsed.seed, **{name: getattr(parsed, name) for name in options})
+    save_examples(parsed.out, examples)
+    print(f"wrote {len(examples)} {task.name} examples to {parsed.out}", file=sys.stderr)
+    return 0
+
+
+# --- stats -------------------------------------------------------------------------------
+def run_stats(args: argparse.Namespace) -> int:
+    from ..tasks import get_task
+
+    task = get_task(args.task) if args.task else infer_file_task(args.file)
+    examples = task.load(args.file)
+    print(json.dumps({"file": args.file, "task": task.name, **summarize(examples), **task.stats(examples)},
+                     indent=2))
+    return 0
+
+
+def infer_file_task(path: str):
+    """The task of a data file, from its first record; the record is validated first so a
+    malformed file reports its bad field rather than an unknown task."""
+    from ..tasks import infer_task
+
+    line, record = read_records(path)[0]
+    Example.from_dict(record, path=path, line=line, allow_empty_steps=True)
+    task = infer_task(record)
+    if task is None:
+        raise DataError(path, "cannot tell which task these records belong to; pass --task", line=line)
+    return task
+
+
+def summarize(examples: list[Example]) -> dict[str, Any]:
+    """Figures common to every task: sizes in words, the step histogram, the answers."""
+    def mean_words(texts: list[str]) -> float:
+        return round(statistics.fmean(len(text.split()) for text in texts), 2)
+
+    answers = Counter(example.answer for example in examples)
+    summary: dict[str, Any] = {
+        "count": len(examples),
+        "question_words_mean": mean_words([e.question for e in examples]),
+        "trace_words_mean": mean_words([" ".join(e.steps) for e in examples]),
+        "answer_words_mean": mean_words([e.answer for e in examples]),
+        "steps_histogram": {str(k): v for k, v in sorted(Counter(len(e.steps) for e in examples).items())},
+        "distinct_answers": len(answers),
+    }
+    if len(answers) <= MAX_LISTED_ANSWERS:
+        summary["answer_distribution"] = {a: round(c / len(examples), 4) for a, c in sorted(answers.items())}
+    return summary

@@ -75,6 +75,10 @@ class Task(ABC):
         """CLI options of the generator: name -> (type, default, help)."""
         return {}
 
+    def lexicon(self) -> list[str]:
+        """Every word the generator can emit, so a word-level tokenizer covers unseen data ([] if open-ended)."""
+        return []
+
     def stats(self, examples: list[Example]) -> dict[str, Any]:
         """Task-specific figures for `data stats` (the common ones are computed elsewhere)."""
         return {}
