@@ -1,10 +1,149 @@
-"""`token-assorted vqvae` (not implemented yet)."""
+"""`token-assorted vqvae train|encode|decode`: stage 1 from the command line.
+
+    vqvae train  --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
+    vqvae encode --vqvae DIR --data FILE --task T --out CODES.jsonl
+    vqvae decode --vqvae DIR --prompt TEXT --codes 12,7,40
+
+Options given on the command line override those of --config, which override the defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
+
+HELP = {
+    "task": "task name: prontoqa, prosqa, keys-maze or gsm8k",
+    "data": "training examples (JSONL or JSON list, Coconut schema)",
+    "valid": "validation examples (default: the first 200 training examples)",
+    "out": "output directory (config.json, model.safetensors, tokenizer/, metrics.json, log.jsonl, tb/, state/)",
+    "chunk_size": "L: text tokens per chunk (default 16)",
+    "compression": "r: text tokens per latent token; L/r latents per chunk (default 16)",
+    "codebook_size": "K: number of latent tokens (default 64; the paper uses 1024 for math)",
+    "steps": "optimizer steps", "batch_size": "examples per step (each with all its chunks)",
+    "lr": "peak learning rate (AdamW, linear warm-up then cosine to 10%%)",
+    "warmup_steps": "learning-rate warm-up steps", "weight_decay": "AdamW weight decay",
+    "grad_clip": "gradient-norm clipping", "valid_every": "validate, checkpoint and save resume state every N steps",
+    "log_every": "log training loss every N steps", "seed": "random seed (weights and data order)",
+    "tokenizer": "'word' (build a word-level tokenizer from the data) or a model dir, tokenizer dir or .gguf file",
+    "chat_template": "render prompts with the tokenizer's chat template",
+    "resume": "continue the interrupted run in --out (same options required)",
+    "d_model": "transformer width", "heads": "attention heads", "encoder_layers": "chunk encoder layers",
+    "decoder_layers": "chunk decoder layers", "prompt_layers": "prompt encoder layers",
+    "codebook_dim": "codebook vector dimension (0: d_model)", "commitment_weight": "beta, the commitment loss weight",
+    "ema_decay": "EMA decay of the codebook", "dead_code_threshold": "replace codes whose EMA usage falls below this",
+    "max_prompt_len": "prompts longer than this keep their last tokens", "dropout": "dropout",
+    "tie_embeddings": "share the token embeddings with the output layer",
+    "autoregressive": "decode each chunk token by token (causal decoder, greedy) instead of in one pass",
+    "max_examples": "use only the first N training examples (0: all)",
+    "progress": "show a progress bar",
+    "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("vqvae", help="(not implemented yet)")
-    parser.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("vqvae")))
+    parser = subparsers.add_parser("vqvae", help="stage 1: train the VQ-VAE, encode traces, decode codes",
+                                   description="Stage 1: the VQ-VAE over reasoning-trace chunks.")
+    commands = parser.add_subparsers(dest="vqvae_command", metavar="SUBCOMMAND", required=True)
+    _register_train(commands)
+    _register_encode(commands)
+    _register_decode(commands)
+
+
+def _register_train(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import VQVAETrainConfig  # no torch import: keeps --help fast
+
+    parser = commands.add_parser("train", help="train a VQ-VAE on a task's traces")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names, with _)")
+    for field in dataclasses.fields(VQVAETrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "stop_at":
+            parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
+        elif field.type in (bool, "bool") and field.default:
+            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const=False,
+                                default=None, help=f"turn off: {HELP[field.name]}")
+        elif field.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=HELP[field.name])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type) if isinstance(field.type, str)
+                                                           else field.type.__name__]
+            parser.add_argument(flag, type=kind, default=None, help=f"{HELP[field.name]} (default: {field.default})",
+                                metavar=field.name.upper())
+    parser.set_defaults(func=_train)
+
+
+def _register_encode(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("encode", help="write the latent codes of every trace in a data file")
+    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
+    parser.add_argument("--data", required=True, metavar="FILE", help="examples to encode")
+    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    parser.add_argument("--out", required=True, metavar="CODES.jsonl",
+                        help='output: one {"index", "codes", "trace_tokens"} per line')
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    parser.set_defaults(func=_encode)
+
+
+def _register_decode(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("decode", help="print the text a sequence of latent tokens stands for")
+    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
+    parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
+    parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
+    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    parser.set_defaults(func=_decode)
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """Defaults <- --config YAML <- command-line flags."""
+    from ..config import from_mapping, load_yaml, replace
+    from ..vqvae.options import VQVAETrainConfig
+
+    config = VQVAETrainConfig()
+    if args.config:
+        config = from_mapping(VQVAETrainConfig, load_yaml(args.config), args.config)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(VQVAETrainConfig)
+             if getattr(args, f.name, None) is not None}
+    return replace(config, given, "command line")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..vqvae import train_vqvae
+
+    config = train_config_from_args(args)
+    out = train_vqvae(config)
+    print(f"VQ-VAE saved in {out} (metrics: {out / 'metrics.json'})")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from ..io import atomic_write_jsonl
+    from ..tasks import get_task
+    from ..vqvae import encode_examples, load_vqvae
+    from ..vqvae.chunks import chunk_examples
+
+    loaded = load_vqvae(args.vqvae)
+    task = get_task(args.task or loaded.task)
+    examples = task.load(args.data)
+    codes = encode_examples(loaded, task, examples, batch_size=args.batch_size)
+    items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
+    atomic_write_jsonl(args.out, ({"index": i, "codes": c, "trace_tokens": item.trace_length}
+                                  for i, (c, item) in enumerate(zip(codes, items))))
+    latents = sum(len(c) for c in codes)
+    print(f"{len(codes)} traces, {latents} latent tokens for {sum(i.trace_length for i in items)} text tokens "
+          f"-> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..tasks import get_task
+    from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
+
+    try:
+        codes = [int(part) for part in args.codes.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
+    loaded = load_vqvae(args.vqvae)
+    task = get_task(args.task or loaded.task)
+    print(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes))
+    return 0

@@ -1,0 +1,290 @@
+"""Stage 1: the VQ-VAE model, its training loop, its saved directory and its CLI.
+
+Everything runs on a hand-made task of 8 three-step syllogisms with a tiny model, so the
+whole file takes seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from token_assorted import tasks
+from token_assorted.cli import main
+from token_assorted.encoding import encode_example
+from token_assorted.errors import CheckpointError, ConfigError
+from token_assorted.schema import Example, save_examples
+from token_assorted.tasks.base import Task, normalize_text
+from token_assorted.tokenizer import build_word_tokenizer
+from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
+                                  encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
+                                  train_vqvae)
+from token_assorted.vqvae.chunks import chunk_examples, collate
+
+NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
+WORDS = ["wumpus", "yimpus", "lempus", "gerpus", "rorpus", "timpus", "kerpus", "bompus", "felpus"]
+
+
+class ToyTask(Task):
+    """A three-step syllogism: the trace follows from the prompt, as in ProsQA."""
+
+    name = "toy"
+
+    @staticmethod
+    def looks_like(record: dict) -> bool:
+        return False
+
+
+def toy_examples(n: int = 8) -> list[Example]:
+    examples = []
+    for i in range(n):
+        name, a, b, c = NAMES[i % 8], WORDS[i % 9], WORDS[(i + 3) % 9], WORDS[(i + 5) % 9]
+        steps = [f"{name} is a {a}.", f"Every {a} is a {b}.", f"Every {b} is a {c}."]
+        examples.append(Example(f"Every {b} is a {c}. {name} is a {a}. Every {a} is a {b}. Is {name} a {c}?",
+                                steps, "Yes"))
+    return examples
+
+
+TINY = dict(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, prompt_layers=1, codebook_dim=8,
+            max_prompt_len=64)
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> VQVAETrainConfig:
+    options = dict(task="toy", data=str(data), valid=str(data), out=str(out), chunk_size=4, compression=4,
+                   codebook_size=8, steps=150, batch_size=8, lr=5e-3, warmup_steps=10, valid_every=50,
+                   dead_code_threshold=0.1, progress=False, **TINY)
+    options.update(overrides)
+    return VQVAETrainConfig(**options)
+
+
+@pytest.fixture(scope="module")
+def toy_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    save_examples(path, toy_examples())
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(toy_file, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return train_vqvae(tiny_config(toy_file, tmp_path_factory.mktemp("vq") / "run"), task=ToyTask())
+
+
+def tiny_model(**overrides) -> VQVAE:
+    torch.manual_seed(0)
+    return VQVAE(VQVAEConfig(**{**dict(vocab_size=40, pad_id=0, chunk_size=4, compression=2, codebook_size=8,
+                                       dead_code_threshold=0.5), **TINY, **overrides}))
+
+
+def random_batch(batch: int = 3, chunks: int = 2, chunk_size: int = 4):
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(4, 40, (batch, 6), generator=generator)
+    pad = torch.zeros_like(prompt, dtype=torch.bool)
+    pad[0, 4:] = True
+    chunk_ids = torch.randint(4, 40, (batch, chunks, chunk_size), generator=generator)
+    present = torch.ones(batch, chunks, dtype=torch.bool)
+    present[1, 1] = False  # example 1 has one chunk: the second slot is batch padding
+    return prompt, pad, chunk_ids, present
+
+
+# --- chunks and shapes -----------------------------------------------------------------
+def test_split_trace_pads_the_trailing_partial_chunk():
+    assert split_trace([5, 6, 7, 8, 9], 4, 0) == [[5, 6, 7, 8], [9, 0, 0, 0]]
+    assert split_trace([5, 6, 7, 8], 4, 0) == [[5, 6, 7, 8]]
+    assert split_trace([], 4, 0) == []
+
+
+def test_collate_marks_batch_padding():
+    tokenizer = build_word_tokenizer(["a b c d e f g h i j"])
+    examples = [Example("a b", ["c d e f g"], "h"), Example("a", ["c"], "h")]
+    batch = collate(chunk_examples(tokenizer, ToyTask(), examples, 4), tokenizer.pad_token_id, 64)
+    assert batch.chunk_ids.shape == (2, 2, 4)
+    assert batch.chunk_present.tolist() == [[True, True], [True, False]]
+    assert batch.targets.shape == (3, 4)
+    assert batch.prompt_pad.tolist()[1][-1] is True
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_forward_shapes(tie):
+    model = tiny_model(tie_embeddings=tie)
+    prompt, pad, chunk_ids, present = random_batch()
+    output = model(prompt, pad, chunk_ids, present)
+    n_real = int(present.sum())
+    assert output.logits.shape == (n_real, 4, 40)
+    assert output.codes.shape == (n_real, 2)  # L/r = 2 latents per chunk
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    model.eval()
+    assert model.codes_of(prompt, pad, chunk_ids, present).shape == (n_real, 2)
+    assert model.tokens_of(prompt[:1], output.codes[:2]).shape == (2, 4)
+
+
+def test_gradients_reach_encoder_through_straight_through():
+    model = tiny_model()
+    model(*random_batch())  # first pass initialises the codebook by k-means
+    output = model(*random_batch())
+    output.recon_loss.backward()  # reconstruction only: the encoder gets it through q only via the STE
+    for name, parameter in model.encoder.named_parameters():
+        if "linear2.weight" in name:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.latent_queries.grad.abs().sum() > 0
+
+
+def test_eval_quantized_output_is_codebook_lookup():
+    quantizer = tiny_model().quantizer
+    latents = torch.randn(5, 2, 32)
+    quantizer.train()
+    quantizer(latents)  # k-means init
+    quantizer.eval()
+    quantized, codes, _ = quantizer(latents)
+    assert torch.equal(quantized, quantizer.get_output_from_indices(codes))
+
+
+def test_dead_code_is_replaced_by_an_encoder_output():
+    model = tiny_model(dead_code_threshold=0.5)
+    quantizer = model.quantizer
+    quantizer.train()
+    latents = torch.randn(16, 2, 32)
+    quantizer(latents)  # k-means init
+    codebook = quantizer._codebook
+    codebook.cluster_size[0, 3] = 0.0  # force code 3 dead
+    before = codebook.embed[0, 3].clone()
+    fresh = torch.randn(16, 2, 32)
+    quantizer(fresh)
+    after = codebook.embed[0, 3]
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        candidates = quantizer.project_in(fresh).reshape(-1, after.shape[-1])
+    # A replaced code is re-seeded with one of the batch's (projected) encoder outputs.
+    assert (candidates - after).norm(dim=-1).min() < 1e-5
+
+
+# --- training, saving, loading ---------------------------------------------------------
+def test_tiny_model_overfits_eight_examples(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["token_accuracy"] == 1.0
+    assert metrics["exact_chunk_accuracy"] == 1.0
+    assert 0 < metrics["codebook_usage"] <= 1
+    assert metrics["compression_rate"] == pytest.approx(metrics["trace_tokens"] / metrics["latent_tokens"])
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert {"train", "valid"} <= {record["split"] for record in log}
+    assert any((trained / "tb").iterdir())
+    info = json.loads((trained / "config.json").read_text())
+    assert info["task"] == "toy" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
+
+
+def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file):
+    examples = toy_examples()
+    first, second = load_vqvae(trained), load_vqvae(trained)
+    codes = encode_examples(first, ToyTask(), examples, batch_size=3)
+    assert codes == encode_examples(second, ToyTask(), examples, batch_size=8)
+    assert all(len(c) == -(-len(encode_example(first.tokenizer, ToyTask(), e).trace_ids) // 4) for c, e in
+               zip(codes, examples))
+    assert encode_examples_cached(first, ToyTask(), toy_file) == codes
+    assert list((trained / "codes").glob("*.json"))
+    assert encode_examples_cached(first, ToyTask(), toy_file) == codes  # served from the cache
+    prompt = encode_example(first.tokenizer, ToyTask(), examples[2]).prompt_ids
+    decoded = decode_codes(first, prompt, codes[2])
+    assert normalize_text(decoded) == normalize_text(" ".join(examples[2].steps))
+    assert evaluate_reconstruction(first, ToyTask(), examples)["token_accuracy"] == 1.0
+
+
+def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
+    with pytest.raises(CheckpointError, match="codebook size K=8"):
+        load_vqvae(trained, codebook_size=64)
+    with pytest.raises(CheckpointError, match="chunk size L=4"):
+        load_vqvae(trained, chunk_size=16)
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        load_vqvae(trained, tokenizer=build_word_tokenizer(["completely different words"]))
+    with pytest.raises(CheckpointError, match="codebook_size=8"):
+        train_vqvae(tiny_config(toy_file, trained, codebook_size=16, resume=True), task=ToyTask())
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_vqvae(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_vqvae(tmp_path)
+
+
+def test_fresh_run_refuses_an_existing_directory(trained, toy_file):
+    with pytest.raises(ConfigError, match="--resume"):
+        train_vqvae(tiny_config(toy_file, trained), task=ToyTask())
+
+
+def test_resume_gives_the_same_final_weights(toy_file, tmp_path):
+    short = dict(steps=14, valid_every=5, dead_code_threshold=1.0)  # high threshold: codes get replaced (RNG)
+    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short), task=ToyTask())
+    parted = tmp_path / "parted"
+    train_vqvae(tiny_config(toy_file, parted, stop_at=7, **short), task=ToyTask())
+    assert json.loads((parted / "state" / "state.json").read_text())["step"] == 7
+    assert not (parted / "metrics.json").exists()
+    train_vqvae(tiny_config(toy_file, parted, resume=True, **short), task=ToyTask())
+    expected, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    steps = [r["step"] for r in map(json.loads, (parted / "log.jsonl").read_text().splitlines())
+             if r["split"] == "valid"]
+    assert steps == [5, 10, 14]
+
+
+# --- command line ----------------------------------------------------------------------
+def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(tasks._REGISTRY, "toy", f"{__name__}:ToyTask")
+    out = tmp_path / "cli"
+    options = tmp_path / "options.yaml"
+    options.write_text("d_model: 32\nheads: 2\nencoder_layers: 1\ndecoder_layers: 1\ncodebook_dim: 8\n"
+                       "max_prompt_len: 64\nwarmup_steps: 10\ndead_code_threshold: 0.1\n")
+    code = main(["vqvae", "train", "--task", "toy", "--data", str(toy_file), "--valid", str(toy_file),
+                 "--out", str(out), "--config", str(options), "--chunk-size", "4", "--compression", "4",
+                 "--codebook-size", "8", "--steps", "150", "--batch-size", "8", "--lr", "5e-3",
+                 "--valid-every", "75", "--no-progress"])
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
+    codes_file = tmp_path / "codes.jsonl"
+    assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "toy",
+                 "--out", str(codes_file)]) == 0
+    records = [json.loads(line) for line in codes_file.read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(8))
+    assert all(len(r["codes"]) == -(-r["trace_tokens"] // 4) for r in records)
+    capsys.readouterr()
+    example = toy_examples()[5]
+    assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", example.question,
+                 "--codes", ",".join(map(str, records[5]["codes"]))]) == 0
+    assert normalize_text(capsys.readouterr().out) == normalize_text(" ".join(example.steps))
+    assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", "x", "--codes", "99"]) == 2
+
+
+def test_cli_reports_user_errors_in_one_line(toy_file, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("codebook_sise: 8\n")
+    assert main(["vqvae", "train", "--config", str(bad), "--data", str(toy_file), "--out", str(tmp_path / "o")]) == 2
+    assert "codebook_sise" in capsys.readouterr().err
+    assert main(["vqvae", "decode", "--vqvae", str(tmp_path), "--prompt", "x", "--codes", "1"]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+# --- the autoregressive decoder --------------------------------------------------------
+def test_autoregressive_decoder_is_causal_within_a_chunk():
+    model = tiny_model(autoregressive=True).eval()
+    prompt, pad, chunk_ids, _ = random_batch()
+    memory = model.encode_prompt(prompt, pad)
+    quantized = torch.randn(3, 2, 2, 32)
+    changed = chunk_ids.clone()
+    changed[:, :, 2] = 5  # a different token at position 2
+    before, after = model.decode(quantized, memory, pad, chunk_ids), model.decode(quantized, memory, pad, changed)
+    assert torch.allclose(before[:, :, :3], after[:, :, :3], atol=1e-6)  # positions 0..2 never see token 2
+    assert not torch.allclose(before[:, :, 3], after[:, :, 3])  # position 3 does
+
+
+def test_autoregressive_model_overfits_and_decodes_greedily(toy_file, tmp_path):
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "ar", autoregressive=True, steps=300), task=ToyTask())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["token_accuracy"] == 1.0  # measured with greedy decoding, not teacher forcing
+    loaded = load_vqvae(out)
+    example = toy_examples()[4]
+    codes = encode_examples(loaded, ToyTask(), [example])[0]
+    prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
+    assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))

@@ -1,0 +1,253 @@
+"""The stage-1 VQ-VAE: trace chunks -> discrete latent tokens -> trace chunks.
+
+A reasoning trace C is cut into chunks of L text tokens. For each chunk:
+
+    prompt P --g--> memory (P, D)                       (prompt encoder, run once per example)
+    chunk (L) --f_enc(· | memory, chunk index)--> L/r vectors (D)
+    vectors --q--> nearest of K codebook vectors        (the latent tokens are their indices)
+    codes --f_dec(· | memory, chunk index)--> logits over the L text tokens
+
+Choices the paper leaves open, and why we made them:
+- Encoder and decoder are small pre-norm transformer stacks (`nn.TransformerDecoder`
+  used without a causal mask: bidirectional self-attention inside the chunk plus
+  cross-attention to g(P)). The encoder reads the prompt too, so a code only has to
+  carry what the prompt does not already say.
+- The encoder summarises a chunk through L/r learned query slots placed before the
+  chunk's tokens (like a [CLS] token per latent), not by pooling, so r is free.
+- The decoder is non-autoregressive: L learned position queries, the chunk's quantized
+  vectors and its index in the trace, all decoded in one pass. A chunk therefore decodes
+  on its own (no other chunk's text is needed) and decoding costs one forward pass.
+- Quantizer: vector-quantize-pytorch's `VectorQuantize` with an EMA codebook, k-means
+  initialisation on the first batch, dead-code replacement (codes whose EMA usage falls
+  below a threshold are re-seeded from the batch's encoder outputs), a low-dimensional
+  codebook (`codebook_dim`, projected in and out; small codebooks are used more evenly)
+  and the plain straight-through estimator. Distances and EMA run in fp32 (autocast off).
+- The commitment weight beta defaults to 0.25 (the VQ-VAE paper's value; not tuned).
+- The output layer shares the token embeddings (`tie_embeddings`): half the parameters
+  with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
+  rough comparison (valid token accuracy 0.658 tied vs 0.663 untied at step 250; the runs
+  also differ in embedding init and schedule length, see benchmarks/results_vqvae.md).
+- A trailing partial chunk is padded with the pad token and encoded too, so the whole
+  trace can be replaced (All-Replace); the decoder is trained to emit pads there, and
+  decoding drops them. The reconstruction loss covers pad positions for that reason;
+  the reported token accuracy counts only non-pad positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from vector_quantize_pytorch import VectorQuantize
+
+
+@dataclass
+class VQVAEConfig:
+    """Shape of a VQ-VAE; saved in DIR/config.json under "model"."""
+
+    vocab_size: int  # size of the shared text tokenizer
+    pad_id: int  # pad token id (fills a trailing partial chunk and short prompts)
+    chunk_size: int = 16  # L: text tokens per chunk
+    compression: int = 16  # r: text tokens per latent token (L/r latents per chunk)
+    codebook_size: int = 64  # K: number of latent tokens
+    d_model: int = 128  # width of every transformer stack
+    heads: int = 4  # attention heads
+    encoder_layers: int = 2  # chunk encoder depth
+    decoder_layers: int = 2  # chunk decoder depth
+    prompt_layers: int = 1  # prompt encoder g(P) depth (0: embeddings only)
+    codebook_dim: int = 32  # dimension of codebook vectors (0: d_model, no projection)
+    commitment_weight: float = 0.25  # beta: pulls encoder outputs towards their codes
+    ema_decay: float = 0.95  # EMA decay of codebook statistics
+    dead_code_threshold: float = 0.5  # a code whose EMA usage falls below this is replaced
+    max_prompt_len: int = 512  # longer prompts keep their last tokens (the question)
+    max_chunks: int = 64  # chunk-index embeddings; later chunks share the last one
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # output layer = token embeddings (copying prompt words is then easy)
+    autoregressive: bool = False  # decoder reads the chunk's earlier tokens (teacher forcing; greedy at decode)
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
+            raise ValueError(f"chunk size L={self.chunk_size} must be a positive multiple of "
+                             f"the compression r={self.compression}")
+        if self.codebook_size < 2:
+            raise ValueError("codebook size K must be at least 2")
+
+    @property
+    def latents_per_chunk(self) -> int:
+        return self.chunk_size // self.compression
+
+
+@dataclass
+class VQVAEOutput:
+    logits: Tensor  # (C, L, V) reconstruction logits of every real chunk of the batch
+    codes: Tensor  # (C, L/r) codebook indices
+    recon_loss: Tensor  # cross-entropy over all L positions (pads included)
+    vq_loss: Tensor  # commitment loss from the quantizer
+
+    @property
+    def loss(self) -> Tensor:
+        return self.recon_loss + self.vq_loss
+
+
+def _stack(config: VQVAEConfig, layers: int) -> nn.TransformerDecoder:
+    layer = nn.TransformerDecoderLayer(config.d_model, config.heads, 4 * config.d_model, config.dropout,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(config.d_model))
+
+
+class VQVAE(nn.Module):
+    """Chunk encoder, quantizer and prompt-conditioned chunk decoder."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, n_latent = config.d_model, config.latents_per_chunk
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.prompt_position = nn.Embedding(config.max_prompt_len, d)
+        self.chunk_position = nn.Embedding(n_latent + config.chunk_size, d)
+        self.chunk_index = nn.Embedding(config.max_chunks, d)
+        self.latent_queries = nn.Parameter(torch.randn(n_latent, d) * 0.02)
+        self.output_queries = nn.Parameter(torch.randn(config.chunk_size, d) * 0.02)
+        if config.prompt_layers > 0:
+            layer = nn.TransformerEncoderLayer(d, config.heads, 4 * d, config.dropout, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            self.prompt_encoder: nn.Module = nn.TransformerEncoder(
+                layer, config.prompt_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        else:
+            self.prompt_encoder = nn.LayerNorm(d)
+        self.encoder = _stack(config, config.encoder_layers)
+        self.decoder = _stack(config, config.decoder_layers)
+        self.quantizer = VectorQuantize(
+            dim=d, codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim or None, decay=config.ema_decay,
+            kmeans_init=True, threshold_ema_dead_code=config.dead_code_threshold,
+            commitment_weight=config.commitment_weight, rotation_trick=False)
+        if config.tie_embeddings:
+            self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        else:
+            self.lm_head = nn.Linear(d, config.vocab_size)
+        for embedding in (self.token_embedding, self.prompt_position, self.chunk_position, self.chunk_index):
+            nn.init.normal_(embedding.weight, std=0.02)  # small, as in GPT-2: tied logits start near uniform
+        self._clear_unused_buffers()
+
+    def _clear_unused_buffers(self) -> None:
+        # The codebook allocates affine-parameter buffers with torch.empty even when the
+        # affine option is off; zero them so checkpoints hold no uninitialised memory.
+        for name, buffer in self.quantizer.named_buffers():
+            if name.endswith(("codebook_mean", "codebook_variance")):
+                buffer.zero_()
+
+    # --- the three parts ------------------------------------------------------------
+    # Chunks are laid out per example, (B, N, ...), and flattened to one sequence of
+    # N blocks for the transformer stacks: a block-diagonal self-attention mask keeps
+    # every chunk on its own, while the prompt's keys and values are computed once per
+    # example instead of once per chunk.
+    def encode_prompt(self, prompt_ids: Tensor, prompt_pad: Tensor) -> Tensor:
+        """g(P): (B, P) ids and pad mask -> (B, P, D) memory the chunks attend to."""
+        positions = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)
+        x = self.token_embedding(prompt_ids) + self.prompt_position(positions)  # (B, P, D)
+        if isinstance(self.prompt_encoder, nn.TransformerEncoder):
+            return self.prompt_encoder(x, src_key_padding_mask=prompt_pad)
+        return self.prompt_encoder(x)
+
+    def encode(self, chunk_ids: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+        """f_enc: (B, N, L) chunks -> (B, N, L/r, D) continuous latents, one per query slot."""
+        batch, n_chunks, _ = chunk_ids.shape
+        slots = self.latent_queries.expand(batch, n_chunks, -1, -1)  # (B, N, L/r, D)
+        x = torch.cat([slots, self.token_embedding(chunk_ids)], dim=2)  # (B, N, S, D), S = L/r + L
+        hidden = self._run(self.encoder, x, memory, memory_pad)  # (B, N, S, D)
+        return hidden[:, :, :self.config.latents_per_chunk]
+
+    def quantize(self, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q: (C, L/r, D) -> quantized (C, L/r, D), codes (C, L/r), commitment loss."""
+        # Nearest-code search and EMA statistics must stay in fp32 (bf16 distances tie and NaN).
+        with torch.autocast(latents.device.type, enabled=False):
+            quantized, codes, vq_loss = self.quantizer(latents.float())
+        return quantized, codes, vq_loss
+
+    def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None) -> Tensor:
+        """f_dec: (B, N, L/r, D) quantized latents -> (B, N, L, D) hidden states of the chunk's tokens.
+
+        The autoregressive decoder also reads `chunk_ids` (B, N, L) shifted right by one:
+        position i sees the latents and tokens < i only.
+        """
+        batch, n_chunks = quantized.shape[:2]
+        queries = self.output_queries.expand(batch, n_chunks, -1, -1)  # (B, N, L, D)
+        if self.config.autoregressive:
+            previous = self.token_embedding(chunk_ids[:, :, :-1])  # (B, N, L-1, D)
+            queries = queries + F.pad(previous, (0, 0, 1, 0))  # position 0 sees no token
+        hidden = self._run(self.decoder, torch.cat([quantized, queries], dim=2), memory, memory_pad,
+                           causal=self.config.autoregressive)
+        return hidden[:, :, self.config.latents_per_chunk:]
+
+    @torch.no_grad()
+    def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+        """(B, N, L/r, D) quantized latents -> (B, N, L) decoded token ids (one pass, or L greedy ones)."""
+        batch, n_chunks = quantized.shape[:2]
+        tokens = quantized.new_full((batch, n_chunks, self.config.chunk_size), self.config.pad_id,
+                                    dtype=torch.long)
+        if not self.config.autoregressive:
+            return self.logits(self.decode(quantized, memory, memory_pad)).argmax(-1)
+        for position in range(self.config.chunk_size):
+            logits = self.logits(self.decode(quantized, memory, memory_pad, tokens)[:, :, position])
+            tokens[:, :, position] = logits.argmax(-1)
+        return tokens
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., D) decoder states -> (..., V) token logits."""
+        if self.config.tie_embeddings:
+            return F.linear(hidden, self.token_embedding.weight, self.output_bias)
+        return self.lm_head(hidden)
+
+    def _run(self, stack: nn.TransformerDecoder, x: Tensor, memory: Tensor, memory_pad: Tensor,
+             causal: bool = False) -> Tensor:
+        batch, n_chunks, span, width = x.shape
+        index = torch.arange(n_chunks, device=x.device).clamp(max=self.config.max_chunks - 1)
+        positions = torch.arange(span, device=x.device)
+        x = x + self.chunk_position(positions)[None, None] + self.chunk_index(index)[None, :, None]
+        blocks = torch.arange(n_chunks * span, device=x.device) // span
+        separate = blocks[:, None] != blocks[None, :]  # (N*S, N*S) True where attention is blocked
+        if causal:  # token positions see the latents and earlier tokens of their own chunk
+            offset = torch.arange(n_chunks * span, device=x.device) % span
+            later_token = (offset[None, :] > offset[:, None]) & (offset[None, :] >= self.config.latents_per_chunk)
+            separate = separate | later_token
+        hidden = stack(x.reshape(batch, n_chunks * span, width), memory, tgt_mask=separate,
+                       memory_key_padding_mask=memory_pad)
+        return hidden.view(batch, n_chunks, span, width)
+
+    # --- whole passes -------------------------------------------------------------
+    def forward(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> VQVAEOutput:
+        """Reconstruct (B, N, L) chunks; `chunk_present` (B, N) marks real chunks (not batch padding)."""
+        memory = self.encode_prompt(prompt_ids, prompt_pad)  # (B, P, D)
+        latents = self.encode(chunk_ids, memory, prompt_pad)  # (B, N, L/r, D)
+        quantized, codes, vq_loss = self.quantize(latents[chunk_present])  # only real chunks touch the codebook
+        grid = latents.new_zeros(latents.shape)
+        grid[chunk_present] = quantized.to(grid.dtype)
+        logits = self.logits(self.decode(grid, memory, prompt_pad, chunk_ids)[chunk_present])  # (C, L, V)
+        recon_loss = F.cross_entropy(logits.flatten(0, 1), chunk_ids[chunk_present].flatten())
+        return VQVAEOutput(logits, codes, recon_loss, vq_loss)
+
+    @torch.no_grad()
+    def codes_of(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
+        """Latent tokens of the real chunks, (C, L/r) in row-major (example, chunk) order."""
+        memory = self.encode_prompt(prompt_ids, prompt_pad)
+        return self.quantize(self.encode(chunk_ids, memory, prompt_pad)[chunk_present])[1]
+
+    @torch.no_grad()
+    def tokens_of(self, prompt_ids: Tensor, codes: Tensor) -> Tensor:
+        """Decode (N, L/r) codes of one trace under a (1, P) prompt to (N, L) token ids (pads included)."""
+        prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
+        memory = self.encode_prompt(prompt_ids, prompt_pad)  # (1, P, D)
+        quantized = self.quantizer.get_output_from_indices(codes)[None]  # (1, N, L/r, D)
+        return self.greedy_tokens(quantized, memory, prompt_pad)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
+        """Encode, quantize and decode without teacher forcing: (C, L) token ids of the real chunks."""
+        memory = self.encode_prompt(prompt_ids, prompt_pad)
+        codes = self.quantize(self.encode(chunk_ids, memory, prompt_pad)[chunk_present])[1]
+        grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
+        grid[chunk_present] = self.quantizer.get_output_from_indices(codes)
+        return self.greedy_tokens(grid, memory, prompt_pad)[chunk_present]

@@ -1,0 +1,47 @@
+"""The options of a VQ-VAE training run (no torch import: the CLI builds its flags from them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class VQVAETrainConfig:
+    """Every option of `token-assorted vqvae train` (YAML keys use the same names)."""
+
+    task: str = ""  # task name (prontoqa, prosqa, keys-maze, gsm8k)
+    data: str = ""  # training examples (JSONL or JSON list)
+    valid: str = ""  # validation examples; empty: validate on the first 200 training examples
+    out: str = ""  # output directory
+    chunk_size: int = 16  # L
+    compression: int = 16  # r (L/r latent tokens per chunk)
+    codebook_size: int = 64  # K (paper: 64 synthetic tasks, 1024 math)
+    steps: int = 2000
+    batch_size: int = 32  # examples per step (all chunks of each)
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    valid_every: int = 250  # validate, checkpoint and save resume state every N steps
+    log_every: int = 10
+    seed: int = 0
+    tokenizer: str = "word"  # "word": build from the data; else a model/tokenizer dir or .gguf
+    chat_template: bool = False  # render prompts with the tokenizer's chat template
+    resume: bool = False
+    d_model: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    prompt_layers: int = 1
+    codebook_dim: int = 32
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.95
+    dead_code_threshold: float = 0.5
+    max_prompt_len: int = 512
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # output layer shares the token embeddings
+    autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
+    max_examples: int = 0  # use only the first N training examples (0: all)
+    stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
+    progress: bool = True  # show the tqdm bar
+    device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...

@@ -1,0 +1,243 @@
+"""The stage-1 directory and the API stage 2 uses: load, encode traces, decode codes.
+
+```
+DIR/config.json        {"format", "model": VQVAEConfig, "train": VQVAETrainConfig, "task",
+                        "chat_template", "tokenizer_fingerprint", "step"}
+DIR/model.safetensors  weights and codebook buffers (written atomically)
+DIR/tokenizer/         the shared text tokenizer (HF format)
+DIR/codes/             cached trace codes, keyed by hashes of the data file and the weights
+```
+Weights are read only from safetensors: a pickle where safetensors is expected is
+refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from transformers import PreTrainedTokenizerBase
+
+from ..config import from_mapping
+from ..encoding import encode_prompt
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_open, atomic_write_json, read_json
+from ..schema import Example
+from ..tasks.base import Task
+from ..tokenizer import load_tokenizer, tokenizer_fingerprint
+from .chunks import chunk_examples, collate
+from .metrics import reconstruction_metrics
+from .model import VQVAE, VQVAEConfig
+
+FORMAT = "token-assorted-vqvae/1"
+WEIGHTS, CONFIG, TOKENIZER_DIR, CODES_DIR = "model.safetensors", "config.json", "tokenizer", "codes"
+
+
+@dataclass
+class LoadedVQVAE:
+    """A trained VQ-VAE with its tokenizer and the facts recorded beside it."""
+
+    model: VQVAE
+    tokenizer: PreTrainedTokenizerBase
+    config: VQVAEConfig
+    directory: Path
+    task: str
+    chat_template: bool
+    tokenizer_fingerprint: str
+
+    @property
+    def latents_per_chunk(self) -> int:
+        return self.config.latents_per_chunk
+
+
+# --- weights ---------------------------------------------------------------------
+def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as safetensors, atomically (temp file, fsync, rename)."""
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    data = save_safetensors_bytes(state, metadata=metadata)
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read safetensors weights; refuse pickles and anything else that is not safetensors."""
+    if not path.is_file():
+        found = sorted(p.name for p in path.parent.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        hint = f" (found {', '.join(found)}: pickle checkpoints are not loaded)" if found else ""
+        raise CheckpointError(f"{path.parent}: no {path.name}; not a VQ-VAE directory{hint}")
+    data = path.read_bytes()
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise CheckpointError(f"{path}: is a pickle (torch.save) file, not safetensors; refusing to "
+                              f"load it, since unpickling can run arbitrary code")
+    try:
+        return load_safetensors_bytes(data)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
+    """Write weights then config.json (config last: its presence marks a complete checkpoint)."""
+    save_weights(directory / WEIGHTS, model, {"format": FORMAT, "step": str(info.get("step", 0))})
+    atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config), **info})
+
+
+# --- loading and checks ------------------------------------------------------------
+def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk_size: int | None = None,
+               tokenizer: PreTrainedTokenizerBase | None = None, device: str = "cpu") -> LoadedVQVAE:
+    """Load DIR; with `codebook_size`, `chunk_size` or `tokenizer`, refuse a checkpoint that differs."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: VQ-VAE directory not found")
+    state = load_weights(directory / WEIGHTS)
+    info = _read_config(directory)
+    config = from_mapping(VQVAEConfig, info["model"], f"{directory / CONFIG}:model")
+    saved_tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
+    fingerprint = tokenizer_fingerprint(saved_tokenizer)
+    if fingerprint != info.get("tokenizer_fingerprint"):
+        raise CheckpointError(f"{directory / TOKENIZER_DIR}: tokenizer fingerprint {fingerprint} differs from "
+                              f"the one recorded in config.json ({info.get('tokenizer_fingerprint')})")
+    model = VQVAE(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory / WEIGHTS}: weights do not match config.json: "
+                              f"{str(exc).splitlines()[0]}") from None
+    loaded = LoadedVQVAE(model.to(device).eval(), saved_tokenizer, config, directory, str(info.get("task", "")),
+                         bool(info.get("chat_template", False)), fingerprint)
+    check_compatible(loaded, codebook_size=codebook_size, chunk_size=chunk_size, tokenizer=tokenizer)
+    return loaded
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    if not (directory / CONFIG).is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG}; the checkpoint is incomplete")
+    info = read_json(directory / CONFIG)
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("model"), dict):
+        raise CheckpointError(f"{directory / CONFIG}: not a token-assorted VQ-VAE config")
+    return info
+
+
+def check_compatible(loaded: LoadedVQVAE, *, codebook_size: int | None = None, chunk_size: int | None = None,
+                     tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Refuse a VQ-VAE whose K, L or tokenizer differs from what the caller will use."""
+    where = loaded.directory
+    if codebook_size is not None and codebook_size != loaded.config.codebook_size:
+        raise CheckpointError(f"{where}: VQ-VAE has codebook size K={loaded.config.codebook_size}, "
+                              f"but K={codebook_size} was asked for")
+    if chunk_size is not None and chunk_size != loaded.config.chunk_size:
+        raise CheckpointError(f"{where}: VQ-VAE has chunk size L={loaded.config.chunk_size}, "
+                              f"but L={chunk_size} was asked for")
+    if tokenizer is not None and tokenizer_fingerprint(tokenizer) != loaded.tokenizer_fingerprint:
+        raise CheckpointError(f"{where}: VQ-VAE was trained with another tokenizer (fingerprint "
+                              f"{loaded.tokenizer_fingerprint}, given {tokenizer_fingerprint(tokenizer)})")
+
+
+def _check_task(loaded: LoadedVQVAE, task: Task) -> None:
+    if loaded.task and task.name and loaded.task != task.name:
+        raise CheckpointError(f"{loaded.directory}: VQ-VAE was trained on task {loaded.task!r}, "
+                              f"not {task.name!r}")
+
+
+# --- encoding traces ----------------------------------------------------------------
+def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
+                    batch_size: int = 64) -> list[list[int]]:
+    """The latent codes of each example's trace: L/r codes per chunk, partial chunk included."""
+    _check_task(loaded, task)
+    config, model = loaded.config, loaded.model
+    items = chunk_examples(loaded.tokenizer, task, examples, config.chunk_size, loaded.chat_template)
+    device = next(model.parameters()).device
+    model.eval()
+    codes: list[list[int]] = [[] for _ in items]
+    nonempty = [i for i, item in enumerate(items) if item.chunks]
+    for start in range(0, len(nonempty), batch_size):
+        rows = nonempty[start:start + batch_size]
+        batch = collate([items[i] for i in rows], config.pad_id, config.max_prompt_len).to(device)
+        chunk_codes = model.codes_of(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids,
+                                     batch.chunk_present).cpu().tolist()  # (C, L/r)
+        owners = batch.chunk_present.nonzero()[:, 0].tolist()  # example of each real chunk, in order
+        for owner, chunk in zip(owners, chunk_codes):
+            codes[rows[owner]].extend(chunk)
+    return codes
+
+
+def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Path,
+                           examples: Sequence[Example] | None = None, batch_size: int = 64) -> list[list[int]]:
+    """`encode_examples` of a data file, cached in DIR/codes/ by hashes of the file and the weights."""
+    data_path = Path(data_path)
+    data_hash = _sha256(data_path)
+    weights_hash = _sha256(loaded.directory / WEIGHTS)
+    cache = loaded.directory / CODES_DIR / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}.json"
+    if cache.is_file():
+        record = read_json(cache)
+        if record.get("data_sha256") == data_hash and record.get("weights_sha256") == weights_hash:
+            return record["codes"]
+    if examples is None:
+        examples = task.load(data_path)
+    codes = encode_examples(loaded, task, examples, batch_size)
+    atomic_write_json(cache, {"data": str(data_path), "data_sha256": data_hash, "weights_sha256": weights_hash,
+                              "task": task.name, "chat_template": loaded.chat_template, "codes": codes})
+    return codes
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- decoding codes -----------------------------------------------------------------
+def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> list[int]:
+    """Text token ids that latent tokens stand for (chunk i is the trace's i-th), pads dropped."""
+    config, model = loaded.config, loaded.model
+    _check_codes(codes, config)
+    if not codes:
+        return []
+    device = next(model.parameters()).device
+    model.eval()
+    prompt = torch.tensor([list(prompt_ids)[-config.max_prompt_len:]], dtype=torch.long, device=device)
+    code_grid = torch.tensor(list(codes), dtype=torch.long, device=device).view(-1, config.latents_per_chunk)
+    tokens = model.tokens_of(prompt, code_grid)  # (N, L)
+    return [token for token in tokens.flatten().tolist() if token != config.pad_id]
+
+
+def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> str:
+    """The text those latent tokens stand for, given the prompt they were encoded under."""
+    return loaded.tokenizer.decode(decode_code_ids(loaded, prompt_ids, codes))
+
+
+def prompt_ids_for(loaded: LoadedVQVAE, task: Task, question: str) -> list[int]:
+    """Prompt ids of a question, rendered as the VQ-VAE saw prompts in training."""
+    example = Example(question=question, steps=[], answer="?")
+    return encode_prompt(loaded.tokenizer, task, example, loaded.chat_template)
+
+
+def _check_codes(codes: Sequence[int], config: VQVAEConfig) -> None:
+    bad = [code for code in codes if not 0 <= int(code) < config.codebook_size]
+    if bad:
+        raise ConfigError(f"latent codes must lie in 0..{config.codebook_size - 1}; got {bad[:5]}")
+    if len(codes) % config.latents_per_chunk:
+        raise ConfigError(f"{len(codes)} codes is not a whole number of chunks "
+                          f"({config.latents_per_chunk} codes per chunk)")
+
+
+def evaluate_reconstruction(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
+                            batch_size: int = 32) -> dict[str, float]:
+    """Token / exact-chunk accuracy, codebook usage, perplexity and compression on `examples`."""
+    _check_task(loaded, task)
+    items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
+    return reconstruction_metrics(loaded.model, items, batch_size)
+
+
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """config.json of a VQ-VAE directory (for resume checks)."""
+    return _read_config(Path(directory))
