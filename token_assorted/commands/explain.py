@@ -1,10 +1,51 @@
-"""`token-assorted explain` (not implemented yet)."""
+"""`token-assorted explain`: show what a model's latent tokens stand for.
+
+Generates for a question (or reads an eval's predictions file) and prints the raw
+output beside the trace with every latent span decoded by the stage-1 VQ-VAE.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("explain", help="(not implemented yet)")
-    parser.set_defaults(func=lambda args: (_ for _ in ()).throw(NotImplementedError("explain")))
+    parser = subparsers.add_parser("explain", help="decode a model's latent tokens back into text",
+                                   description=__doc__)
+    parser.add_argument("--model", required=True, type=Path, help="model dir written by `train`")
+    parser.add_argument("--vqvae", type=Path, default=None,
+                        help="VQ-VAE dir (default: the one recorded in the model dir)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--question", help="a question to answer and explain")
+    source.add_argument("--predictions", type=Path, help="RESULTS.predictions.jsonl written by `eval`")
+    parser.add_argument("--task", default=None, help="task name (default: the model's)")
+    parser.add_argument("--limit", type=int, default=5, help="explain at most N predictions (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    parser.set_defaults(func=run_explain)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from ..explain import Explainer, render
+
+    explainer = Explainer(args.model, args.vqvae, args.task)
+    if explainer.decoder is None and explainer.loaded.latent_vocab is not None:
+        print("note: no VQ-VAE found; latent spans are shown undecoded (pass --vqvae DIR)")
+    if args.question is not None:
+        items = [({}, explainer.question(args.question, args.max_new_tokens))]
+    else:
+        items = explainer.predictions(args.predictions, args.limit)
+    for record, explanation in items:
+        if args.json:
+            print(json.dumps({**explanation.to_dict(), **{k: record[k] for k in ("index", "correct")
+                                                          if k in record}}, ensure_ascii=False))
+            continue
+        header = f"#{record['index']} " if "index" in record else ""
+        if "correct" in record:
+            header += "correct " if record["correct"] else "WRONG "
+        print(f"{header}question: {explanation.question}")
+        print(f"  raw:       {explanation.raw}")
+        print(f"  explained: {render(explanation)}")
+    return 0

@@ -1,0 +1,139 @@
+"""The main job: presets parse, results.json follows its schema, and `run` works end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from token_assorted.cli import main
+from token_assorted.errors import ConfigError, DataError
+from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
+                                     preset_names, run_stage)
+from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_parses(name):
+    config = load_preset(name)
+    assert isinstance(config, PipelineConfig)
+    assert set(BASE_METHODS) <= set(config.methods)
+
+
+def test_shipped_presets_include_the_documented_ones():
+    assert {"cpu", "paper", "gpu", "tiny"} <= set(preset_names())
+
+
+def test_preset_typos_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_preset("tiny", {"train.epochz": 3})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_preset("tiny", {"vqvae.codebook": 3})
+    with pytest.raises(ConfigError, match="set by the pipeline"):
+        load_preset("tiny", {"train.strategy": "cot"})
+    with pytest.raises(ConfigError, match="generator option"):
+        load_preset("tiny", {"data.options.hops": 3})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_preset("no-such-preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: prosqa\nseeds: three\n")
+    with pytest.raises(ConfigError, match="seeds"):
+        load_preset(bad)
+
+
+def test_overrides_change_the_config():
+    config = load_preset("tiny", {"train.epochs": 2, "data.train": 10, "seeds": 2})
+    assert config.train["epochs"] == 2 and config.data.train == 10 and config.seeds == 2
+
+
+def test_held_out_questions_never_appear_in_train():
+    config = load_preset("tiny", {"data.train": 200, "data.test": 50})
+    splits = generate_splits(config)
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [200, 8, 50]
+    train = {ex.question for ex in splits["train"]}
+    assert not train & {ex.question for ex in splits["test"] + splits["valid"]}
+
+
+def test_stages_are_cached_by_hash(tmp_path):
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        (path / "out.txt").write_text("x")
+
+    first = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
+    again = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
+    assert len(calls) == 1 and not first.cached and again.cached
+    changed = run_stage(tmp_path / "s", config_hash({"a": 2}), build, "s", log=lambda _: None)
+    assert len(calls) == 2 and not changed.cached
+
+
+# --------------------------------------------------------------------------- results schema
+def _results() -> dict:
+    methods = [MethodSummary("CoT", 0.9, 20.0, 0.0, 0.01, 100, 1, 0.0),
+               MethodSummary("Token Assorted", 0.92, 9.5, 4.0, 0.005, 100, 1, 0.0)]
+    return build_results("prosqa", "cpu", methods, {"reconstruction_token_accuracy": 0.8, "codebook_usage": 0.5},
+                         {"anything": [1, 2]})
+
+
+def test_results_schema_is_exact():
+    results = _results()
+    validate_results(results)
+    assert list(results["methods"][0]) == ["name", "accuracy", "avg_generated_tokens", "avg_latent_tokens",
+                                           "seconds_per_example", "n", "seeds", "accuracy_std"]
+    for broken in ({**results, "extra": 1}, {k: v for k, v in results.items() if k != "vqvae"}):
+        with pytest.raises(DataError):
+            validate_results(broken)
+    wrong_type = json.loads(json.dumps(results))
+    wrong_type["methods"][0]["n"] = "100"
+    with pytest.raises(DataError, match="methods"):
+        validate_results(wrong_type)
+    missing = json.loads(json.dumps(results))
+    del missing["methods"][1]["accuracy_std"]
+    with pytest.raises(DataError):
+        validate_results(missing)
+
+
+def test_seeds_are_averaged_with_sample_std():
+    class Run:
+        def __init__(self, accuracy):
+            self.accuracy, self.avg_generated_tokens, self.avg_latent_tokens = accuracy, 10.0, 2.0
+            self.seconds_per_example, self.n = 0.1, 50
+
+    summary = summarize_method("CoT", [Run(0.8), Run(0.9), Run(1.0)])
+    assert summary.seeds == 3 and summary.accuracy == pytest.approx(0.9)
+    assert summary.accuracy_std == pytest.approx(0.1)
+
+
+def test_report_files(tmp_path):
+    paths = write_report(tmp_path, _results(), {"task": "prosqa"}, ["raw: a b\nexplained: [latent: x]"],
+                         {"data": 1.0})
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = paths["report"].read_text()
+    assert "| Token Assorted | 92.0 |" in text and "[latent: x]" in text and "| data | 1.0 |" in text
+    validate_results(json.loads(paths["results"].read_text()))
+
+
+# --------------------------------------------------------------------------- end to end
+def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    assert [m["name"] for m in results["methods"]] == ["Sol-Only", "CoT", "Token Assorted"]
+    assert results["task"] == "prosqa" and results["preset"] == "tiny"
+    assert all(m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0 for m in results["methods"])
+    assert not math.isnan(results["vqvae"]["codebook_usage"])
+    for method in BASE_METHODS:
+        assert (out / "models" / method / "config.json").is_file()
+        assert (out / "eval" / method / "results.predictions.jsonl").is_file()
+    assert (out / "tokens_vs_accuracy.png").is_file() and "## Settings" in (out / "report.md").read_text()
+    # A rerun reuses every stage; a changed eval setting recomputes only the evaluations.
+    capsys.readouterr()
+    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert "running" not in log and log.count("cached") == 8
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--set", "eval.max_new_tokens=8"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("running") == 3 and "[eval cot] running" in log and "[train cot] cached" in log

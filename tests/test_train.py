@@ -1,0 +1,193 @@
+"""Stage-2 training: loss falls, output dir loads in plain transformers, exact resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import stage2_toy
+from token_assorted.cli import main
+from token_assorted.errors import ConfigError
+from token_assorted.train import TrainConfig, epoch_order, micro_indices, train_lm
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+stage2_toy.register()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return stage2_toy.write_data(tmp_path_factory.mktemp("toy"))
+
+
+def config(data, out, **overrides) -> TrainConfig:
+    base = dict(task="toy", data=str(data["train"]), out=str(out), strategy="token-assorted",
+                codes=str(data["codes"]), epochs=2, batch_size=8, lr=3e-3, progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def meta(out: Path) -> dict:
+    return json.loads((out / "token_assorted.json").read_text())
+
+
+def test_micro_batches_cover_each_step_once_whatever_the_process_count():
+    order = epoch_order(10, 16, seed=0, epoch=0)
+    assert sorted(order[:10]) == list(range(10)) and order == epoch_order(10, 16, 0, 0)
+    assert order != epoch_order(10, 16, 0, 1)  # a new order every epoch
+    for world, accum in [(1, 1), (2, 1), (2, 2), (1, 4)]:
+        micro = 8 // (world * accum)
+        parts = [i for a in range(accum) for r in range(world)
+                 for i in micro_indices(order, 1, 8, micro, a, r, world)]
+        assert parts == order[8:16]
+
+
+def test_loss_falls_and_output_dir_is_complete(data, tmp_path):
+    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]), eval_limit=4))
+    record = meta(out)
+    losses = [h["train_loss"] for h in record["history"]]
+    assert losses[-1] < 0.7 * losses[0]
+    assert all("valid_accuracy" in h for h in record["history"])
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (out / name).is_file(), name
+    assert record["strategy"] == "token-assorted" and record["task"] == "toy"
+    assert (record["codebook_size"], record["chunk_size"], record["latents_per_chunk"]) == (16, 4, 1)
+    assert record["latent_vocab"]["codebook_size"] == 16
+    assert record["config"]["lr"] == 3e-3
+    weights = load_file(out / "model.safetensors")
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in weights)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] is not None and generation["pad_token_id"] is not None
+    assert list((out / "logs").iterdir())  # TensorBoard events
+
+
+def test_plain_transformers_loads_and_generates_latent_tokens(data, tmp_path):
+    out = train_lm(config(data, tmp_path / "run", epochs=1))
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(out)!r})
+        tok = AutoTokenizer.from_pretrained({str(out)!r})
+        ids = tok("reverse a b <boLatent> <latent_3>", return_tensors="pt").input_ids
+        assert tok.convert_tokens_to_ids("<latent_3>") in ids[0].tolist(), ids
+        assert tok.convert_tokens_to_ids("<latent_3>") < model.config.vocab_size
+        gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+        assert gen.shape[1] > ids.shape[1]
+        assert not any(name.startswith("token_assorted") for name in sys.modules)
+        print("OK", gen[0].tolist())
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "OK" in result.stdout
+
+
+def test_cot_without_vqvae_builds_its_tokenizer(data, tmp_path):
+    out = train_lm(config(data, tmp_path / "run", strategy="cot", codes=None, epochs=1))
+    record = meta(out)
+    assert record["latent_vocab"] is None and record["strategy"] == "cot"
+
+
+def test_refuses_to_overwrite_a_run_and_checks_resume(data, tmp_path):
+    cfg = config(data, tmp_path / "run", epochs=1)
+    train_lm(cfg)
+    with pytest.raises(ConfigError):
+        train_lm(cfg)
+    with pytest.raises(ConfigError):
+        train_lm(config(data, tmp_path / "run", epochs=1, seed=5, resume=True))
+
+
+def test_cli_train_and_user_errors(data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["train", "--task", "toy", "--strategy", "poisson", "--data", str(data["train"]),
+                 "--codes", str(data["codes"]), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--no-progress"])
+    assert code == 0 and meta(out)["strategy"] == "poisson"
+    code = main(["train", "--task", "toy", "--strategy", "all-replace", "--data", str(data["train"]),
+                 "--out", str(tmp_path / "x")])
+    assert code == 2 and "--vqvae" in capsys.readouterr().err
+
+
+RUNNER = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+import stage2_toy; stage2_toy.register()
+from token_assorted.train import TrainConfig, train_lm
+cfg = TrainConfig(task="toy", data={train!r}, codes={codes!r}, out=sys.argv[1], strategy="token-assorted",
+                  epochs=4, batch_size=4, lr=3e-3, save_every=3, progress=False, resume=sys.argv[2] == "1")
+train_lm(cfg)
+"""
+
+
+def _runner(data, tmp_path) -> Path:
+    path = tmp_path / "runner.py"
+    path.write_text(RUNNER.format(tests=str(TESTS), train=str(data["train"]), codes=str(data["codes"])))
+    return path
+
+
+def _committed_step(out: Path) -> int:
+    pointer = out / "state" / "latest.json"
+    if not pointer.is_file():
+        return 0
+    try:
+        return int(json.loads(pointer.read_text())["dir"].split("-")[1])
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_weights(data, tmp_path):
+    runner = _runner(data, tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([sys.executable, str(runner), str(straight), "0"], check=True, env=env, timeout=300)
+    total = _committed_step(straight)
+    assert total == 4 * 16  # 64 examples / batch 4, 4 epochs
+    process = subprocess.Popen([sys.executable, str(runner), str(killed), "0"], env=env)
+    deadline = time.time() + 240
+    while _committed_step(killed) < 6 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    at_kill = _committed_step(killed)
+    assert 6 <= at_kill < total, f"the run was not killed mid-way (step {at_kill} of {total})"
+    subprocess.run([sys.executable, str(runner), str(killed), "1"], check=True, env=env, timeout=300)
+    assert _committed_step(killed) == total
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert meta(straight)["history"] == meta(killed)["history"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path):
+    script = tmp_path / "ddp_main.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport stage2_toy\n"
+                      f"stage2_toy.register()\nfrom token_assorted.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "ddp"
+    with socket.socket() as probe:  # a free port (torchrun's port 0 does not reach the workers)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               str(script), "train", "--task", "toy", "--data", str(data["train"]), "--codes", str(data["codes"]),
+               "--out", str(out), "--epochs", "1", "--batch-size", "8", "--grad-accum", "2", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = meta(out)
+    assert record["history"][-1]["step"] == 64 // 8  # same optimizer steps as one process
+    assert (out / "model.safetensors").is_file()
+    assert result.stdout.count("model saved to") == 1  # the main process reports, once

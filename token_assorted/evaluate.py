@@ -1,0 +1,304 @@
+"""Evaluation: batched generation with the KV cache, parsing, scoring and timing.
+
+A trained model is a plain causal LM, so evaluation is `model.generate` on the prompt
+ids the model was trained on (`encoding.encode_prompt`), left padded, greedy by default.
+The generated ids are counted twice — latent tokens (codes and the two delimiters) and
+text tokens — and the text tokens alone are decoded and handed to `Task.verify`, so a
+latent token can never leak into a parsed answer.
+
+For the maze's 1-Feasible-10 metric, `samples=N` adds N top-k samples per question: the
+question is solved when any sample is feasible (greedy figures are reported beside it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .encoding import encode_prompt
+from .errors import CheckpointError, ConfigError
+from .io import atomic_write_json, atomic_write_jsonl, read_json
+from .schema import Example
+from .tasks import Task, Verdict, get_task
+from .tokenizer import LatentVocab, load_tokenizer
+
+MODEL_META = "token_assorted.json"  # written by stage-2 training beside the HF files
+
+
+@dataclass
+class EvalConfig:
+    """How to generate and score."""
+
+    batch_size: int = 32  # prompts generated together (left padded)
+    max_new_tokens: int = 128  # a trace plus solution longer than this counts as wrong
+    samples: int = 0  # >0: also draw this many top-k samples per prompt (1-Feasible-N)
+    top_k: int = 10  # top-k of the sampled generations
+    temperature: float = 1.0  # of the sampled generations
+    seed: int = 0  # sampling seed
+    limit: int | None = None  # evaluate only the first `limit` examples
+    progress: bool = True  # show a tqdm bar over batches
+
+
+@dataclass
+class Prediction:
+    """One question's greedy output (and samples when asked for)."""
+
+    index: int
+    question: str
+    answer: str  # the reference answer
+    generated: str  # decoded with latent tokens kept
+    parsed: str | None  # what the verifier parsed from the text tokens
+    correct: bool
+    n_tokens: int  # generated tokens up to and including eos
+    n_latent_tokens: int  # of which latent tokens (codes and delimiters)
+    used_latent: bool  # whether the output opened a latent span
+    details: dict[str, Any] = field(default_factory=dict)  # task-specific verdict details
+    samples_solved: bool | None = None  # any of the samples solved it (samples > 0 only)
+
+
+@dataclass
+class EvalResult:
+    """Aggregate figures of one evaluation run plus every prediction."""
+
+    task: str
+    n: int
+    accuracy: float  # greedy exact-match / verifier accuracy
+    avg_generated_tokens: float
+    avg_latent_tokens: float
+    avg_text_tokens: float
+    latent_span_share: float  # share of answers whose output contains a latent span
+    seconds_per_example: float  # greedy generation wall time / n
+    tokens_per_second: float  # greedy generated tokens / generation wall time
+    sampled_accuracy: float | None = None  # any-of-N solved (1-Feasible-N) when samples > 0
+    details: dict[str, float] = field(default_factory=dict)  # means of boolean verdict details
+    predictions: list[Prediction] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures without the predictions (what results files store)."""
+        data = asdict(self)
+        data.pop("predictions")
+        return data
+
+
+@dataclass
+class _Generated:
+    ids: list[list[int]]  # generated ids per prompt, cut after eos
+    seconds: float
+
+
+# --------------------------------------------------------------------------- generation
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention[row, width - len(prompt):] = 1
+    return input_ids, attention
+
+
+def _cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+                 config: EvalConfig, *, sample: bool = False, desc: str = "generate") -> _Generated:
+    """Generate for every prompt in batches (longest first, to waste little padding)."""
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[list[int]] = [[] for _ in prompts]
+    options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": config.max_new_tokens,
+                               "eos_token_id": eos_id, "pad_token_id": pad_id, "use_cache": True}
+    if sample:
+        options.update(top_k=config.top_k, temperature=config.temperature, top_p=1.0)
+    else:
+        # Explicit values so a checkpoint's generation_config cannot turn greedy into sampling.
+        options.update(top_k=None, temperature=None, top_p=None)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    batches = range(0, len(order), config.batch_size)
+    for begin in tqdm(batches, desc=desc, unit="batch", disable=not config.progress, leave=False):
+        rows = order[begin: begin + config.batch_size]
+        input_ids, attention = _left_pad([prompts[i] for i in rows], pad_id)
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 **options)  # (B, T + new)
+        for row, index in enumerate(rows):
+            outputs[index] = _cut_at_eos(out[row, input_ids.shape[1]:].tolist(), eos_id)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return _Generated(outputs, seconds)
+
+
+# --------------------------------------------------------------------------- decoding
+def text_ids(ids: list[int], tokenizer: PreTrainedTokenizerBase, latent_vocab: LatentVocab | None) -> list[int]:
+    """The ids the verifier may read: latent tokens and special tokens removed."""
+    special = set(tokenizer.all_special_ids)
+    return [t for t in ids if t not in special and not (latent_vocab and latent_vocab.is_latent(t))]
+
+
+def decode_for_display(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> str:
+    """The generated text with latent tokens visible (pad and eos dropped)."""
+    drop = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
+
+
+def count_latent(ids: list[int], latent_vocab: LatentVocab | None) -> int:
+    return 0 if latent_vocab is None else sum(latent_vocab.is_latent(t) for t in ids)
+
+
+# --------------------------------------------------------------------------- scoring
+def _sample_solved(verdict: Verdict) -> bool:
+    # 1-Feasible-N counts a feasible plan as solved (the maze reports it in details).
+    return bool(verdict.details.get("feasible", verdict.correct))
+
+
+def _predict(index: int, example: Example, ids: list[int], task: Task, tokenizer: PreTrainedTokenizerBase,
+             latent_vocab: LatentVocab | None) -> Prediction:
+    verdict = task.verify(example, tokenizer.decode(text_ids(ids, tokenizer, latent_vocab)))
+    used = latent_vocab is not None and latent_vocab.begin_id in ids
+    return Prediction(index=index, question=example.question, answer=example.answer,
+                      generated=decode_for_display(ids, tokenizer), parsed=verdict.predicted,
+                      correct=verdict.correct, n_tokens=len(ids),
+                      n_latent_tokens=count_latent(ids, latent_vocab), used_latent=used,
+                      details=dict(verdict.details))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _detail_means(predictions: list[Prediction]) -> dict[str, float]:
+    keys = sorted({k for p in predictions for k, v in p.details.items() if isinstance(v, bool)})
+    return {f"greedy_{k}": _mean([float(bool(p.details.get(k, False))) for p in predictions]) for k in keys}
+
+
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
+             config: EvalConfig | None = None, latent_vocab: LatentVocab | None = None,
+             chat_template: bool = False) -> EvalResult:
+    """Generate for every example with an in-memory model and score the outputs."""
+    config = config or EvalConfig()
+    if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
+        raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
+    examples = examples[: config.limit] if config.limit is not None else examples
+    if not examples:
+        raise ConfigError("nothing to evaluate: no examples")
+    prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
+    greedy = generate_ids(model, tokenizer, prompts, config, desc=f"eval {task.name}")
+    predictions = [_predict(i, ex, ids, task, tokenizer, latent_vocab)
+                   for i, (ex, ids) in enumerate(zip(examples, greedy.ids))]
+    sampled_accuracy = _score_samples(model, tokenizer, task, examples, prompts, config, latent_vocab,
+                                      predictions) if config.samples > 0 else None
+    total = sum(p.n_tokens for p in predictions)
+    latent = sum(p.n_latent_tokens for p in predictions)
+    n = len(predictions)
+    return EvalResult(
+        task=task.name, n=n, accuracy=_mean([float(p.correct) for p in predictions]),
+        avg_generated_tokens=total / n, avg_latent_tokens=latent / n, avg_text_tokens=(total - latent) / n,
+        latent_span_share=_mean([float(p.used_latent) for p in predictions]),
+        seconds_per_example=greedy.seconds / n,
+        tokens_per_second=total / greedy.seconds if greedy.seconds > 0 else math.inf,
+        sampled_accuracy=sampled_accuracy, details=_detail_means(predictions), predictions=predictions)
+
+
+def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                   examples: list[Example], prompts: list[list[int]], config: EvalConfig,
+                   latent_vocab: LatentVocab | None, predictions: list[Prediction]) -> float:
+    """Any-of-N accuracy: each prompt repeated N times, sampled with top-k."""
+    torch.manual_seed(config.seed)
+    repeated = [p for p in prompts for _ in range(config.samples)]
+    sampled = generate_ids(model, tokenizer, repeated, config, sample=True, desc=f"sample x{config.samples}")
+    for i, (example, prediction) in enumerate(zip(examples, predictions)):
+        outputs = sampled.ids[i * config.samples: (i + 1) * config.samples]
+        prediction.samples_solved = any(
+            _sample_solved(task.verify(example, tokenizer.decode(text_ids(ids, tokenizer, latent_vocab))))
+            for ids in outputs)
+    return _mean([float(bool(p.samples_solved)) for p in predictions])
+
+
+# --------------------------------------------------------------------------- model directories
+@dataclass
+class LoadedModel:
+    """A stage-2 model directory in memory."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    meta: dict[str, Any]
+    latent_vocab: LatentVocab | None
+    chat_template: bool
+    task_name: str | None
+
+
+def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
+    """`token_assorted.json` of a trained model dir ({} for a plain HF model dir)."""
+    path = Path(model_dir) / MODEL_META
+    if not path.is_file():
+        return {}
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return meta
+
+
+def load_model_dir(model_dir: str | Path, device: str | None = None) -> LoadedModel:
+    """Load a trained model dir (weights via safetensors, never remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
+    meta = read_model_meta(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
+                                                     use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
+    model.to(device or "cpu").eval()
+    vocab = meta.get("latent_vocab")
+    latent_vocab = LatentVocab(**vocab) if isinstance(vocab, dict) else None
+    return LoadedModel(model, tokenizer, meta, latent_vocab, bool(meta.get("chat_template", False)),
+                       meta.get("task"))
+
+
+def resolve_task(loaded: LoadedModel, task: str | Task | None) -> Task:
+    """The task given explicitly, else the one recorded in the model dir."""
+    if isinstance(task, Task):
+        return task
+    name = task or loaded.task_name
+    if not name:
+        raise ConfigError("the model dir records no task; pass --task")
+    return get_task(name)
+
+
+def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,
+                 task: str | Task | None = None) -> EvalResult:
+    """Evaluate a trained model directory (reads its token_assorted.json)."""
+    loaded = load_model_dir(model_dir)
+    return evaluate(loaded.model, loaded.tokenizer, resolve_task(loaded, task), examples, config,
+                    loaded.latent_vocab, loaded.chat_template)
+
+
+def predictions_path(results_path: str | Path) -> Path:
+    """RESULTS.json -> RESULTS.predictions.jsonl, beside it."""
+    path = Path(results_path)
+    return path.with_name(f"{path.stem}.predictions.jsonl")
+
+
+def save_result(result: EvalResult, results_path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the summary JSON and the predictions JSONL beside it (both atomic)."""
+    results_path = Path(results_path)
+    atomic_write_json(results_path, {**result.summary(), **(extra or {})})
+    preds = predictions_path(results_path)
+    atomic_write_jsonl(preds, (asdict(p) for p in result.predictions))
+    return preds

@@ -1,0 +1,480 @@
+"""Stage 2: train a causal LM on mixed latent/text traces, on one device or many (accelerate).
+
+setup (data, tokenizer, latent codes, model) -> fit (epochs of optimizer steps) ->
+validate (greedy generation accuracy, every epoch) -> save (the best model as a plain
+Hugging Face directory plus `token_assorted.json`).
+
+Batching. `batch_size` is the EFFECTIVE batch of one optimizer step, whatever the number
+of processes: each process runs micro-batches of batch_size / (grad_accum x processes)
+sequences, grad_accum times, before the synchronised step; the result is the same batch
+as one process with the same grad_accum (the per-process size must divide evenly).
+The epoch's example order is a permutation seeded by (seed, epoch), padded by wrapping so
+every step is full; step s takes its slice of it, process r its share of that slice. The
+mixed sequence of an example is a function of (seed, epoch, example index) only
+(`mixing.build_sequence`), so order and draws are identical on every process and after a
+resume, and m is redrawn every epoch.
+
+Devices. accelerate picks cuda -> mps -> cpu and sets up DDP when launched with
+`torchrun` / `accelerate launch` (gloo on CPU); bf16 autocast on CUDA only.
+
+Baselines with a VQ-VAE. `cot` and `sol-only` never need codes; when a VQ-VAE (or a codes
+file) is given they still get the latent vocabulary (`latent_vocab_for_baselines`, on by
+default) so every method's model has the same size and tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
+from .encoding import EncodedExample, encode_example
+from .errors import ConfigError
+from .io import atomic_write_json
+from .latents import LatentCodes, load_latent_codes
+from .mixing import (CODE_STRATEGIES, IGNORE_INDEX, ChunkLayout, MixedSequence, Strategy, build_sequence,
+                     check_codes, make_strategy, max_sequence_length)
+from .models import EMBEDDING_INITS, build_scratch_model, extend_vocabulary, is_preset, load_pretrained
+from .schema import Example
+from .tasks import Task, get_task
+from .tokenizer import LatentVocab, add_latent_tokens, build_task_tokenizer, resolve_tokenizer
+
+MODEL_META = "token_assorted.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one stage-2 run depends on (saved beside the model, resolved)."""
+
+    task: str = ""  # a task name (token_assorted.tasks.TASK_NAMES)
+    data: str = ""  # training examples (JSONL / JSON list)
+    out: str = ""  # output model directory
+    valid: str | None = None  # validation examples: greedy accuracy every epoch, best kept
+    strategy: str = "token-assorted"  # mixing.STRATEGY_NAMES
+    vqvae: str | None = None  # stage-1 directory: tokenizer, codes, codebook
+    codes: str | None = None  # instead of vqvae: a JSON file of precomputed codes (latents.py)
+    model: str = "tiny"  # a preset (models.PRESETS), a local HF model dir or a .gguf file
+    tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
+    embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
+    latent_vocab_for_baselines: bool = True  # cot/sol-only with a VQ-VAE get the latent rows too
+    epochs: int = 10
+    batch_size: int = 32  # effective sequences per optimizer step (all processes together)
+    grad_accum: int = 1  # micro-batches per optimizer step and process
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.0
+    warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: a number of steps
+    max_grad_norm: float = 1.0
+    max_length: int = 512  # longer examples are skipped (with a count)
+    m_values: list[int] | None = None  # token-assorted: m drawn from this set; None: any whole chunks
+    poisson_p: float = 0.5  # poisson: probability of replacing each chunk
+    curriculum_epochs: int = 1  # curriculum: epochs per stage
+    curriculum_max_chunks: int | None = None  # curriculum: cap on replaced chunks (None: whole trace)
+    seed: int = 0
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
+    eval_batch_size: int = 64
+    eval_limit: int | None = None  # validate on the first N examples only
+    max_new_tokens: int | None = None  # default: longest valid trace + solution, plus slack
+    save_every: int = 0  # optimizer steps between resume checkpoints (0: end of each epoch only)
+    max_steps: int | None = None  # stop after this many optimizer steps in all
+    log_every: int = 10  # optimizer steps between TensorBoard points
+    resume: bool = False
+    progress: bool = True  # tqdm bar (main process only)
+
+
+@dataclass
+class Setup:
+    """The prepared pieces of a run."""
+
+    task: Task
+    tokenizer: Any
+    model: Any
+    strategy: Strategy
+    encoded: list[EncodedExample]  # training examples that fit max_length
+    codes: list[list[int]] | None  # their latent codes (same order), None for text-only runs
+    layout: ChunkLayout | None
+    latent_vocab: LatentVocab | None
+    latents: LatentCodes | None
+    valid: list[Example] = field(default_factory=list)
+    skipped: int = 0
+
+
+# --------------------------------------------------------------------------- setup
+def check_config(config: TrainConfig, have_latents: bool = False) -> None:
+    for name in ("task", "data", "out"):
+        if not getattr(config, name):
+            raise ConfigError(f"train: '{name}' is required")
+    make_strategy(config.strategy)  # validates the name
+    if config.strategy in CODE_STRATEGIES and not (config.vqvae or config.codes or have_latents):
+        raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent codes: "
+                          f"pass --vqvae DIR (or a codes file)")
+    if config.embedding_init not in EMBEDDING_INITS:
+        raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
+    if config.mixed_precision not in ("auto", "no", "bf16"):
+        raise ConfigError(f"mixed_precision must be auto, no or bf16, got {config.mixed_precision!r}")
+    if min(config.epochs, config.batch_size, config.grad_accum) < 1 or config.lr <= 0:
+        raise ConfigError("epochs, batch size and grad accum must be >= 1 and lr > 0")
+
+
+def _strategy(config: TrainConfig) -> Strategy:
+    return make_strategy(config.strategy, m_values=config.m_values, poisson_p=config.poisson_p,
+                         curriculum_epochs=config.curriculum_epochs,
+                         curriculum_max_chunks=config.curriculum_max_chunks)
+
+
+def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
+    """The tokenizer of a scratch model: the VQ-VAE's, a given one, or one built from the data."""
+    if latents is not None and latents.tokenizer is not None:
+        return latents.tokenizer
+    if config.tokenizer:
+        return resolve_tokenizer(config.tokenizer)
+    texts = [task.prompt_text(ex) + task.trace_text(ex) + task.solution_text(ex) for ex in train]
+    return build_task_tokenizer(texts, getattr(task, "lexicon", lambda: ())())
+
+
+def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
+    if is_preset(config.model):
+        tokenizer = _text_tokenizer(config, task, train, latents)
+        return build_scratch_model(config.model, tokenizer, config.max_length, config.seed), tokenizer
+    model, tokenizer = load_pretrained(config.model)
+    if latents is not None and latents.tokenizer is not None:
+        from .tokenizer import tokenizer_fingerprint
+        if tokenizer_fingerprint(latents.tokenizer) != tokenizer_fingerprint(tokenizer):
+            raise ConfigError(f"the VQ-VAE was trained with another tokenizer than {config.model}'s")
+    return model, tokenizer
+
+
+def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
+    """Load data, tokenizer, codes and model; add the latent vocabulary where needed."""
+    check_config(config, latents is not None)
+    task = get_task(config.task)
+    train = task.load(config.data)
+    valid = task.load(config.valid) if config.valid else []
+    strategy = _strategy(config)
+    if latents is None and (config.vqvae or config.codes):
+        latents = load_latent_codes(config, task, train, need_codes=strategy.needs_codes)
+    model, tokenizer = _model_and_tokenizer(config, task, train, latents)
+    latent_vocab = layout = None
+    if latents is not None and (strategy.needs_codes or config.latent_vocab_for_baselines):
+        latent_vocab = add_latent_tokens(tokenizer, latents.codebook_size)
+        extend_vocabulary(model, latent_vocab, config.embedding_init, latents.codebook, seed=config.seed)
+        layout = ChunkLayout(latents.chunk_size, latents.latents_per_chunk, latent_vocab)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    encoded = [encode_example(tokenizer, task, ex, config.chat_template) for ex in train]
+    codes = latents.codes if latents is not None and strategy.needs_codes else None
+    if codes is not None:
+        if len(codes) != len(encoded):
+            raise ConfigError(f"{len(codes)} code lists for {len(encoded)} training examples")
+        for i, (enc, example_codes) in enumerate(zip(encoded, codes)):
+            check_codes(len(enc.trace_ids), example_codes, layout, where=f"{config.data}, example {i}: ")
+    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= config.max_length]
+    if not keep:
+        raise ConfigError(f"every training example is longer than max_length={config.max_length}")
+    return Setup(task, tokenizer, model, strategy, [encoded[i] for i in keep],
+                 None if codes is None else [codes[i] for i in keep], layout if codes is not None else None,
+                 latent_vocab, latents, valid, len(encoded) - len(keep))
+
+
+# --------------------------------------------------------------------------- batches
+def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[int]:
+    """`n_indices` example indices for one epoch: a seeded permutation, wrapped to fill."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    return (order * math.ceil(n_indices / n_examples))[:n_indices]
+
+
+def micro_indices(order: Sequence[int], step: int, batch_size: int, micro: int, accum_index: int,
+                  rank: int, world: int) -> list[int]:
+    """Process `rank`'s micro-batch `accum_index` of optimizer step `step`."""
+    start = step * batch_size + (accum_index * world + rank) * micro
+    return list(order[start:start + micro])
+
+
+def collate(sequences: list[MixedSequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence; padding is masked out of attention and loss."""
+    width = max(len(s.input_ids) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq.input_ids)] = torch.tensor(seq.input_ids)
+        labels[row, :len(seq.labels)] = torch.tensor(seq.labels)
+        attention[row, :len(seq.input_ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def make_batch(run: Setup, indices: Sequence[int], seed: int, epoch: int) -> dict[str, torch.Tensor]:
+    sequences = [build_sequence(run.strategy, run.encoded[i], None if run.codes is None else run.codes[i],
+                                run.layout, seed=seed, epoch=epoch, index=i) for i in indices]
+    return collate(sequences, run.tokenizer.pad_token_id)
+
+
+# --------------------------------------------------------------------------- validation
+def validation_accuracy(model, run: Setup, config: TrainConfig, accelerator) -> float:
+    """Greedy generation accuracy on the valid split, shared out over the processes."""
+    from .evaluate import EvalConfig, evaluate
+
+    examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
+    shard = examples[accelerator.process_index::accelerator.num_processes]
+    correct = 0.0
+    if shard:
+        eval_config = EvalConfig(batch_size=config.eval_batch_size, progress=False,
+                                 max_new_tokens=config.max_new_tokens or _default_new_tokens(run, examples))
+        result = evaluate(model, run.tokenizer, run.task, shard, eval_config, run.latent_vocab,
+                          config.chat_template)
+        correct = result.accuracy * result.n
+    totals = torch.tensor([correct, float(len(shard))], device=accelerator.device)
+    totals = accelerator.reduce(totals, reduction="sum")
+    return float(totals[0] / totals[1].clamp_min(1))
+
+
+def _default_new_tokens(run: Setup, examples: list[Example]) -> int:
+    # Room for the longest all-text trace and solution: a model that rambles past it is wrong.
+    longest = max(len(encode_example(run.tokenizer, run.task, ex).trace_ids)
+                  + len(encode_example(run.tokenizer, run.task, ex).solution_ids) for ex in examples[:200])
+    return longest + 16
+
+
+# --------------------------------------------------------------------------- saving
+def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]]) -> dict[str, Any]:
+    latents = run.latents
+    return {
+        "task": run.task.name, "strategy": config.strategy, "vqvae": config.vqvae, "codes": config.codes,
+        "codebook_size": latents.codebook_size if latents else None,
+        "chunk_size": latents.chunk_size if latents else None,
+        "latents_per_chunk": latents.latents_per_chunk if latents else None,
+        "latent_vocab": run.latent_vocab.to_dict() if run.latent_vocab else None,
+        "chat_template": config.chat_template, "data": config.data, "valid": config.valid,
+        "model": config.model, "skipped_too_long": run.skipped, "config": dataclasses.asdict(config),
+        "history": history,
+    }
+
+
+def save_model_dir(model, run: Setup, out: Path, meta: dict[str, Any]) -> None:
+    """The unwrapped model as a plain HF directory; each file replaced atomically."""
+    import shutil
+    import tempfile
+
+    generation = model.generation_config
+    generation.eos_token_id = run.tokenizer.eos_token_id
+    generation.pad_token_id = run.tokenizer.pad_token_id
+    generation.bos_token_id = run.tokenizer.bos_token_id
+    from transformers.utils import logging as hf_logging
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
+        hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
+        model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        for path in Path(tmp).iterdir():
+            if path.is_file():
+                shutil.move(str(path), out / (path.name + ".tmp"))
+                (out / (path.name + ".tmp")).replace(out / path.name)
+    atomic_write_json(out / MODEL_META, meta)
+
+
+# --------------------------------------------------------------------------- the loop
+def _accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one
+    # process cpu stays False so mps/cuda are still picked automatically.
+    import os
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=precision, cpu=cpu_ddp)
+
+
+def _micro_batch(config: TrainConfig, world: int) -> int:
+    per_step = config.grad_accum * world
+    if config.batch_size % per_step:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by grad_accum x processes "
+                          f"= {config.grad_accum} x {world}")
+    return config.batch_size // per_step
+
+
+def _warmup_steps(config: TrainConfig, total: int) -> int:
+    return int(config.warmup * total) if config.warmup < 1 else int(config.warmup)
+
+
+class _Trainer:
+    """The state of one run's fit loop (kept small: setup, steps, checkpoints)."""
+
+    def __init__(self, config: TrainConfig, run: Setup, accelerator, validate: Callable) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.config, self.run, self.acc, self.validate = config, run, accelerator, validate
+        self.out = Path(config.out)
+        self.micro = _micro_batch(config, accelerator.num_processes)
+        self.steps_per_epoch = math.ceil(len(run.encoded) / config.batch_size)
+        self.total = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total = min(self.total, config.max_steps)
+        run.model.to(accelerator.device)
+        self.optimizer = torch.optim.AdamW(run.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay, betas=(0.9, 0.95))
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, _warmup_steps(config, self.total),
+                                                         self.total)
+        self.model = accelerator.prepare(run.model)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+
+    # -- state -----------------------------------------------------------------
+    def trainer_record(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "best": self.best,
+                "history": self.history, "config": dataclasses.asdict(self.config)}
+
+    def save_state(self) -> None:
+        directory = step_dir(self.out, self.global_step)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_main_files(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                            self.trainer_record())
+        self.acc.wait_for_everyone()
+        save_rank_files(directory, self.acc.process_index)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            commit(self.out, directory)
+        self.acc.wait_for_everyone()
+
+    def restore(self) -> None:
+        directory = latest_state(self.out)
+        if directory is None:
+            self.acc.print(f"no training state in {self.out}; starting from scratch")
+            return
+        record = load_state(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+                            self.acc.process_index)
+        for key in ("strategy", "seed", "batch_size", "data", "task", "model"):
+            if record["config"].get(key) != getattr(self.config, key):
+                raise ConfigError(f"--resume: {key} differs from the saved run "
+                                  f"({record['config'].get(key)!r} vs {getattr(self.config, key)!r})")
+        self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
+        self.best, self.history = record["best"], record["history"]
+        self.acc.print(f"resumed from {directory} (epoch {self.epoch}, step {self.global_step})")
+
+    # -- fitting -----------------------------------------------------------------
+    def train_step(self, order: list[int]) -> float:
+        """One optimizer step: grad_accum micro-batches, gradients synced on the last only."""
+        losses = []
+        accum = self.config.grad_accum
+        for a in range(accum):
+            indices = micro_indices(order, self.step, self.config.batch_size, self.micro, a,
+                                    self.acc.process_index, self.acc.num_processes)
+            batch = {k: v.to(self.acc.device) for k, v in
+                     make_batch(self.run, indices, self.config.seed, self.epoch).items()}
+            sync = contextlib.nullcontext() if a == accum - 1 else self.acc.no_sync(self.model)
+            with sync:
+                loss = self.model(**batch).loss
+                self.acc.backward(loss / accum)
+            losses.append(loss.detach())
+        if self.config.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean"))
+
+    def end_epoch(self, loss: float) -> None:
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
+        if self.run.valid:
+            accuracy = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
+            record["valid_accuracy"] = accuracy
+            improved = self.best is None or accuracy >= self.best
+        else:
+            accuracy, improved = None, True  # no valid split: keep the latest model
+        self.history.append(record)
+        if improved:
+            self.best = accuracy
+            if self.acc.is_main_process:
+                save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
+                               {**model_meta(self.config, self.run, self.history), "best_epoch": self.epoch + 1,
+                                "best_valid_accuracy": accuracy})
+        self.acc.print(f"epoch {self.epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
+                       + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
+        if self.writer is not None and accuracy is not None:
+            self.writer.add_scalar("valid/accuracy", accuracy, self.global_step)
+
+    def fit(self) -> None:
+        from tqdm.auto import tqdm
+
+        if self.acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "logs"))
+        bar = tqdm(total=self.total, initial=self.global_step, unit="step", dynamic_ncols=True,
+                   disable=not (self.acc.is_main_process and self.config.progress))
+        started, loss = time.perf_counter(), float("nan")
+        try:
+            while self.epoch < self.config.epochs and self.global_step < self.total:
+                order = epoch_order(len(self.run.encoded), self.steps_per_epoch * self.config.batch_size,
+                                    self.config.seed, self.epoch)
+                while self.step < self.steps_per_epoch and self.global_step < self.total:
+                    loss = self.train_step(order)
+                    self.step += 1
+                    self.global_step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}")
+                    self.log(loss, started)
+                    if self.config.save_every and self.global_step % self.config.save_every == 0:
+                        self.save_state()
+                if self.step >= self.steps_per_epoch:
+                    self.end_epoch(loss)
+                    self.epoch, self.step = self.epoch + 1, 0
+                    self.save_state()
+        except KeyboardInterrupt:
+            self.save_state()
+            self.acc.print(f"\ninterrupted: training state saved at step {self.global_step}; resume with the "
+                           f"same command plus --resume (out: {self.out})")
+            raise
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        if self.acc.is_main_process and self.step and (not self.run.valid
+                                                       or not (self.out / "config.json").is_file()):
+            # Stopped mid-epoch by max_steps: save what was trained.
+            save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
+                           model_meta(self.config, self.run, self.history))
+        self.acc.wait_for_everyone()
+
+    def log(self, loss: float, started: float) -> None:
+        if self.writer is None or self.global_step % max(1, self.config.log_every):
+            return
+        self.writer.add_scalar("train/loss", loss, self.global_step)
+        self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
+        self.writer.add_scalar("train/steps_per_second", self.global_step / (time.perf_counter() - started),
+                               self.global_step)
+
+
+def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
+             validate: Callable | None = None) -> Path:
+    """Train one stage-2 model; return its output directory (a plain HF model dir).
+
+    `latents` supplies codes directly (tests, notebooks) instead of `vqvae`/`codes`;
+    `validate(model, run, config, accelerator) -> accuracy` replaces the default
+    greedy-generation validation.
+    """
+    out = Path(config.out)
+    if not config.resume and (out / "state").exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it "
+                          f"or choose another --out")
+    accelerator = _accelerator(config)
+    run = setup(config, latents)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(config, run, accelerator, validate or validation_accuracy)
+    if config.resume:
+        trainer.restore()
+    if run.skipped:
+        accelerator.print(f"skipped {run.skipped} training examples longer than max_length={config.max_length}")
+    trainer.fit()
+    return out
