@@ -3,6 +3,7 @@
     python benchmarks/bench_vqvae.py prontoqa --steps 600        # official train/valid (Coconut)
     python benchmarks/bench_vqvae.py prosqa --steps 600          # generated train, official valid
     python benchmarks/bench_vqvae.py gsm8k --steps 300           # SmolLM2 tokenizer, K = 1024
+    python benchmarks/bench_vqvae.py prosqa --no-copy-head       # vocabulary head only (the old decoder)
 
 Reference data is read from ../shared/data (or $TOKEN_ASSORTED_SHARED/data). Prints one
 JSON object with the command's settings, the valid metrics and the wall time.
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--autoregressive", action="store_true", help="causal chunk decoder")
+    parser.add_argument("--no-copy-head", dest="copy_head", action="store_false",
+                        help="vocabulary head only (no pointer over the prompt)")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,7 +76,7 @@ def main() -> None:
     config = VQVAETrainConfig(
         task=args.task, data=train, valid=valid, out=str(work / "vqvae"), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, seed=args.seed,
-        autoregressive=args.autoregressive,
+        autoregressive=args.autoregressive, copy_head=args.copy_head, warmup_steps=args.warmup_steps,
         valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -82,7 +86,8 @@ def main() -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     print(json.dumps({"task": args.task, "steps": args.steps, "batch_size": args.batch_size,
                       "train_examples": args.train_examples, "threads": args.threads, "d_model": args.d_model,
-                      "autoregressive": args.autoregressive, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
+                      "autoregressive": args.autoregressive, "copy_head": args.copy_head,
+                      "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 
 

@@ -7,6 +7,7 @@ whole file takes seconds on one CPU thread.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_c
                                   encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
                                   train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
+from token_assorted.vqvae.store import save_weights
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
 WORDS = ["wumpus", "yimpus", "lempus", "gerpus", "rorpus", "timpus", "kerpus", "bompus", "felpus"]
@@ -55,7 +57,7 @@ TINY = dict(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, prompt_laye
 
 def tiny_config(data: Path, out: Path, **overrides) -> VQVAETrainConfig:
     options = dict(task="toy", data=str(data), valid=str(data), out=str(out), chunk_size=4, compression=4,
-                   codebook_size=8, steps=150, batch_size=8, lr=5e-3, warmup_steps=10, valid_every=50,
+                   codebook_size=8, steps=250, batch_size=8, lr=5e-3, warmup_steps=10, valid_every=50,
                    dead_code_threshold=0.1, progress=False, **TINY)
     options.update(overrides)
     return VQVAETrainConfig(**options)
@@ -108,9 +110,9 @@ def test_collate_marks_batch_padding():
     assert batch.prompt_pad.tolist()[1][-1] is True
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_forward_shapes(tie):
-    model = tiny_model(tie_embeddings=tie)
+@pytest.mark.parametrize("tie,copy", [(True, True), (False, True), (True, False)])
+def test_forward_shapes(tie, copy):
+    model = tiny_model(tie_embeddings=tie, copy_head=copy)
     prompt, pad, chunk_ids, present = random_batch()
     output = model(prompt, pad, chunk_ids, present)
     n_real = int(present.sum())
@@ -120,6 +122,36 @@ def test_forward_shapes(tie):
     model.eval()
     assert model.codes_of(prompt, pad, chunk_ids, present).shape == (n_real, 2)
     assert model.tokens_of(prompt[:1], output.codes[:2]).shape == (2, 4)
+
+
+# --- the copy head -----------------------------------------------------------------------
+def test_copy_head_gives_a_distribution_summing_to_one():
+    model = tiny_model(copy_head=True)
+    output = model(*random_batch())
+    probabilities = output.logits.exp()  # (C, L, V)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(probabilities.shape[:2]), atol=1e-5)
+    output.loss.backward()  # ids absent from the prompt have log 0 = -inf; their gradient must not be NaN
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert model.copy_gate.weight.grad.abs().sum() > 0 and model.copy_key.weight.grad.abs().sum() > 0
+
+
+def test_copy_head_puts_the_copied_mass_on_the_prompt_tokens():
+    model = tiny_model(copy_head=True).eval()
+    prompt = torch.tensor([[7, 7, 9, 11, 3]])  # 7 twice; the last position (3) is padding
+    pad = torch.tensor([[False, False, False, False, True]])
+    memory = model.encode_prompt(prompt, pad)
+    hidden = torch.randn(1, 2, 4, 32)  # (B, N, L, D) any decoder states
+    with torch.no_grad():
+        model.copy_gate.weight.zero_()
+        model.copy_gate.bias.fill_(-60.0)  # p_gen ~ 0: copy only
+        copied = model.log_probs(hidden, memory, pad, prompt).exp()  # (1, 2, 4, V)
+        model.copy_gate.bias.fill_(60.0)  # p_gen ~ 1: vocabulary head only
+        generated = model.log_probs(hidden, memory, pad, prompt)
+    assert torch.allclose(copied[..., [7, 9, 11]].sum(-1), torch.ones(1, 2, 4), atol=1e-5)
+    assert copied[..., 3].max() < 1e-6 and copied[..., 20].max() < 1e-6  # padding and absent ids get nothing
+    assert copied[..., 7].min() > 0  # both positions of id 7 add to its mass
+    assert torch.allclose(generated, torch.log_softmax(model.logits(hidden), -1), atol=1e-4)
 
 
 def test_gradients_reach_encoder_through_straight_through():
@@ -208,6 +240,20 @@ def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
         load_vqvae(tmp_path)
 
 
+def test_checkpoint_from_before_the_copy_head_loads_without_it(trained, toy_file, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("state", "codes", "tb"))
+    info = json.loads((old / "config.json").read_text())
+    del info["model"]["copy_head"], info["train"]["copy_head"]  # as written before the flag existed
+    (old / "config.json").write_text(json.dumps(info))
+    save_weights(old / "model.safetensors", VQVAE(VQVAEConfig(**{**info["model"], "copy_head": False})))
+    loaded = load_vqvae(old)
+    assert loaded.config.copy_head is False and not hasattr(loaded.model, "copy_gate")
+    assert len(encode_examples(loaded, ToyTask(), toy_examples()[:2])) == 2
+    with pytest.raises(CheckpointError, match="copy_head=False"):
+        train_vqvae(tiny_config(toy_file, old, resume=True), task=ToyTask())
+
+
 def test_fresh_run_refuses_an_existing_directory(trained, toy_file):
     with pytest.raises(ConfigError, match="--resume"):
         train_vqvae(tiny_config(toy_file, trained), task=ToyTask())
@@ -239,8 +285,8 @@ def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, monkeypatch, cap
                        "max_prompt_len: 64\nwarmup_steps: 10\ndead_code_threshold: 0.1\n")
     code = main(["vqvae", "train", "--task", "toy", "--data", str(toy_file), "--valid", str(toy_file),
                  "--out", str(out), "--config", str(options), "--chunk-size", "4", "--compression", "4",
-                 "--codebook-size", "8", "--steps", "150", "--batch-size", "8", "--lr", "5e-3",
-                 "--valid-every", "75", "--no-progress"])
+                 "--codebook-size", "8", "--steps", "250", "--batch-size", "8", "--lr", "5e-3",
+                 "--valid-every", "125", "--no-progress"])
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
     codes_file = tmp_path / "codes.jsonl"

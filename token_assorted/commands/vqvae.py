@@ -36,6 +36,7 @@ HELP = {
     "max_prompt_len": "prompts longer than this keep their last tokens", "dropout": "dropout",
     "tie_embeddings": "share the token embeddings with the output layer",
     "autoregressive": "decode each chunk token by token (causal decoder, greedy) instead of in one pass",
+    "copy_head": "let the decoder copy prompt tokens (pointer-generator mixture with the vocabulary head)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

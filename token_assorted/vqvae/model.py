@@ -5,7 +5,8 @@ A reasoning trace C is cut into chunks of L text tokens. For each chunk:
     prompt P --g--> memory (P, D)                       (prompt encoder, run once per example)
     chunk (L) --f_enc(· | memory, chunk index)--> L/r vectors (D)
     vectors --q--> nearest of K codebook vectors        (the latent tokens are their indices)
-    codes --f_dec(· | memory, chunk index)--> logits over the L text tokens
+    codes --f_dec(· | memory, chunk index)--> L hidden states
+    hidden --(vocabulary head mixed with a copy head over P)--> L distributions over the vocabulary
 
 Choices the paper leaves open, and why we made them:
 - Encoder and decoder are small pre-norm transformer stacks (`nn.TransformerDecoder`
@@ -27,6 +28,23 @@ Choices the paper leaves open, and why we made them:
   with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
   rough comparison (valid token accuracy 0.658 tied vs 0.663 untied at step 250; the runs
   also differ in embedding init and schedule length, see benchmarks/results_vqvae.md).
+- Copy head (`copy_head`, pointer-generator style). The concept names of ProsQA and
+  ProntoQA traces are arbitrary words that only the prompt supplies; a decoder that must
+  regenerate them from the vocabulary head learned the template words and stalled at
+  0.66-0.70 token accuracy. With the copy head each output position also attends over
+  the prompt's positions (one head: queries from the decoder state, keys from g(P)),
+  the attention weights are scattered onto those positions' token ids, and a learned
+  gate p_gen = sigmoid(w . [h; context]) mixes the two:
+      p(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * sum_{j : P_j = w} attention_j.
+  The loss is the NLL of that mixture. It is computed in fp32 and in log space
+  (logaddexp of the two log-weighted terms; an id no prompt position holds gets an exact
+  log 0, with a gradient-safe log), so `VQVAEOutput.logits` are log-probabilities that
+  sum to 1. The head reads only g(P) and this chunk's decoder states, so a chunk still
+  decodes from its own latent(s), the prompt and its index alone. Checkpoints saved
+  before the flag existed load with copy_head=False. Measured at 250 CPU steps, L = r =
+  16, K = 64: valid token accuracy 0.658 -> 0.738 on ProsQA and 0.674 -> 0.741 on
+  ProntoQA (benchmarks/results_vqvae.md); choosing *which* prompt concepts a chunk
+  names, from one 6-bit code, is what remains wrong.
 - A trailing partial chunk is padded with the pad token and encoded too, so the whole
   trace can be replaced (All-Replace); the decoder is trained to emit pads there, and
   decoding drops them. The reconstruction loss covers pad positions for that reason;
@@ -64,8 +82,9 @@ class VQVAEConfig:
     max_prompt_len: int = 512  # longer prompts keep their last tokens (the question)
     max_chunks: int = 64  # chunk-index embeddings; later chunks share the last one
     dropout: float = 0.0
-    tie_embeddings: bool = True  # output layer = token embeddings (copying prompt words is then easy)
+    tie_embeddings: bool = True  # output layer = token embeddings (half the parameters with a large vocabulary)
     autoregressive: bool = False  # decoder reads the chunk's earlier tokens (teacher forcing; greedy at decode)
+    copy_head: bool = True  # mix the vocabulary head with a pointer over the prompt's tokens (see above)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -81,9 +100,9 @@ class VQVAEConfig:
 
 @dataclass
 class VQVAEOutput:
-    logits: Tensor  # (C, L, V) reconstruction logits of every real chunk of the batch
+    logits: Tensor  # (C, L, V) fp32 log-probabilities (valid logits) of every real chunk's tokens
     codes: Tensor  # (C, L/r) codebook indices
-    recon_loss: Tensor  # cross-entropy over all L positions (pads included)
+    recon_loss: Tensor  # NLL over all L positions (pads included)
     vq_loss: Tensor  # commitment loss from the quantizer
 
     @property
@@ -128,6 +147,10 @@ class VQVAE(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         else:
             self.lm_head = nn.Linear(d, config.vocab_size)
+        if config.copy_head:
+            self.copy_query = nn.Linear(d, d)
+            self.copy_key = nn.Linear(d, d)
+            self.copy_gate = nn.Linear(2 * d, 1)  # reads [decoder state; copied context]
         for embedding in (self.token_embedding, self.prompt_position, self.chunk_position, self.chunk_index):
             nn.init.normal_(embedding.weight, std=0.02)  # small, as in GPT-2: tied logits start near uniform
         self._clear_unused_buffers()
@@ -183,23 +206,56 @@ class VQVAE(nn.Module):
         return hidden[:, :, self.config.latents_per_chunk:]
 
     @torch.no_grad()
-    def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
+    def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
         """(B, N, L/r, D) quantized latents -> (B, N, L) decoded token ids (one pass, or L greedy ones)."""
         batch, n_chunks = quantized.shape[:2]
         tokens = quantized.new_full((batch, n_chunks, self.config.chunk_size), self.config.pad_id,
                                     dtype=torch.long)
         if not self.config.autoregressive:
-            return self.logits(self.decode(quantized, memory, memory_pad)).argmax(-1)
+            hidden = self.decode(quantized, memory, memory_pad)  # (B, N, L, D)
+            return self.log_probs(hidden, memory, memory_pad, prompt_ids).argmax(-1)
         for position in range(self.config.chunk_size):
-            logits = self.logits(self.decode(quantized, memory, memory_pad, tokens)[:, :, position])
-            tokens[:, :, position] = logits.argmax(-1)
+            hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
+            tokens[:, :, position] = self.log_probs(hidden, memory, memory_pad, prompt_ids)[:, :, 0].argmax(-1)
         return tokens
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """(..., D) decoder states -> (..., V) token logits."""
+        """(..., D) decoder states -> (..., V) logits of the vocabulary head alone."""
         if self.config.tie_embeddings:
             return F.linear(hidden, self.token_embedding.weight, self.output_bias)
         return self.lm_head(hidden)
+
+    def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                  present: Tensor | None = None) -> Tensor:
+        """(B, N, S, D) decoder states -> fp32 log p of each position's token, (B, N, S, V).
+
+        With `present` (B, N), only the real chunks: (C, S, V). Without the copy head this
+        is log_softmax of the vocabulary logits; with it, the pointer-generator mixture.
+        """
+        keep = (lambda x: x[present]) if present is not None else (lambda x: x)
+        with torch.autocast(hidden.device.type, enabled=False):  # the mixture needs fp32 range
+            log_vocab = F.log_softmax(self.logits(keep(hidden)).float(), dim=-1)  # (C, S, V)
+            if not self.config.copy_head:
+                return log_vocab
+            return self._mix_copy(hidden.float(), memory.float(), memory_pad, prompt_ids, log_vocab, keep)
+
+    def _mix_copy(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                  log_vocab: Tensor, keep) -> Tensor:
+        n_chunks, span = hidden.shape[1:3]
+        query, key = self.copy_query(hidden), self.copy_key(memory)  # (B, N, S, D), (B, P, D)
+        scores = torch.einsum("bnsd,bpd->bnsp", query, key) / key.shape[-1] ** 0.5  # (B, N, S, P)
+        scores = scores.masked_fill(memory_pad[:, None, None], float("-inf"))
+        attention = scores.softmax(dim=-1)  # (B, N, S, P)
+        context = torch.einsum("bnsp,bpd->bnsd", attention, memory)  # (B, N, S, D)
+        gate = self.copy_gate(torch.cat([hidden, context], dim=-1))  # (B, N, S, 1) logit of p_gen
+        attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
+        ids = keep(prompt_ids[:, None, None].expand(-1, n_chunks, span, -1))  # (C, S, P)
+        # Scatter: a word at several prompt positions gets the sum of their weights.
+        copied = torch.zeros_like(log_vocab).scatter_add_(-1, ids, attention)  # (C, S, V)
+        held = copied > 0
+        # log 0 = -inf for ids the prompt lacks, without the NaN gradient of log(0).
+        log_copied = torch.where(held, copied.masked_fill(~held, 1.0).log(), float("-inf"))
+        return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + log_copied)
 
     def _run(self, stack: nn.TransformerDecoder, x: Tensor, memory: Tensor, memory_pad: Tensor,
              causal: bool = False) -> Tensor:
@@ -225,9 +281,10 @@ class VQVAE(nn.Module):
         quantized, codes, vq_loss = self.quantize(latents[chunk_present])  # only real chunks touch the codebook
         grid = latents.new_zeros(latents.shape)
         grid[chunk_present] = quantized.to(grid.dtype)
-        logits = self.logits(self.decode(grid, memory, prompt_pad, chunk_ids)[chunk_present])  # (C, L, V)
-        recon_loss = F.cross_entropy(logits.flatten(0, 1), chunk_ids[chunk_present].flatten())
-        return VQVAEOutput(logits, codes, recon_loss, vq_loss)
+        hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
+        log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present)  # (C, L, V)
+        recon_loss = F.nll_loss(log_probs.flatten(0, 1), chunk_ids[chunk_present].flatten())
+        return VQVAEOutput(log_probs, codes, recon_loss, vq_loss)
 
     @torch.no_grad()
     def codes_of(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
@@ -241,7 +298,7 @@ class VQVAE(nn.Module):
         prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
         memory = self.encode_prompt(prompt_ids, prompt_pad)  # (1, P, D)
         quantized = self.quantizer.get_output_from_indices(codes)[None]  # (1, N, L/r, D)
-        return self.greedy_tokens(quantized, memory, prompt_pad)[0]
+        return self.greedy_tokens(quantized, memory, prompt_pad, prompt_ids)[0]
 
     @torch.no_grad()
     def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
@@ -250,4 +307,4 @@ class VQVAE(nn.Module):
         codes = self.quantize(self.encode(chunk_ids, memory, prompt_pad)[chunk_present])[1]
         grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
         grid[chunk_present] = self.quantizer.get_output_from_indices(codes)
-        return self.greedy_tokens(grid, memory, prompt_pad)[chunk_present]
+        return self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[chunk_present]

@@ -47,7 +47,9 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer")
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head")
+# Options added after runs were saved, with the value those runs had.
+_ADDED = {"copy_head": False}
 
 
 @dataclass
@@ -125,7 +127,7 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
     if not (out / CONFIG).is_file():
         raise CheckpointError(f"{out}: nothing to resume (no {CONFIG}); run without --resume")
     info = read_info(out)
-    saved, given = info.get("train", {}), _comparable(config)
+    saved, given = {**_ADDED, **info.get("train", {})}, _comparable(config)
     differing = sorted(k for k in given if k in saved and saved[k] != given[k])
     shape = [k for k in differing if k in _SHAPE]
     if shape:
