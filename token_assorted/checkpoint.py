@@ -102,11 +102,24 @@ def latest_state(out: str | Path) -> Path | None:
     return directory
 
 
+def _reason(exc: BaseException) -> str:
+    """A short reason: torch's weights-only refusal names the offending global after its advice."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = " ".join(text.split(marker, 1)[1].split()).split(". Please", 1)[0].split(" Check the", 1)[0]
+        return f"not plain tensors and numbers, refused without executing it ({detail.rstrip('.')})"
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{path}: cannot read training state: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a refused unpickle (UnpicklingError) or any corruption
+        # weights_only=True refuses anything but tensors and plain containers; a swapped or
+        # tampered file ends here instead of being executed.
+        raise CheckpointError(f"{path}: cannot read training state: {_reason(exc)}") from None
 
 
 def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

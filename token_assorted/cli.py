@@ -39,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TokenAssortedError as exc:
-        print(f"token-assorted {args.command}: error: {exc}", file=sys.stderr)
+        print(f"token-assorted {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"token-assorted {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def one_line(message: str) -> str:
+    """A message on one line: wrapped library errors (transformers, YAML) span several."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

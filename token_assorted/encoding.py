@@ -8,6 +8,7 @@ concatenated by the caller: `[bos] P C S [eos]`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -30,7 +31,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, task: Task, example: Examp
     if chat_template and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text.strip()}],
                                             add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        # transformers 5 returns a BatchEncoding (a Mapping, not a dict) from some tokenizers.
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     return bos + tokenizer(text, add_special_tokens=False).input_ids
 

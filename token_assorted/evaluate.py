@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -26,6 +27,7 @@ from .encoding import encode_prompt
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_jsonl, read_json
 from .schema import Example
+from .safety import refuse_pickle_dir
 from .tasks import Task, Verdict, get_task
 from .tokenizer import LatentVocab, load_tokenizer
 
@@ -106,6 +108,31 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 def _cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
+
+
+def position_limit(model: PreTrainedModel) -> int | None:
+    """How many positions the model can index, when that is a hard limit (learned positions).
+
+    A model with a learned position table (GPT-2) crashes past `max_position_embeddings`;
+    a rotary model (Llama, Qwen) only extrapolates, so it gets no hard limit here.
+    """
+    config = model.config
+    if getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None):
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_context(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Refuse, before generating, a prompt that cannot fit with `max_new_tokens` after it."""
+    limit = position_limit(model)
+    if limit is None:
+        return
+    for index, prompt in enumerate(prompts):
+        if len(prompt) + max_new_tokens > limit:
+            raise ConfigError(f"example {index} (0-based) is too long for the model's context: prompt of "
+                              f"{len(prompt)} tokens + max_new_tokens={max_new_tokens} > {limit} positions "
+                              f"(max_position_embeddings); shorten the question or lower --max-new-tokens")
 
 
 def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
@@ -194,6 +221,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
+    check_context(model, prompts, config.max_new_tokens)
     greedy = generate_ids(model, tokenizer, prompts, config, desc=f"eval {task.name}")
     predictions = [_predict(i, ex, ids, task, tokenizer, latent_vocab)
                    for i, (ex, ids) in enumerate(zip(examples, greedy.ids))]
@@ -259,10 +287,13 @@ def load_model_dir(model_dir: str | Path, device: str | None = None) -> LoadedMo
         raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
     meta = read_model_meta(model_dir)
     tokenizer = load_tokenizer(model_dir)
+    # Check every weight file's header first: a pickle renamed .safetensors is refused here,
+    # before any loader (which would only raise an opaque SafetensorError) sees it.
+    refuse_pickle_dir(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
                                                      use_safetensors=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
     model.to(device or "cpu").eval()
     vocab = meta.get("latent_vocab")
@@ -284,7 +315,8 @@ def resolve_task(loaded: LoadedModel, task: str | Task | None) -> Task:
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,
                  task: str | Task | None = None) -> EvalResult:
     """Evaluate a trained model directory (reads its token_assorted.json)."""
-    loaded = load_model_dir(model_dir)
+    # A GPU when there is one: a pretrained model's test set is slow on CPU.
+    loaded = load_model_dir(model_dir, "cuda" if torch.cuda.is_available() else None)
     return evaluate(loaded.model, loaded.tokenizer, resolve_task(loaded, task), examples, config,
                     loaded.latent_vocab, loaded.chat_template)
 

@@ -106,11 +106,16 @@ def render(explanation: Explanation) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def vqvae_decoder(vqvae_dir: str | Path) -> LatentDecoder:
-    """A decoder over the stage-1 VQ-VAE in `vqvae_dir` (token_assorted.vqvae)."""
+def vqvae_decoder(vqvae_dir: str | Path, *, codebook_size: int | None = None, chunk_size: int | None = None,
+                  tokenizer: Any = None) -> LatentDecoder:
+    """A decoder over the stage-1 VQ-VAE in `vqvae_dir` (token_assorted.vqvae).
+
+    With the model's K, L and tokenizer given, a VQ-VAE that differs is refused
+    (CheckpointError): its codes would decode to wrong text without any sign.
+    """
     from .vqvae import decode_codes, load_vqvae
 
-    loaded = load_vqvae(vqvae_dir)
+    loaded = load_vqvae(vqvae_dir, codebook_size=codebook_size, chunk_size=chunk_size, tokenizer=tokenizer)
     per_chunk = loaded.config.latents_per_chunk
 
     def decode(prompt_ids: list[int], codes: list[int]) -> str:
@@ -154,7 +159,12 @@ class Explainer:
         self.loaded = load_model_dir(self.model_dir)
         self.task_obj = resolve_task(self.loaded, self.task)
         found = find_vqvae_dir(self.model_dir, self.loaded.meta, self.vqvae_dir)
-        self.decoder = vqvae_decoder(found) if found is not None and self.loaded.latent_vocab else None
+        vocab = self.loaded.latent_vocab
+        self.decoder = None
+        if found is not None and vocab:
+            self.decoder = vqvae_decoder(found, codebook_size=vocab.codebook_size,
+                                         chunk_size=self.loaded.meta.get("chunk_size"),
+                                         tokenizer=self.loaded.tokenizer)
 
     def _prompt_ids(self, question: str) -> list[int]:
         from .encoding import encode_prompt

@@ -58,13 +58,15 @@ def from_vqvae(directory: Path, task: Task, train: list[Example], need_codes: bo
 
 def codebook_of(model: torch.nn.Module, codebook_size: int) -> torch.Tensor | None:
     """The (K, d) codebook of a VQ-VAE model (an attribute, or the quantizer's buffer)."""
-    codebook = getattr(model, "codebook", None)
-    if isinstance(codebook, torch.Tensor):
-        return codebook.detach().reshape(codebook_size, -1)
+    # vector-quantize-pytorch exposes it as `VectorQuantize.codebook` (our VQVAE's `quantizer`).
+    for holder in (model, getattr(model, "quantizer", None)):
+        codebook = getattr(holder, "codebook", None)
+        if isinstance(codebook, torch.Tensor) and codebook.numel() % codebook_size == 0:
+            return codebook.detach().float().reshape(codebook_size, -1)
     for name, tensor in model.state_dict().items():
         squeezed = tensor.squeeze(0) if tensor.dim() == 3 else tensor
-        if ("codebook" in name or name.endswith("embed")) and squeezed.dim() == 2 \
-                and squeezed.shape[0] == codebook_size:
+        # `embed`, never `embed_avg`: the EMA sums are the codebook scaled by each code's usage.
+        if name.endswith("embed") and squeezed.dim() == 2 and squeezed.shape[0] == codebook_size:
             return squeezed.detach().float()
     return None
 
@@ -76,13 +78,38 @@ def from_codes_file(path: Path, n_examples: int) -> LatentCodes:
     for key in ("chunk_size", "latents_per_chunk", "codebook_size", "codes"):
         if key not in record:
             raise DataError(path, "missing field", field=key)
+    sizes = [_positive_int(path, record, key) for key in ("chunk_size", "latents_per_chunk", "codebook_size")]
     codes = record["codes"]
     if not isinstance(codes, list) or len(codes) != n_examples:
         raise DataError(path, f"expected {n_examples} code lists (one per training example)", field="codes")
+    for i, example_codes in enumerate(codes):
+        if not isinstance(example_codes, list) or not all(_is_int(z) for z in example_codes):
+            raise DataError(path, f"code list {i} must be a list of integers", field="codes")
     tokenizer = None
     if record.get("tokenizer"):
+        if not isinstance(record["tokenizer"], str):
+            raise DataError(path, "must be a directory name", field="tokenizer")
         from .tokenizer import load_tokenizer
         tokenizer = load_tokenizer(path.parent / record["tokenizer"])
-    codebook = torch.tensor(record["codebook"], dtype=torch.float32) if record.get("codebook") else None
-    return LatentCodes(int(record["chunk_size"]), int(record["latents_per_chunk"]),
-                       int(record["codebook_size"]), [list(map(int, c)) for c in codes], codebook, tokenizer)
+    codebook = _codebook(path, record.get("codebook")) if record.get("codebook") else None
+    return LatentCodes(*sizes, codes, codebook, tokenizer)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a code
+
+
+def _positive_int(path: Path, record: dict[str, Any], key: str) -> int:
+    value = record[key]
+    if not _is_int(value) or value < 1:
+        raise DataError(path, f"must be a positive integer, got {value!r}", field=key)
+    return value
+
+
+def _codebook(path: Path, rows: Any) -> torch.Tensor:
+    """The (K, d) codebook of a codes file: rows of numbers, all of one length."""
+    if (not isinstance(rows, list) or not all(isinstance(row, list) and row for row in rows)
+            or len({len(row) for row in rows}) != 1
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for row in rows for x in row)):
+        raise DataError(path, "must be a list of equally long lists of numbers", field="codebook")
+    return torch.tensor(rows, dtype=torch.float32)  # (K, d)

@@ -35,6 +35,7 @@ from .config import from_mapping, load_yaml
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .schema import Example, save_examples
+from .tasks.base import Task
 
 BASE_METHODS = ("sol-only", "cot", "token-assorted")
 ABLATIONS = ("all-replace", "curriculum", "poisson")
@@ -56,6 +57,10 @@ class DataSettings:
     test: int = 300  # the held-out set every method is scored on
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # the task generator's options
+    # Tasks without a generator (gsm8k): user-supplied files {"train": PATH, "test": PATH,
+    # "valid": PATH (optional)}; the sizes above then cap each split (0: all of it), and
+    # without a valid file the last `valid` training examples become the valid split.
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,6 +160,27 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
     _check_section(config.vqvae, _VQVAE_OWNED, _vqvae_config_class(), f"{source}.vqvae")
 
 
+def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
+    """Data files, when given, name existing train and test files; tasks with no generator need them."""
+    from .tasks import get_task
+
+    files = config.data.files
+    unknown = sorted(set(files) - {"train", "valid", "test"})
+    if unknown:
+        raise ConfigError(f"{source}: data.files: unknown split(s) {', '.join(unknown)}; use train, valid, test")
+    if not files:
+        if type(get_task(config.task)).generate is Task.generate:
+            raise ConfigError(f"{source}: task {config.task!r} has no generator; give its data files "
+                              f"(token-assorted run --train FILE --test FILE [--valid FILE])")
+        return
+    for split in ("train", "test"):
+        if not files.get(split):
+            raise ConfigError(f"{source}: data.files needs a {split} file (--{split} FILE)")
+    for split, path in files.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{source}: {split} file {path} not found")
+
+
 def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, source: str) -> None:
     taken = sorted(set(section) & set(owned))
     if taken:
@@ -245,13 +271,39 @@ def generate_splits(config: PipelineConfig) -> dict[str, list[Example]]:
     return splits
 
 
+def file_splits(config: PipelineConfig) -> dict[str, list[Example]]:
+    """Train / valid / test read from `data.files` (tasks whose data cannot be generated)."""
+    from .tasks import get_task
+
+    task, files, sizes = get_task(config.task), config.data.files, config.data
+    train = task.load(files["train"])
+    test = task.load(files["test"])
+    if files.get("valid"):
+        valid = task.load(files["valid"])
+    else:
+        # Held out from the END of train, so capping train below never overlaps it.
+        n_valid = min(sizes.valid, max(len(train) - 1, 0))
+        train, valid = train[:len(train) - n_valid], train[len(train) - n_valid:]
+    cap = {"train": sizes.train, "valid": sizes.valid, "test": sizes.test}
+    return {name: examples[:cap[name] or None]
+            for name, examples in (("train", train), ("valid", valid), ("test", test))}
+
+
+def _files_fingerprint(files: dict[str, str]) -> dict[str, str]:
+    """Content hashes of the data files, so an edited file recomputes the stages that read it."""
+    return {split: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+            for split, path in sorted(files.items()) if path}
+
+
 def _data_stage(config: PipelineConfig, out: Path, log: Callable[[str], None]) -> StageResult:
     def build(path: Path) -> None:
-        for split, examples in generate_splits(config).items():
+        splits = file_splits(config) if config.data.files else generate_splits(config)
+        for split, examples in splits.items():
             save_examples(path / f"{split}.jsonl", examples)
             log(f"  {split}: {len(examples)} examples")
 
-    key = config_hash("data", config.task, dataclasses.asdict(config.data))
+    key = config_hash("data", config.task, dataclasses.asdict(config.data),
+                      _files_fingerprint(config.data.files))
     return run_stage(out / "data", key, build, "data", log)
 
 
@@ -343,6 +395,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    check_data_files(config, preset_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

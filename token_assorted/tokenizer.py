@@ -129,8 +129,10 @@ def build_task_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()) 
 
 
 def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
-    """A pretrained tokenizer from a model directory, a tokenizer directory or a .gguf file."""
-    path = Path(spec)
+    """A pretrained tokenizer from a model directory, a tokenizer directory, a .gguf file or an alias."""
+    from .pretrained import resolve_model_path  # "smollm2-135m" -> the packaged GGUF file
+
+    path = resolve_model_path(spec)
     if path.suffix == ".gguf":
         from transformers import AutoTokenizer
 

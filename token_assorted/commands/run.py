@@ -26,6 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set train.epochs=3 --set data.train=500")
+    parser.add_argument("--train", type=Path, default=None, metavar="FILE",
+                        help="training examples, for tasks without a generator (gsm8k: the GSM8K JSONL, "
+                             "iCoT text or MATH-style files); replaces generated data")
+    parser.add_argument("--valid", type=Path, default=None, metavar="FILE",
+                        help="validation examples (default: held out from the end of --train)")
+    parser.add_argument("--test", type=Path, default=None, metavar="FILE", help="the held-out test examples")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="a folder holding train.jsonl and test.jsonl (and valid.jsonl); "
+                             "the same as --train/--valid/--test for the files it holds")
     parser.set_defaults(func=run_command)
 
 
@@ -37,6 +46,15 @@ def run_command(args: argparse.Namespace) -> int:
     if args.task and args.task != load_preset(args.preset).task:
         # The preset's generator options belong to its own task.
         overrides = {"task": args.task, "data.options": {}, **overrides}
+    files = {split: str(getattr(args, split)) for split in ("train", "valid", "test") if getattr(args, split)}
+    if args.data_dir is not None:
+        found = {split: str(args.data_dir / f"{split}.jsonl") for split in ("train", "valid", "test")
+                 if (args.data_dir / f"{split}.jsonl").is_file()}
+        if "train" not in found or "test" not in found:
+            raise ConfigError(f"--data-dir {args.data_dir}: expected train.jsonl and test.jsonl in it")
+        files = {**found, **files}
+    if files:
+        overrides["data.files"] = files
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
     config = load_preset(args.preset, overrides)

@@ -43,7 +43,7 @@ PRESETS = {
     "paper": MazeSpec(width=20, height=20, min_keys=2, max_keys=4, wall_density=0.25),
 }
 META_FIELDS = ("width", "height", "walls", "keys", "doors", "start", "goal")
-_NUMBER = re.compile(r"[0-9]+")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # bounded: int() refuses numbers over 4300 digits
 
 
 # --- rendering ---------------------------------------------------------------------

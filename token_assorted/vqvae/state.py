@@ -1,15 +1,21 @@
 """Resume state of a VQ-VAE run: weights, optimizer, scheduler, step and RNG, in DIR/state/.
 
-Each file is written atomically and carries the step it belongs to; `state.json` is
-written last, so a run killed while saving leaves the previous complete state (or a
-mismatch we detect) rather than a torn one. The optimizer/scheduler file is a
-`torch.save` of tensors and plain numbers, read back with `weights_only=True` only.
-The data order needs no state: it is a pure function of (seed, step).
+Each save goes into a fresh `state/step-NNNNNNNN/` folder (weights as safetensors, the
+optimizer/scheduler/RNG record as `trainer.pt`); only when both files are written and
+fsynced is the pointer `state/state.json` (`{"step": N, "dir": "step-…"}`) replaced by one
+atomic rename. A run killed at any moment of a save therefore leaves the previous state
+in force; older step folders are removed after the switch. `trainer.pt` is a `torch.save`
+of tensors and plain numbers, read back with `weights_only=True` only. The data order
+needs no state: it is a pure function of (seed, step).
+
+States written before step folders existed (the files directly in `state/`, a pointer
+without "dir") are still loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from ..io import atomic_open, atomic_write_json, read_json
 from .store import load_weights, save_weights
 
 STATE_DIR = "state"
+POINTER = "state.json"
+_FLAT_FILES = ("model.safetensors", "trainer.pt")  # the layout before step folders
 
 
 @dataclass
@@ -34,20 +42,47 @@ class TrainerState:
 
 
 def save_state(directory: Path, model: torch.nn.Module, state: TrainerState) -> None:
-    folder = directory / STATE_DIR
+    """Write the state into its own step folder, then switch the pointer to it atomically."""
+    root = directory / STATE_DIR
+    folder = root / f"step-{state.step:08d}"
+    if folder.exists():  # left by a run killed mid-save at this step; never pointed at
+        shutil.rmtree(folder)
     save_weights(folder / "model.safetensors", model, {"step": str(state.step)})
     with atomic_open(folder / "trainer.pt", "wb") as handle:
         torch.save({"step": state.step, "optimizer": state.optimizer, "scheduler": state.scheduler,
                     "rng": state.rng, "cuda_rng": state.cuda_rng}, handle)
-    atomic_write_json(folder / "state.json", {"step": state.step})
+    atomic_write_json(root / POINTER, {"step": state.step, "dir": folder.name})  # the commit
+    _prune(root, keep=folder.name)
+
+
+def _prune(root: Path, keep: str) -> None:
+    # Only after the commit: until then the previous state must stay loadable.
+    for old in root.glob("step-*"):
+        if old.is_dir() and old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for name in _FLAT_FILES:
+        (root / name).unlink(missing_ok=True)
+
+
+def _committed_folder(root: Path) -> tuple[Path, Any]:
+    pointer = root / POINTER
+    if not pointer.is_file():
+        raise CheckpointError(f"{root}: no resume state ({POINTER} missing); cannot --resume")
+    record = read_json(pointer)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{pointer}: expected a JSON object")
+    name = record.get("dir")
+    if name is None:
+        return root, record.get("step")  # the layout before step folders
+    folder = root / str(name)
+    if not isinstance(name, str) or "/" in name or "\\" in name or not folder.is_dir():
+        raise CheckpointError(f"{pointer}: points at a missing state folder {folder}")
+    return folder, record.get("step")
 
 
 def load_state(directory: Path, model: torch.nn.Module) -> TrainerState:
     """Restore the model's weights in place and return the trainer state beside them."""
-    folder = directory / STATE_DIR
-    if not (folder / "state.json").is_file():
-        raise CheckpointError(f"{folder}: no resume state (state.json missing); cannot --resume")
-    step = read_json(folder / "state.json").get("step")
+    folder, step = _committed_folder(directory / STATE_DIR)
     try:
         trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption is a bad checkpoint
@@ -55,9 +90,10 @@ def load_state(directory: Path, model: torch.nn.Module) -> TrainerState:
     weights = load_weights(folder / "model.safetensors")
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
         weights_step = (handle.metadata() or {}).get("step")
-    if trainer.get("step") != step or weights_step != str(step):
+    if not isinstance(trainer, dict) or trainer.get("step") != step or weights_step != str(step):
         raise CheckpointError(f"{folder}: resume files belong to different steps "
-                              f"({trainer.get('step')} vs {step}); the state is torn")
+                              f"({trainer.get('step') if isinstance(trainer, dict) else None} vs {step}); "
+                              f"the state is torn")
     model.load_state_dict(weights)
     return TrainerState(step, trainer["optimizer"], trainer["scheduler"], trainer["rng"],
                         list(trainer.get("cuda_rng", [])))
