@@ -17,7 +17,7 @@ from test_pretrained import build_chat_tokenizer, gsm8k_records, save_tiny_llama
 from token_assorted.cli import main
 from token_assorted.errors import TokenAssortedError
 from token_assorted.io import read_json
-from token_assorted.pipeline import ABLATIONS, BASE_METHODS, PipelineConfig, file_splits, load_preset
+from token_assorted.pipeline import BASE_METHODS, PipelineConfig, file_splits, load_preset
 from token_assorted.pretrained import load_pretrained_lm
 from token_assorted.tasks import get_task
 from token_assorted.tokenizer import tokenizer_fingerprint
@@ -116,7 +116,6 @@ def test_math_preset_has_the_paper_settings():
     assert config.vqvae["tokenizer"] == config.train["model"]  # codes over the LM's own tokens
     assert config.train["chat_template"] and config.vqvae["chat_template"]
     assert set(BASE_METHODS) <= set(config.methods)
-    assert set(ABLATIONS) <= {"all-replace", "curriculum", "poisson"}
 
 
 def test_gsm8k_run_without_files_explains_what_to_pass(capsys):
