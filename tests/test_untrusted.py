@@ -217,7 +217,6 @@ def test_train_refuses_a_pickle_as_the_base_model(lm_dir, data_file, tmp_path, c
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-1: pretrained.load_pretrained_lm lets SafetensorError escape")
 def test_train_refuses_a_pickle_named_model_safetensors_as_the_base_model(lm_dir, data_file, tmp_path, capsys):
     marker = tmp_path / "MARKER"
     (lm_dir / "model.safetensors").write_bytes(raw_pickle(marker))

@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import CheckpointError
 from .io import read_json
+from .safety import refuse_pickle_dir
 from .tokenizer import LatentVocab, add_latent_tokens, ensure_special_tokens, tokenizer_fingerprint
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -199,13 +201,14 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
                                            "quantization_config": GgufConfig(dequantize=True)}
     else:
         check_model_dir(path)
+        refuse_pickle_dir(path)  # a pickle renamed .safetensors is refused, never parsed
         directory, options = path, {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False,
                                                   **_tokenizer_options(options))
         model = AutoModelForCausalLM.from_pretrained(str(directory), trust_remote_code=False, dtype=dtype,
                                                      **options)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: cannot load the model: {exc}") from None
     forget_gguf_origin(model)
     tokenizer = ensure_special_tokens(tokenizer)
