@@ -169,8 +169,6 @@ def test_unknown_names_are_one_line_errors(argv, names, artefacts, tmp_path, cap
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.jsonl").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG-8: run checks each method's train options only when its stage "
-                                       "starts, after data and the VQ-VAE were made")
 def test_run_checks_every_option_before_any_stage_runs(tmp_path, capsys):
     out = tmp_path / "r"
     code = main(["run", "--preset", "tiny", "--set", "train.epochs=many", "--out", str(out)])

@@ -57,6 +57,14 @@ def replace(config: T, overrides: dict[str, Any], source: str = "override") -> T
     return from_mapping(type(config), merged, source)
 
 
+def check_types(cls: type, mapping: dict[str, Any], source: str = "config") -> None:
+    """Type-check a partial mapping of `cls`'s fields (keys are checked by the caller)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in mapping.items():
+        if name in hints:
+            _coerce(hints[name], value, f"{source}.{name}")
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

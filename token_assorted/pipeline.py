@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .config import from_mapping, load_yaml
+from .config import check_types, from_mapping, load_yaml
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .schema import Example, save_examples
@@ -190,6 +190,8 @@ def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, s
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: "
                           f"{', '.join(sorted(names - set(owned)))}")
+    # Values too, before any stage runs: a typo must not surface after minutes of work.
+    check_types(cls, section, source)
 
 
 def _train_config_class() -> type:
