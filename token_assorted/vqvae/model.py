@@ -27,7 +27,7 @@ Choices the paper leaves open, and why we made them:
 - The output layer shares the token embeddings (`tie_embeddings`): half the parameters
   with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
   rough comparison (valid token accuracy 0.658 tied vs 0.663 untied at step 250; the runs
-  also differ in embedding init and schedule length, see benchmarks/results_vqvae.md).
+  also differ in embedding init and schedule length, see BENCHMARKS.md, "Stage 1").
 - Copy head (`copy_head`, pointer-generator style). The concept names of ProsQA and
   ProntoQA traces are arbitrary words that only the prompt supplies; a decoder that must
   regenerate them from the vocabulary head learned the template words and stalled at
@@ -43,7 +43,7 @@ Choices the paper leaves open, and why we made them:
   decodes from its own latent(s), the prompt and its index alone. Checkpoints saved
   before the flag existed load with copy_head=False. Measured at 250 CPU steps, L = r =
   16, K = 64: valid token accuracy 0.658 -> 0.738 on ProsQA and 0.674 -> 0.741 on
-  ProntoQA (benchmarks/results_vqvae.md); choosing *which* prompt concepts a chunk
+  ProntoQA (BENCHMARKS.md, "Stage 1"); choosing *which* prompt concepts a chunk
   names, from one 6-bit code, is what remains wrong.
 - A trailing partial chunk is padded with the pad token and encoded too, so the whole
   trace can be replaced (All-Replace); the decoder is trained to emit pads there, and
