@@ -16,7 +16,7 @@ from conftest import shared_file
 from token_assorted.errors import ConfigError
 from token_assorted.schema import Example
 from token_assorted.tasks import get_task, infer_task
-from token_assorted.tasks.prosqa import ProsQA, options_of, shortest_distance
+from token_assorted.tasks.prosqa import ProsQA, distances, options_of, shortest_distance
 
 TASK = ProsQA()
 SMALL = dict(nodes=9.0, nodes_sd=1.0, min_steps=1, max_steps=3)
@@ -87,6 +87,30 @@ def test_small_variant_is_smaller_and_respects_step_bounds() -> None:
     small = TASK.generate(50, 0, nodes=8, nodes_sd=0, min_steps=2, max_steps=2)
     assert {len(e.steps) for e in small} == {2}
     assert {len(e.meta["idx_to_symbol"]) for e in small} == {8}
+
+
+@pytest.mark.parametrize("nodes", [5.0, 22.7])
+def test_both_options_are_concepts_never_a_persons_name(nodes: float) -> None:
+    # In small graphs the other person is often childless, hence a "leaf"; as an option it
+    # would give the answer away (a name can never be the right one).
+    for example in TASK.generate(300, 4, nodes=nodes, nodes_sd=1.0, min_steps=2, max_steps=6):
+        symbols = example.meta["idx_to_symbol"]
+        options = {symbols[example.meta["target"]], symbols[example.meta["neg_target"]]}
+        assert all(option[0].islower() for option in options), example.question
+
+
+def test_same_depth_puts_the_wrong_option_as_far_from_its_person_as_the_right_one() -> None:
+    def depth_from_other_person(example: Example) -> int:
+        symbols, edges = example.meta["idx_to_symbol"], example.meta["edges"]
+        children = [[c for p, c in edges if p == n] for n in range(len(symbols))]
+        other = 1 - example.meta["root"]  # the generator's two seed persons are nodes 0 and 1
+        return distances(children, other)[example.meta["neg_target"]]
+
+    matched = TASK.generate(200, 5, nodes=6, nodes_sd=1.0, min_steps=2, max_steps=2, same_depth=True)
+    assert {depth_from_other_person(e) for e in matched} == {2}
+    # Without the option, small graphs often put the wrong option one step from its person.
+    plain = TASK.generate(200, 5, nodes=6, nodes_sd=1.0, min_steps=2, max_steps=2)
+    assert 1 in {depth_from_other_person(e) for e in plain}
 
 
 def test_unsatisfiable_or_invalid_options_are_config_errors() -> None:

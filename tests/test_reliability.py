@@ -582,3 +582,51 @@ def test_every_file_write_is_atomic_or_staged():
     # report.py draws into an atomic_open handle; store/state use atomic_open around torch.save.
     offenders = [o for o in offenders if not re.search(r"savefig\(handle|torch\.save\(\{", o)]
     assert not offenders, "\n".join(offenders)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_sigterm_on_run_ends_its_parallel_training_workers(tmp_path):
+    out = tmp_path / "run"
+    argv = ["-m", "token_assorted", "run", "--preset", "tiny", "--out", str(out),
+            "--set", "parallel=2", "--set", "train.epochs=300"]
+    process = subprocess.Popen([sys.executable, *argv], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("models/*/logs")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before its workers trained"
+    workers = _descendants(process.pid)
+    assert len(workers) >= 2, workers
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    deadline = time.time() + 20
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), "training workers outlived the run"

@@ -3,7 +3,7 @@
 Each subcommand lives in `token_assorted.commands.<name>` and exposes
 `register(subparsers)`; heavy imports (torch, transformers) happen inside the command
 functions so `token-assorted --help` and `data` stay fast. Errors caused by user input
-(`TokenAssortedError`) print one line and exit 2; Ctrl-C exits 130.
+(`TokenAssortedError`) print one line and exit 2; Ctrl-C and SIGTERM exit 130.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import TokenAssortedError
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    previous = _stop_on_sigterm()
     try:
         result = args.func(args)
     except TokenAssortedError as exc:
@@ -44,7 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"token-assorted {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _stop_on_sigterm():
+    """Make `kill PID` stop a command the way Ctrl-C does (state saved, worker processes ended).
+
+    Returns the previous handler to restore, or None where signals cannot be set (not the
+    main thread)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def one_line(message: str) -> str:

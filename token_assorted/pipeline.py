@@ -438,14 +438,15 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
     if config.parallel <= 1 or len(jobs) == 1:
         return [_train_stage(config, out, m, k, data, vqvae, log) for m, k in jobs]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     log(f"training {len(jobs)} models in {min(config.parallel, len(jobs))} processes")
     # spawn: a fresh interpreter per worker (no forked torch thread pools or tokenizer locks).
-    with ProcessPoolExecutor(max_workers=min(config.parallel, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_job, config, out, m, k, data, vqvae) for m, k in jobs]
-        return [future.result() for future in futures]
+    # Leaving the `with` block terminates the workers, also when the run is interrupted or
+    # killed with SIGTERM (the CLI turns it into KeyboardInterrupt): no training is left
+    # running without its parent, and each resumes from its last checkpoint on the next run.
+    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs))) as pool:
+        pending = [pool.apply_async(_train_job, (config, out, m, k, data, vqvae)) for m, k in jobs]
+        return [result.get() for result in pending]
 
 
 def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dict[str, list[dict[str, Any]]],

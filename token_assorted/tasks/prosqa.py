@@ -159,11 +159,22 @@ class Question:
     neg_target: int
 
 
-def choose_question(rng: random.Random, graph: Graph, min_steps: int, max_steps: int) -> Question | None:
-    """Pick root, target and wrong option as the official data does, or None if the graph has none."""
+def choose_question(rng: random.Random, graph: Graph, min_steps: int, max_steps: int,
+                    same_depth: bool = False) -> Question | None:
+    """Pick root, target and wrong option as the official data does, or None if the graph has none.
+
+    `same_depth` draws the wrong option among the other person's leaves at the right option's
+    distance only (None if there is none). Official graphs do not need it; in small graphs the
+    wrong option is otherwise often one step from its person ("Bob is a quimpus."), a cue
+    that answers the question without following the path.
+    """
     children = graph.children()
     reach = [distances(children, 0), distances(children, 1)]
-    leaves = [[n for n in reach[s] if not children[n] and n not in reach[1 - s]] for s in (0, 1)]
+    # A seed with no children is a leaf of its own reach, but a person's name is never an
+    # option in the official data (0 of 300 valid questions); small graphs made it one in
+    # 45 % of questions, a shortcut a model can answer without reasoning. Options are concepts.
+    leaves = [[n for n in reach[s] if not children[n] and n not in reach[1 - s] and reach[s][n] > 0]
+              for s in (0, 1)]
     if not leaves[0] or not leaves[1]:
         return None
     farthest = [max(reach[s][n] for n in leaves[s]) for s in (0, 1)]
@@ -172,7 +183,10 @@ def choose_question(rng: random.Random, graph: Graph, min_steps: int, max_steps:
     if not min_steps <= steps <= max_steps:
         return None
     target = rng.choice([n for n in leaves[root] if reach[root][n] == steps])
-    return Question(root, target, rng.choice(leaves[1 - root]))
+    wrong = [n for n in leaves[1 - root] if not same_depth or reach[1 - root][n] == steps]
+    if not wrong:
+        return None
+    return Question(root, target, rng.choice(wrong))
 
 
 def name_nodes(rng: random.Random, graph: Graph) -> list[str]:
@@ -226,28 +240,30 @@ class ProsQA(Task):
             "entity_share": (float, 0.025, "probability that a new node has no parents (a name)"),
             "min_steps": (int, 3, "shortest allowed answer path, in steps (official: 3)"),
             "max_steps": (int, 6, "longest allowed answer path, in steps (official: 6)"),
+            "same_depth": (bool, False, "wrong option as many steps from its person as the right one "
+                                        "(small graphs: removes a shortcut; official: off)"),
         }
 
     def generate(self, n: int, seed: int, nodes: float = 22.7, nodes_sd: float = 2.0,
                  parents_mean: float = 1.5, entity_share: float = 0.025, min_steps: int = 3,
-                 max_steps: int = 6) -> list[Example]:
+                 max_steps: int = 6, same_depth: bool = False) -> list[Example]:
         if nodes < 4 or nodes_sd < 0 or parents_mean <= 0 or not 0 <= entity_share < 1 \
                 or not 1 <= min_steps <= max_steps:
             raise ConfigError("prosqa: need nodes >= 4, nodes_sd >= 0, parents_mean > 0, 0 <= entity_share < 1 "
                               f"and 1 <= min_steps <= max_steps (got {nodes}, {nodes_sd}, {parents_mean}, "
                               f"{entity_share}, {min_steps}, {max_steps})")
         rng = random.Random(seed)
-        return [self._generate_one(rng, nodes, nodes_sd, parents_mean, entity_share, min_steps, max_steps)
-                for _ in range(n)]
+        return [self._generate_one(rng, nodes, nodes_sd, parents_mean, entity_share, min_steps, max_steps,
+                                   same_depth) for _ in range(n)]
 
     @staticmethod
     def _generate_one(rng: random.Random, nodes: float, nodes_sd: float, parents_mean: float,
-                      entity_share: float, min_steps: int, max_steps: int) -> Example:
+                      entity_share: float, min_steps: int, max_steps: int, same_depth: bool) -> Example:
         # Rejection sampling: draw graphs until one has a question within the step bounds.
         for _ in range(MAX_TRIES):
             size = max(4, round(rng.gauss(nodes, nodes_sd)))
             graph = grow_dag(rng, size, parents_mean, entity_share)
-            question = choose_question(rng, graph, min_steps, max_steps)
+            question = choose_question(rng, graph, min_steps, max_steps, same_depth)
             if question is not None:
                 return render(rng, graph, question)
         raise ConfigError(f"prosqa: no graph with a {min_steps}-{max_steps} step question in {MAX_TRIES} "
