@@ -422,7 +422,10 @@ def test_lm_crash_while_saving_keeps_the_previous_state_resumable(toy, tmp_path,
 
 # --- killed and interrupted runs (subprocesses) ------------------------------------------------
 RUNNER = """
-import sys, torch
+import signal, sys, torch
+# A suite started in the background by a shell inherits SIGINT as ignored, and Python keeps
+# it that way; restore Ctrl-C's usual meaning so these tests do not depend on the launcher.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 import stage2_toy; stage2_toy.register()
