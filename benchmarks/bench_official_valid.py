@@ -72,8 +72,9 @@ def main() -> None:
         "train.lr": args.lr, "train.epochs": 100, "train.max_steps": args.steps, "train.embedding_init": "codebook",
         "threads": 1, "parallel": 3,
     }
-    command = [sys.executable, "-m", "token_assorted", "run", "--preset", "paper", "--task", args.task, "--out", str(args.out / "run"),
-               "--train", str(train_file), "--valid", str(valid_file), "--test", str(test_file)]
+    command = [sys.executable, "-m", "token_assorted", "run", "--preset", "paper", "--task", args.task,
+               "--out", str(args.out / "run"), "--train", str(train_file), "--valid", str(valid_file),
+               "--test", str(test_file)]
     for key, value in overrides.items():
         command += ["--set", f"{key}={value}"]
     print("$ token-assorted", " ".join(command[3:]), flush=True)
