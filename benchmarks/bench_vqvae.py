@@ -66,6 +66,13 @@ def main() -> None:
     parser.add_argument("--autoregressive", action="store_true", help="causal chunk decoder")
     parser.add_argument("--no-copy-head", dest="copy_head", action="store_false",
                         help="vocabulary head only (no pointer over the prompt)")
+    parser.add_argument("--chunk-size", type=int, default=16, help="L: text tokens per chunk")
+    parser.add_argument("--compression", type=int, default=16, help="r: text tokens per latent token")
+    parser.add_argument("--word-dropout", type=float, default=0.0,
+                        help="autoregressive decoder: share of its earlier tokens hidden in training")
+    parser.add_argument("--local-context", type=int, default=0,
+                        help="prompt positions and AR decoder inputs also read the k tokens before them")
+    parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
     args = parser.parse_args()
@@ -77,6 +84,8 @@ def main() -> None:
         task=args.task, data=train, valid=valid, out=str(work / "vqvae"), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, seed=args.seed,
         autoregressive=args.autoregressive, copy_head=args.copy_head, warmup_steps=args.warmup_steps,
+        chunk_size=args.chunk_size, compression=args.compression, word_dropout=args.word_dropout,
+        prompt_layers=args.prompt_layers, local_context=args.local_context,
         valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -87,6 +96,8 @@ def main() -> None:
     print(json.dumps({"task": args.task, "steps": args.steps, "batch_size": args.batch_size,
                       "train_examples": args.train_examples, "threads": args.threads, "d_model": args.d_model,
                       "autoregressive": args.autoregressive, "copy_head": args.copy_head,
+                      "word_dropout": args.word_dropout, "prompt_layers": args.prompt_layers,
+                      "local_context": args.local_context,
                       "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 

@@ -244,11 +244,14 @@ def test_checkpoint_from_before_the_copy_head_loads_without_it(trained, toy_file
     old = tmp_path / "old"
     shutil.copytree(trained, old, ignore=shutil.ignore_patterns("state", "codes", "tb"))
     info = json.loads((old / "config.json").read_text())
-    del info["model"]["copy_head"], info["train"]["copy_head"]  # as written before the flag existed
+    for flag in ("copy_head", "local_context", "word_dropout"):  # as written before these flags existed
+        del info["model"][flag], info["train"][flag]
     (old / "config.json").write_text(json.dumps(info))
-    save_weights(old / "model.safetensors", VQVAE(VQVAEConfig(**{**info["model"], "copy_head": False})))
+    save_weights(old / "model.safetensors",
+                 VQVAE(VQVAEConfig(**{**info["model"], "copy_head": False, "local_context": 0})))
     loaded = load_vqvae(old)
     assert loaded.config.copy_head is False and not hasattr(loaded.model, "copy_gate")
+    assert loaded.config.local_context == 0 and len(loaded.model.local_context) == 0
     assert len(encode_examples(loaded, ToyTask(), toy_examples()[:2])) == 2
     with pytest.raises(CheckpointError, match="copy_head=False"):
         train_vqvae(tiny_config(toy_file, old, resume=True), task=ToyTask())
@@ -308,6 +311,9 @@ def test_cli_reports_user_errors_in_one_line(toy_file, tmp_path, capsys):
     bad.write_text("codebook_sise: 8\n")
     assert main(["vqvae", "train", "--config", str(bad), "--data", str(toy_file), "--out", str(tmp_path / "o")]) == 2
     assert "codebook_sise" in capsys.readouterr().err
+    assert main(["vqvae", "train", "--data", str(toy_file), "--out", str(tmp_path / "o"),
+                 "--word-dropout", "1.5"]) == 2
+    assert "word_dropout" in capsys.readouterr().err
     assert main(["vqvae", "decode", "--vqvae", str(tmp_path), "--prompt", "x", "--codes", "1"]) == 2
     assert "model.safetensors" in capsys.readouterr().err
 
@@ -334,3 +340,53 @@ def test_autoregressive_model_overfits_and_decodes_greedily(toy_file, tmp_path):
     codes = encode_examples(loaded, ToyTask(), [example])[0]
     prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
     assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
+
+
+def test_word_dropout_hides_earlier_tokens_in_training_only():
+    model = tiny_model(autoregressive=True, word_dropout=0.5)
+    prompt, pad, chunk_ids, _ = random_batch()
+    memory = model.encode_prompt(prompt, pad)
+    quantized = torch.randn(3, 2, 2, 32)
+    model.eval()  # eval: deterministic, the tokens are read as they are
+    assert torch.equal(model.decode(quantized, memory, pad, chunk_ids), model.decode(quantized, memory, pad, chunk_ids))
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.decode(quantized, memory, pad, chunk_ids)
+    torch.manual_seed(0)
+    hidden = torch.rand(chunk_ids[:, :, :-1].shape) < 0.5  # the same draw the decoder makes
+    assert hidden.any() and not hidden.all()
+    as_pads = chunk_ids.clone()
+    as_pads[:, :, :-1] = chunk_ids[:, :, :-1].masked_fill(hidden, model.config.pad_id)
+    no_dropout = tiny_model(autoregressive=True)
+    no_dropout.load_state_dict(model.state_dict())
+    no_dropout.train()
+    assert torch.allclose(dropped, no_dropout.decode(quantized, memory, pad, as_pads), atol=1e-6)
+
+
+def test_word_dropout_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="word_dropout"):
+        VQVAEConfig(vocab_size=10, pad_id=0, word_dropout=1.0)
+
+
+def test_local_context_lets_a_prompt_position_read_the_tokens_before_it():
+    prompt, pad, _, _ = random_batch()
+    changed = prompt.clone()
+    changed[:, 1] = 3  # a different token at position 1
+    for k, reads_it in ((0, False), (2, True)):
+        model = tiny_model(prompt_layers=0, local_context=k).eval()  # no attention: position i sees its input only
+        before, after = model.encode_prompt(prompt, pad), model.encode_prompt(changed, pad)
+        assert torch.allclose(before[:, 0], after[:, 0])  # nothing reads ahead
+        assert torch.allclose(before[:, 4:], after[:, 4:])  # beyond k = 2 tokens back
+        assert torch.allclose(before[:, 3], after[:, 3]) != reads_it  # two tokens back: read only with k = 2
+
+
+def test_autoregressive_decoder_with_local_context_is_still_causal():
+    model = tiny_model(autoregressive=True, local_context=2).eval()
+    prompt, pad, chunk_ids, _ = random_batch()
+    memory = model.encode_prompt(prompt, pad)
+    quantized = torch.randn(3, 2, 2, 32)
+    changed = chunk_ids.clone()
+    changed[:, :, 1] = 5
+    before, after = model.decode(quantized, memory, pad, chunk_ids), model.decode(quantized, memory, pad, changed)
+    assert torch.allclose(before[:, :, :2], after[:, :, :2], atol=1e-6)
+    assert not torch.allclose(before[:, :, 2], after[:, :, 2])

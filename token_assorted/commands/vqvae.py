@@ -37,6 +37,8 @@ HELP = {
     "tie_embeddings": "share the token embeddings with the output layer",
     "autoregressive": "decode each chunk token by token (causal decoder, greedy) instead of in one pass",
     "copy_head": "let the decoder copy prompt tokens (pointer-generator mixture with the vocabulary head)",
+    "word_dropout": "autoregressive decoder: hide this share of its earlier tokens in training (against collapse)",
+    "local_context": "prompt positions (and autoregressive decoder inputs) also read the k tokens before them",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

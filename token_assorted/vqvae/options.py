@@ -42,6 +42,8 @@ class VQVAETrainConfig:
     tie_embeddings: bool = True  # output layer shares the token embeddings
     autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
     copy_head: bool = True  # pointer over the prompt's tokens mixed with the vocabulary head
+    word_dropout: float = 0.0  # AR decoder: share of earlier tokens hidden in training (fights collapse)
+    local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar

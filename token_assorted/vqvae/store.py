@@ -98,8 +98,9 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
         raise CheckpointError(f"{directory}: VQ-VAE directory not found")
     state = load_weights(directory / WEIGHTS)
     info = _read_config(directory)
-    # Checkpoints saved before the copy head existed have no key for it and no copy weights.
-    model_fields = {"copy_head": False, **info["model"]}
+    # Checkpoints saved before the copy head (or the local context) existed have no key for it
+    # and no weights of it.
+    model_fields = {"copy_head": False, "local_context": 0, **info["model"]}
     config = from_mapping(VQVAEConfig, model_fields, f"{directory / CONFIG}:model")
     saved_tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     fingerprint = tokenizer_fingerprint(saved_tokenizer)

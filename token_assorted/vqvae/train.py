@@ -107,6 +107,8 @@ def _check_options(config: VQVAETrainConfig) -> None:
                           f"compression r={config.compression}")
     if config.codebook_size < 2 or config.lr <= 0:
         raise ConfigError("vqvae train: codebook size must be >= 2 and lr > 0")
+    if not 0.0 <= config.word_dropout < 1.0:
+        raise ConfigError(f"vqvae train: word_dropout must be in [0, 1), got {config.word_dropout}")
 
 
 def _check_fresh(out: Path) -> None:
