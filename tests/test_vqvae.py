@@ -390,3 +390,5 @@ def test_autoregressive_decoder_with_local_context_is_still_causal():
     before, after = model.decode(quantized, memory, pad, chunk_ids), model.decode(quantized, memory, pad, changed)
     assert torch.allclose(before[:, :, :2], after[:, :, :2], atol=1e-6)
     assert not torch.allclose(before[:, :, 2], after[:, :, 2])
+    longer = tiny_model(autoregressive=True, local_context=6).eval()  # k beyond the chunk and the prompt
+    assert longer.decode(quantized, longer.encode_prompt(prompt, pad), pad, chunk_ids).shape == (3, 2, 4, 32)

@@ -237,9 +237,9 @@ class VQVAE(nn.Module):
 
     def _with_local_context(self, embedded: Tensor) -> Tensor:
         """(..., S, D) token embeddings -> each position plus projections of the k before it (zeros before 0)."""
-        out = embedded
+        out, span = embedded, embedded.shape[-2]
         for offset, project in enumerate(self.local_context, start=1):
-            shifted = F.pad(embedded[..., :-offset, :], (0, 0, offset, 0))  # position i holds e(token i-offset)
+            shifted = F.pad(embedded, (0, 0, offset, 0))[..., :span, :]  # position i holds e(token i-offset)
             out = out + project(shifted)
         return out
 
