@@ -59,7 +59,7 @@ Choices the paper leaves open, and why we made them:
   match the decoder's recent words directly (the token-shift idea of RWKV and the shift
   SSM of H3). Measured with the autoregressive decoder, L = r = 16, K = 64: valid
   reconstruction loss at 1,500 steps 0.233 -> 0.135 (ProntoQA) and 0.482 -> 0.259 (ProsQA);
-  after 5,000 steps ProntoQA reaches 0.905 greedy token accuracy (BENCHMARKS.md, "Stage 1").
+  after 8,000 steps ProntoQA reaches 0.934 greedy token accuracy (BENCHMARKS.md, "Stage 1").
   `benchmarks/chunk_information.py` shows that such a decoder needs little from the code:
   99.8 % of the official ProsQA valid chunks at L = 16 have at most 64 candidate texts
   among the paths from the question's subject.
