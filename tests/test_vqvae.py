@@ -314,6 +314,9 @@ def test_cli_reports_user_errors_in_one_line(toy_file, tmp_path, capsys):
     assert main(["vqvae", "train", "--data", str(toy_file), "--out", str(tmp_path / "o"),
                  "--word-dropout", "1.5"]) == 2
     assert "word_dropout" in capsys.readouterr().err
+    assert main(["vqvae", "train", "--data", str(toy_file), "--out", str(tmp_path / "o"),
+                 "--local-context", "-1"]) == 2
+    assert "local_context" in capsys.readouterr().err
     assert main(["vqvae", "decode", "--vqvae", str(tmp_path), "--prompt", "x", "--codes", "1"]) == 2
     assert "model.safetensors" in capsys.readouterr().err
 

@@ -109,6 +109,8 @@ def _check_options(config: VQVAETrainConfig) -> None:
         raise ConfigError("vqvae train: codebook size must be >= 2 and lr > 0")
     if not 0.0 <= config.word_dropout < 1.0:
         raise ConfigError(f"vqvae train: word_dropout must be in [0, 1), got {config.word_dropout}")
+    if config.local_context < 0:
+        raise ConfigError(f"vqvae train: local_context must be >= 0, got {config.local_context}")
 
 
 def _check_fresh(out: Path) -> None:
