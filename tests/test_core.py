@@ -66,6 +66,18 @@ def test_malformed_empty_and_binary_files(tmp_path):
         read_records(tmp_path / "missing.jsonl")
 
 
+def test_unicode_line_separators_inside_strings_do_not_split_records(tmp_path):
+    # GSM8K train has an unescaped U+2028 in a question; str.splitlines() broke the record there.
+    records = [{"question": "a\u2028b\u0085c\u2029d\x1ce", "steps": ["s\u2028t"], "answer": "1"},
+               {"question": "q2", "steps": ["x"], "answer": "2"}]
+    path = tmp_path / "d.jsonl"
+    save_examples(path, [Example(**r) for r in records])
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, as ensure_ascii=False does
+    assert [(n, r) for n, r in read_records(path)] == [(1, records[0]), (2, records[1])]
+    (tmp_path / "crlf.jsonl").write_bytes(b'{"a": 1}\r\n{"a": 2}\r\n')
+    assert read_records(tmp_path / "crlf.jsonl") == [(1, {"a": 1}), (2, {"a": 2})]
+
+
 def test_save_then_load_round_trips_metadata(tmp_path):
     example = Example("q?", ["s1", "s2"], "a", {"root": 1, "edges": [[0, 1]]})
     save_examples(tmp_path / "x.jsonl", [example])

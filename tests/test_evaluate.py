@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import (EvalConfig, evaluate, evaluate_dir, predictions_path, save_result,
-                                     text_ids)
+from token_assorted.evaluate import (EvalConfig, evaluate, evaluate_dir, load_model_dir, predictions_path,
+                                     save_result, text_ids)
 from token_assorted.schema import Example
 from token_assorted.tasks import Task
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
@@ -161,3 +161,19 @@ def test_bad_settings_are_config_errors(tiny):
         evaluate(model, tokenizer, ToyTask(), EXAMPLES, EvalConfig(batch_size=0, progress=False), vocab)
     with pytest.raises(ConfigError):
         evaluate(model, tokenizer, ToyTask(), [], EvalConfig(progress=False), vocab)
+    with pytest.raises(ConfigError, match="auto, no, bf16"):
+        evaluate(model, tokenizer, ToyTask(), EXAMPLES, EvalConfig(mixed_precision="fp16", progress=False), vocab)
+    if not torch.cuda.is_available():  # bf16 autocast is a GPU setting: asked for on a CPU, refused
+        with pytest.raises(ConfigError, match="does not support"):
+            evaluate(model, tokenizer, ToyTask(), EXAMPLES, EvalConfig(mixed_precision="bf16", progress=False),
+                     vocab)
+
+
+def test_model_dir_goes_where_the_device_says(tiny, tmp_path, monkeypatch):
+    model, tokenizer, vocab, _ = tiny
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert next(load_model_dir(tmp_path).model.parameters()).device.type == "cpu"  # auto, no GPU
+    with pytest.raises(ConfigError, match="no CUDA GPU"):  # refused before any weights are read
+        load_model_dir(tmp_path, "cuda")

@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.cli import main
 from token_assorted.explain import Explainer, explain_ids, render, split_spans
+from token_assorted.schema import save_examples
 from token_assorted.tasks import get_task
 from token_assorted.tokenizer import LatentVocab, add_latent_tokens, build_word_tokenizer
 
@@ -112,3 +113,16 @@ def test_explain_cli_on_a_question_and_on_predictions(vqvae_and_model, tmp_path,
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"index": 0}) + "\n")
     assert main(["explain", "--model", str(model_dir), "--predictions", str(bad)]) == 2
+
+
+def test_eval_and_explain_refuse_a_missing_gpu_in_one_line(vqvae_and_model, tmp_path, capsys, monkeypatch):
+    _, model_dir, examples = vqvae_and_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "d.jsonl"
+    save_examples(data, examples[:1])
+    assert main(["eval", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "r.json"),
+                 "--device", "cuda"]) == 2
+    assert main(["explain", "--model", str(model_dir), "--question", "q", "--device", "cuda:0"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 2 and all("no CUDA GPU" in line for line in errors)
+    assert not (tmp_path / "r.json").exists()

@@ -39,6 +39,9 @@ def test_icot_text_format(tmp_path):
     first, second = TASK.load(path)
     assert first.steps == ["<<48/2=24>>", "<<48+24=72>>"] and first.answer == "72"
     assert second.question == "Weng earns $12 an hour..." and second.answer == "10"
+    path.write_text("Clive opens a box.\u2028How many?||<<6*2=12>> #### 12\r\n", encoding="utf-8")
+    (only,) = TASK.load(path)  # a U+2028 in the question does not end the line
+    assert only.question == "Clive opens a box.\u2028How many?" and only.answer == "12"
 
 
 def test_coconut_json_format(tmp_path):

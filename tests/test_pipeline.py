@@ -36,6 +36,8 @@ def test_preset_typos_are_config_errors(tmp_path):
         load_preset("tiny", {"data.options.hops": 3})
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("no-such-preset")
+    with pytest.raises(ConfigError, match="eval.mixed_precision"):
+        load_preset("tiny", {"eval.mixed_precision": "fp16"})
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: prosqa\nseeds: three\n")
     with pytest.raises(ConfigError, match="seeds"):

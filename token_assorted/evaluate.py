@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .devices import autocast, check_precision, resolve_device
 from .encoding import encode_prompt
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, atomic_write_jsonl, read_json
@@ -46,6 +47,7 @@ class EvalConfig:
     seed: int = 0  # sampling seed
     limit: int | None = None  # evaluate only the first `limit` examples
     progress: bool = True  # show a tqdm bar over batches
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
 
 
 @dataclass
@@ -157,7 +159,7 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     for begin in tqdm(batches, desc=desc, unit="batch", disable=not config.progress, leave=False):
         rows = order[begin: begin + config.batch_size]
         input_ids, attention = _left_pad([prompts[i] for i in rows], pad_id)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(config.mixed_precision, device):
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                  **options)  # (B, T + new)
         for row, index in enumerate(rows):
@@ -217,6 +219,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     config = config or EvalConfig()
     if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
         raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
+    check_precision(config.mixed_precision)
     examples = examples[: config.limit] if config.limit is not None else examples
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
@@ -278,13 +281,17 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model_dir(model_dir: str | Path, device: str | None = None) -> LoadedModel:
-    """Load a trained model dir (weights via safetensors, never remote code)."""
+def load_model_dir(model_dir: str | Path, device: str = "auto") -> LoadedModel:
+    """Load a trained model dir (weights via safetensors, never remote code) onto `device`.
+
+    `device` is auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
+    """
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
+    target = resolve_device(device)  # before loading: a missing GPU is a one-line error
     meta = read_model_meta(model_dir)
     tokenizer = load_tokenizer(model_dir)
     # Check every weight file's header first: a pickle renamed .safetensors is refused here,
@@ -295,7 +302,7 @@ def load_model_dir(model_dir: str | Path, device: str | None = None) -> LoadedMo
                                                      use_safetensors=True)
     except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
-    model.to(device or "cpu").eval()
+    model.to(target).eval()
     vocab = meta.get("latent_vocab")
     latent_vocab = LatentVocab(**vocab) if isinstance(vocab, dict) else None
     return LoadedModel(model, tokenizer, meta, latent_vocab, bool(meta.get("chat_template", False)),
@@ -315,8 +322,7 @@ def resolve_task(loaded: LoadedModel, task: str | Task | None) -> Task:
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,
                  task: str | Task | None = None) -> EvalResult:
     """Evaluate a trained model directory (reads its token_assorted.json)."""
-    # A GPU when there is one: a pretrained model's test set is slow on CPU.
-    loaded = load_model_dir(model_dir, "cuda" if torch.cuda.is_available() else None)
+    loaded = load_model_dir(model_dir)  # a GPU when there is one
     return evaluate(loaded.model, loaded.tokenizer, resolve_task(loaded, task), examples, config,
                     loaded.latent_vocab, loaded.chat_template)
 

@@ -152,11 +152,12 @@ class Explainer:
     model_dir: Path
     vqvae_dir: Path | None = None
     task: str | None = None
+    device: str = "auto"  # auto (a CUDA GPU when there is one), cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
         from .evaluate import load_model_dir, resolve_task
 
-        self.loaded = load_model_dir(self.model_dir)
+        self.loaded = load_model_dir(self.model_dir, self.device)
         self.task_obj = resolve_task(self.loaded, self.task)
         found = find_vqvae_dir(self.model_dir, self.loaded.meta, self.vqvae_dir)
         vocab = self.loaded.latent_vocab

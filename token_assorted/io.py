@@ -93,6 +93,15 @@ def read_json(path: str | Path) -> Any:
         raise DataError(path, f"malformed JSON: {exc.msg}", line=exc.lineno) from None
 
 
+def split_lines(text: str) -> list[str]:
+    """A text file's lines, split at \n (and \r\n) only.
+
+    Not str.splitlines(): it also breaks at U+2028, U+0085 and other separators that a JSON
+    string may hold unescaped (GSM8K train has U+2028 in a question), cutting a record in two.
+    """
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
 def read_records(path: str | Path) -> list[tuple[int, dict]]:
     """Records of a JSONL file or of a JSON list, each with its 1-based line number.
 
@@ -105,7 +114,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     if text.lstrip().startswith("["):
         return _records_of_json_list(path, text)
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from .config import check_types, from_mapping, load_yaml
+from .devices import PRECISIONS
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .schema import Example, save_examples
@@ -70,6 +71,7 @@ class EvalSettings:
     samples: int = 0  # >0: 1-Feasible-N sampling (the maze)
     top_k: int = 10
     limit: int | None = None
+    mixed_precision: str = "auto"  # bf16 autocast on CUDA, fp32 on CPU; no; bf16
 
 
 @dataclass
@@ -154,6 +156,9 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
             raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
     if config.seeds < 1:
         raise ConfigError(f"{source}: seeds must be >= 1")
+    if config.eval.mixed_precision not in PRECISIONS:
+        raise ConfigError(f"{source}: eval.mixed_precision must be one of {', '.join(PRECISIONS)}, "
+                          f"got {config.eval.mixed_precision!r}")
     _check_section(config.train, _TRAIN_OWNED, _train_config_class(), f"{source}.train")
     for name, section in config.method_overrides.items():
         _check_section(section, _TRAIN_OWNED, _train_config_class(), f"{source}.method_overrides.{name}")
@@ -363,7 +368,8 @@ def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult
         test = task.load(data.path / "test.jsonl")
         max_new = settings["max_new_tokens"] or _default_max_new_tokens(model.path, task, test)
         eval_config = EvalConfig(batch_size=settings["batch_size"], max_new_tokens=max_new,
-                                 samples=settings["samples"], top_k=settings["top_k"], limit=settings["limit"])
+                                 samples=settings["samples"], top_k=settings["top_k"], limit=settings["limit"],
+                                 mixed_precision=settings["mixed_precision"])
         result = evaluate_dir(model.path, test, eval_config, task)
         save_result(result, path / "results.json", {"model": str(model.path), "max_new_tokens": max_new})
 

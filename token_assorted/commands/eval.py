@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
+                        help="auto: bf16 autocast on CUDA (as in training), fp32 on CPU")
     parser.set_defaults(func=run_eval)
 
 
@@ -31,8 +34,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate, load_model_dir, resolve_task, save_result
 
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, samples=args.samples,
-                        top_k=args.top_k, seed=args.seed, limit=args.limit)
-    loaded = load_model_dir(args.model)
+                        top_k=args.top_k, seed=args.seed, limit=args.limit,
+                        mixed_precision=args.mixed_precision)
+    loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task)
     examples = task.load(args.data)
     result = evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,

@@ -24,13 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=5, help="explain at most N predictions (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     parser.set_defaults(func=run_explain)
 
 
 def run_explain(args: argparse.Namespace) -> int:
     from ..explain import Explainer, render
 
-    explainer = Explainer(args.model, args.vqvae, args.task)
+    explainer = Explainer(args.model, args.vqvae, args.task, args.device)
     if explainer.decoder is None and explainer.loaded.latent_vocab is not None:
         print("note: no VQ-VAE found; latent spans are shown undecoded (pass --vqvae DIR)")
     if args.question is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..answers import answers_match, extract_answer, last_boxed, parse_number
 from ..errors import DataError
-from ..io import read_records, read_text
+from ..io import read_records, read_text, split_lines
 from ..schema import Example
 from .base import Task, Verdict
 
@@ -107,7 +107,7 @@ def gsm8k_example(record: dict[str, Any], path: str | Path | None = None, line: 
 def load_icot_lines(text: str, path: str | Path | None = None) -> list[Example]:
     """The iCoT text format: `question||<<eq>> <<eq>> #### N`, one example per line."""
     examples = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(split_lines(text), start=1):
         if not raw.strip():
             continue
         if "||" not in raw:

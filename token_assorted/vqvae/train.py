@@ -30,6 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, atomic_write_jsonl
 from ..schema import Example
@@ -82,7 +83,7 @@ def _setup(config: VQVAETrainConfig, task: Task | None) -> _Run:
     valid = task.load(config.valid) if config.valid else examples[:200]
     tokenizer = _resume_tokenizer(config, out, info) if config.resume else _new_tokenizer(config, task, examples, out)
     torch.manual_seed(config.seed)
-    model = VQVAE(_model_config(config, tokenizer)).to(_device(config.device))
+    model = VQVAE(_model_config(config, tokenizer)).to(resolve_device(config.device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
@@ -274,18 +275,6 @@ def _save(run: _Run, step: int, metrics: dict[str, float] | None) -> None:
 
 def _cuda_rng() -> list[torch.Tensor]:
     return list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
-    return device
 
 
 def _write_metrics(run: _Run, metrics: dict[str, float] | None, seconds: float) -> None:

@@ -1,0 +1,62 @@
+"""Where a model runs, and in what precision, named the same way by every command.
+
+`auto` means the first CUDA GPU when there is one, else the CPU, so that the same command
+uses the GPU on a GPU machine without a flag (evaluating a pretrained model's test set on a
+CPU takes hours where a GPU takes a minute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, ContextManager
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a device is made: the CLI and configs load without it
+    import torch
+
+PRECISIONS = ("auto", "no", "bf16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a torch device; a GPU asked for but absent is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"mixed precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """`auto` is bf16 autocast on a CUDA GPU that supports it (as in training), full fp32 elsewhere."""
+    import torch
+
+    check_precision(precision)
+    if precision == "no":
+        return False
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise ConfigError(f"bf16 asked for, but {device} does not support it; use 'no' or 'auto'")
+    return supported
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    """bf16 autocast when `uses_bf16`, else a no-op context."""
+    import torch
+
+    if uses_bf16(precision, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
