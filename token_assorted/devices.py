@@ -1,8 +1,8 @@
 """Where a model runs, and in what precision, named the same way by every command.
 
 `auto` means the first CUDA GPU when there is one, else the CPU, so that the same command
-uses the GPU on a GPU machine without a flag (evaluating a pretrained model's test set on a
-CPU takes hours where a GPU takes a minute).
+uses the GPU on a GPU machine without a flag (a pretrained model's test set is many times
+slower to generate on the CPU).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def split_lines(text: str) -> list[str]:
-    """A text file's lines, split at \n (and \r\n) only.
+    r"""A text file's lines, split at \n (and \r\n) only.
 
     Not str.splitlines(): it also breaks at U+2028, U+0085 and other separators that a JSON
     string may hold unescaped (GSM8K train has U+2028 in a question), cutting a record in two.
