@@ -37,7 +37,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ConfigError(f"mixed precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:

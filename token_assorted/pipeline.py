@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from .config import check_types, from_mapping, load_yaml
-from .devices import PRECISIONS
+from .devices import check_precision
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .schema import Example, save_examples
@@ -156,9 +156,10 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
             raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
     if config.seeds < 1:
         raise ConfigError(f"{source}: seeds must be >= 1")
-    if config.eval.mixed_precision not in PRECISIONS:
-        raise ConfigError(f"{source}: eval.mixed_precision must be one of {', '.join(PRECISIONS)}, "
-                          f"got {config.eval.mixed_precision!r}")
+    try:
+        check_precision(config.eval.mixed_precision)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: eval.{exc}") from None
     _check_section(config.train, _TRAIN_OWNED, _train_config_class(), f"{source}.train")
     for name, section in config.method_overrides.items():
         _check_section(section, _TRAIN_OWNED, _train_config_class(), f"{source}.method_overrides.{name}")
