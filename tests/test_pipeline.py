@@ -109,11 +109,14 @@ def test_seeds_are_averaged_with_sample_std():
 
 
 def test_report_files(tmp_path):
+    curves = {"cot": [{"valid_accuracy": 0.5, "valid_avg_generated_tokens": 18.0}, {"valid_accuracy": 0.75}],
+              "token-assorted": [{"valid_accuracy": 0.25}]}
     paths = write_report(tmp_path, _results(), {"task": "prosqa"}, ["raw: a b\nexplained: [latent: x]"],
-                         {"data": 1.0})
+                         {"data": 1.0}, curves)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["report"].read_text()
     assert "| Token Assorted | 92.0 |" in text and "[latent: x]" in text and "| data | 1.0 |" in text
+    assert "| 1 | 50.0 % / 18.0 | 25.0 % |" in text and "| 2 | 75.0 % | – |" in text
     validate_results(json.loads(paths["results"].read_text()))
 
 
@@ -130,7 +133,9 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     for method in BASE_METHODS:
         assert (out / "models" / method / "config.json").is_file()
         assert (out / "eval" / method / "results.predictions.jsonl").is_file()
-    assert (out / "tokens_vs_accuracy.png").is_file() and "## Settings" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert (out / "tokens_vs_accuracy.png").is_file() and "## Settings" in report
+    assert "## Learning curves" in report and "| epoch | sol-only | cot | token-assorted |" in report
     # A rerun reuses every stage; a changed eval setting recomputes only the evaluations.
     capsys.readouterr()
     assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 import stage2_toy
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
-from token_assorted.train import TrainConfig, epoch_order, micro_indices, train_lm
+from token_assorted.train import TrainConfig, epoch_order, group_by_length, micro_indices, train_lm
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -52,12 +53,33 @@ def test_micro_batches_cover_each_step_once_whatever_the_process_count():
         assert parts == order[8:16]
 
 
+def test_group_by_length_keeps_every_example_and_cuts_padding():
+    rng = random.Random(0)
+    lengths = [rng.choice([10, 12, 60, 100]) + rng.randrange(5) for _ in range(400)]
+    order = epoch_order(400, 400, seed=0, epoch=0)
+    grouped = group_by_length(order, lengths, batch_size=8, seed=0, epoch=0, window=10)
+    assert sorted(grouped) == sorted(order)
+
+    def padded(o):  # tokens a right-padded batch holds, summed over the batches
+        return sum(8 * max(lengths[i] for i in o[b:b + 8]) for b in range(0, len(o), 8))
+    assert padded(grouped) < 0.8 * padded(order)
+    assert grouped == group_by_length(order, lengths, 8, seed=0, epoch=0, window=10)  # resumable
+    assert grouped != group_by_length(order, lengths, 8, seed=0, epoch=1, window=10)
+    # batches are shuffled, not sorted: the longest batch is not always last
+    widths = [max(lengths[i] for i in grouped[b:b + 8]) for b in range(0, 400, 8)]
+    assert widths != sorted(widths)
+
+
 def test_loss_falls_and_output_dir_is_complete(data, tmp_path):
-    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]), eval_limit=4))
+    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]), eval_limit=4,
+                          group_by_length=True))
     record = meta(out)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < 0.7 * losses[0]
     assert all("valid_accuracy" in h for h in record["history"])
+    # the learning curve holds answer lengths too (tokens are half of the comparison)
+    assert all(0 < h["valid_avg_generated_tokens"] and 0 <= h["valid_avg_latent_tokens"]
+               <= h["valid_avg_generated_tokens"] for h in record["history"])
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert (out / name).is_file(), name
     assert record["strategy"] == "token-assorted" and record["task"] == "toy"
@@ -211,3 +233,10 @@ def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():
     found = codebook_of(holder, 8)
     assert found is not None and found.shape == (8, 4)
     assert torch.allclose(found, expected)
+
+
+def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
+    out = train_lm(config(data, tmp_path / "run", epochs=1, valid=str(data["valid"])),
+                   validate=lambda model, run, cfg, acc: 0.25)
+    record = meta(out)
+    assert record["history"][0]["valid_accuracy"] == 0.25 and record["best_valid_accuracy"] == 0.25

@@ -470,11 +470,23 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                "vqvae_metrics": vq_metrics, "timings_seconds": timings}
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details)
     samples = _explained_samples(config, out, vqvae, log)
-    write_report(out, results, dataclasses.asdict(config), samples, timings)
+    write_report(out, results, dataclasses.asdict(config), samples, timings, _learning_curves(out, runs))
     for m in methods:
         log(f"  {m.name:<20} accuracy {100 * m.accuracy:5.1f}%  tokens {m.avg_generated_tokens:6.1f} "
             f"(latent {m.avg_latent_tokens:.1f})")
     return results
+
+
+def _learning_curves(out: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Each trained model's per-epoch history (token_assorted.json), by model directory name."""
+    curves = {}
+    for method, summaries in runs.items():
+        for seed_index in range(len(summaries)):
+            name = method_dir_name(method, seed_index)
+            meta = out / "models" / name / "token_assorted.json"
+            if meta.is_file():
+                curves[name] = read_json(meta).get("history", [])
+    return curves
 
 
 def _run_details(summary: dict[str, Any]) -> dict[str, Any]:

@@ -149,9 +149,27 @@ def markdown_table(methods: Sequence[MethodSummary]) -> str:
     return "\n".join(rows)
 
 
+def learning_curve_table(curves: dict[str, list[dict[str, Any]]]) -> str:
+    """Valid accuracy (and answer length, where recorded) after each epoch, one column per model."""
+    epochs = max((len(history) for history in curves.values()), default=0)
+    rows = ["| epoch | " + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+    for epoch in range(epochs):
+        cells = []
+        for history in curves.values():
+            record = history[epoch] if epoch < len(history) else {}
+            cell = f"{100 * record['valid_accuracy']:.1f} %" if "valid_accuracy" in record else "–"
+            if "valid_avg_generated_tokens" in record:
+                cell += f" / {record['valid_avg_generated_tokens']:.1f}"
+            cells.append(cell)
+        rows.append(f"| {epoch + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: Sequence[str],
-                    timings: dict[str, float] | None = None) -> str:
-    """report.md: the table, the VQ-VAE figures, the settings and explained sample traces."""
+                    timings: dict[str, float] | None = None,
+                    curves: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """report.md: the table, the VQ-VAE figures, learning curves, the settings and explained
+    sample traces."""
     methods = [MethodSummary(**m) for m in results["methods"]]
     vq = results["vqvae"]
     lines = [f"# Token Assorted on {results['task']} (preset `{results['preset']}`)", "",
@@ -161,6 +179,10 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
              f"VQ-VAE: reconstruction token accuracy {100 * vq['reconstruction_token_accuracy']:.1f} %, "
              f"codebook usage {100 * vq['codebook_usage']:.1f} %.", "",
              "![accuracy vs generated tokens](tokens_vs_accuracy.png)", ""]
+    if curves and any(curves.values()):
+        lines += ["## Learning curves", "",
+                  "Greedy accuracy on the valid split after each epoch / average generated tokens there "
+                  "(the best epoch is the model evaluated above).", "", learning_curve_table(curves), ""]
     if timings:
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
@@ -180,7 +202,8 @@ def _yaml(data: Any) -> str:
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any], settings: dict[str, Any],
-                 samples: Sequence[str] = (), timings: dict[str, float] | None = None) -> dict[str, Path]:
+                 samples: Sequence[str] = (), timings: dict[str, float] | None = None,
+                 curves: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Path]:
     """Write results.json, report.md and tokens_vs_accuracy.png into `out_dir`."""
     out_dir = Path(out_dir)
     validate_results(results)
@@ -189,5 +212,5 @@ def write_report(out_dir: str | Path, results: dict[str, Any], settings: dict[st
     atomic_write_json(paths["results"], results)
     methods = [MethodSummary(**m) for m in results["methods"]]
     plot_tokens_vs_accuracy(methods, paths["plot"], f"{results['task']} ({results['preset']})")
-    atomic_write_text(paths["report"], render_markdown(results, settings, samples, timings))
+    atomic_write_text(paths["report"], render_markdown(results, settings, samples, timings, curves))
     return paths

@@ -1,7 +1,7 @@
 """Stage 2: train a causal LM on mixed latent/text traces, on one device or many (accelerate).
 
 setup (data, tokenizer, latent codes, model) -> fit (epochs of optimizer steps) ->
-validate (greedy generation accuracy, every epoch) -> save (the best model as a plain
+validate (greedy accuracy and answer length, every epoch) -> save (the best model as a plain
 Hugging Face directory plus `token_assorted.json`).
 
 Batching. `batch_size` is the EFFECTIVE batch of one optimizer step, whatever the number
@@ -9,7 +9,8 @@ of processes: each process runs micro-batches of batch_size / (grad_accum x proc
 sequences, grad_accum times, before the synchronised step; the result is the same batch
 as one process with the same grad_accum (the per-process size must divide evenly).
 The epoch's example order is a permutation seeded by (seed, epoch), padded by wrapping so
-every step is full; step s takes its slice of it, process r its share of that slice. The
+every step is full (with `group_by_length`, rearranged into batches of similar lengths);
+step s takes its slice of it, process r its share of that slice. The
 mixed sequence of an example is a function of (seed, epoch, example index) only
 (`mixing.build_sequence`), so order and draws are identical on every process and after a
 resume, and m is redrawn every epoch.
@@ -48,6 +49,7 @@ from .tasks import Task, get_task
 from .tokenizer import LatentVocab, add_latent_tokens, build_task_tokenizer, resolve_tokenizer
 
 MODEL_META = "token_assorted.json"
+LENGTH_WINDOW = 50  # batches sorted together by group_by_length: wide enough to group, narrow enough to mix
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrainConfig:
     warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: a number of steps
     max_grad_norm: float = 1.0
     max_length: int = 512  # longer examples are skipped (with a count)
+    group_by_length: bool = False  # batches of similar lengths: less padding (train.group_by_length)
     m_values: list[int] | None = None  # token-assorted: m drawn from this set; None: any whole chunks
     poisson_p: float = 0.5  # poisson: probability of replacing each chunk
     curriculum_epochs: int = 1  # curriculum: epochs per stage
@@ -191,6 +194,26 @@ def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[
     return (order * math.ceil(n_indices / n_examples))[:n_indices]
 
 
+def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                    window: int = LENGTH_WINDOW) -> list[int]:
+    """`order` rearranged so that each batch holds examples of similar length.
+
+    Batches are right-padded to their longest sequence, so mixing short and long examples
+    wastes compute on padding (30 % of the tokens of the default ProsQA run). Windows of
+    `window` batches of the shuffled order are sorted by length and cut into batches, and
+    the batches are shuffled (seeded): every example still comes once per epoch, in an
+    order that depends only on (seed, epoch), so a resumed run sees the same batches.
+    `len(order)` must be a multiple of `batch_size` (epoch_order pads it so).
+    """
+    span = window * batch_size
+    batches = []
+    for start in range(0, len(order), span):
+        part = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+    return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+
+
 def micro_indices(order: Sequence[int], step: int, batch_size: int, micro: int, accum_index: int,
                   rank: int, world: int) -> list[int]:
     """Process `rank`'s micro-batch `accum_index` of optimizer step `step`."""
@@ -218,22 +241,29 @@ def make_batch(run: Setup, indices: Sequence[int], seed: int, epoch: int) -> dic
 
 
 # --------------------------------------------------------------------------- validation
-def validation_accuracy(model, run: Setup, config: TrainConfig, accelerator) -> float:
-    """Greedy generation accuracy on the valid split, shared out over the processes."""
+def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> dict[str, float]:
+    """Greedy accuracy and answer length on the valid split, shared out over the processes.
+
+    The lengths make a learning curve of tokens as well as accuracy: how soon a mixed
+    model starts answering in latent tokens is half of what Token Assorted is about.
+    """
     from .evaluate import EvalConfig, evaluate
 
     examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
     shard = examples[accelerator.process_index::accelerator.num_processes]
-    correct = 0.0
+    sums = [0.0, 0.0, 0.0]  # correct answers, generated tokens, latent tokens
     if shard:
         eval_config = EvalConfig(batch_size=config.eval_batch_size, progress=False,
                                  max_new_tokens=config.max_new_tokens or _default_new_tokens(run, examples))
         result = evaluate(model, run.tokenizer, run.task, shard, eval_config, run.latent_vocab,
                           config.chat_template)
-        correct = result.accuracy * result.n
-    totals = torch.tensor([correct, float(len(shard))], device=accelerator.device)
+        sums = [result.accuracy * result.n, result.avg_generated_tokens * result.n,
+                result.avg_latent_tokens * result.n]
+    totals = torch.tensor([*sums, float(len(shard))], device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum")
-    return float(totals[0] / totals[1].clamp_min(1))
+    n = totals[3].clamp_min(1)
+    return {"accuracy": float(totals[0] / n), "avg_generated_tokens": float(totals[1] / n),
+            "avg_latent_tokens": float(totals[2] / n)}
 
 
 def _default_new_tokens(run: Setup, examples: list[Example]) -> int:
@@ -388,8 +418,11 @@ class _Trainer:
     def end_epoch(self, loss: float) -> None:
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
         if self.run.valid:
-            accuracy = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
-            record["valid_accuracy"] = accuracy
+            metrics = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
+            if not isinstance(metrics, dict):
+                metrics = {"accuracy": float(metrics)}  # a custom validate may return accuracy alone
+            record.update({f"valid_{name}": value for name, value in metrics.items()})
+            accuracy = metrics["accuracy"]
             improved = self.best is None or accuracy >= self.best
         else:
             accuracy, improved = None, True  # no valid split: keep the latest model
@@ -402,8 +435,19 @@ class _Trainer:
                                 "best_valid_accuracy": accuracy})
         self.acc.print(f"epoch {self.epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
                        + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
-        if self.writer is not None and accuracy is not None:
-            self.writer.add_scalar("valid/accuracy", accuracy, self.global_step)
+        if self.writer is not None:
+            for name, value in record.items():
+                if name.startswith("valid_"):
+                    self.writer.add_scalar(f"valid/{name[6:]}", value, self.global_step)
+
+    def epoch_order(self) -> list[int]:
+        order = epoch_order(len(self.run.encoded), self.steps_per_epoch * self.config.batch_size,
+                            self.config.seed, self.epoch)
+        if self.config.group_by_length:
+            # Text length stands for the mixed one: latents shorten a trace by at most its length.
+            lengths = [len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids) for e in self.run.encoded]
+            order = group_by_length(order, lengths, self.config.batch_size, self.config.seed, self.epoch)
+        return order
 
     def fit(self) -> None:
         from tqdm.auto import tqdm
@@ -416,8 +460,7 @@ class _Trainer:
         started, loss = time.perf_counter(), float("nan")
         try:
             while self.epoch < self.config.epochs and self.global_step < self.total:
-                order = epoch_order(len(self.run.encoded), self.steps_per_epoch * self.config.batch_size,
-                                    self.config.seed, self.epoch)
+                order = self.epoch_order()
                 while self.step < self.steps_per_epoch and self.global_step < self.total:
                     loss = self.train_step(order)
                     self.step += 1
@@ -461,8 +504,8 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     """Train one stage-2 model; return its output directory (a plain HF model dir).
 
     `latents` supplies codes directly (tests, notebooks) instead of `vqvae`/`codes`;
-    `validate(model, run, config, accelerator) -> accuracy` replaces the default
-    greedy-generation validation.
+    `validate(model, run, config, accelerator)` replaces the default greedy-generation
+    validation; it returns the accuracy, or a dict of metrics holding "accuracy".
     """
     out = Path(config.out)
     if not config.resume and (out / "state").exists():
@@ -471,7 +514,7 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     accelerator = _accelerator(config)
     run = setup(config, latents)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(config, run, accelerator, validate or validation_accuracy)
+    trainer = _Trainer(config, run, accelerator, validate or validation_metrics)
     if config.resume:
         trainer.restore()
     if run.skipped:

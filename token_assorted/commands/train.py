@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-latent-vocab-for-baselines", dest="latent_vocab_for_baselines",
                         action="store_false", default=None,
                         help="cot/sol-only with a VQ-VAE: do not add the latent tokens")
+    parser.add_argument("--group-by-length", dest="group_by_length", action=argparse.BooleanOptionalAction,
+                        default=None, help="batches of examples of similar length (less padding)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run saved in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     mapping = load_yaml(args.config) if args.config else {}
     keys = [key for key, _, _ in OPTIONS.values()] + ["chat_template", "latent_vocab_for_baselines",
-                                                       "resume", "progress"]
+                                                       "group_by_length", "resume", "progress"]
     mapping.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
     config = from_mapping(TrainConfig, mapping, args.config or "options")
     out = train_lm(config)
