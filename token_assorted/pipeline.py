@@ -453,7 +453,12 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
     # running without its parent, and each resumes from its last checkpoint on the next run.
     with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs))) as pool:
         pending = [pool.apply_async(_train_job, (config, out, m, k, data, vqvae)) for m, k in jobs]
-        return [result.get() for result in pending]
+        results = [result.get() for result in pending]
+        # Let the workers exit on their own: terminating them (what leaving the block does)
+        # leaves their semaphores to the resource tracker, which warns about a "leak".
+        pool.close()
+        pool.join()
+        return results
 
 
 def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dict[str, list[dict[str, Any]]],
