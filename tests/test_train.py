@@ -77,6 +77,7 @@ def test_loss_falls_and_output_dir_is_complete(data, tmp_path):
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < 0.7 * losses[0]
     assert all("valid_accuracy" in h for h in record["history"])
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5, 6]  # every epoch, not up to the best
     # the learning curve holds answer lengths too (tokens are half of the comparison)
     assert all(0 < h["valid_avg_generated_tokens"] and 0 <= h["valid_avg_latent_tokens"]
                <= h["valid_avg_generated_tokens"] for h in record["history"])

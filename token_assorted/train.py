@@ -39,7 +39,7 @@ import torch
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .encoding import EncodedExample, encode_example
 from .errors import ConfigError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .latents import LatentCodes, load_latent_codes
 from .mixing import (CODE_STRATEGIES, IGNORE_INDEX, ChunkLayout, MixedSequence, Strategy, build_sequence,
                      check_codes, make_strategy, max_sequence_length)
@@ -488,6 +488,11 @@ class _Trainer:
             # Stopped mid-epoch by max_steps: save what was trained.
             save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
                            model_meta(self.config, self.run, self.history))
+        elif self.acc.is_main_process and (self.out / MODEL_META).is_file():
+            # The best epoch's directory was written when it was best; give it the whole
+            # learning curve, the epochs after it included.
+            meta = read_json(self.out / MODEL_META)
+            atomic_write_json(self.out / MODEL_META, {**meta, "history": self.history})
         self.acc.wait_for_everyone()
 
     def log(self, loss: float, started: float) -> None:
