@@ -210,7 +210,8 @@ def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, s
     for start in range(0, len(order), span):
         part = sorted(order[start:start + span], key=lambda i: lengths[i])
         batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+    # A stream of its own: epoch_order's seed of (seed, epoch + 1) must not reappear here.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + epoch)
     return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
 
 
