@@ -24,7 +24,7 @@ import torch
 from token_assorted.pipeline import load_preset
 from token_assorted.schema import save_examples
 from token_assorted.tasks import get_task
-from token_assorted.train import TrainConfig, epoch_order, group_by_length, make_batch, setup
+from token_assorted.train import TrainConfig, epoch_order, group_by_length, make_batch, setup, text_lengths
 
 
 def padding_share(order: list[int], lengths: list[int], batch_size: int) -> tuple[float, float]:
@@ -51,7 +51,7 @@ def main() -> None:
         save_examples(data, examples)
         run = setup(TrainConfig(task=preset.task, data=str(data), out=str(Path(tmp) / "out"),
                                 strategy=args.strategy, model=preset.train.get("model", "tiny")))
-    lengths = [len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids) for e in run.encoded]
+    lengths = text_lengths(run.encoded)
     n = len(lengths) // batch_size * batch_size
     orders = {"shuffled": epoch_order(len(lengths), n, seed=0, epoch=0)}
     orders["grouped"] = group_by_length(orders["shuffled"], lengths, batch_size, seed=0, epoch=0)

@@ -194,6 +194,12 @@ def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[
     return (order * math.ceil(n_indices / n_examples))[:n_indices]
 
 
+def text_lengths(encoded: Sequence[EncodedExample]) -> list[int]:
+    """Each example's all-text length, the key of group_by_length: it stands for the mixed
+    length too, since latents shorten a trace by at most its own length."""
+    return [len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids) for e in encoded]
+
+
 def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
                     window: int = LENGTH_WINDOW) -> list[int]:
     """`order` rearranged so that each batch holds examples of similar length.
@@ -360,6 +366,7 @@ class _Trainer:
         self.best: float | None = None
         self.history: list[dict[str, Any]] = []
         self.writer = None
+        self.lengths = text_lengths(run.encoded) if config.group_by_length else []
 
     # -- state -----------------------------------------------------------------
     def trainer_record(self) -> dict[str, Any]:
@@ -445,9 +452,7 @@ class _Trainer:
         order = epoch_order(len(self.run.encoded), self.steps_per_epoch * self.config.batch_size,
                             self.config.seed, self.epoch)
         if self.config.group_by_length:
-            # Text length stands for the mixed one: latents shorten a trace by at most its length.
-            lengths = [len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids) for e in self.run.encoded]
-            order = group_by_length(order, lengths, self.config.batch_size, self.config.seed, self.epoch)
+            order = group_by_length(order, self.lengths, self.config.batch_size, self.config.seed, self.epoch)
         return order
 
     def fit(self) -> None:
