@@ -72,6 +72,10 @@ def main() -> None:
                         help="autoregressive decoder: share of its earlier tokens hidden in training")
     parser.add_argument("--local-context", type=int, default=0,
                         help="prompt positions and AR decoder inputs also read the k tokens before them")
+    parser.add_argument("--output-vocab", choices=["all", "data"], default="all",
+                        help="decoder head over every id, or only the ids the training traces use")
+    parser.add_argument("--rotation-trick", action="store_true",
+                        help="encoder gradient by the rotation trick instead of straight-through")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
@@ -85,7 +89,8 @@ def main() -> None:
         batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, seed=args.seed,
         autoregressive=args.autoregressive, copy_head=args.copy_head, warmup_steps=args.warmup_steps,
         chunk_size=args.chunk_size, compression=args.compression, word_dropout=args.word_dropout,
-        prompt_layers=args.prompt_layers, local_context=args.local_context,
+        prompt_layers=args.prompt_layers, local_context=args.local_context, rotation_trick=args.rotation_trick,
+        output_vocab=args.output_vocab,
         valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -97,7 +102,8 @@ def main() -> None:
                       "train_examples": args.train_examples, "threads": args.threads, "d_model": args.d_model,
                       "autoregressive": args.autoregressive, "copy_head": args.copy_head,
                       "word_dropout": args.word_dropout, "prompt_layers": args.prompt_layers,
-                      "local_context": args.local_context,
+                      "local_context": args.local_context, "rotation_trick": args.rotation_trick,
+                      "output_vocab": args.output_vocab,
                       "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 

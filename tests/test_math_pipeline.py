@@ -34,7 +34,7 @@ def tiny_math_preset(model_dir: Path) -> dict:
         "vqvae": {"tokenizer": str(model_dir), "chat_template": True, "chunk_size": 8, "compression": 8,
                   "codebook_size": 16, "steps": 4, "batch_size": 8, "warmup_steps": 1, "valid_every": 4,
                   "d_model": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "prompt_layers": 1,
-                  "codebook_dim": 8, "progress": False},
+                  "codebook_dim": 8, "output_vocab": "data", "progress": False},
         "train": {"model": str(model_dir), "chat_template": True, "m_values": [0, 8, 16, 72], "epochs": 1,
                   "max_steps": 2, "batch_size": 4, "lr": 0.001, "eval_batch_size": 4, "eval_limit": 2,
                   "max_new_tokens": 8, "progress": False},
@@ -115,6 +115,7 @@ def test_math_preset_has_the_paper_settings():
     assert (config.vqvae["codebook_size"], config.vqvae["chunk_size"], config.vqvae["compression"]) == (1024, 16, 16)
     assert config.vqvae["tokenizer"] == config.train["model"]  # codes over the LM's own tokens
     assert config.train["chat_template"] and config.vqvae["chat_template"]
+    assert config.vqvae["output_vocab"] == "data"  # a 49k-id head would triple the step time
     assert set(BASE_METHODS) <= set(config.methods)
 
 

@@ -116,7 +116,7 @@ def test_forward_shapes(tie, copy):
     prompt, pad, chunk_ids, present = random_batch()
     output = model(prompt, pad, chunk_ids, present)
     n_real = int(present.sum())
-    assert output.logits.shape == (n_real, 4, 40)
+    assert output.predictions.shape == (n_real, 4)
     assert output.codes.shape == (n_real, 2)  # L/r = 2 latents per chunk
     assert output.loss.ndim == 0 and torch.isfinite(output.loss)
     model.eval()
@@ -125,11 +125,22 @@ def test_forward_shapes(tie, copy):
 
 
 # --- the copy head -----------------------------------------------------------------------
+def decoder_states(model: VQVAE, prompt, pad, chunk_ids, present):
+    """Teacher-forced decoder states of a batch, and the prompt memory they read."""
+    memory = model.encode_prompt(prompt, pad)
+    quantized = model.quantize(model.encode(chunk_ids, memory, pad)[present])[0]
+    grid = torch.zeros(*present.shape, model.config.latents_per_chunk, model.config.d_model)
+    grid[present] = quantized
+    return model.decode(grid, memory, pad, chunk_ids), memory
+
+
 def test_copy_head_gives_a_distribution_summing_to_one():
     model = tiny_model(copy_head=True)
-    output = model(*random_batch())
-    probabilities = output.logits.exp()  # (C, L, V)
-    assert torch.allclose(probabilities.sum(-1), torch.ones(probabilities.shape[:2]), atol=1e-5)
+    batch = random_batch()
+    hidden, memory = decoder_states(model, *batch)
+    probabilities = model.log_probs(hidden, memory, batch[1], batch[0]).exp()  # (B, N, L, V)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(probabilities.shape[:3]), atol=1e-5)
+    output = model(*batch)
     output.loss.backward()  # ids absent from the prompt have log 0 = -inf; their gradient must not be NaN
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert all(torch.isfinite(g).all() for g in grads)
@@ -163,6 +174,22 @@ def test_gradients_reach_encoder_through_straight_through():
         if "linear2.weight" in name:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert model.latent_queries.grad.abs().sum() > 0
+
+
+def test_rotation_trick_changes_the_encoder_gradient_not_the_forward_pass():
+    def one_step(rotation: bool):
+        model = tiny_model(rotation_trick=rotation)
+        model(*random_batch())  # k-means init (identical for both: same seed, same batch)
+        output = model(*random_batch())
+        output.recon_loss.backward()
+        return output, model.latent_queries.grad
+
+    straight, straight_grad = one_step(False)
+    rotated, rotated_grad = one_step(True)
+    assert torch.equal(straight.codes, rotated.codes)
+    assert torch.allclose(straight.recon_loss, rotated.recon_loss)  # same codes -> same decoder input
+    assert rotated_grad.abs().sum() > 0
+    assert not torch.allclose(straight_grad, rotated_grad)  # the estimator differs
 
 
 def test_eval_quantized_output_is_codebook_lookup():
@@ -395,3 +422,82 @@ def test_autoregressive_decoder_with_local_context_is_still_causal():
     assert not torch.allclose(before[:, :, 2], after[:, :, 2])
     longer = tiny_model(autoregressive=True, local_context=6).eval()  # k beyond the chunk and the prompt
     assert longer.decode(quantized, longer.encode_prompt(prompt, pad), pad, chunk_ids).shape == (3, 2, 4, 32)
+
+
+# --- the output vocabulary ----------------------------------------------------------------
+def output_vocab_model(**overrides) -> tuple[VQVAE, tuple]:
+    """A tiny model whose head scores only the batch's chunk ids; some prompt ids lie outside them."""
+    batch = random_batch()
+    ids = sorted(set(batch[2][batch[3]].flatten().tolist()) | {0})
+    model = tiny_model(output_vocab_size=len(ids), **overrides)
+    model.set_output_vocab(ids)
+    assert set(batch[0][~batch[1]].tolist()) - set(ids), "the test needs prompt ids outside the vocabulary"
+    return model, batch
+
+
+@pytest.mark.parametrize("copy,restricted", [(True, True), (True, False), (False, True), (False, False)])
+def test_loss_and_predictions_agree_with_the_whole_distribution(copy, restricted):
+    model, batch = output_vocab_model(copy_head=copy) if restricted else (tiny_model(copy_head=copy), random_batch())
+    prompt, pad, chunk_ids, present = batch
+    hidden, memory = decoder_states(model, *batch)
+    with torch.no_grad():
+        whole = model.log_probs(hidden, memory, pad, prompt)  # (B, N, L, V)
+        targets = chunk_ids[present]
+        picked = model.target_log_probs(hidden, memory, pad, prompt, targets, present)
+        assert torch.allclose(picked, whole[present].gather(-1, targets[..., None])[..., 0], atol=1e-5)
+        assert torch.equal(model.predict(hidden, memory, pad, prompt), whole.argmax(-1))
+        if copy:  # copying only: the best token is a prompt token, even one outside the output vocabulary
+            model.copy_gate.bias.fill_(-60.0)
+            whole = model.log_probs(hidden, memory, pad, prompt)
+            predicted = model.predict(hidden, memory, pad, prompt)
+            assert torch.equal(predicted, whole.argmax(-1))
+            if restricted:
+                assert (model.slots_of(predicted) < 0).any()
+
+
+def test_an_output_vocabulary_of_every_id_changes_nothing():
+    batch = random_batch()
+    a = tiny_model()(*batch)  # the seed is set before each model is built, so k-means init matches too
+    everything = tiny_model(output_vocab_size=40)
+    everything.set_output_vocab(range(40))
+    b = everything(*batch)
+    assert torch.allclose(a.recon_loss, b.recon_loss) and torch.equal(a.predictions, b.predictions)
+
+
+def test_a_target_the_decoder_cannot_write_gets_a_finite_capped_loss():
+    model, (prompt, pad, chunk_ids, present) = output_vocab_model(copy_head=False)
+    chunk_ids = chunk_ids.clone()
+    chunk_ids[0, 0, 0] = min(set(range(40)) - set(model.output_ids.tolist()))  # an id outside the head
+    assert model.slots_of(chunk_ids[0, 0, :1]).item() == -1
+    output = model(prompt, pad, chunk_ids, present)
+    assert torch.isfinite(output.recon_loss)
+    output.recon_loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_output_vocabulary_of_the_wrong_size_is_refused():
+    model = tiny_model(output_vocab_size=5)
+    with pytest.raises(ValueError, match="output_vocab_size=5"):
+        model.set_output_vocab([1, 2, 3])
+    with pytest.raises(ValueError, match="output_vocab_size"):
+        VQVAEConfig(vocab_size=10, pad_id=0, output_vocab_size=11)
+
+
+def test_data_output_vocab_is_the_trace_ids_and_survives_save_load_and_resume(toy_file, tmp_path):
+    short = dict(steps=12, valid_every=6, output_vocab="data")
+    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short), task=ToyTask())
+    loaded = load_vqvae(whole)
+    task = ToyTask()
+    items = chunk_examples(loaded.tokenizer, task, task.load(str(toy_file)), 4)
+    expected = sorted({t for item in items for chunk in item.chunks for t in chunk} | {loaded.config.pad_id})
+    assert loaded.model.output_ids.tolist() == expected
+    assert loaded.config.output_vocab_size == len(expected) < len(loaded.tokenizer)
+    parted = tmp_path / "parted"
+    train_vqvae(tiny_config(toy_file, parted, stop_at=6, **short), task=ToyTask())
+    train_vqvae(tiny_config(toy_file, parted, resume=True, **short), task=ToyTask())
+    expected_weights, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
+    assert all(torch.equal(expected_weights[k], got[k]) for k in expected_weights)
+    with pytest.raises(CheckpointError, match="output_vocab"):
+        train_vqvae(tiny_config(toy_file, parted, resume=True, **{**short, "output_vocab": "all"}), task=ToyTask())
+    with pytest.raises(ConfigError, match="output_vocab"):
+        train_vqvae(tiny_config(toy_file, tmp_path / "bad", output_vocab="trace"), task=ToyTask())

@@ -39,6 +39,9 @@ HELP = {
     "copy_head": "let the decoder copy prompt tokens (pointer-generator mixture with the vocabulary head)",
     "word_dropout": "autoregressive decoder: hide this share of its earlier tokens in training (against collapse)",
     "local_context": "prompt positions (and autoregressive decoder inputs) also read the k tokens before them",
+    "output_vocab": "what the decoder's vocabulary head scores: 'all' ids, or only the 'data' (the ids the "
+                    "training traces use; prompt tokens stay copyable); 'data' makes large vocabularies cheap",
+    "rotation_trick": "pass the encoder its gradient by the rotation trick (Fifty et al., 2024) instead of straight-through",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

@@ -22,7 +22,9 @@ Choices the paper leaves open, and why we made them:
   initialisation on the first batch, dead-code replacement (codes whose EMA usage falls
   below a threshold are re-seeded from the batch's encoder outputs), a low-dimensional
   codebook (`codebook_dim`, projected in and out; small codebooks are used more evenly)
-  and the plain straight-through estimator. Distances and EMA run in fp32 (autocast off).
+  and by default the plain straight-through estimator (`rotation_trick` swaps in the
+  rotation trick of Fifty et al., 2024, which passes the encoder a gradient rotated onto
+  the code's direction; see BENCHMARKS.md, "Stage 1"). Distances and EMA run in fp32 (autocast off).
 - The commitment weight beta defaults to 0.25 (the VQ-VAE paper's value; not tuned).
 - The output layer shares the token embeddings (`tie_embeddings`): half the parameters
   with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
@@ -38,8 +40,8 @@ Choices the paper leaves open, and why we made them:
       p(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * sum_{j : P_j = w} attention_j.
   The loss is the NLL of that mixture. It is computed in fp32 and in log space
   (logaddexp of the two log-weighted terms; an id no prompt position holds gets an exact
-  log 0, with a gradient-safe log), so `VQVAEOutput.logits` are log-probabilities that
-  sum to 1. The head reads only g(P) and this chunk's decoder states, so a chunk still
+  log 0, with a gradient-safe log); `VQVAE.log_probs` gives the whole distribution, which
+  sums to 1. The head reads only g(P) and this chunk's decoder states, so a chunk still
   decodes from its own latent(s), the prompt and its index alone. Checkpoints saved
   before the flag existed load with copy_head=False. Measured at 250 CPU steps, L = r =
   16, K = 64: valid token accuracy 0.658 -> 0.738 on ProsQA and 0.674 -> 0.741 on
@@ -63,6 +65,15 @@ Choices the paper leaves open, and why we made them:
   `benchmarks/chunk_information.py` shows that such a decoder needs little from the code:
   99.8 % of the official ProsQA valid chunks at L = 16 have at most 64 candidate texts
   among the paths from the question's subject.
+- Output vocabulary (`output_vocab_size`, set by `vqvae train --output-vocab data`): with a
+  pretrained tokenizer the vocabulary head scored all 49k SmolLM2 ids at every position,
+  though GSM8K's training traces use about 5.5k of them (2,000 questions) and the copy head
+  supplies any prompt token. With the option the head scores only the ids the training
+  traces use (saved as the `output_ids` buffer); a prompt token outside them can still be
+  copied, and an id in neither can no longer be written (99.4 % of GSM8K test-trace tokens
+  are in one or the other). The loss takes only each target's probability and greedy
+  decoding only the argmax, so no (C, S, V) tensor is built in training; the step time is
+  measured in BENCHMARKS.md ("Stage 1").
 - A trailing partial chunk is padded with the pad token and encoded too, so the whole
   trace can be replaced (All-Replace); the decoder is trained to emit pads there, and
   decoding drops them. The reconstruction loss covers pad positions for that reason;
@@ -71,12 +82,21 @@ Choices the paper leaves open, and why we made them:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
+
+LOG_FLOOR = -30.0  # log p of a target the decoder cannot write at all (see `target_log_probs`)
+
+
+def _safe_log(probabilities: Tensor) -> Tensor:
+    """log, with an exact -inf (and no NaN gradient) where the probability is 0."""
+    held = probabilities > 0
+    return torch.where(held, probabilities.masked_fill(~held, 1.0).log(), float("-inf"))
 
 
 @dataclass
@@ -105,6 +125,8 @@ class VQVAEConfig:
     copy_head: bool = True  # mix the vocabulary head with a pointer over the prompt's tokens (see above)
     word_dropout: float = 0.0  # training only: share of the AR decoder's earlier tokens hidden (see above)
     local_context: int = 0  # prompt tokens (and AR decoder inputs) also read the k tokens before them (see above)
+    rotation_trick: bool = False  # gradient to the encoder by the rotation trick instead of straight-through
+    output_vocab_size: int = 0  # 0: the vocabulary head scores every id; else only the `output_ids` (see above)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -116,6 +138,8 @@ class VQVAEConfig:
             raise ValueError(f"local_context={self.local_context} must be >= 0")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout={self.word_dropout} must be in [0, 1)")
+        if not 0 <= self.output_vocab_size <= self.vocab_size:
+            raise ValueError(f"output_vocab_size={self.output_vocab_size} must be in 0..{self.vocab_size}")
 
     @property
     def latents_per_chunk(self) -> int:
@@ -124,7 +148,7 @@ class VQVAEConfig:
 
 @dataclass
 class VQVAEOutput:
-    logits: Tensor  # (C, L, V) fp32 log-probabilities (valid logits) of every real chunk's tokens
+    predictions: Tensor  # (C, L) every real chunk's most probable tokens (teacher-forced)
     codes: Tensor  # (C, L/r) codebook indices
     recon_loss: Tensor  # NLL over all L positions (pads included)
     vq_loss: Tensor  # commitment loss from the quantizer
@@ -166,13 +190,15 @@ class VQVAE(nn.Module):
             dim=d, codebook_size=config.codebook_size,
             codebook_dim=config.codebook_dim or None, decay=config.ema_decay,
             kmeans_init=True, threshold_ema_dead_code=config.dead_code_threshold,
-            commitment_weight=config.commitment_weight, rotation_trick=False)
+            commitment_weight=config.commitment_weight, rotation_trick=config.rotation_trick)
         if config.tie_embeddings:
             self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         else:
             self.lm_head = nn.Linear(d, config.vocab_size)
         # One projection per offset 1..k: position i adds W_s e(token i-s) (see `_with_local_context`).
         self.local_context = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in range(config.local_context))
+        if config.output_vocab_size:  # filled by `set_output_vocab`, saved with the weights
+            self.register_buffer("output_ids", torch.arange(config.output_vocab_size))
         if config.copy_head:
             self.copy_query = nn.Linear(d, d)
             self.copy_key = nn.Linear(d, d)
@@ -251,49 +277,117 @@ class VQVAE(nn.Module):
                                     dtype=torch.long)
         if not self.config.autoregressive:
             hidden = self.decode(quantized, memory, memory_pad)  # (B, N, L, D)
-            return self.log_probs(hidden, memory, memory_pad, prompt_ids).argmax(-1)
+            return self.predict(hidden, memory, memory_pad, prompt_ids)
         for position in range(self.config.chunk_size):
             hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
-            tokens[:, :, position] = self.log_probs(hidden, memory, memory_pad, prompt_ids)[:, :, 0].argmax(-1)
+            tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids)[:, :, 0]
         return tokens
 
+    # --- the output distribution ------------------------------------------------------
+    # The vocabulary head scores the output vocabulary: every id, or with `output_vocab_size`
+    # only the ids in `output_ids` ("slots"). The copy head scores the prompt's positions.
+    # Training needs only each target's probability and decoding only the argmax, so
+    # neither builds a (C, S, V) tensor over the whole vocabulary; `log_probs` does, for
+    # inspection and tests.
     def logits(self, hidden: Tensor) -> Tensor:
-        """(..., D) decoder states -> (..., V) logits of the vocabulary head alone."""
+        """(..., D) decoder states -> (..., V') logits of the vocabulary head alone, one per output slot."""
         if self.config.tie_embeddings:
-            return F.linear(hidden, self.token_embedding.weight, self.output_bias)
-        return self.lm_head(hidden)
+            weight, bias = self.token_embedding.weight, self.output_bias
+        else:
+            weight, bias = self.lm_head.weight, self.lm_head.bias
+        if self.config.output_vocab_size:
+            weight, bias = weight[self.output_ids], bias[self.output_ids]
+        return F.linear(hidden, weight, bias)
 
-    def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                  present: Tensor | None = None) -> Tensor:
-        """(B, N, S, D) decoder states -> fp32 log p of each position's token, (B, N, S, V).
+    def slots_of(self, ids: Tensor) -> Tensor:
+        """Token ids -> their output slots (the ids themselves without an output vocabulary; -1 if absent)."""
+        if not self.config.output_vocab_size:
+            return ids
+        table = ids.new_full((self.config.vocab_size,), -1)
+        table[self.output_ids] = torch.arange(self.config.output_vocab_size, device=ids.device)
+        return table[ids]
 
-        With `present` (B, N), only the real chunks: (C, S, V). Without the copy head this
-        is log_softmax of the vocabulary logits; with it, the pointer-generator mixture.
+    def set_output_vocab(self, ids: Sequence[int]) -> None:
+        """Restrict the vocabulary head to `ids` (the pad id is always kept); needs output_vocab_size slots."""
+        kept = sorted(set(int(i) for i in ids) | {self.config.pad_id})
+        if len(kept) != self.config.output_vocab_size or not 0 <= kept[0] <= kept[-1] < self.config.vocab_size:
+            raise ValueError(f"output vocabulary of {len(kept)} ids in 0..{self.config.vocab_size - 1} "
+                             f"does not fit output_vocab_size={self.config.output_vocab_size}")
+        self.output_ids.copy_(torch.tensor(kept))
+
+    def target_log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                         targets: Tensor, present: Tensor) -> Tensor:
+        """fp32 log p of each real chunk's target token, (C, S), floored at LOG_FLOOR.
+
+        The floor only bites on a target no output slot and no prompt position holds (a
+        token the training traces never used): its loss is capped and carries no gradient.
         """
-        keep = (lambda x: x[present]) if present is not None else (lambda x: x)
         with torch.autocast(hidden.device.type, enabled=False):  # the mixture needs fp32 range
-            log_vocab = F.log_softmax(self.logits(keep(hidden)).float(), dim=-1)  # (C, S, V)
+            log_vocab = F.log_softmax(self.logits(hidden[present]).float(), dim=-1)  # (C, S, V')
+            slots = self.slots_of(targets)  # (C, S)
+            picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0]
+            picked = picked.masked_fill(slots < 0, float("-inf"))
+            if self.config.copy_head:
+                attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+                attention, gate = attention[present], gate[present][..., 0]  # (C, S, P), (C, S)
+                prompt = prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1)[present]  # (C, S, P)
+                copied = (attention * (prompt == targets[..., None])).sum(-1)  # (C, S)
+                picked = torch.logaddexp(F.logsigmoid(gate) + picked, F.logsigmoid(-gate) + _safe_log(copied))
+            return picked.clamp(min=LOG_FLOOR)
+
+    @torch.no_grad()
+    def predict(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
+        """(B, N, S, D) decoder states -> (B, N, S) the most probable token ids under the full mixture."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            probs = F.softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
+            output_ids = self.output_ids if self.config.output_vocab_size else None
+            if not self.config.copy_head:
+                best = probs.argmax(-1)
+                return output_ids[best] if output_ids is not None else best
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+            p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
+            prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
+            slots = self.slots_of(prompt)
+            mixed = p_gen * probs
+            mixed.scatter_add_(-1, slots.clamp(min=0), (1 - p_gen) * attention * (slots >= 0))
+            best_value, best = mixed.max(-1)
+            best = output_ids[best] if output_ids is not None else best
+            if output_ids is None:
+                return best
+            # A prompt token outside the output vocabulary: all its probability is copied mass,
+            # summed over the prompt positions that hold it.
+            same = (prompt_ids[:, :, None] == prompt_ids[:, None, :]).float()  # (B, P, P)
+            mass = (1 - p_gen) * torch.einsum("bnsp,bpq->bnsq", attention, same)  # (B, N, S, P)
+            outside_value, outside = mass.masked_fill(slots >= 0, -1.0).max(-1)
+            return torch.where(outside_value > best_value, prompt.gather(-1, outside[..., None])[..., 0], best)
+
+    def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
+        """(B, N, S, D) decoder states -> fp32 log p over the whole vocabulary, (B, N, S, V).
+
+        Without the copy head this is log_softmax of the vocabulary logits (-inf outside
+        the output vocabulary); with it, the pointer-generator mixture.
+        """
+        with torch.autocast(hidden.device.type, enabled=False):
+            log_slots = F.log_softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
+            log_vocab = log_slots
+            if self.config.output_vocab_size:
+                log_vocab = log_slots.new_full((*log_slots.shape[:-1], self.config.vocab_size), float("-inf"))
+                log_vocab[..., self.output_ids] = log_slots
             if not self.config.copy_head:
                 return log_vocab
-            return self._mix_copy(hidden.float(), memory.float(), memory_pad, prompt_ids, log_vocab, keep)
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+            prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
+            # Scatter: a word at several prompt positions gets the sum of their weights.
+            copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (B, N, S, V)
+            return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
 
-    def _mix_copy(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                  log_vocab: Tensor, keep) -> Tensor:
-        n_chunks, span = hidden.shape[1:3]
+    def _copy_head(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention over the prompt's positions (B, N, S, P) and the logit of p_gen (B, N, S, 1)."""
         query, key = self.copy_query(hidden), self.copy_key(memory)  # (B, N, S, D), (B, P, D)
         scores = torch.einsum("bnsd,bpd->bnsp", query, key) / key.shape[-1] ** 0.5  # (B, N, S, P)
-        scores = scores.masked_fill(memory_pad[:, None, None], float("-inf"))
-        attention = scores.softmax(dim=-1)  # (B, N, S, P)
+        attention = scores.masked_fill(memory_pad[:, None, None], float("-inf")).softmax(dim=-1)
         context = torch.einsum("bnsp,bpd->bnsd", attention, memory)  # (B, N, S, D)
-        gate = self.copy_gate(torch.cat([hidden, context], dim=-1))  # (B, N, S, 1) logit of p_gen
-        attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
-        ids = keep(prompt_ids[:, None, None].expand(-1, n_chunks, span, -1))  # (C, S, P)
-        # Scatter: a word at several prompt positions gets the sum of their weights.
-        copied = torch.zeros_like(log_vocab).scatter_add_(-1, ids, attention)  # (C, S, V)
-        held = copied > 0
-        # log 0 = -inf for ids the prompt lacks, without the NaN gradient of log(0).
-        log_copied = torch.where(held, copied.masked_fill(~held, 1.0).log(), float("-inf"))
-        return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + log_copied)
+        return attention, self.copy_gate(torch.cat([hidden, context], dim=-1))
 
     def _run(self, stack: nn.TransformerDecoder, x: Tensor, memory: Tensor, memory_pad: Tensor,
              causal: bool = False) -> Tensor:
@@ -320,9 +414,10 @@ class VQVAE(nn.Module):
         grid = latents.new_zeros(latents.shape)
         grid[chunk_present] = quantized.to(grid.dtype)
         hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
-        log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present)  # (C, L, V)
-        recon_loss = F.nll_loss(log_probs.flatten(0, 1), chunk_ids[chunk_present].flatten())
-        return VQVAEOutput(log_probs, codes, recon_loss, vq_loss)
+        targets = chunk_ids[chunk_present]  # (C, L)
+        recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present).mean()
+        predictions = self.predict(hidden.detach(), memory.detach(), prompt_pad, prompt_ids)[chunk_present]
+        return VQVAEOutput(predictions, codes, recon_loss, vq_loss)
 
     @torch.no_grad()
     def codes_of(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:

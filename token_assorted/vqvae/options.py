@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
+
 
 @dataclass
 class VQVAETrainConfig:
@@ -44,6 +46,8 @@ class VQVAETrainConfig:
     copy_head: bool = True  # pointer over the prompt's tokens mixed with the vocabulary head
     word_dropout: float = 0.0  # AR decoder: share of earlier tokens hidden in training (fights collapse)
     local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
+    output_vocab: str = "all"  # "data": score only the ids the training traces use (large pretrained vocabularies)
+    rotation_trick: bool = False  # encoder gradient by the rotation trick (Fifty et al., 2024), not straight-through
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar

@@ -40,7 +40,7 @@ from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer,
 from .chunks import ChunkedExample, chunk_examples, collate
 from .metrics import reconstruction_metrics
 from .model import VQVAE, VQVAEConfig
-from .options import VQVAETrainConfig
+from .options import OUTPUT_VOCABS, VQVAETrainConfig
 from .state import TrainerState, load_state, save_state
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 
@@ -48,7 +48,7 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head")
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab")
 # Options added after runs were saved, with the value those runs had.
 _ADDED = {"copy_head": False}
 
@@ -82,16 +82,16 @@ def _setup(config: VQVAETrainConfig, task: Task | None) -> _Run:
     examples = task.load(config.data)[: config.max_examples or None]
     valid = task.load(config.valid) if config.valid else examples[:200]
     tokenizer = _resume_tokenizer(config, out, info) if config.resume else _new_tokenizer(config, task, examples, out)
-    torch.manual_seed(config.seed)
-    model = VQVAE(_model_config(config, tokenizer)).to(resolve_device(config.device))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
-    start_step = _restore(out, model, optimizer, scheduler) if config.resume else 0
     items = [item for item in chunk_examples(tokenizer, task, examples, config.chunk_size, config.chat_template)
              if item.chunks]
     if not items:
         raise ConfigError(f"{config.data}: no example has a non-empty trace; nothing to train on")
+    torch.manual_seed(config.seed)
+    model = _new_model(config, tokenizer, items)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
+    start_step = _restore(out, model, optimizer, scheduler) if config.resume else 0
     valid_items = chunk_examples(tokenizer, task, valid, config.chunk_size, config.chat_template)
     return _Run(config, out, task, tokenizer, model, optimizer, scheduler, items, valid_items, start_step)
 
@@ -112,6 +112,9 @@ def _check_options(config: VQVAETrainConfig) -> None:
         raise ConfigError(f"vqvae train: word_dropout must be in [0, 1), got {config.word_dropout}")
     if config.local_context < 0:
         raise ConfigError(f"vqvae train: local_context must be >= 0, got {config.local_context}")
+    if config.output_vocab not in OUTPUT_VOCABS:
+        raise ConfigError(f"vqvae train: output_vocab must be one of {', '.join(OUTPUT_VOCABS)}, "
+                          f"got {config.output_vocab!r}")
 
 
 def _check_fresh(out: Path) -> None:
@@ -170,10 +173,17 @@ def _resume_tokenizer(config: VQVAETrainConfig, out: Path, info: dict[str, Any])
     return tokenizer
 
 
-def _model_config(config: VQVAETrainConfig, tokenizer: PreTrainedTokenizerBase) -> VQVAEConfig:
+def _new_model(config: VQVAETrainConfig, tokenizer: PreTrainedTokenizerBase,
+               items: list[ChunkedExample]) -> VQVAE:
     shared = {f.name for f in dataclasses.fields(VQVAEConfig)} & {f.name for f in dataclasses.fields(config)}
-    return VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
-                       **{name: getattr(config, name) for name in shared})
+    # "data": the vocabulary head scores only the ids the training traces use (pad included).
+    trace_ids = {token for item in items for chunk in item.chunks for token in chunk} | {tokenizer.pad_token_id}
+    model = VQVAE(VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
+                              output_vocab_size=len(trace_ids) if config.output_vocab == "data" else 0,
+                              **{name: getattr(config, name) for name in shared}))
+    if config.output_vocab == "data":
+        model.set_output_vocab(sorted(trace_ids))
+    return model.to(resolve_device(config.device))
 
 
 def _warmup_cosine(warmup: int, total: int):
@@ -223,7 +233,7 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     run.scheduler.step()
     targets = batch.targets  # (C, L)
     real = targets != model.config.pad_id
-    correct = ((output.logits.argmax(-1) == targets) & real).sum()
+    correct = ((output.predictions == targets) & real).sum()
     return {"loss": output.loss.item(), "recon_loss": output.recon_loss.item(), "vq_loss": output.vq_loss.item(),
             "token_accuracy": float(correct) / max(int(real.sum()), 1),
             "codes_in_batch": int(output.codes.unique().numel()), "lr": run.scheduler.get_last_lr()[0]}
