@@ -66,14 +66,14 @@ Choices the paper leaves open, and why we made them:
   99.8 % of the official ProsQA valid chunks at L = 16 have at most 64 candidate texts
   among the paths from the question's subject.
 - Output vocabulary (`output_vocab_size`, set by `vqvae train --output-vocab data`): with a
-  pretrained tokenizer the vocabulary head scored all 49k SmolLM2 ids at every position,
-  though GSM8K's training traces use about 5.5k of them (2,000 questions) and the copy head
+  pretrained tokenizer the vocabulary head scored all 49,152 SmolLM2 ids at every chunk
+  position, though GSM8K's 7,473 training traces use 9,884 of them and the copy head
   supplies any prompt token. With the option the head scores only the ids the training
   traces use (saved as the `output_ids` buffer); a prompt token outside them can still be
-  copied, and an id in neither can no longer be written (99.4 % of GSM8K test-trace tokens
-  are in one or the other). The loss takes only each target's probability and greedy
-  decoding only the argmax, so no (C, S, V) tensor is built in training; the step time is
-  measured in BENCHMARKS.md ("Stage 1").
+  copied, and an id in neither can no longer be written (99.76 % of GSM8K test-trace
+  tokens are in one or the other). The loss then takes only each target's probability and
+  greedy decoding only the argmax, so no (C, S, V) tensor is built: a CPU training step is
+  6.8x faster (BENCHMARKS.md, "Stage 1").
 - A trailing partial chunk is padded with the pad token and encoded too, so the whole
   trace can be replaced (All-Replace); the decoder is trained to emit pads there, and
   decoding drops them. The reconstruction loss covers pad positions for that reason;
@@ -286,9 +286,10 @@ class VQVAE(nn.Module):
     # --- the output distribution ------------------------------------------------------
     # The vocabulary head scores the output vocabulary: every id, or with `output_vocab_size`
     # only the ids in `output_ids` ("slots"). The copy head scores the prompt's positions.
-    # Training needs only each target's probability and decoding only the argmax, so
-    # neither builds a (C, S, V) tensor over the whole vocabulary; `log_probs` does, for
-    # inspection and tests.
+    # With an output vocabulary, training takes only each target's probability
+    # (`target_log_probs`) and decoding only the argmax (`predict`), so no (C, S, V) tensor
+    # over the whole vocabulary is built. Without one, the loss is the NLL of `log_probs`,
+    # bit for bit the computation that produced the results recorded before the option existed.
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., D) decoder states -> (..., V') logits of the vocabulary head alone, one per output slot."""
         if self.config.tie_embeddings:
@@ -361,14 +362,17 @@ class VQVAE(nn.Module):
             outside_value, outside = mass.masked_fill(slots >= 0, -1.0).max(-1)
             return torch.where(outside_value > best_value, prompt.gather(-1, outside[..., None])[..., 0], best)
 
-    def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
+    def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                  present: Tensor | None = None) -> Tensor:
         """(B, N, S, D) decoder states -> fp32 log p over the whole vocabulary, (B, N, S, V).
 
-        Without the copy head this is log_softmax of the vocabulary logits (-inf outside
-        the output vocabulary); with it, the pointer-generator mixture.
+        With `present` (B, N), only the real chunks: (C, S, V). Without the copy head this
+        is log_softmax of the vocabulary logits (-inf outside the output vocabulary); with
+        it, the pointer-generator mixture.
         """
+        keep = (lambda x: x[present]) if present is not None else (lambda x: x)
         with torch.autocast(hidden.device.type, enabled=False):
-            log_slots = F.log_softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
+            log_slots = F.log_softmax(self.logits(keep(hidden)).float(), dim=-1)  # (C, S, V')
             log_vocab = log_slots
             if self.config.output_vocab_size:
                 log_vocab = log_slots.new_full((*log_slots.shape[:-1], self.config.vocab_size), float("-inf"))
@@ -376,9 +380,10 @@ class VQVAE(nn.Module):
             if not self.config.copy_head:
                 return log_vocab
             attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
-            prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
+            attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
+            prompt = keep(prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1))  # (C, S, P)
             # Scatter: a word at several prompt positions gets the sum of their weights.
-            copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (B, N, S, V)
+            copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (C, S, V)
             return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
 
     def _copy_head(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor) -> tuple[Tensor, Tensor]:
@@ -415,7 +420,11 @@ class VQVAE(nn.Module):
         grid[chunk_present] = quantized.to(grid.dtype)
         hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
         targets = chunk_ids[chunk_present]  # (C, L)
-        recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present).mean()
+        if self.config.output_vocab_size:
+            recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present).mean()
+        else:  # the path runs measured before the output vocabulary existed took, unchanged so they reproduce
+            log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present)  # (C, L, V)
+            recon_loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten())
         predictions = self.predict(hidden.detach(), memory.detach(), prompt_pad, prompt_ids)[chunk_present]
         return VQVAEOutput(predictions, codes, recon_loss, vq_loss)
 
