@@ -341,19 +341,16 @@ class VQVAE(nn.Module):
         """(B, N, S, D) decoder states -> (B, N, S) the most probable token ids under the full mixture."""
         with torch.autocast(hidden.device.type, enabled=False):
             probs = F.softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
-            output_ids = self.output_ids if self.config.output_vocab_size else None
             if not self.config.copy_head:
-                best = probs.argmax(-1)
-                return output_ids[best] if output_ids is not None else best
+                return self._ids_of(probs.argmax(-1))
             attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
             p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
             prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
             slots = self.slots_of(prompt)
-            mixed = p_gen * probs
-            mixed.scatter_add_(-1, slots.clamp(min=0), (1 - p_gen) * attention * (slots >= 0))
+            mixed = (p_gen * probs).scatter_add_(-1, slots.clamp(min=0), (1 - p_gen) * attention * (slots >= 0))
             best_value, best = mixed.max(-1)
-            best = output_ids[best] if output_ids is not None else best
-            if output_ids is None:
+            best = self._ids_of(best)
+            if not self.config.output_vocab_size:
                 return best
             # A prompt token outside the output vocabulary: all its probability is copied mass,
             # summed over the prompt positions that hold it.
@@ -361,6 +358,10 @@ class VQVAE(nn.Module):
             mass = (1 - p_gen) * torch.einsum("bnsp,bpq->bnsq", attention, same)  # (B, N, S, P)
             outside_value, outside = mass.masked_fill(slots >= 0, -1.0).max(-1)
             return torch.where(outside_value > best_value, prompt.gather(-1, outside[..., None])[..., 0], best)
+
+    def _ids_of(self, slots: Tensor) -> Tensor:
+        """Output slots -> token ids (the inverse of `slots_of`)."""
+        return self.output_ids[slots] if self.config.output_vocab_size else slots
 
     def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
                   present: Tensor | None = None) -> Tensor:
@@ -422,10 +423,11 @@ class VQVAE(nn.Module):
         targets = chunk_ids[chunk_present]  # (C, L)
         if self.config.output_vocab_size:
             recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present).mean()
+            predictions = self.predict(hidden, memory, prompt_pad, prompt_ids)[chunk_present]
         else:  # the path runs measured before the output vocabulary existed took, unchanged so they reproduce
             log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present)  # (C, L, V)
             recon_loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten())
-        predictions = self.predict(hidden.detach(), memory.detach(), prompt_pad, prompt_ids)[chunk_present]
+            predictions = log_probs.detach().argmax(-1)
         return VQVAEOutput(predictions, codes, recon_loss, vq_loss)
 
     @torch.no_grad()
