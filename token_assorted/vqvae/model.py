@@ -346,11 +346,11 @@ class VQVAE(nn.Module):
             attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
             p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
             prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
-            slots = self.slots_of(prompt)
+            slots = self.slots_of(prompt_ids)[:, None, None].expand(*attention.shape)
             mixed = (p_gen * probs).scatter_add_(-1, slots.clamp(min=0), (1 - p_gen) * attention * (slots >= 0))
             best_value, best = mixed.max(-1)
             best = self._ids_of(best)
-            if not self.config.output_vocab_size:
+            if not self.config.output_vocab_size or (slots >= 0).all():
                 return best
             # A prompt token outside the output vocabulary: all its probability is copied mass,
             # summed over the prompt positions that hold it.
