@@ -4,6 +4,7 @@
     python benchmarks/bench_vqvae.py prosqa --steps 600          # generated train, official valid
     python benchmarks/bench_vqvae.py gsm8k --steps 300           # SmolLM2 tokenizer, K = 1024
     python benchmarks/bench_vqvae.py prosqa --no-copy-head       # vocabulary head only (the old decoder)
+    python benchmarks/bench_vqvae.py prosqa --assignment search  # each chunk's code found by search
 
 Reference data is read from ../shared/data (or $TOKEN_ASSORTED_SHARED/data). Prints one
 JSON object with the command's settings, the valid metrics and the wall time.
@@ -76,6 +77,10 @@ def main() -> None:
                         help="decoder head over every id, or only the ids the training traces use")
     parser.add_argument("--rotation-trick", action="store_true",
                         help="encoder gradient by the rotation trick instead of straight-through")
+    parser.add_argument("--assignment", choices=["nearest", "search"], default="nearest",
+                        help="a chunk's code: the nearest codebook vector, or the one its decoding fits best")
+    parser.add_argument("--search-candidates", type=int, default=16, help="assignment search: codes tried per chunk")
+    parser.add_argument("--search-explore", type=int, default=4, help="assignment search: of them drawn at random")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
@@ -90,7 +95,8 @@ def main() -> None:
         autoregressive=args.autoregressive, copy_head=args.copy_head, warmup_steps=args.warmup_steps,
         chunk_size=args.chunk_size, compression=args.compression, word_dropout=args.word_dropout,
         prompt_layers=args.prompt_layers, local_context=args.local_context, rotation_trick=args.rotation_trick,
-        output_vocab=args.output_vocab,
+        output_vocab=args.output_vocab, assignment=args.assignment, search_candidates=args.search_candidates,
+        search_explore=args.search_explore,
         valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -103,7 +109,8 @@ def main() -> None:
                       "autoregressive": args.autoregressive, "copy_head": args.copy_head,
                       "word_dropout": args.word_dropout, "prompt_layers": args.prompt_layers,
                       "local_context": args.local_context, "rotation_trick": args.rotation_trick,
-                      "output_vocab": args.output_vocab,
+                      "output_vocab": args.output_vocab, "assignment": args.assignment,
+                      "search_candidates": args.search_candidates, "search_explore": args.search_explore,
                       "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 

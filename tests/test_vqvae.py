@@ -18,6 +18,7 @@ from token_assorted import tasks
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
+from token_assorted.latents import codebook_of
 from token_assorted.schema import Example, save_examples
 from token_assorted.tasks.base import Task, normalize_text
 from token_assorted.tokenizer import build_word_tokenizer
@@ -501,3 +502,103 @@ def test_data_output_vocab_is_the_trace_ids_and_survives_save_load_and_resume(to
         train_vqvae(tiny_config(toy_file, parted, resume=True, **{**short, "output_vocab": "all"}), task=ToyTask())
     with pytest.raises(ConfigError, match="output_vocab"):
         train_vqvae(tiny_config(toy_file, tmp_path / "bad", output_vocab="trace"), task=ToyTask())
+
+
+# --- assignment by search ----------------------------------------------------------------
+SEARCH = dict(compression=4, assignment="search", search_candidates=4, search_explore=1)
+
+
+def chunk_log_likelihoods(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor:
+    """(K, C): every real chunk's teacher-forced log likelihood under each code, one code at a time."""
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        rows = []
+        for code in range(model.config.codebook_size):
+            grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
+            hidden = model.decode(grid, memory, pad, chunk_ids)
+            rows.append(model.target_log_probs(hidden, memory, pad, prompt, chunk_ids[present], present).sum(-1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive):
+    model = tiny_model(**SEARCH, autoregressive=autoregressive).eval()
+    with torch.no_grad():
+        model.quantizer.codebook.mul_(3)  # spread the codes so that not every chunk prefers the same one
+    prompt, pad, chunk_ids, present = batch = random_batch()
+    likelihoods = chunk_log_likelihoods(model, *batch)  # (K, C)
+    codes = model.codes_of(*batch)[:, 0]
+    assert torch.equal(codes, likelihoods.argmax(0))
+    assert len(set(codes.tolist())) > 1
+    assert torch.equal(model(*batch).codes[:, 0], codes)
+    memory = model.encode_prompt(prompt, pad)
+    grid = _grid(model.quantizer.get_output_from_indices(codes), present)
+    assert torch.equal(model.reconstruct(*batch), model.greedy_tokens(grid, memory, pad, prompt)[present])
+
+
+def _grid(vectors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    grid = vectors.new_zeros(*present.shape, 1, vectors.shape[-1])
+    grid[present] = vectors[:, None]
+    return grid
+
+
+def test_search_in_training_picks_among_the_candidates_and_trains_encoder_and_codebook():
+    model = tiny_model(**SEARCH).train()
+    batch = random_batch()
+    likelihoods = chunk_log_likelihoods(model.eval(), *batch)
+    model.train()
+    torch.manual_seed(3)
+    output = model(*batch)
+    chosen = output.codes[:, 0]
+    # Each chosen code is at least as likely as the encoder's own favourite, which is always tried.
+    memory = model.encode_prompt(batch[0], batch[1])
+    with torch.no_grad():
+        favourite = model.quantizer.classifier(model.encode(batch[2], memory, batch[1])[:, :, 0])[batch[3]].argmax(-1)
+    columns = torch.arange(len(chosen))
+    assert (likelihoods[chosen, columns] >= likelihoods[favourite, columns] - 1e-5).all()
+    output.loss.backward()
+    assert model.quantizer.codebook.grad[chosen].abs().sum() > 0  # the decoder's gradient reaches the codes read
+    assert model.quantizer.classifier.weight.grad.abs().sum() > 0  # the encoder learns to predict them
+    assert model.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
+
+
+def test_search_reseeds_a_code_no_chunk_chooses():
+    model = tiny_model(**SEARCH).train()
+    codebook = model.quantizer
+    before = codebook.codebook.detach().clone()
+    with torch.no_grad():
+        codebook.usage.fill_(1.0)
+        codebook.usage[5] = 0.01  # code 5 has not been chosen for a long time
+    assert codebook.record(torch.tensor([1, 1, 2])) == 1
+    changed = (codebook.codebook.detach() != before).any(-1)
+    assert changed.tolist() == [i == 5 for i in range(8)]
+    assert codebook.usage[5] == 1.0
+
+
+def test_search_options_are_checked(toy_file, tmp_path):
+    with pytest.raises(ValueError, match="one latent per chunk"):
+        tiny_model(assignment="search")  # the tiny model has r = 2: two latents per chunk
+    with pytest.raises(ValueError, match="search_explore"):
+        tiny_model(**{**SEARCH, "search_candidates": 9})  # more candidates than K = 8
+    with pytest.raises(ConfigError, match="one latent per chunk"):
+        train_vqvae(tiny_config(toy_file, tmp_path / "a", assignment="search", compression=2), task=ToyTask())
+    with pytest.raises(ConfigError, match="assignment must be one of"):
+        train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"), task=ToyTask())
+
+
+def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path):
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "run", assignment="search", search_candidates=4,
+                                  search_explore=1, steps=150), task=ToyTask())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["token_accuracy"] > 0.9
+    loaded = load_vqvae(out)
+    assert loaded.config.assignment == "search"
+    # Stage 2 initialises the latent rows from the vectors the decoder reads.
+    assert torch.equal(codebook_of(loaded.model, 8), loaded.model.quantizer.codebook.detach())
+    examples = toy_examples()
+    codes = encode_examples(loaded, ToyTask(), examples, batch_size=3)
+    assert codes == encode_examples(load_vqvae(out), ToyTask(), examples, batch_size=8)
+    prompt = encode_example(loaded.tokenizer, ToyTask(), examples[1]).prompt_ids
+    assert normalize_text(decode_codes(loaded, prompt, codes[1])) == normalize_text(" ".join(examples[1].steps))
+    with pytest.raises(CheckpointError, match="assignment='search'"):
+        train_vqvae(tiny_config(toy_file, out, resume=True), task=ToyTask())

@@ -42,6 +42,10 @@ HELP = {
     "output_vocab": "what the decoder's vocabulary head scores: 'all' ids, or only the 'data' (the ids the "
                     "training traces use; prompt tokens stay copyable); 'data' makes large vocabularies cheap",
     "rotation_trick": "pass the encoder its gradient by the rotation trick (Fifty et al., 2024) instead of straight-through",
+    "assignment": "how a chunk gets its code: 'nearest' (VQ: the nearest codebook vector) or 'search' (the code "
+                  "under which the decoder finds the chunk most likely; one latent per chunk only)",
+    "search_candidates": "assignment 'search', training: codes tried per chunk",
+    "search_explore": "assignment 'search', training: of the codes tried, how many are drawn at random",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

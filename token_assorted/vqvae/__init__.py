@@ -1,6 +1,7 @@
 """Stage 1 of Token Assorted: a VQ-VAE that turns trace chunks into latent tokens and back.
 
     model.py    VQVAEConfig, VQVAE (chunk encoder, quantizer, prompt-conditioned decoder)
+    search.py   assignment by search: a chunk's code is the one its decoding fits best
     chunks.py   traces -> chunks of L tokens, batched with their prompts
     options.py  VQVAETrainConfig (every `vqvae train` option)
     train.py    train_vqvae (resumable loop, logging, checkpoints)

@@ -25,6 +25,11 @@ Choices the paper leaves open, and why we made them:
   and by default the plain straight-through estimator (`rotation_trick` swaps in the
   rotation trick of Fifty et al., 2024, which passes the encoder a gradient rotated onto
   the code's direction; see BENCHMARKS.md, "Stage 1"). Distances and EMA run in fp32 (autocast off).
+- Assignment by search (`assignment: search`, search.py; one latent per chunk only): instead
+  of the nearest codebook vector, a chunk gets the code under which the decoder finds it most
+  likely (K tries outside training, the encoder's candidates in training); the encoder learns
+  to predict that code. On ProsQA at L = r = 16 the nearest-vector code never learned which
+  branch the path takes (BENCHMARKS.md, "Stage 1").
 - The commitment weight beta defaults to 0.25 (the VQ-VAE paper's value; not tuned).
 - The output layer shares the token embeddings (`tie_embeddings`): half the parameters
   with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
@@ -90,6 +95,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
+from .options import ASSIGNMENTS
+from .search import SearchCodebook, best_codes
+
+SEARCH_SEQUENCES = 256  # search: decoder sequences scored at once (candidates x examples)
 LOG_FLOOR = -30.0  # log p of a target the decoder cannot write at all (see `target_log_probs`)
 
 
@@ -127,6 +136,9 @@ class VQVAEConfig:
     local_context: int = 0  # prompt tokens (and AR decoder inputs) also read the k tokens before them (see above)
     rotation_trick: bool = False  # gradient to the encoder by the rotation trick instead of straight-through
     output_vocab_size: int = 0  # 0: the vocabulary head scores every id; else only the `output_ids` (see above)
+    assignment: str = "nearest"  # "nearest": VQ (nearest codebook vector); "search": the best-fitting code (search.py)
+    search_candidates: int = 16  # assignment "search", training: codes tried per chunk
+    search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -140,6 +152,15 @@ class VQVAEConfig:
             raise ValueError(f"word_dropout={self.word_dropout} must be in [0, 1)")
         if not 0 <= self.output_vocab_size <= self.vocab_size:
             raise ValueError(f"output_vocab_size={self.output_vocab_size} must be in 0..{self.vocab_size}")
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment={self.assignment!r} must be one of {', '.join(ASSIGNMENTS)}")
+        if self.assignment == "search":
+            if self.latents_per_chunk != 1:  # K^(L/r) combinations: only one latent per chunk is searchable
+                raise ValueError(f"assignment 'search' needs one latent per chunk (r = L), "
+                                 f"got L={self.chunk_size}, r={self.compression}")
+            if not 0 <= self.search_explore < self.search_candidates <= self.codebook_size:
+                raise ValueError(f"search needs 0 <= search_explore ({self.search_explore}) < search_candidates "
+                                 f"({self.search_candidates}) <= codebook size K ({self.codebook_size})")
 
     @property
     def latents_per_chunk(self) -> int:
@@ -151,7 +172,7 @@ class VQVAEOutput:
     predictions: Tensor  # (C, L) every real chunk's most probable tokens (teacher-forced)
     codes: Tensor  # (C, L/r) codebook indices
     recon_loss: Tensor  # NLL over all L positions (pads included)
-    vq_loss: Tensor  # commitment loss from the quantizer
+    vq_loss: Tensor  # commitment loss (assignment "nearest") or the encoder's code classification loss ("search")
 
     @property
     def loss(self) -> Tensor:
@@ -186,11 +207,14 @@ class VQVAE(nn.Module):
             self.prompt_encoder = nn.LayerNorm(d)
         self.encoder = _stack(config, config.encoder_layers)
         self.decoder = _stack(config, config.decoder_layers)
-        self.quantizer = VectorQuantize(
-            dim=d, codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim or None, decay=config.ema_decay,
-            kmeans_init=True, threshold_ema_dead_code=config.dead_code_threshold,
-            commitment_weight=config.commitment_weight, rotation_trick=config.rotation_trick)
+        if config.assignment == "search":
+            self.quantizer: nn.Module = SearchCodebook(config.codebook_size, d)
+        else:
+            self.quantizer = VectorQuantize(
+                dim=d, codebook_size=config.codebook_size,
+                codebook_dim=config.codebook_dim or None, decay=config.ema_decay,
+                kmeans_init=True, threshold_ema_dead_code=config.dead_code_threshold,
+                commitment_weight=config.commitment_weight, rotation_trick=config.rotation_trick)
         if config.tie_embeddings:
             self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         else:
@@ -241,6 +265,49 @@ class VQVAE(nn.Module):
         with torch.autocast(latents.device.type, enabled=False):
             quantized, codes, vq_loss = self.quantizer(latents.float())
         return quantized, codes, vq_loss
+
+    def _assign(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor, memory: Tensor,
+                latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The real chunks' codes: quantized (C, L/r, D), codes (C, L/r) and the quantizer's loss.
+
+        "nearest": the VQ quantizer (commitment loss). "search" (search.py): the code under
+        which the decoder finds the chunk most likely, among the encoder's candidates in
+        training and among all K otherwise; the loss trains the encoder to predict it.
+        """
+        if self.config.assignment == "nearest":
+            return self.quantize(latents[present])
+        codebook = self.quantizer
+        with torch.no_grad():
+            logits = codebook.classifier(latents[:, :, 0])  # (B, N, K)
+            if self.training:
+                candidates = codebook.candidates(logits, self.config.search_candidates, self.config.search_explore)
+            else:
+                candidates = torch.arange(self.config.codebook_size, device=logits.device).expand(logits.shape)
+            codes = self._search(prompt_ids, prompt_pad, chunk_ids, present, memory, candidates)  # (C,)
+            if self.training:
+                codebook.record(codes)  # may re-seed unused codes: before the graph below reads the table
+        loss = F.cross_entropy(codebook.classifier(latents[present][:, 0]).float(), codes)
+        return codebook.get_output_from_indices(codes)[:, None], codes[:, None], loss
+
+    @torch.no_grad()
+    def _search(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor, memory: Tensor,
+                candidates: Tensor) -> Tensor:
+        """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
+        batch = prompt_ids.shape[0]
+
+        def score(codes: Tensor) -> Tensor:  # (g*B, N) codes -> (g, C) log likelihoods
+            g = codes.shape[0] // batch
+            mem, pad, ids, chunks, real = (t.repeat(g, *[1] * (t.dim() - 1))
+                                           for t in (memory, prompt_pad, prompt_ids, chunk_ids, present))
+            hidden = self.decode(self.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks)
+            return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real).sum(-1).view(g, -1)
+
+        was_training = self.training
+        self.eval()  # score as decoding will run: no word dropout, no dropout
+        try:
+            return best_codes(score, candidates, present, max(1, SEARCH_SEQUENCES // batch))
+        finally:
+            self.train(was_training)
 
     def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None) -> Tensor:
         """f_dec: (B, N, L/r, D) quantized latents -> (B, N, L, D) hidden states of the chunk's tokens.
@@ -416,7 +483,7 @@ class VQVAE(nn.Module):
         """Reconstruct (B, N, L) chunks; `chunk_present` (B, N) marks real chunks (not batch padding)."""
         memory = self.encode_prompt(prompt_ids, prompt_pad)  # (B, P, D)
         latents = self.encode(chunk_ids, memory, prompt_pad)  # (B, N, L/r, D)
-        quantized, codes, vq_loss = self.quantize(latents[chunk_present])  # only real chunks touch the codebook
+        quantized, codes, vq_loss = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)
         grid = latents.new_zeros(latents.shape)
         grid[chunk_present] = quantized.to(grid.dtype)
         hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
@@ -434,7 +501,8 @@ class VQVAE(nn.Module):
     def codes_of(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
         """Latent tokens of the real chunks, (C, L/r) in row-major (example, chunk) order."""
         memory = self.encode_prompt(prompt_ids, prompt_pad)
-        return self.quantize(self.encode(chunk_ids, memory, prompt_pad)[chunk_present])[1]
+        latents = self.encode(chunk_ids, memory, prompt_pad)
+        return self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
 
     @torch.no_grad()
     def tokens_of(self, prompt_ids: Tensor, codes: Tensor) -> Tensor:
@@ -448,7 +516,8 @@ class VQVAE(nn.Module):
     def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
         """Encode, quantize and decode without teacher forcing: (C, L) token ids of the real chunks."""
         memory = self.encode_prompt(prompt_ids, prompt_pad)
-        codes = self.quantize(self.encode(chunk_ids, memory, prompt_pad)[chunk_present])[1]
+        latents = self.encode(chunk_ids, memory, prompt_pad)
+        codes = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
         grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
         grid[chunk_present] = self.quantizer.get_output_from_indices(codes)
         return self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[chunk_present]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
 
 
@@ -48,6 +49,9 @@ class VQVAETrainConfig:
     local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
     output_vocab: str = "all"  # "data": score only the ids the training traces use (large pretrained vocabularies)
     rotation_trick: bool = False  # encoder gradient by the rotation trick (Fifty et al., 2024), not straight-through
+    assignment: str = "nearest"  # "search": each chunk's code is the one its decoding fits best (r = L only)
+    search_candidates: int = 16  # assignment "search", training: codes tried per chunk
+    search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar

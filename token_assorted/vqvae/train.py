@@ -40,7 +40,7 @@ from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer,
 from .chunks import ChunkedExample, chunk_examples, collate
 from .metrics import reconstruction_metrics
 from .model import VQVAE, VQVAEConfig
-from .options import OUTPUT_VOCABS, VQVAETrainConfig
+from .options import ASSIGNMENTS, OUTPUT_VOCABS, VQVAETrainConfig
 from .state import TrainerState, load_state, save_state
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 
@@ -48,9 +48,9 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab")
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment")
 # Options added after runs were saved, with the value those runs had.
-_ADDED = {"copy_head": False}
+_ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4}
 
 
 @dataclass
@@ -115,6 +115,17 @@ def _check_options(config: VQVAETrainConfig) -> None:
     if config.output_vocab not in OUTPUT_VOCABS:
         raise ConfigError(f"vqvae train: output_vocab must be one of {', '.join(OUTPUT_VOCABS)}, "
                           f"got {config.output_vocab!r}")
+    if config.assignment not in ASSIGNMENTS:
+        raise ConfigError(f"vqvae train: assignment must be one of {', '.join(ASSIGNMENTS)}, "
+                          f"got {config.assignment!r}")
+    if config.assignment == "search":
+        if config.compression != config.chunk_size:
+            raise ConfigError(f"vqvae train: assignment 'search' needs one latent per chunk (compression r = "
+                              f"chunk size L), got L={config.chunk_size}, r={config.compression}")
+        if not 0 <= config.search_explore < config.search_candidates <= config.codebook_size:
+            raise ConfigError(f"vqvae train: search needs 0 <= search_explore ({config.search_explore}) < "
+                              f"search_candidates ({config.search_candidates}) <= codebook_size "
+                              f"({config.codebook_size})")
 
 
 def _check_fresh(out: Path) -> None:
