@@ -37,8 +37,8 @@ def reconstruction_metrics(model: VQVAE, items: Sequence[ChunkedExample], batch_
         targets = batch.targets  # (C, L)
         real = targets != config.pad_id
         # Accuracy of free decoding (greedy for the autoregressive decoder), never teacher-forced.
-        predicted = (model.reconstruct(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
-                     if config.autoregressive else output.predictions)
+        predicted = (model.reconstruct(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present,
+                                       codes=output.codes) if config.autoregressive else output.predictions)
         hits = predicted == targets
         tokens += int(real.sum())
         correct += int((hits & real).sum())

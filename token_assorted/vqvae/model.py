@@ -513,11 +513,17 @@ class VQVAE(nn.Module):
         return self.greedy_tokens(quantized, memory, prompt_pad, prompt_ids)[0]
 
     @torch.no_grad()
-    def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
-        """Encode, quantize and decode without teacher forcing: (C, L) token ids of the real chunks."""
+    def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor,
+                    codes: Tensor | None = None) -> Tensor:
+        """Encode, quantize and decode without teacher forcing: (C, L) token ids of the real chunks.
+
+        `codes` (C, L/r): the chunks' codes when already known (an eval-mode forward's), so a
+        search assignment is not run twice.
+        """
         memory = self.encode_prompt(prompt_ids, prompt_pad)
-        latents = self.encode(chunk_ids, memory, prompt_pad)
-        codes = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
+        if codes is None:
+            latents = self.encode(chunk_ids, memory, prompt_pad)
+            codes = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
         grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
         grid[chunk_present] = self.quantizer.get_output_from_indices(codes)
         return self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[chunk_present]
