@@ -602,3 +602,64 @@ def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path)
     assert normalize_text(decode_codes(loaded, prompt, codes[1])) == normalize_text(" ".join(examples[1].steps))
     with pytest.raises(CheckpointError, match="assignment='search'"):
         train_vqvae(tiny_config(toy_file, out, resume=True), task=ToyTask())
+
+
+# --- the copy prefix (a built-in induction head) --------------------------------------------
+def test_prefix_features_read_only_the_tokens_before_each_position():
+    model = tiny_model(autoregressive=True, local_context=2, copy_prefix=True)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    changed = ids.clone()
+    changed[0, 2] = 30
+    before, after = model.prefix_features(ids), model.prefix_features(changed)
+    assert torch.equal(before[0, :3], after[0, :3])  # positions 0..2 do not read token 2
+    assert not torch.allclose(before[0, 3], after[0, 3]) and not torch.allclose(before[0, 4], after[0, 4])
+    assert torch.equal(before[0, 0], torch.zeros(32))  # nothing precedes position 0
+    # What the autoregressive decoder reads at position i, without its learned position query.
+    assert torch.allclose(before[0, 1], model.token_embedding.weight[5])
+
+
+def test_copy_prefix_copies_the_word_whose_predecessors_match_the_chunks():
+    model = tiny_model(autoregressive=True, local_context=1, copy_prefix=True, compression=4).eval()
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    pad = torch.zeros_like(prompt, dtype=torch.bool)
+    chunk_ids = torch.tensor([[[6, 7, 12, 13]]])  # at position 2 the chunk has just written "6 7"
+    with torch.no_grad():
+        model.token_embedding.weight.normal_()  # distinct words
+        model.copy_query.weight.zero_(), model.copy_key.weight.zero_()  # only the prefix pair decides
+        model.prefix_query.weight.copy_(torch.eye(32) * 8), model.prefix_key.weight.copy_(torch.eye(32))
+        model.copy_gate.weight.zero_(), model.copy_gate.bias.fill_(-60.0)  # copy only
+        memory = model.encode_prompt(prompt, pad)
+        hidden = model.decode(torch.randn(1, 1, 1, 32), memory, pad, chunk_ids)
+        prefix = model.prefix_features(chunk_ids)
+        copied = model.log_probs(hidden, memory, pad, prompt, prefix=prefix).exp()  # (1, 1, 4, V)
+        assert copied[0, 0, 2, 8] > 0.9  # in the prompt, "6 7" precede 8
+        present = torch.ones(1, 1, dtype=torch.bool)
+        whole = model.log_probs(hidden, memory, pad, prompt, prefix=prefix)
+        picked = model.target_log_probs(hidden, memory, pad, prompt, chunk_ids[present], present, prefix)
+        assert torch.allclose(picked, whole[present].gather(-1, chunk_ids[present][..., None])[..., 0].clamp(min=-30))
+        assert torch.equal(model.predict(hidden, memory, pad, prompt, prefix), whole.argmax(-1))
+        with pytest.raises(ValueError, match="copy_prefix"):
+            model.log_probs(hidden, memory, pad, prompt)  # the decoder side is required
+
+
+def test_copy_prefix_options_are_checked(toy_file, tmp_path):
+    for bad in (dict(autoregressive=False), dict(autoregressive=True, copy_head=False),
+                dict(autoregressive=True, word_dropout=0.2)):
+        with pytest.raises(ValueError, match="copy_prefix"):
+            VQVAEConfig(vocab_size=10, pad_id=0, copy_prefix=True, **bad)
+    with pytest.raises(ConfigError, match="copy_prefix"):
+        train_vqvae(tiny_config(toy_file, tmp_path / "run", copy_prefix=True), task=ToyTask())
+
+
+def test_copy_prefix_model_trains_decodes_greedily_and_resumes_only_with_it(toy_file, tmp_path):
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "run", autoregressive=True, local_context=1,
+                                  copy_prefix=True, steps=300), task=ToyTask())
+    assert json.loads((out / "metrics.json").read_text())["token_accuracy"] == 1.0  # greedy decoding
+    loaded = load_vqvae(out)
+    assert loaded.config.copy_prefix
+    example = toy_examples()[2]
+    codes = encode_examples(loaded, ToyTask(), [example])[0]
+    prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
+    assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
+    with pytest.raises(CheckpointError, match="copy_prefix=True"):
+        train_vqvae(tiny_config(toy_file, out, autoregressive=True, local_context=1, resume=True), task=ToyTask())

@@ -46,6 +46,8 @@ HELP = {
                   "under which the decoder finds the chunk most likely; one latent per chunk only)",
     "search_candidates": "assignment 'search', training: codes tried per chunk",
     "search_explore": "assignment 'search', training: of the codes tried, how many are drawn at random",
+    "copy_prefix": "autoregressive decoder: the copy head also matches the tokens before each prompt word with the "
+                   "chunk's last tokens (a built-in induction head)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

@@ -70,6 +70,17 @@ Choices the paper leaves open, and why we made them:
   `benchmarks/chunk_information.py` shows that such a decoder needs little from the code:
   99.8 % of the official ProsQA valid chunks at L = 16 have at most 64 candidate texts
   among the paths from the question's subject.
+- Copy prefix (`copy_prefix`, autoregressive decoder only): local context lets the copy head
+  match "the prompt word after `terpus is a`" only through projections it must learn to
+  align (the prompt side sees the word's predecessors at offsets 1..k+1, the decoder side
+  its own last tokens at offsets 0..k). With the option the copy head gets a second
+  query/key pair over the *same* function of both sides, `prefix_features`: the
+  local-context embedding of the tokens before a position (layer-normed, since the
+  embeddings are small). An output position then scores each prompt word by how well the
+  words before it match the chunk's last words, an induction head built in, and the
+  first pair (decoder state, g(P)) is left to choose among the matches. Measured on ProsQA
+  (BENCHMARKS.md, "Stage 1"): teacher-forced, the decoder's choice after "Every X is a"
+  is one of X's children under every code (it was 13-23 % of codes before).
 - Output vocabulary (`output_vocab_size`, set by `vqvae train --output-vocab data`): with a
   pretrained tokenizer the vocabulary head scored all 49,152 SmolLM2 ids at every chunk
   position, though GSM8K's 7,473 training traces use 9,884 of them and the copy head
@@ -139,6 +150,7 @@ class VQVAEConfig:
     assignment: str = "nearest"  # "nearest": VQ (nearest codebook vector); "search": the best-fitting code (search.py)
     search_candidates: int = 16  # assignment "search", training: codes tried per chunk
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
+    copy_prefix: bool = False  # copy head also matches the tokens before each prompt position to the chunk's (see above)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -152,6 +164,9 @@ class VQVAEConfig:
             raise ValueError(f"word_dropout={self.word_dropout} must be in [0, 1)")
         if not 0 <= self.output_vocab_size <= self.vocab_size:
             raise ValueError(f"output_vocab_size={self.output_vocab_size} must be in 0..{self.vocab_size}")
+        if self.copy_prefix and not (self.copy_head and self.autoregressive and self.word_dropout == 0):
+            raise ValueError("copy_prefix needs the copy head and the autoregressive decoder, without word dropout "
+                             "(it matches the chunk's earlier tokens, which word dropout would hide)")
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"assignment={self.assignment!r} must be one of {', '.join(ASSIGNMENTS)}")
         if self.assignment == "search":
@@ -227,6 +242,10 @@ class VQVAE(nn.Module):
             self.copy_query = nn.Linear(d, d)
             self.copy_key = nn.Linear(d, d)
             self.copy_gate = nn.Linear(2 * d, 1)  # reads [decoder state; copied context]
+        if config.copy_prefix:  # second query/key pair: what precedes the output position / the prompt position
+            self.prefix_norm = nn.LayerNorm(d)  # the embeddings are small (std 0.02): unit scale for the match
+            self.prefix_query = nn.Linear(d, d)
+            self.prefix_key = nn.Linear(d, d)
         for embedding in (self.token_embedding, self.prompt_position, self.chunk_position, self.chunk_index):
             nn.init.normal_(embedding.weight, std=0.02)  # small, as in GPT-2: tied logits start near uniform
         self._clear_unused_buffers()
@@ -300,7 +319,8 @@ class VQVAE(nn.Module):
             mem, pad, ids, chunks, real = (t.repeat(g, *[1] * (t.dim() - 1))
                                            for t in (memory, prompt_pad, prompt_ids, chunk_ids, present))
             hidden = self.decode(self.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks)
-            return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real).sum(-1).view(g, -1)
+            return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real,
+                                         self._prefix_of(chunks)).sum(-1).view(g, -1)
 
         was_training = self.training
         self.eval()  # score as decoding will run: no word dropout, no dropout
@@ -336,6 +356,19 @@ class VQVAE(nn.Module):
             out = out + project(shifted)
         return out
 
+    def prefix_features(self, ids: Tensor) -> Tensor:
+        """(..., S) token ids -> (..., S, D): at i, the local-context embedding of the tokens before i.
+
+        The autoregressive decoder's input at i holds exactly this (without word dropout), and
+        the copy prefix compares it with the same function of a prompt position's predecessors.
+        """
+        embedded = self._with_local_context(self.token_embedding(ids))
+        return F.pad(embedded, (0, 0, 1, 0))[..., :ids.shape[-1], :]
+
+    def _prefix_of(self, chunk_ids: Tensor) -> Tensor | None:
+        """The copy prefix's decoder side for (B, N, L) chunk tokens, None when the option is off."""
+        return self.prefix_features(chunk_ids) if self.config.copy_prefix else None
+
     @torch.no_grad()
     def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
         """(B, N, L/r, D) quantized latents -> (B, N, L) decoded token ids (one pass, or L greedy ones)."""
@@ -347,7 +380,9 @@ class VQVAE(nn.Module):
             return self.predict(hidden, memory, memory_pad, prompt_ids)
         for position in range(self.config.chunk_size):
             hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
-            tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids)[:, :, 0]
+            prefix = self._prefix_of(tokens)
+            prefix = prefix[:, :, position:position + 1] if prefix is not None else None
+            tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids, prefix)[:, :, 0]
         return tokens
 
     # --- the output distribution ------------------------------------------------------
@@ -384,7 +419,7 @@ class VQVAE(nn.Module):
         self.output_ids.copy_(torch.tensor(kept))
 
     def target_log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                         targets: Tensor, present: Tensor) -> Tensor:
+                         targets: Tensor, present: Tensor, prefix: Tensor | None = None) -> Tensor:
         """fp32 log p of each real chunk's target token, (C, S), floored at LOG_FLOOR.
 
         The floor only bites on a target no output slot and no prompt position holds (a
@@ -396,7 +431,7 @@ class VQVAE(nn.Module):
             picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0]
             picked = picked.masked_fill(slots < 0, float("-inf"))
             if self.config.copy_head:
-                attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+                attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
                 attention, gate = attention[present], gate[present][..., 0]  # (C, S, P), (C, S)
                 prompt = prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1)[present]  # (C, S, P)
                 copied = (attention * (prompt == targets[..., None])).sum(-1)  # (C, S)
@@ -404,13 +439,14 @@ class VQVAE(nn.Module):
             return picked.clamp(min=LOG_FLOOR)
 
     @torch.no_grad()
-    def predict(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
+    def predict(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                prefix: Tensor | None = None) -> Tensor:
         """(B, N, S, D) decoder states -> (B, N, S) the most probable token ids under the full mixture."""
         with torch.autocast(hidden.device.type, enabled=False):
             probs = F.softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
             if not self.config.copy_head:
                 return self._ids_of(probs.argmax(-1))
-            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
             p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
             prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
             slots = self.slots_of(prompt_ids)[:, None, None].expand(*attention.shape)
@@ -431,7 +467,7 @@ class VQVAE(nn.Module):
         return self.output_ids[slots] if self.config.output_vocab_size else slots
 
     def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                  present: Tensor | None = None) -> Tensor:
+                  present: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
         """(B, N, S, D) decoder states -> fp32 log p over the whole vocabulary, (B, N, S, V).
 
         With `present` (B, N), only the real chunks: (C, S, V). Without the copy head this
@@ -447,17 +483,29 @@ class VQVAE(nn.Module):
                 log_vocab[..., self.output_ids] = log_slots
             if not self.config.copy_head:
                 return log_vocab
-            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad)
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
             attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
             prompt = keep(prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1))  # (C, S, P)
             # Scatter: a word at several prompt positions gets the sum of their weights.
             copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (C, S, V)
             return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
 
-    def _copy_head(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor) -> tuple[Tensor, Tensor]:
-        """Attention over the prompt's positions (B, N, S, P) and the logit of p_gen (B, N, S, 1)."""
+    def _copy_head(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                   prefix: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Attention over the prompt's positions (B, N, S, P) and the logit of p_gen (B, N, S, 1).
+
+        With `copy_prefix`, `prefix` (B, N, S, D) holds `prefix_features` of the chunk's tokens
+        and a second query/key pair adds how well it matches each prompt position's own.
+        """
         query, key = self.copy_query(hidden), self.copy_key(memory)  # (B, N, S, D), (B, P, D)
-        scores = torch.einsum("bnsd,bpd->bnsp", query, key) / key.shape[-1] ** 0.5  # (B, N, S, P)
+        scores = torch.einsum("bnsd,bpd->bnsp", query, key)  # (B, N, S, P)
+        if self.config.copy_prefix:
+            if prefix is None:
+                raise ValueError("copy_prefix: pass the prefix features of the chunk's earlier tokens")
+            prompt_prefix = self.prefix_key(self.prefix_norm(self.prefix_features(prompt_ids).float()))  # (B, P, D)
+            chunk_prefix = self.prefix_query(self.prefix_norm(prefix.float()))  # (B, N, S, D)
+            scores = scores + torch.einsum("bnsd,bpd->bnsp", chunk_prefix, prompt_prefix)
+        scores = scores / key.shape[-1] ** 0.5
         attention = scores.masked_fill(memory_pad[:, None, None], float("-inf")).softmax(dim=-1)
         context = torch.einsum("bnsp,bpd->bnsd", attention, memory)  # (B, N, S, D)
         return attention, self.copy_gate(torch.cat([hidden, context], dim=-1))
@@ -487,12 +535,13 @@ class VQVAE(nn.Module):
         grid = latents.new_zeros(latents.shape)
         grid[chunk_present] = quantized.to(grid.dtype)
         hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
-        targets = chunk_ids[chunk_present]  # (C, L)
+        targets, prefix = chunk_ids[chunk_present], self._prefix_of(chunk_ids)  # (C, L), (B, N, L, D) or None
         if self.config.output_vocab_size:
-            recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present).mean()
-            predictions = self.predict(hidden, memory, prompt_pad, prompt_ids)[chunk_present]
+            recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present,
+                                                prefix).mean()
+            predictions = self.predict(hidden, memory, prompt_pad, prompt_ids, prefix)[chunk_present]
         else:  # the path runs measured before the output vocabulary existed took, unchanged so they reproduce
-            log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present)  # (C, L, V)
+            log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present, prefix)  # (C, L, V)
             recon_loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten())
             predictions = log_probs.detach().argmax(-1)
         return VQVAEOutput(predictions, codes, recon_loss, vq_loss)

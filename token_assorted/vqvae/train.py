@@ -48,9 +48,11 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment")
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
+          "copy_prefix")
 # Options added after runs were saved, with the value those runs had.
-_ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4}
+_ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
+          "copy_prefix": False}
 
 
 @dataclass
@@ -115,6 +117,8 @@ def _check_options(config: VQVAETrainConfig) -> None:
     if config.output_vocab not in OUTPUT_VOCABS:
         raise ConfigError(f"vqvae train: output_vocab must be one of {', '.join(OUTPUT_VOCABS)}, "
                           f"got {config.output_vocab!r}")
+    if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
+        raise ConfigError("vqvae train: copy_prefix needs copy_head, the autoregressive decoder and word_dropout 0")
     if config.assignment not in ASSIGNMENTS:
         raise ConfigError(f"vqvae train: assignment must be one of {', '.join(ASSIGNMENTS)}, "
                           f"got {config.assignment!r}")
