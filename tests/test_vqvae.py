@@ -663,3 +663,14 @@ def test_copy_prefix_model_trains_decodes_greedily_and_resumes_only_with_it(toy_
     assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
     with pytest.raises(CheckpointError, match="copy_prefix=True"):
         train_vqvae(tiny_config(toy_file, out, autoregressive=True, local_context=1, resume=True), task=ToyTask())
+
+
+@pytest.mark.parametrize("copy_prefix", [False, True])
+def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(copy_prefix):
+    model = tiny_model(autoregressive=True, local_context=2, copy_prefix=copy_prefix, compression=4).eval()
+    prompt, pad, _, _ = random_batch()
+    memory = model.encode_prompt(prompt, pad)
+    quantized = torch.randn(3, 2, 1, 32)
+    greedy = model.greedy_tokens(quantized, memory, pad, prompt)  # (B, N, L)
+    hidden = model.decode(quantized, memory, pad, greedy)  # teacher-forced on the greedy tokens
+    assert torch.equal(model.predict(hidden, memory, pad, prompt, model._prefix_of(greedy)), greedy)

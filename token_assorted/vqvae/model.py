@@ -382,8 +382,9 @@ class VQVAE(nn.Module):
             return self.predict(hidden, memory, memory_pad, prompt_ids)
         for position in range(self.config.chunk_size):
             hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
-            prefix = self._prefix_of(tokens)
-            prefix = prefix[:, :, position:position + 1] if prefix is not None else None
+            # The copy prefix at this position: the tokens written so far (earlier ones unchanged).
+            prefix = self._prefix_of(tokens[:, :, :position + 1])
+            prefix = prefix[:, :, position:] if prefix is not None else None
             tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids, prefix)[:, :, 0]
         return tokens
 
