@@ -674,3 +674,24 @@ def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(copy_pref
     greedy = model.greedy_tokens(quantized, memory, pad, prompt)  # (B, N, L)
     hidden = model.decode(quantized, memory, pad, greedy)  # teacher-forced on the greedy tokens
     assert torch.equal(model.predict(hidden, memory, pad, prompt, model._prefix_of(greedy)), greedy)
+
+
+def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
+    model = tiny_model(autoregressive=True, local_context=2, copy_prefix=True, compression=4).eval()
+    prompt, pad, chunk_ids, present = random_batch()
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        hidden = model.decode(torch.randn(3, 2, 1, 32), memory, pad, chunk_ids)
+        prefix = model._prefix_of(chunk_ids)
+        keys = model.copy_keys(memory, prompt)
+        assert keys.shape == (*prompt.shape, 64)  # copy keys and copy-prefix keys side by side
+        assert torch.equal(model.log_probs(hidden, memory, pad, prompt, present, prefix, keys),
+                           model.log_probs(hidden, memory, pad, prompt, present, prefix))
+        # One product over the concatenation is the sum of the two query/key pairs' scores.
+        attention, _ = model._copy_head(hidden, memory, pad, prompt, prefix, keys)
+        scores = (torch.einsum("bnsd,bpd->bnsp", model.copy_query(hidden), model.copy_key(memory))
+                  + torch.einsum("bnsd,bpd->bnsp", model.prefix_query(model.prefix_norm(prefix)),
+                                 model.prefix_key(model.prefix_norm(model.prefix_features(prompt))))) / 32 ** 0.5
+        expected = scores.masked_fill(pad[:, None, None], float("-inf")).softmax(-1)
+        assert torch.allclose(attention, expected, atol=1e-6)
+    assert tiny_model(copy_head=False).copy_keys(memory, prompt) is None

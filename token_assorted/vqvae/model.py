@@ -315,14 +315,16 @@ class VQVAE(nn.Module):
                 candidates: Tensor) -> Tensor:
         """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
         batch = prompt_ids.shape[0]
+        keys = self.copy_keys(memory, prompt_ids)  # the prompt side once, not once per candidate
+        prefix = self._prefix_of(chunk_ids)
 
         def score(codes: Tensor) -> Tensor:  # (g*B, N) codes -> (g, C) log likelihoods
             g = codes.shape[0] // batch
-            mem, pad, ids, chunks, real = (t.repeat(g, *[1] * (t.dim() - 1))
-                                           for t in (memory, prompt_pad, prompt_ids, chunk_ids, present))
+            mem, pad, ids, chunks, real, key, pre = (
+                t.repeat(g, *[1] * (t.dim() - 1)) if t is not None else None
+                for t in (memory, prompt_pad, prompt_ids, chunk_ids, present, keys, prefix))
             hidden = self.decode(self.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks)
-            return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real,
-                                         self._prefix_of(chunks)).sum(-1).view(g, -1)
+            return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real, pre, key).sum(-1).view(g, -1)
 
         was_training = self.training
         self.eval()  # score as decoding will run: no word dropout, no dropout
@@ -377,15 +379,16 @@ class VQVAE(nn.Module):
         batch, n_chunks = quantized.shape[:2]
         tokens = quantized.new_full((batch, n_chunks, self.config.chunk_size), self.config.pad_id,
                                     dtype=torch.long)
+        keys = self.copy_keys(memory, prompt_ids)  # read at every position: computed once
         if not self.config.autoregressive:
             hidden = self.decode(quantized, memory, memory_pad)  # (B, N, L, D)
-            return self.predict(hidden, memory, memory_pad, prompt_ids)
+            return self.predict(hidden, memory, memory_pad, prompt_ids, keys=keys)
         for position in range(self.config.chunk_size):
             hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
             # The copy prefix at this position: the tokens written so far (earlier ones unchanged).
             prefix = self._prefix_of(tokens[:, :, :position + 1])
             prefix = prefix[:, :, position:] if prefix is not None else None
-            tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids, prefix)[:, :, 0]
+            tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids, prefix, keys)[:, :, 0]
         return tokens
 
     # --- the output distribution ------------------------------------------------------
@@ -422,7 +425,8 @@ class VQVAE(nn.Module):
         self.output_ids.copy_(torch.tensor(kept))
 
     def target_log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                         targets: Tensor, present: Tensor, prefix: Tensor | None = None) -> Tensor:
+                         targets: Tensor, present: Tensor, prefix: Tensor | None = None,
+                         keys: Tensor | None = None) -> Tensor:
         """fp32 log p of each real chunk's target token, (C, S), floored at LOG_FLOOR.
 
         The floor only bites on a target no output slot and no prompt position holds (a
@@ -434,7 +438,7 @@ class VQVAE(nn.Module):
             picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0]
             picked = picked.masked_fill(slots < 0, float("-inf"))
             if self.config.copy_head:
-                attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
+                attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
                 attention, gate = attention[present], gate[present][..., 0]  # (C, S, P), (C, S)
                 prompt = prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1)[present]  # (C, S, P)
                 copied = (attention * (prompt == targets[..., None])).sum(-1)  # (C, S)
@@ -443,13 +447,13 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def predict(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                prefix: Tensor | None = None) -> Tensor:
+                prefix: Tensor | None = None, keys: Tensor | None = None) -> Tensor:
         """(B, N, S, D) decoder states -> (B, N, S) the most probable token ids under the full mixture."""
         with torch.autocast(hidden.device.type, enabled=False):
             probs = F.softmax(self.logits(hidden).float(), dim=-1)  # (B, N, S, V')
             if not self.config.copy_head:
                 return self._ids_of(probs.argmax(-1))
-            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
             p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
             prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
             slots = self.slots_of(prompt_ids)[:, None, None].expand(*attention.shape)
@@ -470,7 +474,8 @@ class VQVAE(nn.Module):
         return self.output_ids[slots] if self.config.output_vocab_size else slots
 
     def log_probs(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                  present: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
+                  present: Tensor | None = None, prefix: Tensor | None = None,
+                  keys: Tensor | None = None) -> Tensor:
         """(B, N, S, D) decoder states -> fp32 log p over the whole vocabulary, (B, N, S, V).
 
         With `present` (B, N), only the real chunks: (C, S, V). Without the copy head this
@@ -486,29 +491,45 @@ class VQVAE(nn.Module):
                 log_vocab[..., self.output_ids] = log_slots
             if not self.config.copy_head:
                 return log_vocab
-            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix)
+            attention, gate = self._copy_head(hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
             attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
             prompt = keep(prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1))  # (C, S, P)
             # Scatter: a word at several prompt positions gets the sum of their weights.
             copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (C, S, V)
             return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
 
+    def copy_keys(self, memory: Tensor, prompt_ids: Tensor) -> Tensor | None:
+        """The copy head's prompt side, fp32: (B, P, D), or (B, P, 2D) with the copy prefix's keys.
+
+        It depends on the prompt alone, so callers that score many chunks, positions or search
+        candidates against one prompt compute it once and pass it on as `keys`. None without
+        the copy head.
+        """
+        if not self.config.copy_head:
+            return None
+        with torch.autocast(memory.device.type, enabled=False):
+            key = self.copy_key(memory.float())  # (B, P, D)
+            if not self.config.copy_prefix:
+                return key
+            prompt_prefix = self.prefix_key(self.prefix_norm(self.prefix_features(prompt_ids).float()))
+            return torch.cat([key, prompt_prefix], dim=-1)
+
     def _copy_head(self, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-                   prefix: Tensor | None) -> tuple[Tensor, Tensor]:
+                   prefix: Tensor | None, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Attention over the prompt's positions (B, N, S, P) and the logit of p_gen (B, N, S, 1).
 
         With `copy_prefix`, `prefix` (B, N, S, D) holds `prefix_features` of the chunk's tokens
-        and a second query/key pair adds how well it matches each prompt position's own.
+        and a second query/key pair adds how well it matches each prompt position's own: the
+        two queries are concatenated to match `copy_keys`, so one product sums both scores.
+        `keys`: `copy_keys(memory, prompt_ids)` when the caller has it already.
         """
-        query, key = self.copy_query(hidden), self.copy_key(memory)  # (B, N, S, D), (B, P, D)
-        scores = torch.einsum("bnsd,bpd->bnsp", query, key)  # (B, N, S, P)
+        keys = self.copy_keys(memory, prompt_ids) if keys is None else keys  # (B, P, D or 2D)
+        query = self.copy_query(hidden)  # (B, N, S, D)
         if self.config.copy_prefix:
             if prefix is None:
                 raise ValueError("copy_prefix: pass the prefix features of the chunk's earlier tokens")
-            prompt_prefix = self.prefix_key(self.prefix_norm(self.prefix_features(prompt_ids).float()))  # (B, P, D)
-            chunk_prefix = self.prefix_query(self.prefix_norm(prefix.float()))  # (B, N, S, D)
-            scores = scores + torch.einsum("bnsd,bpd->bnsp", chunk_prefix, prompt_prefix)
-        scores = scores / key.shape[-1] ** 0.5
+            query = torch.cat([query, self.prefix_query(self.prefix_norm(prefix.float()))], dim=-1)
+        scores = torch.einsum("bnsd,bpd->bnsp", query, keys) / self.config.d_model ** 0.5  # (B, N, S, P)
         attention = scores.masked_fill(memory_pad[:, None, None], float("-inf")).softmax(dim=-1)
         context = torch.einsum("bnsp,bpd->bnsd", attention, memory)  # (B, N, S, D)
         return attention, self.copy_gate(torch.cat([hidden, context], dim=-1))
@@ -539,12 +560,13 @@ class VQVAE(nn.Module):
         grid[chunk_present] = quantized.to(grid.dtype)
         hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
         targets, prefix = chunk_ids[chunk_present], self._prefix_of(chunk_ids)  # (C, L), (B, N, L, D) or None
+        keys = self.copy_keys(memory, prompt_ids)
         if self.config.output_vocab_size:
             recon_loss = -self.target_log_probs(hidden, memory, prompt_pad, prompt_ids, targets, chunk_present,
-                                                prefix).mean()
-            predictions = self.predict(hidden, memory, prompt_pad, prompt_ids, prefix)[chunk_present]
+                                                prefix, keys).mean()
+            predictions = self.predict(hidden, memory, prompt_pad, prompt_ids, prefix, keys)[chunk_present]
         else:  # the path runs measured before the output vocabulary existed took, unchanged so they reproduce
-            log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present, prefix)  # (C, L, V)
+            log_probs = self.log_probs(hidden, memory, prompt_pad, prompt_ids, chunk_present, prefix, keys)
             recon_loss = F.nll_loss(log_probs.flatten(0, 1), targets.flatten())
             predictions = log_probs.detach().argmax(-1)
         return VQVAEOutput(predictions, codes, recon_loss, vq_loss)
