@@ -81,7 +81,8 @@ Choices the paper leaves open, and why we made them:
   first pair (decoder state, g(P)) is left to choose among the matches. Measured on ProsQA
   (BENCHMARKS.md, "Stage 1"): teacher-forced, the decoder's choice after "Every X is a"
   is one of X's children under every code (13-23 % of the codes before), so with
-  `assignment: search` the codes go to choosing among them (0.830 -> 0.895 at 1,500 steps).
+  `assignment: search` the codes go to choosing among them (0.830 -> 0.895 at 1,500 steps;
+  0.947 after 5,000). The prompt side of both pairs is computed once per prompt (`copy_keys`).
   With the nearest-vector code it hurts: the decoder follows the graph without the code.
 - Output vocabulary (`output_vocab_size`, set by `vqvae train --output-vocab data`): with a
   pretrained tokenizer the vocabulary head scored all 49,152 SmolLM2 ids at every chunk
