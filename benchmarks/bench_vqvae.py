@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--search-explore", type=int, default=4, help="assignment search: of them drawn at random")
     parser.add_argument("--copy-prefix", action="store_true",
                         help="copy head also matches the tokens before each prompt word with the chunk's last tokens")
+    parser.add_argument("--search-rerank", type=int, default=0,
+                        help="assignment search, validation: of the N likeliest codes, the one decoded best")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
@@ -98,7 +100,7 @@ def main() -> None:
         chunk_size=args.chunk_size, compression=args.compression, word_dropout=args.word_dropout,
         prompt_layers=args.prompt_layers, local_context=args.local_context, rotation_trick=args.rotation_trick,
         output_vocab=args.output_vocab, assignment=args.assignment, search_candidates=args.search_candidates,
-        search_explore=args.search_explore, copy_prefix=args.copy_prefix,
+        search_explore=args.search_explore, copy_prefix=args.copy_prefix, search_rerank=args.search_rerank,
         valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -113,7 +115,7 @@ def main() -> None:
                       "local_context": args.local_context, "rotation_trick": args.rotation_trick,
                       "output_vocab": args.output_vocab, "assignment": args.assignment,
                       "search_candidates": args.search_candidates, "search_explore": args.search_explore,
-                      "copy_prefix": args.copy_prefix,
+                      "copy_prefix": args.copy_prefix, "search_rerank": args.search_rerank,
                       "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 

@@ -6,6 +6,7 @@ whole file takes seconds on one CPU thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -362,8 +363,15 @@ def test_autoregressive_decoder_is_causal_within_a_chunk():
     assert not torch.allclose(before[:, :, 3], after[:, :, 3])  # position 3 does
 
 
-def test_autoregressive_model_overfits_and_decodes_greedily(toy_file, tmp_path):
-    out = train_vqvae(tiny_config(toy_file, tmp_path / "ar", autoregressive=True, steps=300), task=ToyTask())
+@pytest.fixture(scope="module")
+def ar_trained(toy_file, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("vq_ar") / "ar"
+    return train_vqvae(tiny_config(toy_file, out, autoregressive=True, steps=300), task=ToyTask())
+
+
+def test_autoregressive_model_overfits_and_decodes_greedily(ar_trained):
+    out = ar_trained
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["token_accuracy"] == 1.0  # measured with greedy decoding, not teacher forcing
     loaded = load_vqvae(out)
@@ -371,6 +379,27 @@ def test_autoregressive_model_overfits_and_decodes_greedily(toy_file, tmp_path):
     codes = encode_examples(loaded, ToyTask(), [example])[0]
     prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
     assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
+    assert normalize_text(decode_codes(loaded, prompt, codes, beams=3)) == normalize_text(" ".join(example.steps))
+
+
+def test_cli_evaluate_and_decode_with_beams(ar_trained, toy_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(tasks._REGISTRY, "toy", f"{__name__}:ToyTask")
+    out = ar_trained
+    metrics_file = tmp_path / "m.json"
+    assert main(["vqvae", "evaluate", "--vqvae", str(out), "--data", str(toy_file), "--beams", "3",
+                 "--out", str(metrics_file)]) == 0
+    written = json.loads(metrics_file.read_text())
+    assert written["beams"] == 3 and written["chunks"] > 0
+    greedy = evaluate_reconstruction(load_vqvae(out), ToyTask(), toy_examples())
+    assert written["token_accuracy"] == greedy["token_accuracy"] == 1.0  # the overfit trace is the mode too
+    assert json.loads(capsys.readouterr().out)["token_accuracy"] == 1.0
+    example = toy_examples()[1]
+    codes = encode_examples(load_vqvae(out), ToyTask(), [example])[0]
+    assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", example.question, "--beams", "2",
+                 "--codes", ",".join(map(str, codes))]) == 0
+    assert normalize_text(capsys.readouterr().out) == normalize_text(" ".join(example.steps))
+    with pytest.raises(SystemExit):  # argparse: --beams must be at least 1
+        main(["vqvae", "evaluate", "--vqvae", str(out), "--data", str(toy_file), "--beams", "0"])
 
 
 def test_word_dropout_hides_earlier_tokens_in_training_only():
@@ -695,3 +724,101 @@ def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
         expected = scores.masked_fill(pad[:, None, None], float("-inf")).softmax(-1)
         assert torch.allclose(attention, expected, atol=1e-6)
     assert tiny_model(copy_head=False).copy_keys(memory, prompt) is None
+
+
+# --- beam search ------------------------------------------------------------------------
+@pytest.mark.parametrize("copy_prefix", [False, True])
+def test_beam_search_wide_enough_finds_the_most_probable_chunk(copy_prefix):
+    # L = 2 and as many beams as vocabulary ids: nothing is pruned before the last position,
+    # so beam search must return the argmax over all 40 x 40 chunks, scored teacher-forced.
+    model = tiny_model(autoregressive=True, local_context=1, copy_prefix=copy_prefix, chunk_size=2,
+                       compression=2).eval()
+    prompt, pad, _, _ = random_batch()
+    prompt, pad = prompt[:2], pad[:2]
+    quantized = torch.randn(2, 1, 1, 32)
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        beam = model.decode_tokens(quantized, memory, pad, prompt, beams=40)  # (2, 1, 2)
+        every = torch.cartesian_prod(torch.arange(40), torch.arange(40))  # (1600, 2)
+        for example in range(2):
+            rows = len(every)
+            chunks = every[:, None]  # (1600, 1, 2)
+            mem, msk, ids = (t[example:example + 1].expand(rows, *t.shape[1:]) for t in (memory, pad, prompt))
+            hidden = model.decode(quantized[example:example + 1].expand(rows, -1, -1, -1), mem, msk, chunks)
+            present = torch.ones(rows, 1, dtype=torch.bool)
+            scores = model.target_log_probs(hidden, mem, msk, ids, chunks[:, 0], present,
+                                            model._prefix_of(chunks)).sum(-1)
+            assert torch.equal(beam[example, 0], every[scores.argmax()])
+        greedy = model.greedy_tokens(quantized, memory, pad, prompt)
+        assert torch.equal(model.decode_tokens(quantized, memory, pad, prompt, beams=1), greedy)
+
+
+def test_beam_search_is_refused_below_one_beam_and_ignored_by_the_one_pass_decoder():
+    model = tiny_model().eval()
+    prompt, pad, _, _ = random_batch()
+    quantized = torch.randn(3, 2, 2, 32)
+    memory = model.encode_prompt(prompt, pad)
+    with torch.no_grad():
+        assert torch.equal(model.decode_tokens(quantized, memory, pad, prompt, beams=4),
+                           model.greedy_tokens(quantized, memory, pad, prompt))
+        with pytest.raises(ValueError, match="beams"):
+            model.decode_tokens(quantized, memory, pad, prompt, beams=0)
+
+
+# --- re-ranking the search's codes by their decoding ---------------------------------------
+def greedy_errors(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor:
+    """(K, C) tokens each code's greedy decoding gets wrong, for every real chunk."""
+    memory = model.encode_prompt(prompt, pad)
+    rows = []
+    for code in range(model.config.codebook_size):
+        decoded = model.greedy_tokens(_grid(model.quantizer.get_output_from_indices(torch.full(
+            (int(present.sum()),), code)), present), memory, pad, prompt)[present]
+        rows.append((decoded != chunk_ids[present]).sum(-1))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_search_rerank_picks_among_the_likeliest_codes_the_one_decoded_best(autoregressive):
+    model = tiny_model(**SEARCH, autoregressive=autoregressive).eval()
+    with torch.no_grad():
+        model.quantizer.codebook.mul_(3)
+    batch = random_batch()
+    with torch.no_grad():
+        likelihoods = chunk_log_likelihoods(model, *batch)  # (K, C)
+        errors = greedy_errors(model, *batch)  # (K, C)
+        plain = model.codes_of(*batch)[:, 0]
+        columns = torch.arange(len(plain))
+        for n in (3, 8):  # 8 = K: every code is decoded
+            rerank = VQVAE(dataclasses.replace(model.config, search_rerank=n))
+            rerank.load_state_dict(model.state_dict())
+            codes = rerank.eval().codes_of(*batch)[:, 0]
+            likeliest = likelihoods.topk(n, dim=0).indices  # (n, C)
+            assert ((likeliest == codes).any(0)).all()  # one of the n most likely codes
+            fewest = errors.gather(0, likeliest).min(0).values
+            assert torch.equal(errors[codes, columns], fewest)  # ... and among them, decoded best
+            assert (errors[codes, columns] <= errors[plain, columns]).all()
+        assert torch.equal(errors[codes, columns], errors.min(0).values)
+
+
+def test_search_rerank_leaves_training_to_the_likelihood(monkeypatch):
+    model = tiny_model(**SEARCH, autoregressive=True, search_rerank=4)
+    monkeypatch.setattr(VQVAE, "_fewest_errors", lambda *args: pytest.fail("decoded in training"))
+    model.train()(*random_batch()).loss.backward()  # the candidates are ranked by likelihood alone
+    with pytest.raises(pytest.fail.Exception):
+        model.eval().codes_of(*random_batch())
+
+
+def test_search_rerank_is_checked_and_overrides_a_saved_vqvae(toy_file, tmp_path):
+    with pytest.raises(ValueError, match="search_rerank"):
+        tiny_model(search_rerank=4)  # the nearest-vector quantizer has nothing to re-rank
+    with pytest.raises(ValueError, match="search_rerank"):
+        tiny_model(**SEARCH, search_rerank=9)  # more than K = 8
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, autoregressive=True, steps=20),
+                      task=ToyTask())
+    assert load_vqvae(out).config.search_rerank == 0
+    assert load_vqvae(out, search_rerank=3).model.config.search_rerank == 3
+    for rerank in (0, 3):  # re-ranked codes are cached apart from the most likely ones
+        encode_examples_cached(load_vqvae(out, search_rerank=rerank), ToyTask(), toy_file)
+    assert len(list((out / "codes").glob("*.json"))) == 2
+    with pytest.raises(ConfigError, match="search_rerank"):
+        load_vqvae(out, search_rerank=99)

@@ -1,8 +1,9 @@
-"""`token-assorted vqvae train|encode|decode`: stage 1 from the command line.
+"""`token-assorted vqvae train|encode|decode|evaluate`: stage 1 from the command line.
 
-    vqvae train  --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
-    vqvae encode --vqvae DIR --data FILE --task T --out CODES.jsonl
-    vqvae decode --vqvae DIR --prompt TEXT --codes 12,7,40
+    vqvae train    --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
+    vqvae encode   --vqvae DIR --data FILE --task T --out CODES.jsonl [--search-rerank N]
+    vqvae decode   --vqvae DIR --prompt TEXT --codes 12,7,40 [--beams N]
+    vqvae evaluate --vqvae DIR --data FILE [--task T] [--beams N] [--search-rerank N] [--out METRICS.json]
 
 Options given on the command line override those of --config, which override the defaults.
 """
@@ -48,6 +49,8 @@ HELP = {
     "search_explore": "assignment 'search', training: of the codes tried, how many are drawn at random",
     "copy_prefix": "autoregressive decoder: the copy head also matches the tokens before each prompt word with the "
                    "chunk's last tokens (a built-in induction head)",
+    "search_rerank": "assignment 'search', encoding and validation: greedy-decode the N most likely codes and keep "
+                     "the one whose text misses the fewest of the chunk's tokens (0: the most likely code)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
@@ -61,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(commands)
     _register_encode(commands)
     _register_decode(commands)
+    _register_evaluate(commands)
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
@@ -93,6 +97,7 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="CODES.jsonl",
                         help='output: one {"index", "codes", "trace_tokens"} per line')
     parser.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.set_defaults(func=_encode)
 
 
@@ -102,7 +107,33 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
     parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    parser.add_argument("--beams", type=_positive, default=1, help=BEAMS_HELP)
     parser.set_defaults(func=_decode)
+
+
+RERANK_HELP = ("assignment 'search': greedy-decode the N most likely codes of a chunk and keep the one whose "
+               "text misses the fewest tokens (default: the VQ-VAE's saved setting; 0: the most likely code)")
+BEAMS_HELP = ("autoregressive decoder: keep this many candidate texts per chunk (beam search) instead of "
+              "decoding greedily (default 1: greedy)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _register_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="reconstruction accuracy and codebook use of a saved VQ-VAE")
+    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
+    parser.add_argument("--data", required=True, metavar="FILE", help="examples whose traces to reconstruct")
+    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    parser.add_argument("--beams", type=_positive, default=1, help=BEAMS_HELP)
+    parser.add_argument("--batch-size", type=_positive, default=32, help="examples per batch")
+    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
+    parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
+    parser.set_defaults(func=_evaluate)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -133,7 +164,7 @@ def _encode(args: argparse.Namespace) -> int:
     from ..vqvae import encode_examples, load_vqvae
     from ..vqvae.chunks import chunk_examples
 
-    loaded = load_vqvae(args.vqvae)
+    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
     task = get_task(args.task or loaded.task)
     examples = task.load(args.data)
     codes = encode_examples(loaded, task, examples, batch_size=args.batch_size)
@@ -157,5 +188,23 @@ def _decode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
     task = get_task(args.task or loaded.task)
-    print(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes))
+    print(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes, beams=args.beams))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..io import atomic_write_json
+    from ..tasks import get_task
+    from ..vqvae import evaluate_reconstruction, load_vqvae
+
+    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
+    task = get_task(args.task or loaded.task)
+    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size,
+                                      beams=args.beams)
+    result = {"data": args.data, "beams": args.beams, "search_rerank": loaded.config.search_rerank, **metrics}
+    if args.out:
+        atomic_write_json(args.out, result)
+    print(json.dumps(result, indent=2))
     return 0

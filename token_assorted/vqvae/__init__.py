@@ -2,6 +2,7 @@
 
     model.py    VQVAEConfig, VQVAE (chunk encoder, quantizer, prompt-conditioned decoder)
     search.py   assignment by search: a chunk's code is the one its decoding fits best
+    beam.py     beam search: the most probable text of a chunk under its code (autoregressive decoder)
     chunks.py   traces -> chunks of L tokens, batched with their prompts
     options.py  VQVAETrainConfig (every `vqvae train` option)
     train.py    train_vqvae (resumable loop, logging, checkpoints)

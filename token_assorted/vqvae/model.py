@@ -29,7 +29,12 @@ Choices the paper leaves open, and why we made them:
   of the nearest codebook vector, a chunk gets the code under which the decoder finds it most
   likely (K tries outside training, the encoder's candidates in training); the encoder learns
   to predict that code. On ProsQA at L = r = 16 the nearest-vector code never learned which
-  branch the path takes (BENCHMARKS.md, "Stage 1").
+  branch the path takes (BENCHMARKS.md, "Stage 1"). `search_rerank: n` checks the n most
+  likely codes by decoding them greedily and keeps the one that writes the chunk best.
+- Decoding is greedy by default; `beams` > 1 (beam.py) finds the most probable chunk text
+  under a code instead. That text was the chunk a little less often than greedy decoding's on
+  ProsQA (0.945 against 0.947) and more often on ProntoQA (0.855 against 0.834), while
+  checking codes by their greedy decoding gained more on both (BENCHMARKS.md, "Stage 1").
 - The commitment weight beta defaults to 0.25 (the VQ-VAE paper's value; not tuned).
 - The output layer shares the token embeddings (`tie_embeddings`): half the parameters
   with a 49k-token pretrained vocabulary. On ProsQA it made no visible difference in a
@@ -109,8 +114,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
+from .beam import beam_tokens
 from .options import ASSIGNMENTS
-from .search import SearchCodebook, best_codes
+from .search import SearchCodebook, best_codes, most_likely_codes
 
 SEARCH_SEQUENCES = 256  # search: decoder sequences scored at once (candidates x examples)
 LOG_FLOOR = -30.0  # log p of a target the decoder cannot write at all (see `target_log_probs`)
@@ -154,6 +160,7 @@ class VQVAEConfig:
     search_candidates: int = 16  # assignment "search", training: codes tried per chunk
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # copy head also matches the tokens before each prompt position to the chunk's (see above)
+    search_rerank: int = 0  # search, outside training: of the n likeliest codes, the best decoded (search.py)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -179,6 +186,12 @@ class VQVAEConfig:
             if not 0 <= self.search_explore < self.search_candidates <= self.codebook_size:
                 raise ValueError(f"search needs 0 <= search_explore ({self.search_explore}) < search_candidates "
                                  f"({self.search_candidates}) <= codebook size K ({self.codebook_size})")
+        if not 0 <= self.search_rerank <= self.codebook_size:
+            raise ValueError(f"search_rerank={self.search_rerank} must be in 0..{self.codebook_size} "
+                             f"(the codebook size K)")
+        if self.search_rerank > 1 and self.assignment != "search":
+            raise ValueError(f"search_rerank={self.search_rerank} re-ranks the codes of assignment 'search'; "
+                             f"assignment is {self.assignment!r}")
 
     @property
     def latents_per_chunk(self) -> int:
@@ -329,10 +342,28 @@ class VQVAE(nn.Module):
 
         was_training = self.training
         self.eval()  # score as decoding will run: no word dropout, no dropout
+        group = max(1, SEARCH_SEQUENCES // batch)
         try:
-            return best_codes(score, candidates, present, max(1, SEARCH_SEQUENCES // batch))
+            if was_training or self.config.search_rerank < 2:
+                return best_codes(score, candidates, present, group)
+            likely = most_likely_codes(score, candidates, present, group, self.config.search_rerank)  # (C, n)
+            return self._fewest_errors(likely, prompt_ids, prompt_pad, chunk_ids, present, memory)
         finally:
             self.train(was_training)
+
+    def _fewest_errors(self, likely: Tensor, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
+                       present: Tensor, memory: Tensor) -> Tensor:
+        """(C,) of each real chunk's (C, n) codes (most likely first), the one whose greedy decoding
+        misses the fewest of its L tokens (pads included); ties go to the more likely code."""
+        targets = chunk_ids[present]  # (C, L)
+        grid = memory.new_zeros(*present.shape, 1, self.config.d_model)
+        errors = []
+        for column in likely.T:  # (C,) the j-th most likely code of every chunk
+            grid[present] = self.quantizer.get_output_from_indices(column)[:, None].to(grid.dtype)
+            decoded = self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[present]
+            errors.append((decoded != targets).sum(-1))
+        first_fewest = torch.stack(errors).argmin(0)  # (C,) argmin returns the first of equal minima
+        return likely.gather(1, first_fewest[:, None])[:, 0]
 
     def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None) -> Tensor:
         """f_dec: (B, N, L/r, D) quantized latents -> (B, N, L, D) hidden states of the chunk's tokens.
@@ -391,6 +422,11 @@ class VQVAE(nn.Module):
             prefix = prefix[:, :, position:] if prefix is not None else None
             tokens[:, :, position] = self.predict(hidden, memory, memory_pad, prompt_ids, prefix, keys)[:, :, 0]
         return tokens
+
+    def decode_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                      beams: int = 1) -> Tensor:
+        """(B, N, L/r, D) quantized latents -> (B, N, L) token ids: greedy, or beam search with `beams` > 1."""
+        return beam_tokens(self, quantized, memory, memory_pad, prompt_ids, beams)
 
     # --- the output distribution ------------------------------------------------------
     # The vocabulary head scores the output vocabulary: every id, or with `output_vocab_size`
@@ -580,20 +616,23 @@ class VQVAE(nn.Module):
         return self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
 
     @torch.no_grad()
-    def tokens_of(self, prompt_ids: Tensor, codes: Tensor) -> Tensor:
-        """Decode (N, L/r) codes of one trace under a (1, P) prompt to (N, L) token ids (pads included)."""
+    def tokens_of(self, prompt_ids: Tensor, codes: Tensor, beams: int = 1) -> Tensor:
+        """Decode (N, L/r) codes of one trace under a (1, P) prompt to (N, L) token ids (pads included).
+
+        `beams` > 1: beam search instead of greedy decoding (autoregressive decoder; beam.py).
+        """
         prompt_pad = torch.zeros_like(prompt_ids, dtype=torch.bool)
         memory = self.encode_prompt(prompt_ids, prompt_pad)  # (1, P, D)
         quantized = self.quantizer.get_output_from_indices(codes)[None]  # (1, N, L/r, D)
-        return self.greedy_tokens(quantized, memory, prompt_pad, prompt_ids)[0]
+        return self.decode_tokens(quantized, memory, prompt_pad, prompt_ids, beams)[0]
 
     @torch.no_grad()
     def reconstruct(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor,
-                    codes: Tensor | None = None) -> Tensor:
+                    codes: Tensor | None = None, beams: int = 1) -> Tensor:
         """Encode, quantize and decode without teacher forcing: (C, L) token ids of the real chunks.
 
         `codes` (C, L/r): the chunks' codes when already known (an eval-mode forward's), so a
-        search assignment is not run twice.
+        search assignment is not run twice. `beams` > 1: beam search instead of greedy decoding.
         """
         memory = self.encode_prompt(prompt_ids, prompt_pad)
         if codes is None:
@@ -601,4 +640,4 @@ class VQVAE(nn.Module):
             codes = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)[1]
         grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
         grid[chunk_present] = self.quantizer.get_output_from_indices(codes)
-        return self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[chunk_present]
+        return self.decode_tokens(grid, memory, prompt_pad, prompt_ids, beams)[chunk_present]

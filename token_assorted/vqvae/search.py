@@ -15,6 +15,14 @@ slot, learns to predict it (cross-entropy, reported as `vq_loss`). Outside train
 of the K codes is tried, so `codes_of` returns the code whose decoding is most likely to give
 the chunk back: exact, at K decoder passes per chunk.
 
+The most likely code is not always the one whose greedy decoding writes the chunk: the
+decoder's own earlier tokens, not the chunk's, steer it. With `search_rerank: n` the n most
+likely codes are decoded greedily and the chunk gets the one whose text misses the fewest
+of its L tokens (the more likely on a tie): the encoder checks its code by decoding it, as
+analysis-by-synthesis speech coders do. Training is unchanged; only `codes_of`, `vqvae
+encode` and validation decode n times more. With n = 4 it lifted greedy reconstruction from
+0.947 to 0.959 on ProsQA and from 0.834 to 0.886 on ProntoQA (BENCHMARKS.md, "Stage 1").
+
 The codebook is a learned table of K vectors the decoder reads (`codebook`, with the same
 interface stage 2 uses for the default quantizer's). A code no chunk has chosen for about
 300 training steps is re-seeded as a noisy copy of a popular one, which then splits that
@@ -94,3 +102,19 @@ def best_codes(score: Callable[[Tensor], Tensor], candidates: Tensor, present: T
             better = value > best_score
             best_score, best = torch.where(better, value, best_score), torch.where(better, pick, best)
     return best
+
+
+@torch.no_grad()
+def most_likely_codes(score: Callable[[Tensor], Tensor], candidates: Tensor, present: Tensor, group: int,
+                      keep: int) -> Tensor:
+    """(C, keep): every real chunk's `keep` highest-scoring candidates, the highest first.
+
+    Arguments as for `best_codes`; all G scores of a chunk are kept (G x C floats) to rank them.
+    """
+    scores, codes = [], []
+    for start in range(0, candidates.shape[-1], group):
+        columns = candidates[:, :, start:start + group].permute(2, 0, 1)  # (g, B, N)
+        scores.append(score(columns.flatten(0, 1)))  # (g, C)
+        codes.append(columns[:, present])  # (g, C)
+    rows = torch.cat(scores).topk(keep, dim=0).indices  # (keep, C), sorted
+    return torch.cat(codes).gather(0, rows).T

@@ -91,8 +91,13 @@ def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
 
 # --- loading and checks ------------------------------------------------------------
 def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk_size: int | None = None,
-               tokenizer: PreTrainedTokenizerBase | None = None, device: str = "cpu") -> LoadedVQVAE:
-    """Load DIR; with `codebook_size`, `chunk_size` or `tokenizer`, refuse a checkpoint that differs."""
+               tokenizer: PreTrainedTokenizerBase | None = None, device: str = "cpu",
+               search_rerank: int | None = None) -> LoadedVQVAE:
+    """Load DIR; with `codebook_size`, `chunk_size` or `tokenizer`, refuse a checkpoint that differs.
+
+    `search_rerank` overrides the saved setting of how a search model picks codes outside
+    training (it changes no weight).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: VQ-VAE directory not found")
@@ -102,6 +107,11 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
     # and no weights of it.
     model_fields = {"copy_head": False, "local_context": 0, **info["model"]}
     config = from_mapping(VQVAEConfig, model_fields, f"{directory / CONFIG}:model")
+    if search_rerank is not None:
+        try:
+            config = dataclasses.replace(config, search_rerank=search_rerank)
+        except ValueError as exc:
+            raise ConfigError(f"{directory}: {exc}") from None
     saved_tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
     fingerprint = tokenizer_fingerprint(saved_tokenizer)
     if fingerprint != info.get("tokenizer_fingerprint"):
@@ -177,7 +187,8 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
     data_path = Path(data_path)
     data_hash = _sha256(data_path)
     weights_hash = _sha256(loaded.directory / WEIGHTS)
-    cache = loaded.directory / CODES_DIR / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}.json"
+    rerank = f"-rerank{loaded.config.search_rerank}" if loaded.config.search_rerank > 1 else ""  # other codes
+    cache = loaded.directory / CODES_DIR / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}{rerank}.json"
     if cache.is_file():
         record = read_json(cache)
         if record.get("data_sha256") == data_hash and record.get("weights_sha256") == weights_hash:
@@ -199,8 +210,12 @@ def _sha256(path: Path) -> str:
 
 
 # --- decoding codes -----------------------------------------------------------------
-def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> list[int]:
-    """Text token ids that latent tokens stand for (chunk i is the trace's i-th), pads dropped."""
+def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int],
+                    beams: int = 1) -> list[int]:
+    """Text token ids that latent tokens stand for (chunk i is the trace's i-th), pads dropped.
+
+    `beams` > 1: beam search over each chunk's text (autoregressive decoder) instead of greedy decoding.
+    """
     config, model = loaded.config, loaded.model
     _check_codes(codes, config)
     if not codes:
@@ -209,13 +224,13 @@ def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Seque
     model.eval()
     prompt = torch.tensor([list(prompt_ids)[-config.max_prompt_len:]], dtype=torch.long, device=device)
     code_grid = torch.tensor(list(codes), dtype=torch.long, device=device).view(-1, config.latents_per_chunk)
-    tokens = model.tokens_of(prompt, code_grid)  # (N, L)
+    tokens = model.tokens_of(prompt, code_grid, beams)  # (N, L)
     return [token for token in tokens.flatten().tolist() if token != config.pad_id]
 
 
-def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> str:
+def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int], beams: int = 1) -> str:
     """The text those latent tokens stand for, given the prompt they were encoded under."""
-    return loaded.tokenizer.decode(decode_code_ids(loaded, prompt_ids, codes))
+    return loaded.tokenizer.decode(decode_code_ids(loaded, prompt_ids, codes, beams))
 
 
 def prompt_ids_for(loaded: LoadedVQVAE, task: Task, question: str) -> list[int]:
@@ -234,11 +249,11 @@ def _check_codes(codes: Sequence[int], config: VQVAEConfig) -> None:
 
 
 def evaluate_reconstruction(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
-                            batch_size: int = 32) -> dict[str, float]:
+                            batch_size: int = 32, beams: int = 1) -> dict[str, float]:
     """Token / exact-chunk accuracy, codebook usage, perplexity and compression on `examples`."""
     _check_task(loaded, task)
     items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
-    return reconstruction_metrics(loaded.model, items, batch_size)
+    return reconstruction_metrics(loaded.model, items, batch_size, beams)
 
 
 def read_info(directory: str | Path) -> dict[str, Any]:
