@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from ..errors import DataError
+from . import positive_int
 from ..io import read_records
 from ..schema import Example, save_examples
 
@@ -47,7 +48,7 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
     """The parser of `data generate TASK ...`: common flags plus one flag per task option."""
     parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
                                      description=f"Generate {task_name} examples as JSONL.")
-    parser.add_argument("--n", type=_positive_int, required=True, help="number of examples")
+    parser.add_argument("--n", type=positive_int, required=True, help="number of examples")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     parser.add_argument("--out", required=True, help="output JSONL file (written atomically)")
     group = parser.add_argument_group(f"{task_name} options")
@@ -59,13 +60,6 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
         else:
             group.add_argument(flag, dest=name, type=kind, default=default, help=f"{text} (default: {default})")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import sys
 
+from . import positive_int
+
 HELP = {
     "task": "task name: prontoqa, prosqa, keys-maze or gsm8k",
     "data": "training examples (JSONL or JSON list, Coconut schema)",
@@ -107,7 +109,7 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
     parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--beams", type=_positive, default=1, help=BEAMS_HELP)
+    parser.add_argument("--beams", type=positive_int, default=1, help=BEAMS_HELP)
     parser.set_defaults(func=_decode)
 
 
@@ -117,20 +119,13 @@ BEAMS_HELP = ("autoregressive decoder: keep this many candidate texts per chunk 
               "decoding greedily (default 1: greedy)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("evaluate", help="reconstruction accuracy and codebook use of a saved VQ-VAE")
     parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
     parser.add_argument("--data", required=True, metavar="FILE", help="examples whose traces to reconstruct")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--beams", type=_positive, default=1, help=BEAMS_HELP)
-    parser.add_argument("--batch-size", type=_positive, default=32, help="examples per batch")
+    parser.add_argument("--beams", type=positive_int, default=1, help=BEAMS_HELP)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
     parser.set_defaults(func=_evaluate)
