@@ -72,6 +72,17 @@ def test_unknown_task_and_unknown_option_exit_2(tmp_path: Path, capsys: pytest.C
     assert main(["data", "stats", str(tmp_path / "x"), "--task", "nope"]) == 2
 
 
+def test_generate_without_a_task_or_generator_lists_the_tasks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "generate"]) == 2
+    assert "no task given" in (err := capsys.readouterr().err) and "prontoqa, prosqa, keys-maze" in err
+    assert main(["data", "generate", "gsm8k", "--n", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "'gsm8k' has no generator" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    for argv, shown in ((["--help"], "TASK"), (["prosqa", "--help"], "--nodes")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["data", "generate", *argv])
+        assert exit_info.value.code == 0 and shown in capsys.readouterr().out
+
+
 GOOD = {"question": "Every a is a b. Is Tom a lempus or scrompus?", "steps": ["Tom is a lempus."],
         "answer": "Tom is a lempus."}
 

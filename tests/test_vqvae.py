@@ -726,6 +726,29 @@ def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
     assert tiny_model(copy_head=False).copy_keys(memory, prompt) is None
 
 
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_memory_projected_once_decodes_as_the_stack_does(autoregressive):
+    # The search and greedy decoding read the prompt's keys and values projected once
+    # (memory_kv.py); the decoder's output must be the library stack's, in both layouts the
+    # callers repeat the batch in (candidates stacked, beams interleaved).
+    model = tiny_model(autoregressive=autoregressive, local_context=1, decoder_layers=2).eval()
+    prompt, pad, chunk_ids, _ = random_batch()  # example 0's prompt is padded
+    quantized = torch.randn(3, 2, 2, 32)
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        expected = model.decode(quantized, memory, pad, chunk_ids)
+        memory_kv = model.memory_kv(memory, pad)
+        assert torch.allclose(model.decode(quantized, memory, pad, chunk_ids, memory_kv), expected, atol=1e-6)
+        for layout, kv in ((lambda t: t.repeat(3, *[1] * (t.dim() - 1)), memory_kv.repeat(3)),
+                           (lambda t: t.repeat_interleave(3, dim=0), memory_kv.repeat_interleave(3))):
+            hidden = model.decode(*map(layout, (quantized, memory, pad, chunk_ids)), kv)
+            assert torch.allclose(hidden, layout(expected), atol=1e-6)
+        shorter = pad.clone()
+        shorter[1, 3:] = True  # example 1's last prompt tokens hidden: its chunks must change
+        other = model.decode(quantized, memory, pad, chunk_ids, model.memory_kv(memory, shorter))
+        assert torch.equal(other[0], expected[0]) and not torch.allclose(other[1], expected[1], atol=1e-3)
+
+
 # --- beam search ------------------------------------------------------------------------
 @pytest.mark.parametrize("copy_prefix", [False, True])
 def test_beam_search_wide_enough_finds_the_most_probable_chunk(copy_prefix):

@@ -17,12 +17,13 @@ import sys
 from collections import Counter
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from . import positive_int
 from ..io import read_records
 from ..schema import Example, save_examples
 
 MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
+GENERATE_USAGE = "token-assorted data generate TASK --n N --out FILE [--seed S] [task options]"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     generate = actions.add_parser(
         "generate", help="generate examples of TASK (task options: `data generate TASK --help`)",
-        add_help=False)
-    generate.add_argument("task", help="task name (prontoqa, prosqa, keys-maze)")
-    # Everything after TASK is parsed by a second parser that knows the task's options.
+        usage=GENERATE_USAGE,
+        description="Generate examples of TASK as JSONL. Task options: `data generate TASK --help`.")
+    # TASK is optional here only so that a missing one gets `run_generate`'s error, which
+    # lists the tasks. Everything after TASK is parsed by a second parser that knows the
+    # task's options (so `data generate prosqa --help` shows them).
+    generate.add_argument("task", nargs="?", metavar="TASK", help="task name (prontoqa, prosqa, keys-maze)")
     generate.add_argument("task_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     generate.set_defaults(func=run_generate)
 
@@ -63,9 +67,16 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..tasks import get_task
+    from ..tasks import TASK_NAMES, get_task
 
+    generators = [name for name in TASK_NAMES if get_task(name).has_generator]
+    if args.task is None:
+        raise ConfigError(f"no task given: {GENERATE_USAGE}; "
+                          f"tasks with a generator: {', '.join(generators)}")
     task = get_task(args.task)
+    if not task.has_generator:
+        raise ConfigError(f"task {task.name!r} has no generator (load its official files instead); "
+                          f"tasks with one: {', '.join(generators)}")
     options = task.generator_options()
     parsed = generate_parser(task.name, options).parse_args(args.task_args)
     examples = task.generate(parsed.n, parsed.seed, **{name: getattr(parsed, name) for name in options})

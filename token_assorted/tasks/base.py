@@ -71,6 +71,11 @@ class Task(ABC):
     def generate(self, n: int, seed: int, **options: Any) -> list[Example]:
         raise NotImplementedError(f"task {self.name!r} has no generator; load its official files")
 
+    @property
+    def has_generator(self) -> bool:
+        """Whether the task can generate data (GSM8K cannot: its data are the official files)."""
+        return type(self).generate is not Task.generate
+
     def generator_options(self) -> dict[str, tuple[type, Any, str]]:
         """CLI options of the generator: name -> (type, default, help)."""
         return {}

@@ -37,6 +37,7 @@ def beam_tokens(model: VQVAE, quantized: Tensor, memory: Tensor, memory_pad: Ten
     def per_beam(t: Tensor) -> Tensor:  # (B, ...) -> (B*W, ...): beam w of example b at row b*W + w
         return t.repeat_interleave(beams, dim=0)
 
+    memory_kv = model.memory_kv(memory, memory_pad).repeat_interleave(beams)
     quantized, memory, memory_pad, prompt_ids = map(per_beam, (quantized, memory, memory_pad, prompt_ids))
     keys = model.copy_keys(memory, prompt_ids)  # the prompt side once, as in greedy decoding
     tokens = torch.full((batch * beams, n_chunks, length), model.config.pad_id, dtype=torch.long,
@@ -44,7 +45,7 @@ def beam_tokens(model: VQVAE, quantized: Tensor, memory: Tensor, memory_pad: Ten
     scores = torch.full((batch, n_chunks, beams), float("-inf"), device=quantized.device)
     scores[..., 0] = 0.0  # every beam starts as the same empty prefix: expand only one of them
     for position in range(length):
-        hidden = model.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
+        hidden = model.decode(quantized, memory, memory_pad, tokens, memory_kv)[:, :, position:position + 1]
         prefix = model._prefix_of(tokens[:, :, :position + 1])
         prefix = prefix[:, :, position:] if prefix is not None else None
         log_p = model.log_probs(hidden, memory, memory_pad, prompt_ids, prefix=prefix, keys=keys)[:, :, 0]

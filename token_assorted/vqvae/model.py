@@ -115,6 +115,7 @@ from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from .beam import beam_tokens
+from .memory_kv import MemoryKV, run_decoder
 from .options import ASSIGNMENTS
 from .search import SearchCodebook, best_codes, most_likely_codes
 
@@ -329,7 +330,8 @@ class VQVAE(nn.Module):
                 candidates: Tensor) -> Tensor:
         """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
         batch = prompt_ids.shape[0]
-        keys = self.copy_keys(memory, prompt_ids)  # the prompt side once, not once per candidate
+        # The prompt side once, not once per candidate: the copy head's keys, the decoder's memory.
+        keys, memory_kv = self.copy_keys(memory, prompt_ids), self.memory_kv(memory, prompt_pad)
         prefix = self._prefix_of(chunk_ids)
 
         def score(codes: Tensor) -> Tensor:  # (g*B, N) codes -> (g, C) log likelihoods
@@ -337,7 +339,8 @@ class VQVAE(nn.Module):
             mem, pad, ids, chunks, real, key, pre = (
                 t.repeat(g, *[1] * (t.dim() - 1)) if t is not None else None
                 for t in (memory, prompt_pad, prompt_ids, chunk_ids, present, keys, prefix))
-            hidden = self.decode(self.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks)
+            hidden = self.decode(self.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks,
+                                 memory_kv.repeat(g))
             return self.target_log_probs(hidden, mem, pad, ids, chunks[real], real, pre, key).sum(-1).view(g, -1)
 
         was_training = self.training
@@ -365,11 +368,13 @@ class VQVAE(nn.Module):
         first_fewest = torch.stack(errors).argmin(0)  # (C,) argmin returns the first of equal minima
         return likely.gather(1, first_fewest[:, None])[:, 0]
 
-    def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None) -> Tensor:
+    def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None,
+               memory_kv: MemoryKV | None = None) -> Tensor:
         """f_dec: (B, N, L/r, D) quantized latents -> (B, N, L, D) hidden states of the chunk's tokens.
 
         The autoregressive decoder also reads `chunk_ids` (B, N, L) shifted right by one:
-        position i sees the latents and tokens < i only.
+        position i sees the latents and tokens < i only. `memory_kv`: the memory's keys and
+        values already projected (`memory_kv`), for callers that decode it many times.
         """
         batch, n_chunks = quantized.shape[:2]
         queries = self.output_queries.expand(batch, n_chunks, -1, -1)  # (B, N, L, D)
@@ -381,8 +386,12 @@ class VQVAE(nn.Module):
             previous = self._with_local_context(self.token_embedding(previous))  # (B, N, L-1, D)
             queries = queries + F.pad(previous, (0, 0, 1, 0))  # position 0 sees no token
         hidden = self._run(self.decoder, torch.cat([quantized, queries], dim=2), memory, memory_pad,
-                           causal=self.config.autoregressive)
+                           causal=self.config.autoregressive, memory_kv=memory_kv)
         return hidden[:, :, self.config.latents_per_chunk:]
+
+    def memory_kv(self, memory: Tensor, memory_pad: Tensor) -> MemoryKV:
+        """The decoder's cross-attention keys and values of a (B, P, D) memory, to pass to `decode`."""
+        return MemoryKV.of(self.decoder, memory, memory_pad)
 
     def _with_local_context(self, embedded: Tensor) -> Tensor:
         """(..., S, D) token embeddings -> each position plus projections of the k before it (zeros before 0)."""
@@ -415,8 +424,9 @@ class VQVAE(nn.Module):
         if not self.config.autoregressive:
             hidden = self.decode(quantized, memory, memory_pad)  # (B, N, L, D)
             return self.predict(hidden, memory, memory_pad, prompt_ids, keys=keys)
+        memory_kv = self.memory_kv(memory, memory_pad)  # the decoder's side of the prompt, also once
         for position in range(self.config.chunk_size):
-            hidden = self.decode(quantized, memory, memory_pad, tokens)[:, :, position:position + 1]
+            hidden = self.decode(quantized, memory, memory_pad, tokens, memory_kv)[:, :, position:position + 1]
             # The copy prefix at this position: the tokens written so far (earlier ones unchanged).
             prefix = self._prefix_of(tokens[:, :, :position + 1])
             prefix = prefix[:, :, position:] if prefix is not None else None
@@ -572,7 +582,7 @@ class VQVAE(nn.Module):
         return attention, self.copy_gate(torch.cat([hidden, context], dim=-1))
 
     def _run(self, stack: nn.TransformerDecoder, x: Tensor, memory: Tensor, memory_pad: Tensor,
-             causal: bool = False) -> Tensor:
+             causal: bool = False, memory_kv: MemoryKV | None = None) -> Tensor:
         batch, n_chunks, span, width = x.shape
         index = torch.arange(n_chunks, device=x.device).clamp(max=self.config.max_chunks - 1)
         positions = torch.arange(span, device=x.device)
@@ -583,8 +593,11 @@ class VQVAE(nn.Module):
             offset = torch.arange(n_chunks * span, device=x.device) % span
             later_token = (offset[None, :] > offset[:, None]) & (offset[None, :] >= self.config.latents_per_chunk)
             separate = separate | later_token
-        hidden = stack(x.reshape(batch, n_chunks * span, width), memory, tgt_mask=separate,
-                       memory_key_padding_mask=memory_pad)
+        x = x.reshape(batch, n_chunks * span, width)
+        if memory_kv is not None:
+            hidden = run_decoder(stack, x, memory_kv, separate)
+        else:
+            hidden = stack(x, memory, tgt_mask=separate, memory_key_padding_mask=memory_pad)
         return hidden.view(batch, n_chunks, span, width)
 
     # --- whole passes -------------------------------------------------------------
