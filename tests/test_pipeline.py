@@ -6,8 +6,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from token_assorted.cli import main
+from token_assorted.environment import describe, environment
 from token_assorted.errors import ConfigError, DataError
 from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
                                      preset_names, run_stage)
@@ -120,6 +122,17 @@ def test_report_files(tmp_path):
     validate_results(json.loads(paths["results"].read_text()))
 
 
+def test_environment_names_the_pinned_cpu_kernels(monkeypatch):
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    record = environment()
+    assert record["kernel_variables"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert "pinned: ATEN_CPU_CAPABILITY=avx2" in describe(record)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert "pinned: none" in describe(environment())
+
+
 # --------------------------------------------------------------------------- end to end
 def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     out = tmp_path / "run"
@@ -136,6 +149,10 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert (out / "tokens_vs_accuracy.png").is_file() and "## Settings" in report
     assert "## Learning curves" in report and "| epoch | sol-only | cot | token-assorted |" in report
+    environment = results["details"]["environment"]  # what produced the numbers, kernels included
+    assert environment["packages"]["torch"] == torch.__version__
+    assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"CPU kernels: {environment['cpu_capability']}" in report
     # A rerun reuses every stage; a changed eval setting recomputes only the evaluations.
     capsys.readouterr()
     assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0

@@ -33,6 +33,7 @@ import yaml
 
 from .config import check_types, from_mapping, load_yaml
 from .devices import check_precision
+from .environment import environment
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .schema import Example, save_examples
@@ -472,7 +473,7 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
     vq_metrics = read_json(vqvae.path / "metrics.json") if vqvae and (vqvae.path / "metrics.json").is_file() \
         else {}
     details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs]} for m, rs in runs.items()},
-               "vqvae_metrics": vq_metrics, "timings_seconds": timings}
+               "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details)
     samples = _explained_samples(config, out, vqvae, log)
     write_report(out, results, dataclasses.asdict(config), samples, timings, _learning_curves(out, runs))

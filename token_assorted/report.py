@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .environment import describe
 from .errors import DataError
 from .io import atomic_open, atomic_write_json, atomic_write_text
 
@@ -187,6 +188,9 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
         lines.append("")
+    environment = results.get("details", {}).get("environment")
+    if environment:
+        lines += ["## Environment", "", describe(environment), ""]
     lines += ["## Settings", "", "```yaml", _yaml(settings).rstrip(), "```", ""]
     if samples:
         lines += ["## Sample traces (latent spans decoded by the VQ-VAE)", ""]
