@@ -69,14 +69,15 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
 def run_generate(args: argparse.Namespace) -> int:
     from ..tasks import TASK_NAMES, get_task
 
-    generators = [name for name in TASK_NAMES if get_task(name).has_generator]
+    def generators() -> str:  # for the errors only: it imports every task
+        return ", ".join(name for name in TASK_NAMES if get_task(name).has_generator)
+
     if args.task is None:
-        raise ConfigError(f"no task given: {GENERATE_USAGE}; "
-                          f"tasks with a generator: {', '.join(generators)}")
+        raise ConfigError(f"no task given: {GENERATE_USAGE}; tasks with a generator: {generators()}")
     task = get_task(args.task)
     if not task.has_generator:
         raise ConfigError(f"task {task.name!r} has no generator (load its official files instead); "
-                          f"tasks with one: {', '.join(generators)}")
+                          f"tasks with one: {generators()}")
     options = task.generator_options()
     parsed = generate_parser(task.name, options).parse_args(args.task_args)
     examples = task.generate(parsed.n, parsed.seed, **{name: getattr(parsed, name) for name in options})

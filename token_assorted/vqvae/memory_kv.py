@@ -12,6 +12,7 @@ own forward keeps the library's stack (its results stay bit for bit what they we
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,16 +45,15 @@ class MemoryKV:
 
     def repeat(self, times: int) -> MemoryKV:
         """The memory of `times` copies of the batch stacked (row g*B + b holds example b)."""
-        def stacked(t: Tensor) -> Tensor:
-            return t.repeat(times, *[1] * (t.dim() - 1))
-        return MemoryKV(tuple(map(stacked, self.keys)), tuple(map(stacked, self.values)), stacked(self.mask))
+        return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
 
     def repeat_interleave(self, times: int) -> MemoryKV:
         """Each example repeated `times` times in place (row b*W + w holds example b)."""
-        def interleaved(t: Tensor) -> Tensor:
-            return t.repeat_interleave(times, dim=0)
-        return MemoryKV(tuple(map(interleaved, self.keys)), tuple(map(interleaved, self.values)),
-                        interleaved(self.mask))
+        return self._map(lambda t: t.repeat_interleave(times, dim=0))
+
+    def _map(self, along_batch: Callable[[Tensor], Tensor]) -> MemoryKV:
+        return MemoryKV(tuple(map(along_batch, self.keys)), tuple(map(along_batch, self.values)),
+                        along_batch(self.mask))
 
 
 def run_decoder(stack: nn.TransformerDecoder, x: Tensor, memory: MemoryKV, tgt_mask: Tensor) -> Tensor:

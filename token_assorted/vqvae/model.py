@@ -360,10 +360,11 @@ class VQVAE(nn.Module):
         misses the fewest of its L tokens (pads included); ties go to the more likely code."""
         targets = chunk_ids[present]  # (C, L)
         grid = memory.new_zeros(*present.shape, 1, self.config.d_model)
+        memory_kv = self.memory_kv(memory, prompt_pad)  # the same prompts for every column
         errors = []
         for column in likely.T:  # (C,) the j-th most likely code of every chunk
             grid[present] = self.quantizer.get_output_from_indices(column)[:, None].to(grid.dtype)
-            decoded = self.greedy_tokens(grid, memory, prompt_pad, prompt_ids)[present]
+            decoded = self.greedy_tokens(grid, memory, prompt_pad, prompt_ids, memory_kv)[present]
             errors.append((decoded != targets).sum(-1))
         first_fewest = torch.stack(errors).argmin(0)  # (C,) argmin returns the first of equal minima
         return likely.gather(1, first_fewest[:, None])[:, 0]
@@ -374,7 +375,7 @@ class VQVAE(nn.Module):
 
         The autoregressive decoder also reads `chunk_ids` (B, N, L) shifted right by one:
         position i sees the latents and tokens < i only. `memory_kv`: the memory's keys and
-        values already projected (`memory_kv`), for callers that decode it many times.
+        values already projected (`VQVAE.memory_kv`), for callers that decode it many times.
         """
         batch, n_chunks = quantized.shape[:2]
         queries = self.output_queries.expand(batch, n_chunks, -1, -1)  # (B, N, L, D)
@@ -415,8 +416,12 @@ class VQVAE(nn.Module):
         return self.prefix_features(chunk_ids) if self.config.copy_prefix else None
 
     @torch.no_grad()
-    def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor) -> Tensor:
-        """(B, N, L/r, D) quantized latents -> (B, N, L) decoded token ids (one pass, or L greedy ones)."""
+    def greedy_tokens(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                      memory_kv: MemoryKV | None = None) -> Tensor:
+        """(B, N, L/r, D) quantized latents -> (B, N, L) decoded token ids (one pass, or L greedy ones).
+
+        `memory_kv`: the memory already projected, for a caller that decodes it several times.
+        """
         batch, n_chunks = quantized.shape[:2]
         tokens = quantized.new_full((batch, n_chunks, self.config.chunk_size), self.config.pad_id,
                                     dtype=torch.long)
@@ -424,7 +429,8 @@ class VQVAE(nn.Module):
         if not self.config.autoregressive:
             hidden = self.decode(quantized, memory, memory_pad)  # (B, N, L, D)
             return self.predict(hidden, memory, memory_pad, prompt_ids, keys=keys)
-        memory_kv = self.memory_kv(memory, memory_pad)  # the decoder's side of the prompt, also once
+        if memory_kv is None:
+            memory_kv = self.memory_kv(memory, memory_pad)  # the decoder's side of the prompt, also once
         for position in range(self.config.chunk_size):
             hidden = self.decode(quantized, memory, memory_pad, tokens, memory_kv)[:, :, position:position + 1]
             # The copy prefix at this position: the tokens written so far (earlier ones unchanged).
