@@ -43,28 +43,39 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--valid", type=int, default=100, help="generated valid examples (model selection)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N official examples (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--codes", choices=["nearest", "search"], default="nearest",
+                        help="the VQ-VAE's code assignment: nearest vector (what the runs in BENCHMARKS.md "
+                             "used), or the paper preset's search (on a CPU, encoding the training traces "
+                             "by search adds about an hour per task)")
     return parser.parse_args()
+
+
+def official_splits(task_name: str, out: Path, n_train: int, n_valid: int, limit: int, seed: int) -> dict[str, Path]:
+    """OUT/{train,valid,official_valid}.jsonl: generated train and valid, the official valid split as test.
+
+    The official split's questions are removed from the generated ones, so none is trained on.
+    """
+    folder, name = OFFICIAL_VALID[task_name]
+    official = SHARED / "data" / folder / name
+    if not official.exists():
+        raise SystemExit(f"{official}: the official valid split is not there (set TOKEN_ASSORTED_SHARED)")
+    task = get_task(task_name)
+    official_examples = task.load(official)[: limit or None]
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"train": out / "train.jsonl", "valid": out / "valid.jsonl", "test": out / "official_valid.jsonl"}
+    save_examples(files["test"], official_examples)
+    held_out = {example.question for example in official_examples}
+    generated = [e for e in task.generate(n_train + n_valid, seed) if e.question not in held_out]
+    save_examples(files["train"], generated[n_valid:])
+    save_examples(files["valid"], generated[:n_valid])
+    return files
 
 
 def main() -> None:
     args = parse_args()
-    folder, name = OFFICIAL_VALID[args.task]
-    official = SHARED / "data" / folder / name
-    if not official.exists():
-        raise SystemExit(f"{official}: the official valid split is not there (set TOKEN_ASSORTED_SHARED)")
-    task = get_task(args.task)
-    official_examples = task.load(official)
-    if args.limit:
-        official_examples = official_examples[: args.limit]
-    args.out.mkdir(parents=True, exist_ok=True)
-    test_file = args.out / "official_valid.jsonl"
-    save_examples(test_file, official_examples)
-    # Generated train and valid, questions of the official valid split removed from both.
-    held_out = {example.question for example in official_examples}
-    generated = [e for e in task.generate(TRAIN_SIZE[args.task] + args.valid, args.seed) if e.question not in held_out]
-    train_file, valid_file = args.out / "train.jsonl", args.out / "valid.jsonl"
-    save_examples(train_file, generated[args.valid:])
-    save_examples(valid_file, generated[: args.valid])
+    files = official_splits(args.task, args.out, TRAIN_SIZE[args.task], args.valid, args.limit, args.seed)
+    train_file, valid_file, test_file = files["train"], files["valid"], files["test"]
+    n_official = sum(1 for _ in open(test_file))
 
     overrides = {
         "data.train": 0, "data.valid": 0, "data.test": 0, "vqvae.steps": args.vqvae_steps,
@@ -72,6 +83,8 @@ def main() -> None:
         "train.lr": args.lr, "train.epochs": 100, "train.max_steps": args.steps, "train.embedding_init": "codebook",
         "threads": 1, "parallel": 3,
     }
+    if args.codes == "nearest":  # the paper preset trains with codes by search since 2026-11-28
+        overrides.update({"vqvae.assignment": "nearest", "vqvae.copy_prefix": False, "vqvae.search_rerank": 0})
     command = [sys.executable, "-m", "token_assorted", "run", "--preset", "paper", "--task", args.task,
                "--out", str(args.out / "run"), "--train", str(train_file), "--valid", str(valid_file),
                "--test", str(test_file)]
@@ -83,7 +96,7 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     results = json.loads((args.out / "run" / "results.json").read_text())
-    print(f"\n# {args.task}: official valid ({len(official_examples)} questions), {time.strftime('%Y-%m-%d %H:%M')}, "
+    print(f"\n# {args.task}: official valid ({n_official} questions), {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{platform.machine()}, {args.steps} steps of {args.batch_size}, model {args.model}, wall {wall:.0f} s")
     print("| method | accuracy | avg generated tokens | avg latent tokens | s / example |")
     print("|---|---|---|---|---|")
