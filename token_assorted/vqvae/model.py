@@ -350,17 +350,17 @@ class VQVAE(nn.Module):
             if was_training or self.config.search_rerank < 2:
                 return best_codes(score, candidates, present, group)
             likely = most_likely_codes(score, candidates, present, group, self.config.search_rerank)  # (C, n)
-            return self._fewest_errors(likely, prompt_ids, prompt_pad, chunk_ids, present, memory)
+            return self._fewest_errors(likely, prompt_ids, prompt_pad, chunk_ids, present, memory, memory_kv)
         finally:
             self.train(was_training)
 
     def _fewest_errors(self, likely: Tensor, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
-                       present: Tensor, memory: Tensor) -> Tensor:
+                       present: Tensor, memory: Tensor, memory_kv: MemoryKV) -> Tensor:
         """(C,) of each real chunk's (C, n) codes (most likely first), the one whose greedy decoding
-        misses the fewest of its L tokens (pads included); ties go to the more likely code."""
+        misses the fewest of its L tokens (pads included); ties go to the more likely code.
+        `memory_kv`: the search's projection of the same prompts, reused for every column."""
         targets = chunk_ids[present]  # (C, L)
         grid = memory.new_zeros(*present.shape, 1, self.config.d_model)
-        memory_kv = self.memory_kv(memory, prompt_pad)  # the same prompts for every column
         errors = []
         for column in likely.T:  # (C,) the j-th most likely code of every chunk
             grid[present] = self.quantizer.get_output_from_indices(column)[:, None].to(grid.dtype)
