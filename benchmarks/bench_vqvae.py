@@ -85,6 +85,8 @@ def main() -> None:
                         help="copy head also matches the tokens before each prompt word with the chunk's last tokens")
     parser.add_argument("--search-rerank", type=int, default=0,
                         help="assignment search, validation: of the N likeliest codes, the one decoded best")
+    parser.add_argument("--prefix-rank", type=int, default=0,
+                        help="copy keys also hold a prompt word's rank among words after the same k+1 tokens")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
@@ -101,7 +103,8 @@ def main() -> None:
         prompt_layers=args.prompt_layers, local_context=args.local_context, rotation_trick=args.rotation_trick,
         output_vocab=args.output_vocab, assignment=args.assignment, search_candidates=args.search_candidates,
         search_explore=args.search_explore, copy_prefix=args.copy_prefix, search_rerank=args.search_rerank,
-        valid_every=max(args.steps // 4, 1), max_examples=args.train_examples, progress=False,
+        prefix_rank=args.prefix_rank, valid_every=max(args.steps // 4, 1), max_examples=args.train_examples,
+        progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
     started = time.perf_counter()
@@ -116,7 +119,8 @@ def main() -> None:
                       "output_vocab": args.output_vocab, "assignment": args.assignment,
                       "search_candidates": args.search_candidates, "search_explore": args.search_explore,
                       "copy_prefix": args.copy_prefix, "search_rerank": args.search_rerank,
-                      "lr": args.lr, "K": config.codebook_size, "L": config.chunk_size, "r": config.compression,
+                      "prefix_rank": args.prefix_rank, "lr": args.lr, "K": config.codebook_size,
+                      "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 
 

@@ -27,6 +27,7 @@ from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_c
                                   encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
                                   train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
+from token_assorted.vqvae.model import prefix_ranks
 from token_assorted.vqvae.store import save_weights
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
@@ -845,3 +846,59 @@ def test_search_rerank_is_checked_and_overrides_a_saved_vqvae(toy_file, tmp_path
     assert len(list((out / "codes").glob("*.json"))) == 2
     with pytest.raises(ConfigError, match="search_rerank"):
         load_vqvae(out, search_rerank=99)
+
+
+# --- prefix rank ---------------------------------------------------------------------
+def test_prefix_ranks_count_earlier_words_after_the_same_tokens():
+    a, b, x, y, z, dot = 5, 6, 7, 8, 9, 4
+    ids = torch.tensor([[a, b, x, dot, a, b, y, dot, a, b, z]])  # "a b X . a b Y . a b Z"
+    ranks = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=2)[0].tolist()
+    assert [ranks[2], ranks[6], ranks[10]] == [0, 1, 2]  # X, Y, Z: the 1st, 2nd, 3rd word after ". a b"
+    assert [ranks[5], ranks[9]] == [0, 1]  # the b's after ". a" (the first b follows the prompt's start)
+    assert [ranks[4], ranks[8]] == [0, 0]  # "X ." and "Y ." differ
+    wider = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=3)[0].tolist()
+    assert [wider[2], wider[6], wider[10]] == [0, 0, 1]  # X follows the start, not "dot a b"
+
+
+def test_prefix_ranks_ignore_batch_padding():
+    ids = torch.tensor([[5, 6, 7, 4, 5, 6, 8]])
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)  # left padding with pad id 0
+    pad = torch.zeros_like(padded, dtype=torch.bool)
+    pad[0, :3] = True
+    alone = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=3)
+    assert prefix_ranks(padded, pad, width=3)[0, 3:].tolist() == alone[0].tolist()
+
+
+def test_prefix_rank_adds_to_the_copy_keys_from_zero():
+    prompt, pad, chunk_ids, present = random_batch()
+    assert not any("prefix_rank" in name for name in tiny_model(local_context=1).state_dict())
+    plain, ranked = tiny_model(local_context=1), tiny_model(local_context=1, prefix_rank=4)
+    repeated = torch.tensor([[5, 6, 7, 5, 6, 8]])  # 8 follows "5 6" as 7 does: rank 1
+    memory = ranked.encode_prompt(repeated, torch.zeros_like(repeated, dtype=torch.bool))
+    assert torch.equal(ranked.copy_keys(memory, repeated), plain.copy_keys(memory, repeated))  # zero at first
+    assert all(torch.equal(value, ranked.state_dict()[name]) for name, value in plain.state_dict().items())
+    with torch.no_grad():
+        ranked.prefix_rank_key.weight[1] += 1.0
+    moved = (ranked.copy_keys(memory, repeated) - plain.copy_keys(memory, repeated)).abs().sum(-1)[0]
+    assert moved[5] > 0 and moved[2] == 0 and moved[0] == 0  # only the rank-1 word's key
+    ranked.zero_grad()
+    ranked(prompt, pad, chunk_ids, present).loss.backward()
+    assert ranked.prefix_rank_key.weight.grad.abs().sum() > 0  # learns, starting from zero
+    with pytest.raises(ValueError, match="prefix_rank"):
+        VQVAEConfig(vocab_size=10, pad_id=0, prefix_rank=1)
+    with pytest.raises(ValueError, match="prefix_rank"):
+        VQVAEConfig(vocab_size=10, pad_id=0, prefix_rank=4, copy_head=False)
+
+
+def test_prefix_rank_model_saves_loads_and_resumes_only_with_it(toy_file, tmp_path):
+    options = dict(autoregressive=True, local_context=1, copy_prefix=True, prefix_rank=4, steps=20, valid_every=20)
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "run", **options), task=ToyTask())
+    loaded = load_vqvae(out)
+    trained = load_file(out / "model.safetensors")["prefix_rank_key.weight"]
+    assert loaded.config.prefix_rank == 4 and trained.abs().sum() > 0  # it left zero
+    assert torch.equal(loaded.model.prefix_rank_key.weight, trained)
+    options.pop("prefix_rank")
+    with pytest.raises(CheckpointError, match="prefix_rank"):
+        train_vqvae(tiny_config(toy_file, out, resume=True, **options), task=ToyTask())
+    with pytest.raises(ConfigError, match="prefix_rank"):
+        train_vqvae(tiny_config(toy_file, tmp_path / "other", prefix_rank=4, copy_head=False), task=ToyTask())

@@ -53,6 +53,8 @@ HELP = {
                    "chunk's last tokens (a built-in induction head)",
     "search_rerank": "assignment 'search', encoding and validation: greedy-decode the N most likely codes and keep "
                      "the one whose text misses the fewest of the chunk's tokens (0: the most likely code)",
+    "prefix_rank": "copy head: each prompt word's key also holds its rank (0..N-1) among the prompt words that "
+                   "follow the same local_context+1 tokens, so a code can name 'the second match' (0: off)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",

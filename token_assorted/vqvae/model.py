@@ -89,6 +89,16 @@ Choices the paper leaves open, and why we made them:
   `assignment: search` the codes go to choosing among them (0.830 -> 0.895 at 1,500 steps;
   0.947 after 5,000). The prompt side of both pairs is computed once per prompt (`copy_keys`).
   With the nearest-vector code it hurts: the decoder follows the graph without the code.
+- Prefix rank (`prefix_rank` = n; 0, off, by default; copy head only): each prompt word's copy
+  key also holds a learned vector for its rank among the prompt words preceded by the same
+  k + 1 tokens (k = local_context), clamped to n - 1. With the copy prefix the copy head finds
+  every word that follows the chunk's last words ("Every wumpus is a" -> each child of
+  wumpus); the code must then say *which* one, and the only name for that which holds across
+  prompts is relative to the prompt: "the second one". Which child at a chunk's second and
+  third branch points is what the ProsQA search codes still got wrong (BENCHMARKS.md,
+  "Stage 1"). The rank vectors start at zero and draw no random numbers, so a run starts from
+  the weights its seed gives without the option. A first version that added the rank to g(P)'s
+  input embeddings trailed the runs without it (BENCHMARKS.md).
 - Output vocabulary (`output_vocab_size`, set by `vqvae train --output-vocab data`): with a
   pretrained tokenizer the vocabulary head scored all 49,152 SmolLM2 ids at every chunk
   position, though GSM8K's 7,473 training traces use 9,884 of them and the copy head
@@ -121,6 +131,21 @@ from .search import SearchCodebook, best_codes, most_likely_codes
 
 SEARCH_SEQUENCES = 256  # search: decoder sequences scored at once (candidates x examples)
 LOG_FLOOR = -30.0  # log p of a target the decoder cannot write at all (see `target_log_probs`)
+
+
+def prefix_ranks(prompt_ids: Tensor, prompt_pad: Tensor, width: int) -> Tensor:
+    """(B, P) -> (B, P): how many earlier real prompt positions have the same `width` tokens before them.
+
+    In "Every wumpus is a yumpus. ... Every wumpus is a tumpus." the second child of wumpus
+    gets rank 1: the ordinal that lets a code name "the second match" (see `prefix_rank`).
+    Pads and the positions before the prompt's start read as -1, so batch padding changes no rank.
+    """
+    span, ids = prompt_ids.shape[1], prompt_ids.masked_fill(prompt_pad, -1)  # pads match the prompt's start
+    windows = torch.stack([F.pad(ids, (offset, 0), value=-1)[:, :span] for offset in range(1, width + 1)],
+                          dim=-1)  # (B, P, width): the tokens at offsets 1..width before each position
+    same = (windows[:, :, None] == windows[:, None, :]).all(-1)  # (B, P, P)
+    earlier = torch.ones(span, span, dtype=torch.bool, device=prompt_ids.device).tril(-1)  # [i, j]: j < i
+    return (same & earlier & ~prompt_pad[:, None, :]).sum(-1).masked_fill(prompt_pad, 0)
 
 
 def _safe_log(probabilities: Tensor) -> Tensor:
@@ -162,6 +187,7 @@ class VQVAEConfig:
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # copy head also matches the tokens before each prompt position to the chunk's (see above)
     search_rerank: int = 0  # search, outside training: of the n likeliest codes, the best decoded (search.py)
+    prefix_rank: int = 0  # the copy head's keys also hold a prompt word's rank among words with its prefix (see above)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -187,6 +213,10 @@ class VQVAEConfig:
             if not 0 <= self.search_explore < self.search_candidates <= self.codebook_size:
                 raise ValueError(f"search needs 0 <= search_explore ({self.search_explore}) < search_candidates "
                                  f"({self.search_candidates}) <= codebook size K ({self.codebook_size})")
+        if self.prefix_rank < 0 or self.prefix_rank == 1:
+            raise ValueError(f"prefix_rank={self.prefix_rank} must be 0 (off) or at least 2 ranks")
+        if self.prefix_rank and not self.copy_head:
+            raise ValueError("prefix_rank adds to the copy head's keys: it needs copy_head")
         if not 0 <= self.search_rerank <= self.codebook_size:
             raise ValueError(f"search_rerank={self.search_rerank} must be in 0..{self.codebook_size} "
                              f"(the codebook size K)")
@@ -259,6 +289,9 @@ class VQVAE(nn.Module):
             self.copy_query = nn.Linear(d, d)
             self.copy_key = nn.Linear(d, d)
             self.copy_gate = nn.Linear(2 * d, 1)  # reads [decoder state; copied context]
+        if config.prefix_rank:  # added to the copy head's keys; zero at first (and drawing no random numbers,
+            # so a seed gives the weights it gives without the option): training starts as without it
+            self.prefix_rank_key = nn.Embedding(config.prefix_rank, d, _weight=torch.zeros(config.prefix_rank, d))
         if config.copy_prefix:  # second query/key pair: what precedes the output position / the prompt position
             self.prefix_norm = nn.LayerNorm(d)  # the embeddings are small (std 0.02): unit scale for the match
             self.prefix_query = nn.Linear(d, d)
@@ -562,6 +595,9 @@ class VQVAE(nn.Module):
             return None
         with torch.autocast(memory.device.type, enabled=False):
             key = self.copy_key(memory.float())  # (B, P, D)
+            if self.config.prefix_rank:
+                ranks = prefix_ranks(prompt_ids, prompt_ids == self.config.pad_id, self.config.local_context + 1)
+                key = key + self.prefix_rank_key(ranks.clamp(max=self.config.prefix_rank - 1)).float()
             if not self.config.copy_prefix:
                 return key
             prompt_prefix = self.prefix_key(self.prefix_norm(self.prefix_features(prompt_ids).float()))

@@ -54,6 +54,7 @@ class VQVAETrainConfig:
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # AR decoder: the copy head also matches the tokens before a prompt word to the chunk's
     search_rerank: int = 0  # assignment "search", outside training: of the n most likely codes, keep the best decoded
+    prefix_rank: int = 0  # copy head: keys also hold a prompt word's rank among words after the same k+1 tokens
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar

@@ -49,10 +49,10 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
 _SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
-          "copy_prefix")
+          "copy_prefix", "prefix_rank")
 # Options added after runs were saved, with the value those runs had.
 _ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
-          "copy_prefix": False}
+          "copy_prefix": False, "prefix_rank": 0}
 
 
 @dataclass
@@ -119,6 +119,10 @@ def _check_options(config: VQVAETrainConfig) -> None:
                           f"got {config.output_vocab!r}")
     if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
         raise ConfigError("vqvae train: copy_prefix needs copy_head, the autoregressive decoder and word_dropout 0")
+    if config.prefix_rank < 0 or config.prefix_rank == 1:
+        raise ConfigError(f"vqvae train: prefix_rank must be 0 (off) or at least 2, got {config.prefix_rank}")
+    if config.prefix_rank and not config.copy_head:
+        raise ConfigError("vqvae train: prefix_rank adds to the copy head's keys: it needs copy_head")
     if config.assignment not in ASSIGNMENTS:
         raise ConfigError(f"vqvae train: assignment must be one of {', '.join(ASSIGNMENTS)}, "
                           f"got {config.assignment!r}")
