@@ -18,13 +18,16 @@ class DataError(TokenAssortedError):
     """A data file is unreadable or a record in it is malformed."""
 
     def __init__(self, path: str | Path | None, message: str, *, line: int | None = None,
-                 field: str | None = None) -> None:
+                 field: str | None = None, row: int | None = None) -> None:
         self.path = None if path is None else str(path)
         self.line = line
+        self.row = row  # 1-based record of a table (parquet, CSV, a `datasets` folder), which has no lines
         self.field = field
         where = self.path or "<data>"
         if line is not None:
             where += f", line {line}"
+        if row is not None:
+            where += f", row {row}"
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")

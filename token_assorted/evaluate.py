@@ -309,14 +309,19 @@ def load_model_dir(model_dir: str | Path, device: str = "auto") -> LoadedModel:
                        meta.get("task"))
 
 
-def resolve_task(loaded: LoadedModel, task: str | Task | None) -> Task:
-    """The task given explicitly, else the one recorded in the model dir."""
+def resolve_task(loaded: LoadedModel, task: str | Task | None, options: dict[str, Any] | None = None) -> Task:
+    """The task given explicitly, else the one recorded in the model dir.
+
+    Task options (the generic task's field mapping, answer match, step split) are the ones
+    given, else those recorded with the model when it is the model's task: eval needs no flags.
+    """
     if isinstance(task, Task):
         return task
     name = task or loaded.task_name
     if not name:
         raise ConfigError("the model dir records no task; pass --task")
-    return get_task(name)
+    recorded = loaded.meta.get("task_options") if name == loaded.task_name else None
+    return get_task(name, **{**(recorded or {}), **(options or {})})
 
 
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,

@@ -153,12 +153,13 @@ class Explainer:
     vqvae_dir: Path | None = None
     task: str | None = None
     device: str = "auto"  # auto (a CUDA GPU when there is one), cpu, cuda or cuda:N
+    task_options: dict[str, Any] | None = None  # the generic task's, over those recorded with the model
 
     def __post_init__(self) -> None:
         from .evaluate import load_model_dir, resolve_task
 
         self.loaded = load_model_dir(self.model_dir, self.device)
-        self.task_obj = resolve_task(self.loaded, self.task)
+        self.task_obj = resolve_task(self.loaded, self.task, self.task_options)
         found = find_vqvae_dir(self.model_dir, self.loaded.meta, self.vqvae_dir)
         vocab = self.loaded.latent_vocab
         self.decoder = None

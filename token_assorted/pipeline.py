@@ -36,7 +36,8 @@ from .devices import check_precision
 from .environment import environment
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
-from .schema import Example, save_examples
+from .io import atomic_write_jsonl
+from .schema import Example
 from .tasks.base import Task
 
 BASE_METHODS = ("sol-only", "cot", "token-assorted")
@@ -45,8 +46,8 @@ DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token 
                  "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace"}
 MARKER = ".complete.json"
 # Keys the pipeline sets itself in the stage configs (a preset may not).
-_VQVAE_OWNED = ("task", "data", "valid", "out")
-_TRAIN_OWNED = ("task", "data", "valid", "out", "strategy", "vqvae", "seed")
+_VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
+_TRAIN_OWNED = ("task", "task_options", "data", "valid", "out", "strategy", "vqvae", "seed")
 
 
 # --------------------------------------------------------------------------- settings
@@ -63,6 +64,9 @@ class DataSettings:
     # "valid": PATH (optional)}; the sizes above then cap each split (0: all of it), and
     # without a valid file the last `valid` training examples become the valid split.
     files: dict[str, str] = field(default_factory=dict)
+    # The generic task's options (qa: fields, answer_match, step_split), given to every stage
+    # and recorded with the VQ-VAE and each model (run --fields/--answer-match/--step-split).
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,7 +151,7 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
     from .mixing import STRATEGY_NAMES
     from .tasks import get_task
 
-    options = get_task(config.task).generator_options()
+    options = get_task(config.task, **config.data.task_options).generator_options()
     unknown = sorted(set(config.data.options) - set(options))
     if unknown:
         raise ConfigError(f"{source}: unknown {config.task} generator option(s) {', '.join(unknown)}; "
@@ -169,6 +173,7 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
 
 def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
     """Data files, when given, name existing train and test files; tasks with no generator need them."""
+    from .sources import exists
     from .tasks import get_task
 
     files = config.data.files
@@ -184,7 +189,7 @@ def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
         if not files.get(split):
             raise ConfigError(f"{source}: data.files needs a {split} file (--{split} FILE)")
     for split, path in files.items():
-        if path and not Path(path).is_file():
+        if path and not exists(path):  # a file, a saved data set folder or hf:NAME (sources.py)
             raise ConfigError(f"{source}: {split} file {path} not found")
 
 
@@ -284,7 +289,7 @@ def file_splits(config: PipelineConfig) -> dict[str, list[Example]]:
     """Train / valid / test read from `data.files` (tasks whose data cannot be generated)."""
     from .tasks import get_task
 
-    task, files, sizes = get_task(config.task), config.data.files, config.data
+    task, files, sizes = get_task(config.task, **config.data.task_options), config.data.files, config.data
     train = task.load(files["train"])
     test = task.load(files["test"])
     if files.get("valid"):
@@ -300,19 +305,27 @@ def file_splits(config: PipelineConfig) -> dict[str, list[Example]]:
 
 def _files_fingerprint(files: dict[str, str]) -> dict[str, str]:
     """Content hashes of the data files, so an edited file recomputes the stages that read it."""
-    return {split: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-            for split, path in sorted(files.items()) if path}
+    from .sources import fingerprint
+
+    return {split: fingerprint(path) for split, path in sorted(files.items()) if path}
 
 
 def _data_stage(config: PipelineConfig, out: Path, log: Callable[[str], None]) -> StageResult:
+    from .tasks import get_task
+
+    task = get_task(config.task, **config.data.task_options)
+
     def build(path: Path) -> None:
         splits = file_splits(config) if config.data.files else generate_splits(config)
         for split, examples in splits.items():
-            save_examples(path / f"{split}.jsonl", examples)
+            # [qa] records under the data's own field names, so the configured task reads them back
+            atomic_write_jsonl(path / f"{split}.jsonl", (task.to_record(example) for example in examples))
             log(f"  {split}: {len(examples)} examples")
 
-    key = config_hash("data", config.task, dataclasses.asdict(config.data),
-                      _files_fingerprint(config.data.files))
+    settings = dataclasses.asdict(config.data)
+    if not settings["task_options"]:
+        del settings["task_options"]  # so runs without task options keep the cache keys they had
+    key = config_hash("data", config.task, settings, _files_fingerprint(config.data.files))
     return run_stage(out / "data", key, build, "data", log)
 
 
@@ -322,6 +335,7 @@ def _vqvae_stage(config: PipelineConfig, out: Path, data: StageResult,
 
     def build(path: Path) -> None:
         vq_config = from_mapping(VQVAETrainConfig, {**config.vqvae, "task": config.task,
+                                                    "task_options": config.data.task_options,
                                                     "data": str(data.path / "train.jsonl"),
                                                     "valid": str(data.path / "valid.jsonl"), "out": str(path)},
                                  "preset.vqvae")
@@ -348,7 +362,8 @@ def _train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int
 
     def build(path: Path) -> None:
         train_config = from_mapping(TrainConfig, {
-            **settings, "task": config.task, "strategy": method, "seed": seed,
+            **settings, "task": config.task, "task_options": config.data.task_options, "strategy": method,
+            "seed": seed,
             "data": str(data.path / "train.jsonl"), "valid": str(data.path / "valid.jsonl"), "out": str(path),
             "vqvae": str(vqvae.path) if vqvae is not None else None}, f"preset.train ({method})")
         train_lm(train_config)
@@ -363,7 +378,7 @@ def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult
     from .evaluate import EvalConfig, evaluate_dir, save_result
     from .tasks import get_task
 
-    task = get_task(config.task)
+    task = get_task(config.task, **config.data.task_options)
     settings = dataclasses.asdict(config.eval)
 
     def build(path: Path) -> None:

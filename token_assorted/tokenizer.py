@@ -8,8 +8,9 @@ tokens, not the ~12 of GPT-2's BPE) and the fastest CPU training, with no unknow
 on generated data. Pretrained models keep their own tokenizer.
 
 Latent tokens `<latent_0>` … `<latent_{K-1}>` and the delimiters `<boLatent>`,
-`<eoLatent>` are added as special tokens with contiguous ids, so a codebook index z
-maps to token id `first_code_id + z`.
+`<eoLatent>` are added tokens with contiguous ids, so a codebook index z maps to token
+id `first_code_id + z`. They are not "special": a server that decodes with
+skip_special_tokens=True still writes them, so the latent spans can be explained.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .errors import CheckpointError
@@ -88,7 +89,10 @@ def add_latent_tokens(tokenizer: PreTrainedTokenizerFast, codebook_size: int) ->
                               f"({len(tokens) - len(missing)} of {len(tokens)} tokens); was it extended "
                               f"with a different codebook size?")
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
+        # Ordinary (non-special) added tokens: servers decode with skip_special_tokens=True
+        # (`transformers serve` always does, vLLM by default), which would drop special ones
+        # from the text they return. Matched on the raw text either way (normalized=False).
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in tokens])
     elif latent_token(codebook_size) in vocab:
         raise CheckpointError(f"tokenizer holds more than K={codebook_size} latent tokens")
     ids = tokenizer.convert_tokens_to_ids(tokens)

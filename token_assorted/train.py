@@ -41,6 +41,7 @@ from .encoding import EncodedExample, encode_example
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .latents import LatentCodes, load_latent_codes
+from .lora import LoraSettings, apply_lora, check_lora, exportable
 from .mixing import (CODE_STRATEGIES, IGNORE_INDEX, ChunkLayout, MixedSequence, Strategy, build_sequence,
                      check_codes, make_strategy, max_sequence_length)
 from .models import EMBEDDING_INITS, build_scratch_model, extend_vocabulary, is_preset, load_pretrained
@@ -57,6 +58,7 @@ class TrainConfig:
     """Everything one stage-2 run depends on (saved beside the model, resolved)."""
 
     task: str = ""  # a task name (token_assorted.tasks.TASK_NAMES)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the generic task's (qa): fields, answer_match, ...
     data: str = ""  # training examples (JSONL / JSON list)
     out: str = ""  # output model directory
     valid: str | None = None  # validation examples: greedy accuracy every epoch, best kept
@@ -66,6 +68,7 @@ class TrainConfig:
     model: str = "tiny"  # a preset (models.PRESETS), a local HF model dir or a .gguf file
     tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
     embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
+    lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
     latent_vocab_for_baselines: bool = True  # cot/sol-only with a VQ-VAE get the latent rows too
     epochs: int = 10
     batch_size: int = 32  # effective sequences per optimizer step (all processes together)
@@ -125,6 +128,8 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
         raise ConfigError(f"mixed_precision must be auto, no or bf16, got {config.mixed_precision!r}")
     if min(config.epochs, config.batch_size, config.grad_accum) < 1 or config.lr <= 0:
         raise ConfigError("epochs, batch size and grad accum must be >= 1 and lr > 0")
+    if config.lora is not None:
+        check_lora(config.lora)
 
 
 def _strategy(config: TrainConfig) -> Strategy:
@@ -158,7 +163,7 @@ def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], 
 def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
     """Load data, tokenizer, codes and model; add the latent vocabulary where needed."""
     check_config(config, latents is not None)
-    task = get_task(config.task)
+    task = get_task(config.task, **config.task_options)
     train = task.load(config.data)
     valid = task.load(config.valid) if config.valid else []
     strategy = _strategy(config)
@@ -171,6 +176,8 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         extend_vocabulary(model, latent_vocab, config.embedding_init, latents.codebook, seed=config.seed)
         layout = ChunkLayout(latents.chunk_size, latents.latents_per_chunk, latent_vocab)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.lora is not None:  # [lora] adapters, with the latent rows trained in full
+        model = apply_lora(model, config.lora, latent_vocab, config.seed)
     encoded = [encode_example(tokenizer, task, ex, config.chat_template) for ex in train]
     codes = latents.codes if latents is not None and strategy.needs_codes else None
     if codes is not None:
@@ -178,12 +185,21 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
             raise ConfigError(f"{len(codes)} code lists for {len(encoded)} training examples")
         for i, (enc, example_codes) in enumerate(zip(encoded, codes)):
             check_codes(len(enc.trace_ids), example_codes, layout, where=f"{config.data}, example {i}: ")
-    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= config.max_length]
+    limit = _length_limit(config, model)
+    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= limit]
     if not keep:
-        raise ConfigError(f"every training example is longer than max_length={config.max_length}")
+        raise ConfigError(f"every training example is longer than max_length={limit}")
     return Setup(task, tokenizer, model, strategy, [encoded[i] for i in keep],
                  None if codes is None else [codes[i] for i in keep], layout if codes is not None else None,
                  latent_vocab, latents, valid, len(encoded) - len(keep))
+
+
+def _length_limit(config: TrainConfig, model) -> int:
+    """max_length, capped by a learned position table (GPT-2's n_positions): past it, it crashes."""
+    from .evaluate import position_limit
+
+    positions = position_limit(model)
+    return min(config.max_length, positions) if positions else config.max_length
 
 
 # --------------------------------------------------------------------------- batches
@@ -284,7 +300,7 @@ def _default_new_tokens(run: Setup, examples: list[Example]) -> int:
 def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]]) -> dict[str, Any]:
     latents = run.latents
     return {
-        "task": run.task.name, "strategy": config.strategy, "vqvae": config.vqvae, "codes": config.codes,
+        "task": run.task.name, "task_options": run.task.options(), "strategy": config.strategy, "vqvae": config.vqvae, "codes": config.codes,
         "codebook_size": latents.codebook_size if latents else None,
         "chunk_size": latents.chunk_size if latents else None,
         "latents_per_chunk": latents.latents_per_chunk if latents else None,
@@ -300,6 +316,7 @@ def save_model_dir(model, run: Setup, out: Path, meta: dict[str, Any]) -> None:
     import shutil
     import tempfile
 
+    model = exportable(model)  # [lora] adapters merged into a copy: a plain transformers model
     generation = model.generation_config
     generation.eos_token_id = run.tokenizer.eos_token_id
     generation.pad_token_id = run.tokenizer.pad_token_id
@@ -357,7 +374,9 @@ class _Trainer:
         if config.max_steps is not None:
             self.total = min(self.total, config.max_steps)
         run.model.to(accelerator.device)
-        self.optimizer = torch.optim.AdamW(run.model.parameters(), lr=config.lr,
+        # Only what trains: with LoRA the frozen weights get no optimizer state (the same list otherwise).
+        trainable = [p for p in run.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr,
                                            weight_decay=config.weight_decay, betas=(0.9, 0.95))
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, _warmup_steps(config, self.total),
                                                          self.total)
@@ -393,10 +412,11 @@ class _Trainer:
             return
         record = load_state(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                             self.acc.process_index)
-        for key in ("strategy", "seed", "batch_size", "data", "task", "model"):
-            if record["config"].get(key) != getattr(self.config, key):
+        given = dataclasses.asdict(self.config)
+        for key in ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora"):
+            if record["config"].get(key, given[key] if key in ("task_options", "lora") else None) != given[key]:
                 raise ConfigError(f"--resume: {key} differs from the saved run "
-                                  f"({record['config'].get(key)!r} vs {getattr(self.config, key)!r})")
+                                  f"({record['config'].get(key)!r} vs {given[key]!r})")
         self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
         self.best, self.history = record["best"], record["history"]
         self.acc.print(f"resumed from {directory} (epoch {self.epoch}, step {self.global_step})")

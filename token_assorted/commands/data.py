@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from . import positive_int
+from . import add_task_flags, positive_int, task_options_from_args
 from ..io import read_records
 from ..schema import Example, save_examples
 
@@ -42,8 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.set_defaults(func=run_generate)
 
     stats = actions.add_parser("stats", help="print a JSON summary of a data file")
-    stats.add_argument("file", help="a JSONL file or JSON list of examples")
+    stats.add_argument("file", help="a JSONL file or JSON list of examples (--task qa: any data source, "
+                                    "parquet, CSV, a saved data set folder, hf:NAME)")
     stats.add_argument("--task", default=None, help="task of the file (default: inferred from the records)")
+    add_task_flags(stats)
     stats.set_defaults(func=run_stats)
 
 
@@ -90,7 +92,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from ..tasks import get_task
 
-    task = get_task(args.task) if args.task else infer_file_task(args.file)
+    task = get_task(args.task, **task_options_from_args(args)) if args.task else infer_file_task(args.file)
     examples = task.load(args.file)
     print(json.dumps({"file": args.file, "task": task.name, **summarize(examples), **task.stats(examples)},
                      indent=2))

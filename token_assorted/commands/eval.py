@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_task_flags, task_options_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a trained model on a data file",
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
                         help="auto: bf16 autocast on CUDA (as in training), fp32 on CPU")
+    add_task_flags(parser)
     parser.set_defaults(func=run_eval)
 
 
@@ -37,7 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
                         top_k=args.top_k, seed=args.seed, limit=args.limit,
                         mixed_precision=args.mixed_precision)
     loaded = load_model_dir(args.model, args.device)
-    task = resolve_task(loaded, args.task)
+    task = resolve_task(loaded, args.task, task_options_from_args(args))
     examples = task.load(args.data)
     result = evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
                       loaded.chat_template)

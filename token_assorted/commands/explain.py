@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import add_task_flags, task_options_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("explain", help="decode a model's latent tokens back into text",
@@ -20,21 +22,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--question", help="a question to answer and explain")
     source.add_argument("--predictions", type=Path, help="RESULTS.predictions.jsonl written by `eval`")
+    parser.add_argument("--generated", default=None, metavar="TEXT",
+                        help="with --question: explain this output (e.g. a server's completion, latent tokens "
+                             "included) instead of generating")
+    parser.add_argument("--print-prompt", action="store_true",
+                        help="with --question: print (as JSON) the completion prompt a server such as `transformers "
+                             "serve` must get for the model to see the prompt it was trained on, and stop")
     parser.add_argument("--task", default=None, help="task name (default: the model's)")
     parser.add_argument("--limit", type=int, default=5, help="explain at most N predictions (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
+    add_task_flags(parser)
     parser.set_defaults(func=run_explain)
 
 
 def run_explain(args: argparse.Namespace) -> int:
     from ..explain import Explainer, render
 
-    explainer = Explainer(args.model, args.vqvae, args.task, args.device)
+    from ..errors import ConfigError
+
+    if (args.generated is not None or args.print_prompt) and args.question is None:
+        raise ConfigError("--generated and --print-prompt need --question: the question the text answers")
+    if args.print_prompt:
+        from ..serving import model_completion_prompt
+
+        print(json.dumps(model_completion_prompt(args.model, args.question, args.task), ensure_ascii=False))
+        return 0
+    explainer = Explainer(args.model, args.vqvae, args.task, args.device, task_options_from_args(args))
     if explainer.decoder is None and explainer.loaded.latent_vocab is not None:
         print("note: no VQ-VAE found; latent spans are shown undecoded (pass --vqvae DIR)")
-    if args.question is not None:
+    if args.generated is not None:
+        items = [({}, explainer.generated_text(args.question, args.generated))]
+    elif args.question is not None:
         items = [({}, explainer.question(args.question, args.max_new_tokens))]
     else:
         items = explainer.predictions(args.predictions, args.limit)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import add_task_flags, task_options_from_args
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="the full experiment: data, VQ-VAE, 3 methods, eval, report",
                                    description=__doc__)
-    parser.add_argument("--task", default=None, help="task (default: the preset's, prosqa for cpu)")
+    parser.add_argument("--task", default=None,
+                        help="task (default: the preset's, prosqa for cpu); qa: your own data (--fields ...)")
     parser.add_argument("--preset", default="cpu",
                         help="a shipped preset (cpu: default, 2 CPU cores, ~15 min; paper: official task "
                              "sizes; gpu: GPT-2 size at paper scale; tiny: seconds, for tests) or a YAML file")
@@ -35,11 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding train.jsonl and test.jsonl (and valid.jsonl); "
                              "the same as --train/--valid/--test for the files it holds")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="the LM of every method: a local Hugging Face model folder, a .gguf file or a preset "
+                             "name; a pretrained model's tokenizer is the VQ-VAE's too")
+    add_task_flags(parser)
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from ..models import is_preset
     from ..pipeline import ABLATIONS, load_preset, parse_overrides, run_pipeline
 
     overrides = parse_overrides(args.overrides)
@@ -57,6 +65,12 @@ def run_command(args: argparse.Namespace) -> int:
         overrides["data.files"] = files
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
+    if args.model is not None:
+        overrides["train.model"] = args.model
+        if not is_preset(args.model):  # the VQ-VAE must read traces with the LM's own tokenizer
+            overrides["vqvae.tokenizer"] = args.model
+    for name, value in task_options_from_args(args).items():  # one key each: a preset's others stay
+        overrides[f"data.task_options.{name}"] = value
     config = load_preset(args.preset, overrides)
     extra = list(ABLATIONS) if "all" in args.strategies else args.strategies
     for name in extra:

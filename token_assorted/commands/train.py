@@ -11,6 +11,8 @@ import argparse
 import os
 from typing import Any
 
+from . import add_task_flags, task_options_from_args
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -21,7 +23,7 @@ def _int_list(text: str) -> list[int]:
 
 # flag -> (TrainConfig key, type, help); every default lives in TrainConfig.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
-    "--task": ("task", str, "task name (prontoqa, prosqa, keys-maze, gsm8k)"),
+    "--task": ("task", str, "task name (prontoqa, prosqa, keys-maze, gsm8k, qa: your own data)"),
     "--strategy": ("strategy", str, "token-assorted (default), cot, sol-only, all-replace, curriculum, poisson"),
     "--data": ("data", str, "training examples (JSONL or JSON list)"),
     "--valid": ("valid", str, "validation examples: greedy accuracy every epoch; the best model is kept"),
@@ -69,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run saved in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
+    parser.add_argument("--lora-r", dest="lora_r", type=int, default=None, metavar="R",
+                        help="train LoRA adapters of rank R instead of every weight (the latent rows are trained "
+                             "in full); alpha, dropout and target_modules: the `lora` key of --config")
+    add_task_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -80,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     keys = [key for key, _, _ in OPTIONS.values()] + ["chat_template", "latent_vocab_for_baselines",
                                                        "group_by_length", "resume", "progress"]
     mapping.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
+    mapping["task_options"] = task_options_from_args(args, mapping.get("task_options"))
+    if args.lora_r is not None:
+        lora = mapping.get("lora") if isinstance(mapping.get("lora"), dict) else {}
+        mapping["lora"] = {**lora, "r": args.lora_r}
     config = from_mapping(TrainConfig, mapping, args.config or "options")
     out = train_lm(config)
     if os.environ.get("RANK", "0") == "0":  # one line under torchrun, not one per process

@@ -14,10 +14,10 @@ import argparse
 import dataclasses
 import sys
 
-from . import positive_int
+from . import add_task_flags, positive_int, task_options_from_args
 
 HELP = {
-    "task": "task name: prontoqa, prosqa, keys-maze or gsm8k",
+    "task": "task name: prontoqa, prosqa, keys-maze, gsm8k or qa (your own data: see --fields)",
     "data": "training examples (JSONL or JSON list, Coconut schema)",
     "valid": "validation examples (default: the first 200 training examples)",
     "out": "output directory (config.json, model.safetensors, tokenizer/, metrics.json, log.jsonl, tb/, state/)",
@@ -76,8 +76,11 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser("train", help="train a VQ-VAE on a task's traces")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names, with _)")
+    add_task_flags(parser)  # [qa] task_options come from --fields, --answer-match, --step-split
     for field in dataclasses.fields(VQVAETrainConfig):
         flag = "--" + field.name.replace("_", "-")
+        if field.name == "task_options":
+            continue
         if field.name == "stop_at":
             parser.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
         elif field.type in (bool, "bool") and field.default:
@@ -102,6 +105,7 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
                         help='output: one {"index", "codes", "trace_tokens"} per line')
     parser.add_argument("--batch-size", type=int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
+    add_task_flags(parser)
     parser.set_defaults(func=_encode)
 
 
@@ -112,6 +116,7 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
     parser.add_argument("--beams", type=positive_int, default=1, help=BEAMS_HELP)
+    add_task_flags(parser)
     parser.set_defaults(func=_decode)
 
 
@@ -130,6 +135,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
+    add_task_flags(parser)
     parser.set_defaults(func=_evaluate)
 
 
@@ -143,7 +149,17 @@ def train_config_from_args(args: argparse.Namespace):
         config = from_mapping(VQVAETrainConfig, load_yaml(args.config), args.config)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(VQVAETrainConfig)
              if getattr(args, f.name, None) is not None}
+    given["task_options"] = task_options_from_args(args, config.task_options)
     return replace(config, given, "command line")
+
+
+def _task_of(args: argparse.Namespace, loaded):
+    """The task given (or the VQ-VAE's), with the VQ-VAE's recorded task options under the flags."""
+    from ..tasks import get_task
+
+    name = args.task or loaded.task
+    recorded = loaded.task_options if name == loaded.task else {}
+    return get_task(name, **task_options_from_args(args, recorded))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -157,12 +173,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     from ..io import atomic_write_jsonl
-    from ..tasks import get_task
     from ..vqvae import encode_examples, load_vqvae
     from ..vqvae.chunks import chunk_examples
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
-    task = get_task(args.task or loaded.task)
+    task = _task_of(args, loaded)
     examples = task.load(args.data)
     codes = encode_examples(loaded, task, examples, batch_size=args.batch_size)
     items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
@@ -176,7 +191,6 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..tasks import get_task
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
 
     try:
@@ -184,7 +198,7 @@ def _decode(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
-    task = get_task(args.task or loaded.task)
+    task = _task_of(args, loaded)
     print(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes, beams=args.beams))
     return 0
 
@@ -193,11 +207,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from ..io import atomic_write_json
-    from ..tasks import get_task
     from ..vqvae import evaluate_reconstruction, load_vqvae
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
-    task = get_task(args.task or loaded.task)
+    task = _task_of(args, loaded)
     metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size,
                                       beams=args.beams)
     result = {"data": args.data, "beams": args.beams, "search_rerank": loaded.config.search_rerank, **metrics}

@@ -1,4 +1,4 @@
-"""The task registry: ProntoQA, ProsQA, Keys-Finding Maze and GSM8K, by name."""
+"""The task registry: ProntoQA, ProsQA, Keys-Finding Maze, GSM8K and the generic `qa`, by name."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ _REGISTRY = {
     "prosqa": "token_assorted.tasks.prosqa:ProsQA",
     "keys-maze": "token_assorted.tasks.keys_maze:KeysMaze",
     "gsm8k": "token_assorted.tasks.gsm8k:GSM8K",
+    "qa": "token_assorted.tasks.qa:QATask",  # the user's own data, configured by task options
 }
 TASK_NAMES = tuple(_REGISTRY)
 
 
-def get_task(name: str) -> Task:
-    """The task called `name`; an unknown name is a ConfigError listing the valid ones."""
+def get_task(name: str, **options: Any) -> Task:
+    """The task called `name`, configured by `options` (only `qa` takes any: fields,
+    answer_match, step_split); an unknown name or option is a ConfigError naming it."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     module_name, class_name = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    return getattr(importlib.import_module(module_name), class_name).from_options(options)
 
 
 def infer_task(record: dict[str, Any]) -> Task | None:

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from ..schema import Example, load_examples
 
 SOLUTION_MARKER = "###"
@@ -45,6 +46,19 @@ class Task(ABC):
 
     name: str = ""
 
+    # --- options (the generic `qa` task has some; the others take none) ----------------
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Task:
+        """The task configured by `options` (`get_task(name, **options)`)."""
+        if options:
+            raise ConfigError(f"task {cls.name!r} takes no task options (got {', '.join(sorted(options))}); "
+                              f"they belong to the generic task qa")
+        return cls()
+
+    def options(self) -> dict[str, Any]:
+        """The options this task was built with, as recorded beside a model ({} for none)."""
+        return {}
+
     # --- rendering: the three texts of X = P ⊕ C ⊕ S -------------------------------
     def prompt_text(self, example: Example) -> str:
         return example.question + "\n"
@@ -67,6 +81,10 @@ class Task(ABC):
     def load(self, path: str | Path) -> list[Example]:
         """Load a file of this task (the Coconut schema; tasks with other official formats override)."""
         return load_examples(path)
+
+    def to_record(self, example: Example) -> dict[str, Any]:
+        """An example as a record this task's `load` reads back (the pipeline's data stage writes these)."""
+        return example.to_dict()
 
     def generate(self, n: int, seed: int, **options: Any) -> list[Example]:
         raise NotImplementedError(f"task {self.name!r} has no generator; load its official files")

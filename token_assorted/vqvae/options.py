@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
@@ -12,7 +13,8 @@ OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: ev
 class VQVAETrainConfig:
     """Every option of `token-assorted vqvae train` (YAML keys use the same names)."""
 
-    task: str = ""  # task name (prontoqa, prosqa, keys-maze, gsm8k)
+    task: str = ""  # task name (prontoqa, prosqa, keys-maze, gsm8k, qa)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the generic task's (qa): fields, answer_match, ...
     data: str = ""  # training examples (JSONL or JSON list)
     valid: str = ""  # validation examples; empty: validate on the first 200 training examples
     out: str = ""  # output directory

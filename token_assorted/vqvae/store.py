@@ -52,6 +52,7 @@ class LoadedVQVAE:
     task: str
     chat_template: bool
     tokenizer_fingerprint: str
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the generic task's (qa)
 
     @property
     def latents_per_chunk(self) -> int:
@@ -124,7 +125,7 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
         raise CheckpointError(f"{directory / WEIGHTS}: weights do not match config.json: "
                               f"{str(exc).splitlines()[0]}") from None
     loaded = LoadedVQVAE(model.to(device).eval(), saved_tokenizer, config, directory, str(info.get("task", "")),
-                         bool(info.get("chat_template", False)), fingerprint)
+                         bool(info.get("chat_template", False)), fingerprint, dict(info.get("task_options") or {}))
     check_compatible(loaded, codebook_size=codebook_size, chunk_size=chunk_size, tokenizer=tokenizer)
     return loaded
 
@@ -188,7 +189,11 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
     data_hash = _sha256(data_path)
     weights_hash = _sha256(loaded.directory / WEIGHTS)
     rerank = f"-rerank{loaded.config.search_rerank}" if loaded.config.search_rerank > 1 else ""  # other codes
-    cache = loaded.directory / CODES_DIR / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}{rerank}.json"
+    # Task options (qa's field mapping, step split) change the traces read from the same file.
+    options = task.options()
+    opts = f"-opts{_sha256_text(repr(sorted(options.items())))[:8]}" if options else ""
+    cache = (loaded.directory / CODES_DIR
+             / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}{rerank}{opts}.json")
     if cache.is_file():
         record = read_json(cache)
         if record.get("data_sha256") == data_hash and record.get("weights_sha256") == weights_hash:
@@ -199,6 +204,10 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
     atomic_write_json(cache, {"data": str(data_path), "data_sha256": data_hash, "weights_sha256": weights_hash,
                               "task": task.name, "chat_template": loaded.chat_template, "codes": codes})
     return codes
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:

@@ -51,7 +51,7 @@ _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
 _SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
           "copy_prefix", "prefix_rank")
 # Options added after runs were saved, with the value those runs had.
-_ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
+_ADDED = {"task_options": {}, "copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
           "copy_prefix": False, "prefix_rank": 0}
 
 
@@ -80,7 +80,7 @@ def _setup(config: VQVAETrainConfig, task: Task | None) -> _Run:
     _check_options(config)
     out = Path(config.out)
     info = _check_resume(config, out) if config.resume else _check_fresh(out)
-    task = task or get_task(config.task)
+    task = task or get_task(config.task, **config.task_options)
     examples = task.load(config.data)[: config.max_examples or None]
     valid = task.load(config.valid) if config.valid else examples[:200]
     tokenizer = _resume_tokenizer(config, out, info) if config.resume else _new_tokenizer(config, task, examples, out)
@@ -295,6 +295,7 @@ def _fit(run: _Run) -> Path:
 
 def _save(run: _Run, step: int, metrics: dict[str, float] | None) -> None:
     info = {"train": _comparable(run.config) | {"out": str(run.out)}, "task": run.task.name,
+            "task_options": run.task.options(),
             "chat_template": run.config.chat_template,
             "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer), "step": step, "valid": metrics}
     save_vqvae(run.out, run.model, info)
