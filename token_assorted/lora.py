@@ -70,8 +70,10 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, vocab: LatentVoca
     except ImportError:
         raise ConfigError("train.lora needs the 'peft' package: pip install peft") from None
     check_lora(settings)
+    # GPT-2 stores its projections as Conv1D, (in, out) where Linear is (out, in).
+    conv1d = any(type(module).__name__ == "Conv1D" for module in model.modules())
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM",
+                        target_modules=settings.target_modules, task_type="CAUSAL_LM", fan_in_fan_out=conv1d,
                         trainable_token_indices=latent_rows(model, vocab) or None)
     # The adapters' random initialisation gets a stream of its own, so a run repeats bit for bit.
     with torch.random.fork_rng():
