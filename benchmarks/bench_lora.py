@@ -49,7 +49,8 @@ def child(variant: str, steps: int, length: int, r: int) -> dict:
             seconds.append(time.perf_counter() - started)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     return {"variant": variant, "trainable_parameters": trainable, "parameters": total,
-            "seconds_per_step": round(sum(seconds) / len(seconds), 2), "step_seconds": [round(s, 2) for s in seconds],
+            "seconds_per_step": round(sum(seconds) / len(seconds), 2),
+            "median_seconds_per_step": round(sorted(seconds)[len(seconds) // 2], 2), "step_seconds": [round(s, 2) for s in seconds],
             "peak_rss_mib": round(peak_kib / 1024), "batch": 2, "tokens_per_sequence": length,
             "lora_r": r if variant == "lora" else None}
 

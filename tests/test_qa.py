@@ -214,3 +214,13 @@ def test_bad_data_writes_nothing(tmp_path, capsys, case):
         assert expected in err, (name, err)
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert written == [], written
+
+
+def test_task_options_as_preset_keys_are_checked_when_the_preset_is_read(tmp_path):
+    from token_assorted.pipeline import load_preset
+
+    config = load_preset("tiny", {"task": "qa", "data.options": {}, "data.task_options.answer_match": "numeric",
+                                  "data.task_options.fields": FIELDS})
+    assert config.data.task_options == {"answer_match": "numeric", "fields": FIELDS}
+    with pytest.raises(ConfigError, match="answer_match: 'fuzzy' is not one of"):
+        load_preset("tiny", {"task": "qa", "data.options": {}, "data.task_options.answer_match": "fuzzy"})

@@ -35,8 +35,7 @@ from .config import check_types, from_mapping, load_yaml
 from .devices import check_precision
 from .environment import environment
 from .errors import ConfigError
-from .io import atomic_write_json, read_json
-from .io import atomic_write_jsonl
+from .io import atomic_write_json, atomic_write_jsonl, read_json
 from .schema import Example
 from .tasks.base import Task
 
