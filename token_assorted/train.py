@@ -36,21 +36,21 @@ from typing import Any
 
 import torch
 
+from .batches import LENGTH_WINDOW, collate, epoch_order, group_by_length, micro_indices, text_lengths  # noqa: F401
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .encoding import EncodedExample, encode_example
 from .errors import ConfigError
 from .io import atomic_write_json, read_json
 from .latents import LatentCodes, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
-from .mixing import (CODE_STRATEGIES, IGNORE_INDEX, ChunkLayout, MixedSequence, Strategy, build_sequence,
-                     check_codes, make_strategy, max_sequence_length)
+from .methods import Method, method_for
+from .mixing import CODE_STRATEGIES, ChunkLayout, Strategy, check_codes
 from .models import EMBEDDING_INITS, build_scratch_model, extend_vocabulary, is_preset, load_pretrained
 from .schema import Example
 from .tasks import Task, get_task
 from .tokenizer import LatentVocab, add_latent_tokens, build_task_tokenizer, resolve_tokenizer
 
 MODEL_META = "token_assorted.json"
-LENGTH_WINDOW = 50  # batches sorted together by group_by_length: wide enough to group, narrow enough to mix
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
     data: str = ""  # training examples (JSONL / JSON list)
     out: str = ""  # output model directory
     valid: str | None = None  # validation examples: greedy accuracy every epoch, best kept
-    strategy: str = "token-assorted"  # mixing.STRATEGY_NAMES
+    strategy: str = "token-assorted"  # methods.METHOD_NAMES: mixing.STRATEGY_NAMES, coconut, icot
     vqvae: str | None = None  # stage-1 directory: tokenizer, codes, codebook
     codes: str | None = None  # instead of vqvae: a JSON file of precomputed codes (latents.py)
     model: str = "tiny"  # a preset (models.PRESETS), a local HF model dir or a .gguf file
@@ -83,6 +83,13 @@ class TrainConfig:
     poisson_p: float = 0.5  # poisson: probability of replacing each chunk
     curriculum_epochs: int = 1  # curriculum: epochs per stage
     curriculum_max_chunks: int | None = None  # curriculum: cap on replaced chunks (None: whole trace)
+    coconut_thoughts_per_step: int = 1  # coconut: c, continuous thoughts per replaced step (paper: 2 for math)
+    coconut_stages: int | None = None  # coconut: last stage S (None: the most steps of a training trace)
+    coconut_epochs_per_stage: int = 1  # coconut: epochs of each stage 1 … S
+    coconut_cot_epochs: int | None = None  # coconut: epochs of stage 0, plain CoT (None: coconut_epochs_per_stage)
+    icot_tokens_per_epoch: int = 8  # icot: leading trace tokens removed per epoch (Deng et al.: 8)
+    icot_smoothing_lambda: float | None = 4.0  # icot: P(o extra removed) ∝ exp(-λ o); None: no smoothing
+    icot_final_epochs: int = 1  # icot: the last epochs train with the whole trace removed
     seed: int = 0
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
@@ -104,6 +111,7 @@ class Setup:
     tokenizer: Any
     model: Any
     strategy: Strategy
+    method: Method  # sequences, loss, optimizer phases, answers (methods.py)
     encoded: list[EncodedExample]  # training examples that fit max_length
     codes: list[list[int]] | None  # their latent codes (same order), None for text-only runs
     layout: ChunkLayout | None
@@ -111,6 +119,7 @@ class Setup:
     latents: LatentCodes | None
     valid: list[Example] = field(default_factory=list)
     skipped: int = 0
+    epoch: int = 0  # the epoch being trained (a curriculum validates at its current stage)
 
 
 # --------------------------------------------------------------------------- setup
@@ -118,7 +127,7 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
     for name in ("task", "data", "out"):
         if not getattr(config, name):
             raise ConfigError(f"train: '{name}' is required")
-    make_strategy(config.strategy)  # validates the name
+    method_for(config)  # the name, and the method's own settings (Coconut's stages, iCoT's schedule)
     if config.strategy in CODE_STRATEGIES and not (config.vqvae or config.codes or have_latents):
         raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent codes: "
                           f"pass --vqvae DIR (or a codes file)")
@@ -130,12 +139,6 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
         raise ConfigError("epochs, batch size and grad accum must be >= 1 and lr > 0")
     if config.lora is not None:
         check_lora(config.lora)
-
-
-def _strategy(config: TrainConfig) -> Strategy:
-    return make_strategy(config.strategy, m_values=config.m_values, poisson_p=config.poisson_p,
-                         curriculum_epochs=config.curriculum_epochs,
-                         curriculum_max_chunks=config.curriculum_max_chunks)
 
 
 def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
@@ -166,7 +169,8 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
     task = get_task(config.task, **config.task_options)
     train = task.load(config.data)
     valid = task.load(config.valid) if config.valid else []
-    strategy = _strategy(config)
+    method = method_for(config)
+    strategy = method.strategy
     if latents is None and (config.vqvae or config.codes):
         latents = load_latent_codes(config, task, train, need_codes=strategy.needs_codes)
     model, tokenizer = _model_and_tokenizer(config, task, train, latents)
@@ -175,10 +179,11 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         latent_vocab = add_latent_tokens(tokenizer, latents.codebook_size)
         extend_vocabulary(model, latent_vocab, config.embedding_init, latents.codebook, seed=config.seed)
         layout = ChunkLayout(latents.chunk_size, latents.latents_per_chunk, latent_vocab)
+    method.prepare(tokenizer, model, train)  # its own tokens (Coconut's), after the latent rows
     model.config.pad_token_id = tokenizer.pad_token_id
-    if config.lora is not None:  # [lora] adapters, with the latent rows trained in full
-        model = apply_lora(model, config.lora, latent_vocab, config.seed)
-    encoded = [encode_example(tokenizer, task, ex, config.chat_template) for ex in train]
+    if config.lora is not None:  # [lora] adapters, with the latent (or the method's own) rows trained in full
+        model = apply_lora(model, config.lora, method.vocab or latent_vocab, config.seed)
+    encoded = [method.encode(tokenizer, task, ex, config.chat_template) for ex in train]
     codes = latents.codes if latents is not None and strategy.needs_codes else None
     if codes is not None:
         if len(codes) != len(encoded):
@@ -186,10 +191,10 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         for i, (enc, example_codes) in enumerate(zip(encoded, codes)):
             check_codes(len(enc.trace_ids), example_codes, layout, where=f"{config.data}, example {i}: ")
     limit = _length_limit(config, model)
-    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= limit]
+    keep = [i for i, enc in enumerate(encoded) if method.max_length(enc, layout) <= limit]
     if not keep:
         raise ConfigError(f"every training example is longer than max_length={limit}")
-    return Setup(task, tokenizer, model, strategy, [encoded[i] for i in keep],
+    return Setup(task, tokenizer, model, strategy, method, [encoded[i] for i in keep],
                  None if codes is None else [codes[i] for i in keep], layout if codes is not None else None,
                  latent_vocab, latents, valid, len(encoded) - len(keep))
 
@@ -203,64 +208,9 @@ def _length_limit(config: TrainConfig, model) -> int:
 
 
 # --------------------------------------------------------------------------- batches
-def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[int]:
-    """`n_indices` example indices for one epoch: a seeded permutation, wrapped to fill."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_examples, generator=generator).tolist()
-    return (order * math.ceil(n_indices / n_examples))[:n_indices]
-
-
-def text_lengths(encoded: Sequence[EncodedExample]) -> list[int]:
-    """Each example's all-text length, the key of group_by_length: it stands for the mixed
-    length too, since latents shorten a trace by at most its own length."""
-    return [len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids) for e in encoded]
-
-
-def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                    window: int = LENGTH_WINDOW) -> list[int]:
-    """`order` rearranged so that each batch holds examples of similar length.
-
-    Batches are right-padded to their longest sequence, so mixing short and long examples
-    wastes compute on padding (30 % of the tokens of the default ProsQA run). Windows of
-    `window` batches of the shuffled order are sorted by length and cut into batches, and
-    the batches are shuffled (seeded): every example still comes once per epoch, in an
-    order that depends only on (seed, epoch), so a resumed run sees the same batches.
-    `len(order)` must be a multiple of `batch_size` (epoch_order pads it so).
-    """
-    span = window * batch_size
-    batches = []
-    for start in range(0, len(order), span):
-        part = sorted(order[start:start + span], key=lambda i: lengths[i])
-        batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
-    # A stream of its own: epoch_order's seed of (seed, epoch + 1) must not reappear here.
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + epoch)
-    return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
-
-
-def micro_indices(order: Sequence[int], step: int, batch_size: int, micro: int, accum_index: int,
-                  rank: int, world: int) -> list[int]:
-    """Process `rank`'s micro-batch `accum_index` of optimizer step `step`."""
-    start = step * batch_size + (accum_index * world + rank) * micro
-    return list(order[start:start + micro])
-
-
-def collate(sequences: list[MixedSequence], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence; padding is masked out of attention and loss."""
-    width = max(len(s.input_ids) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
-    for row, seq in enumerate(sequences):
-        input_ids[row, :len(seq.input_ids)] = torch.tensor(seq.input_ids)
-        labels[row, :len(seq.labels)] = torch.tensor(seq.labels)
-        attention[row, :len(seq.input_ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-
-
 def make_batch(run: Setup, indices: Sequence[int], seed: int, epoch: int) -> dict[str, torch.Tensor]:
-    sequences = [build_sequence(run.strategy, run.encoded[i], None if run.codes is None else run.codes[i],
-                                run.layout, seed=seed, epoch=epoch, index=i) for i in indices]
-    return collate(sequences, run.tokenizer.pad_token_id)
+    """The tensors of one micro-batch (the method's layout; batches.py has the order)."""
+    return run.method.batch(run, indices, seed, epoch)
 
 
 # --------------------------------------------------------------------------- validation
@@ -278,8 +228,9 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
     if shard:
         eval_config = EvalConfig(batch_size=config.eval_batch_size, progress=False,
                                  max_new_tokens=config.max_new_tokens or _default_new_tokens(run, examples))
-        result = evaluate(model, run.tokenizer, run.task, shard, eval_config, run.latent_vocab,
-                          config.chat_template)
+        generate, vocab = run.method.generation(run.epoch, run.latent_vocab)  # Coconut: its own loop
+        result = evaluate(model, run.tokenizer, run.task, shard, eval_config, vocab, config.chat_template,
+                          generate=generate)
         sums = [result.accuracy * result.n, result.avg_generated_tokens * result.n,
                 result.avg_latent_tokens * result.n]
     totals = torch.tensor([*sums, float(len(shard))], device=accelerator.device)
@@ -297,7 +248,7 @@ def _default_new_tokens(run: Setup, examples: list[Example]) -> int:
 
 
 # --------------------------------------------------------------------------- saving
-def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]]) -> dict[str, Any]:
+def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
     latents = run.latents
     return {
         "task": run.task.name, "task_options": run.task.options(), "strategy": config.strategy, "vqvae": config.vqvae, "codes": config.codes,
@@ -307,7 +258,7 @@ def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]]) -
         "latent_vocab": run.latent_vocab.to_dict() if run.latent_vocab else None,
         "chat_template": config.chat_template, "data": config.data, "valid": config.valid,
         "model": config.model, "skipped_too_long": run.skipped, "config": dataclasses.asdict(config),
-        "history": history,
+        "history": history, **run.method.meta(epoch),
     }
 
 
@@ -380,23 +331,26 @@ class _Trainer:
                                            weight_decay=config.weight_decay, betas=(0.9, 0.95))
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, _warmup_steps(config, self.total),
                                                          self.total)
-        self.model = accelerator.prepare(run.model)
+        self.lm = run.model  # what is saved and validated; `model` is what the method's forward calls
+        self.model = accelerator.prepare(run.method.wrap(run.model))
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.best: float | None = None
         self.history: list[dict[str, Any]] = []
         self.writer = None
         self.lengths = text_lengths(run.encoded) if config.group_by_length else []
+        self.reset_at: int | None = None  # the epoch that began with fresh optimizer moments
+        self.step_seconds: list[float] = []  # wall time of each optimizer step taken by this process
 
     # -- state -----------------------------------------------------------------
     def trainer_record(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "best": self.best,
-                "history": self.history, "config": dataclasses.asdict(self.config)}
+                "history": self.history, "config": dataclasses.asdict(self.config), "reset_at": self.reset_at}
 
     def save_state(self) -> None:
         directory = step_dir(self.out, self.global_step)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            save_main_files(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+            save_main_files(directory, self.lm, self.optimizer, self.scheduler,
                             self.trainer_record())
         self.acc.wait_for_everyone()
         save_rank_files(directory, self.acc.process_index)
@@ -410,7 +364,7 @@ class _Trainer:
         if directory is None:
             self.acc.print(f"no training state in {self.out}; starting from scratch")
             return
-        record = load_state(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
+        record = load_state(directory, self.lm, self.optimizer, self.scheduler,
                             self.acc.process_index)
         given = dataclasses.asdict(self.config)
         for key in ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora"):
@@ -418,6 +372,7 @@ class _Trainer:
                 raise ConfigError(f"--resume: {key} differs from the saved run "
                                   f"({record['config'].get(key)!r} vs {given[key]!r})")
         self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
+        self.reset_at = record.get("reset_at")
         self.best, self.history = record["best"], record["history"]
         self.acc.print(f"resumed from {directory} (epoch {self.epoch}, step {self.global_step})")
 
@@ -433,7 +388,7 @@ class _Trainer:
                      make_batch(self.run, indices, self.config.seed, self.epoch).items()}
             sync = contextlib.nullcontext() if a == accum - 1 else self.acc.no_sync(self.model)
             with sync:
-                loss = self.model(**batch).loss
+                loss = self.run.method.loss(self.model, batch)
                 self.acc.backward(loss / accum)
             losses.append(loss.detach())
         if self.config.max_grad_norm > 0:
@@ -445,21 +400,27 @@ class _Trainer:
 
     def end_epoch(self, loss: float) -> None:
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
+        if self.reset_at == self.epoch:
+            record["optimizer_reset"] = True
+        # A curriculum's model may be kept from its final phase only (or its last epoch, if never reached).
+        eligible = self.run.method.selectable(self.epoch) or self.epoch == self.config.epochs - 1
         if self.run.valid:
-            metrics = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
+            self.run.epoch = self.epoch  # a curriculum answers at the stage it trained
+            metrics = self.validate(self.lm, self.run, self.config, self.acc)
             if not isinstance(metrics, dict):
                 metrics = {"accuracy": float(metrics)}  # a custom validate may return accuracy alone
             record.update({f"valid_{name}": value for name, value in metrics.items()})
             accuracy = metrics["accuracy"]
-            improved = self.best is None or accuracy >= self.best
+            improved = eligible and (self.best is None or accuracy >= self.best)
         else:
-            accuracy, improved = None, True  # no valid split: keep the latest model
+            accuracy, improved = None, eligible  # no valid split: keep the latest model
         self.history.append(record)
         if improved:
             self.best = accuracy
             if self.acc.is_main_process:
-                save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
-                               {**model_meta(self.config, self.run, self.history), "best_epoch": self.epoch + 1,
+                save_model_dir(self.lm, self.run, self.out,
+                               {**model_meta(self.config, self.run, self.history, self.epoch),
+                                "best_epoch": self.epoch + 1,
                                 "best_valid_accuracy": accuracy})
         self.acc.print(f"epoch {self.epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
                        + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
@@ -467,6 +428,20 @@ class _Trainer:
             for name, value in record.items():
                 if name.startswith("valid_"):
                     self.writer.add_scalar(f"valid/{name[6:]}", value, self.global_step)
+
+    def start_epoch(self) -> None:
+        """Fresh optimizer moments when the method's phase changes (Coconut's stage, iCoT's removal
+        count); the learning-rate schedule goes on. At step 0 only: a run resumed mid-epoch has
+        the reset in its saved optimizer state, one resumed at an epoch's start makes it here."""
+        method = self.run.method
+        if self.step == 0 and self.epoch > 0 and method.phase(self.epoch) != method.phase(self.epoch - 1):
+            self.optimizer.state.clear()  # AdamW re-creates each parameter's state at its next step
+            self.reset_at = self.epoch
+
+    def cost(self) -> dict[str, float]:
+        """Seconds per optimizer step of this process's steps (forward, backward, update: no validation)."""
+        timed = self.step_seconds
+        return {"train_seconds_per_step": sum(timed) / len(timed)} if timed else {}
 
     def epoch_order(self) -> list[int]:
         order = epoch_order(len(self.run.encoded), self.steps_per_epoch * self.config.batch_size,
@@ -487,8 +462,11 @@ class _Trainer:
         try:
             while self.epoch < self.config.epochs and self.global_step < self.total:
                 order = self.epoch_order()
+                self.start_epoch()
                 while self.step < self.steps_per_epoch and self.global_step < self.total:
+                    begun = time.perf_counter()
                     loss = self.train_step(order)
+                    self.step_seconds.append(time.perf_counter() - begun)
                     self.step += 1
                     self.global_step += 1
                     bar.update(1)
@@ -512,13 +490,13 @@ class _Trainer:
         if self.acc.is_main_process and self.step and (not self.run.valid
                                                        or not (self.out / "config.json").is_file()):
             # Stopped mid-epoch by max_steps: save what was trained.
-            save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
-                           model_meta(self.config, self.run, self.history))
+            save_model_dir(self.lm, self.run, self.out,
+                           {**model_meta(self.config, self.run, self.history, self.epoch), **self.cost()})
         elif self.acc.is_main_process and (self.out / MODEL_META).is_file():
             # The best epoch's directory was written when it was best; give it the whole
             # learning curve, the epochs after it included.
             meta = read_json(self.out / MODEL_META)
-            atomic_write_json(self.out / MODEL_META, {**meta, "history": self.history})
+            atomic_write_json(self.out / MODEL_META, {**meta, "history": self.history, **self.cost()})
         self.acc.wait_for_everyone()
 
     def log(self, loss: float, started: float) -> None:
