@@ -148,15 +148,22 @@ torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 import stage2_toy; stage2_toy.register()
 from token_assorted.train import TrainConfig, train_lm
-cfg = TrainConfig(task="toy", data={train!r}, codes={codes!r}, out=sys.argv[1], strategy="token-assorted",
-                  epochs=4, batch_size=4, lr=3e-3, save_every=3, progress=False, resume=sys.argv[2] == "1")
+cfg = TrainConfig(task="toy", data={train!r}, codes={codes!r}, out=sys.argv[1], strategy={strategy!r},
+                  epochs=4, batch_size=4, lr=3e-3, save_every=3, progress=False, resume=sys.argv[2] == "1",
+                  **{options!r})
 train_lm(cfg)
 """
+# The other methods' schedules change within the run, so the kill and the resume cross an
+# optimizer reset: Coconut's stages 0-3 one epoch each, iCoT 2 more tokens removed per epoch.
+RESUMED = {"token-assorted": {},
+           "coconut": {"coconut_cot_epochs": 1, "coconut_epochs_per_stage": 1, "coconut_stages": 3},
+           "icot": {"icot_tokens_per_epoch": 2}}
 
 
-def _runner(data, tmp_path) -> Path:
+def _runner(data, tmp_path, strategy: str = "token-assorted") -> Path:
     path = tmp_path / "runner.py"
-    path.write_text(RUNNER.format(tests=str(TESTS), train=str(data["train"]), codes=str(data["codes"])))
+    path.write_text(RUNNER.format(tests=str(TESTS), train=str(data["train"]), codes=str(data["codes"]),
+                                  strategy=strategy, options=RESUMED[strategy]))
     return path
 
 
@@ -171,8 +178,9 @@ def _committed_step(out: Path) -> int:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_same_weights(data, tmp_path):
-    runner = _runner(data, tmp_path)
+@pytest.mark.parametrize("strategy", list(RESUMED))
+def test_kill_and_resume_gives_the_same_weights(data, tmp_path, strategy):
+    runner = _runner(data, tmp_path, strategy)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([sys.executable, str(runner), str(straight), "0"], check=True, env=env, timeout=300)
@@ -193,20 +201,30 @@ def test_kill_and_resume_gives_the_same_weights(data, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert meta(straight)["history"] == meta(killed)["history"]
+    if strategy != "token-assorted":  # the resets happened where they should, in both runs
+        assert [h.get("optimizer_reset", False) for h in meta(killed)["history"]] == [False, True, True, True]
+
+
+def free_port() -> str:
+    """A free TCP port for the rendezvous (torchrun's port 0 does not reach the workers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path):
+@pytest.mark.parametrize("strategy", ["token-assorted", "coconut", "icot"])
+def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path, strategy):
     script = tmp_path / "ddp_main.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport stage2_toy\n"
                       f"stage2_toy.register()\nfrom token_assorted.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "ddp"
-    with socket.socket() as probe:  # a free port (torchrun's port 0 does not reach the workers)
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               str(script), "train", "--task", "toy", "--data", str(data["train"]), "--codes", str(data["codes"]),
-               "--out", str(out), "--epochs", "1", "--batch-size", "8", "--grad-accum", "2", "--no-progress"]
+    # Coconut: one epoch at stage 1, so its multi-pass forward (prompt, a thought, the rest) runs under DDP.
+    extra = ["--coconut-cot-epochs", "0", "--coconut-stages", "1"] if strategy == "coconut" else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               str(script), "train", "--task", "toy", "--strategy", strategy, "--data", str(data["train"]),
+               "--codes", str(data["codes"]), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+               "--grad-accum", "2", "--no-progress", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -214,6 +232,8 @@ def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path):
     assert record["history"][-1]["step"] == 64 // 8  # same optimizer steps as one process
     assert (out / "model.safetensors").is_file()
     assert result.stdout.count("model saved to") == 1  # the main process reports, once
+    if strategy == "coconut":
+        assert meta(out)["coconut"]["thoughts"] == 1
 
 
 def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():

@@ -8,12 +8,17 @@ latent token can never leak into a parsed answer.
 
 For the maze's 1-Feasible-10 metric, `samples=N` adds N top-k samples per question: the
 question is solved when any sample is feasible (greedy figures are reported beside it).
+
+A Coconut model answers through its own loop (its thoughts are vectors, not tokens):
+`evaluate_loaded` picks it from the model's `token_assorted.json` (`methods.generation_of`)
+and everything after generation (parsing, scoring, counting, timing) is shared.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,9 @@ class EvalConfig:
     limit: int | None = None  # evaluate only the first `limit` examples
     progress: bool = True  # show a tqdm bar over batches
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
+    intervene: str | None = None  # Coconut: change every thought fed back, noise or zero (thoughts.py); None: plain
+    intervene_seed: int = 0  # of the noise directions
+    noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
 
 @dataclass
@@ -214,8 +222,12 @@ def _detail_means(predictions: list[Prediction]) -> dict[str, float]:
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
              config: EvalConfig | None = None, latent_vocab: LatentVocab | None = None,
-             chat_template: bool = False) -> EvalResult:
-    """Generate for every example with an in-memory model and score the outputs."""
+             chat_template: bool = False, generate: Callable[..., _Generated] | None = None) -> EvalResult:
+    """Generate for every example with an in-memory model and score the outputs.
+
+    `generate` replaces `generate_ids` (same signature): a Coconut model's loop (thoughts.py).
+    """
+    generate = generate or generate_ids
     config = config or EvalConfig()
     if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
         raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
@@ -225,11 +237,11 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         raise ConfigError("nothing to evaluate: no examples")
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
-    greedy = generate_ids(model, tokenizer, prompts, config, desc=f"eval {task.name}")
+    greedy = generate(model, tokenizer, prompts, config, desc=f"eval {task.name}")
     predictions = [_predict(i, ex, ids, task, tokenizer, latent_vocab)
                    for i, (ex, ids) in enumerate(zip(examples, greedy.ids))]
     sampled_accuracy = _score_samples(model, tokenizer, task, examples, prompts, config, latent_vocab,
-                                      predictions) if config.samples > 0 else None
+                                      predictions, generate) if config.samples > 0 else None
     total = sum(p.n_tokens for p in predictions)
     latent = sum(p.n_latent_tokens for p in predictions)
     n = len(predictions)
@@ -244,11 +256,12 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
 
 def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                    examples: list[Example], prompts: list[list[int]], config: EvalConfig,
-                   latent_vocab: LatentVocab | None, predictions: list[Prediction]) -> float:
+                   latent_vocab: LatentVocab | None, predictions: list[Prediction],
+                   generate: Callable[..., _Generated] = generate_ids) -> float:
     """Any-of-N accuracy: each prompt repeated N times, sampled with top-k."""
     torch.manual_seed(config.seed)
     repeated = [p for p in prompts for _ in range(config.samples)]
-    sampled = generate_ids(model, tokenizer, repeated, config, sample=True, desc=f"sample x{config.samples}")
+    sampled = generate(model, tokenizer, repeated, config, sample=True, desc=f"sample x{config.samples}")
     for i, (example, prediction) in enumerate(zip(examples, predictions)):
         outputs = sampled.ids[i * config.samples: (i + 1) * config.samples]
         prediction.samples_solved = any(
@@ -328,8 +341,17 @@ def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalCon
                  task: str | Task | None = None) -> EvalResult:
     """Evaluate a trained model directory (reads its token_assorted.json)."""
     loaded = load_model_dir(model_dir)  # a GPU when there is one
-    return evaluate(loaded.model, loaded.tokenizer, resolve_task(loaded, task), examples, config,
-                    loaded.latent_vocab, loaded.chat_template)
+    return evaluate_loaded(loaded, resolve_task(loaded, task), examples, config)
+
+
+def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example],
+                    config: EvalConfig | None = None) -> EvalResult:
+    """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop)."""
+    from .methods import generation_of
+
+    generate, vocab = generation_of(loaded.meta, loaded.latent_vocab, config)
+    return evaluate(loaded.model, loaded.tokenizer, task, examples, config, vocab, loaded.chat_template,
+                    generate=generate)
 
 
 def predictions_path(results_path: str | Path) -> Path:

@@ -41,8 +41,10 @@ from .tasks.base import Task
 
 BASE_METHODS = ("sol-only", "cot", "token-assorted")
 ABLATIONS = ("all-replace", "curriculum", "poisson")
+PEERS = ("coconut", "icot")  # the field's other latent-reasoning methods (methods.PEER_METHODS)
 DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token Assorted",
-                 "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace"}
+                 "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace",
+                 "coconut": "Coconut", "icot": "iCoT"}
 MARKER = ".complete.json"
 # Keys the pipeline sets itself in the stage configs (a preset may not).
 _VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
@@ -147,7 +149,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def check_config(config: PipelineConfig, source: str = "preset") -> None:
     """Check names and the stage sections against the stages' own typed configs."""
-    from .mixing import STRATEGY_NAMES
+    from .methods import METHOD_NAMES
     from .tasks import get_task
 
     options = get_task(config.task, **config.data.task_options).generator_options()
@@ -156,8 +158,8 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
         raise ConfigError(f"{source}: unknown {config.task} generator option(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(options) or 'none'}")
     for name in [*config.methods, *config.method_overrides]:
-        if name not in STRATEGY_NAMES:
-            raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+        if name not in METHOD_NAMES:
+            raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
     if config.seeds < 1:
         raise ConfigError(f"{source}: seeds must be >= 1")
     try:
@@ -518,8 +520,8 @@ def _run_details(summary: dict[str, Any]) -> dict[str, Any]:
 def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | None,
                        log: Callable[[str], None]) -> list[str]:
     """A few test predictions of the Token Assorted model with their latent spans decoded."""
-    method = next((m for m in ("token-assorted", *config.methods) if m in config.methods and m != "cot"
-                   and m != "sol-only"), None)
+    method = next((m for m in ("token-assorted", *config.methods) if m in config.methods
+                   and m not in ("cot", "sol-only", *PEERS)), None)
     if method is None or config.explain_samples <= 0:
         return []
     from .explain import Explainer, render

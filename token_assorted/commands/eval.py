@@ -2,6 +2,9 @@
 
 Writes RESULTS.json (the figures) and RESULTS.predictions.jsonl (one line per question:
 generated text with latent tokens, parsed answer, correctness, token counts).
+
+A Coconut model answers through its own loop (continuous thoughts are not tokens);
+`--intervene noise|zero` changes every thought it feeds back: does the answer depend on them?
 """
 
 from __future__ import annotations
@@ -29,22 +32,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
                         help="auto: bf16 autocast on CUDA (as in training), fp32 on CPU")
+    parser.add_argument("--intervene", default=None, metavar="MODE",
+                        help="a Coconut model's thoughts: noise (a random direction of --noise-scale times each "
+                             "thought's norm added), zero (the zero vector fed back) or none")
+    parser.add_argument("--noise-scale", type=float, default=4.0, help="norm of --intervene noise, in thought norms")
+    parser.add_argument("--intervene-seed", type=int, default=0, help="seed of the noise directions")
     add_task_flags(parser)
     parser.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate, load_model_dir, resolve_task, save_result
+    from ..evaluate import EvalConfig, evaluate_loaded, load_model_dir, resolve_task, save_result
 
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, samples=args.samples,
                         top_k=args.top_k, seed=args.seed, limit=args.limit,
-                        mixed_precision=args.mixed_precision)
+                        mixed_precision=args.mixed_precision, intervene=args.intervene,
+                        intervene_seed=args.intervene_seed, noise_scale=args.noise_scale)
     loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task, task_options_from_args(args))
     examples = task.load(args.data)
-    result = evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
-                      loaded.chat_template)
-    preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data)})
+    result = evaluate_loaded(loaded, task, examples, config)
+    probe = {"intervene": args.intervene, "noise_scale": args.noise_scale} if args.intervene else {}
+    preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data), **probe})
     line = (f"{task.name}: accuracy {result.accuracy:.3f} on {result.n} | generated tokens "
             f"{result.avg_generated_tokens:.1f} (latent {result.avg_latent_tokens:.1f}) | "
             f"{result.seconds_per_example * 1000:.1f} ms/example")

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a shipped preset (cpu: default, 2 CPU cores, ~15 min; paper: official task "
                              "sizes; gpu: GPT-2 size at paper scale; tiny: seconds, for tests) or a YAML file")
     parser.add_argument("--strategies", nargs="*", default=[], metavar="NAME",
-                        help="ablations to add to sol-only/cot/token-assorted: all-replace, curriculum, "
-                             "poisson, or 'all'")
+                        help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
+                             "curriculum, poisson ('all': the three), and the other latent-reasoning methods "
+                             "coconut and icot")
     parser.add_argument("--seeds", type=int, default=None, help="repeat each method with N seeds (mean ± std)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..models import is_preset
-    from ..pipeline import ABLATIONS, load_preset, parse_overrides, run_pipeline
+    from ..pipeline import ABLATIONS, PEERS, load_preset, parse_overrides, run_pipeline
 
     overrides = parse_overrides(args.overrides)
     if args.task and args.task != load_preset(args.preset).task:
@@ -74,8 +75,9 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_preset(args.preset, overrides)
     extra = list(ABLATIONS) if "all" in args.strategies else args.strategies
     for name in extra:
-        if name not in ABLATIONS and name not in config.methods:
-            raise ConfigError(f"--strategies: unknown ablation {name!r}; choose from {', '.join(ABLATIONS)} or all")
+        if name not in (*ABLATIONS, *PEERS) and name not in config.methods:
+            raise ConfigError(f"--strategies: unknown method {name!r}; choose from "
+                              f"{', '.join((*ABLATIONS, *PEERS))} or all (the ablations)")
         if name not in config.methods:
             config.methods.append(name)
     preset_name = Path(args.preset).stem

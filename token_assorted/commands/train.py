@@ -24,7 +24,8 @@ def _int_list(text: str) -> list[int]:
 # flag -> (TrainConfig key, type, help); every default lives in TrainConfig.
 OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--task": ("task", str, "task name (prontoqa, prosqa, keys-maze, gsm8k, qa: your own data)"),
-    "--strategy": ("strategy", str, "token-assorted (default), cot, sol-only, all-replace, curriculum, poisson"),
+    "--strategy": ("strategy", str, "token-assorted (default), cot, sol-only, all-replace, curriculum, poisson, "
+                                    "coconut (continuous thoughts), icot (stepwise internalization)"),
     "--data": ("data", str, "training examples (JSONL or JSON list)"),
     "--valid": ("valid", str, "validation examples: greedy accuracy every epoch; the best model is kept"),
     "--vqvae": ("vqvae", str, "stage-1 VQ-VAE directory (needed by the latent strategies)"),
@@ -44,6 +45,14 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--poisson-p": ("poisson_p", float, "poisson: probability of replacing each chunk"),
     "--curriculum-epochs": ("curriculum_epochs", int, "curriculum: epochs per stage"),
     "--curriculum-max-chunks": ("curriculum_max_chunks", int, "curriculum: cap on replaced chunks"),
+    "--coconut-thoughts-per-step": ("coconut_thoughts_per_step", int, "coconut: continuous thoughts per step (c)"),
+    "--coconut-stages": ("coconut_stages", int, "coconut: last stage (default: the most steps of a trace)"),
+    "--coconut-epochs-per-stage": ("coconut_epochs_per_stage", int, "coconut: epochs of each stage"),
+    "--coconut-cot-epochs": ("coconut_cot_epochs", int, "coconut: epochs of stage 0, plain CoT "
+                             "(default: --coconut-epochs-per-stage)"),
+    "--icot-tokens-per-epoch": ("icot_tokens_per_epoch", int, "icot: leading trace tokens removed per epoch"),
+    "--icot-smoothing-lambda": ("icot_smoothing_lambda", float, "icot: removal smoothing lambda (4: the paper's)"),
+    "--icot-final-epochs": ("icot_final_epochs", int, "icot: last epochs trained with the whole trace removed"),
     "--seed": ("seed", int, "random seed (data order, m draws, initialisation)"),
     "--mixed-precision": ("mixed_precision", str, "auto (bf16 on CUDA only), no or bf16"),
     "--eval-limit": ("eval_limit", int, "validate on the first N examples only"),

@@ -1,0 +1,157 @@
+"""Answering with continuous thoughts: Coconut's batched generation loop, and interventions on it.
+
+A Coconut model cannot be run by `model.generate`: its thoughts are vectors, not tokens. This
+loop does what training does, batched and on the KV cache (the public Coconut code answers
+one question at a time and recomputes the prefix for every token): prompt ⊕ `<bot>` left-padded
+in one pass, the trained number of thoughts (one pass each, `coconut.think`), `<eot>` forced,
+then greedy (or top-k sampled) text one token per pass until eos or `max_new_tokens` text
+tokens.
+
+What it returns is what `evaluate` scores: per question the ids `<bot> <thought>×n <eot>
+text… eos`. The thoughts count as generated positions, latent ones with the two markers
+(as Token Assorted's latent tokens and delimiters do), so token counts compare fairly; the
+verifier reads the text only. The text after `<eot>` gets the whole `max_new_tokens` budget.
+
+Interventions ask whether the thoughts carry the answer (METHOD.md, "Do latents reason, or
+only buffer?"): ``noise`` adds to every thought a random direction scaled to `noise_scale` ×
+the thought's own norm (Cui et al. 2026 use 4), seeded per (seed, question, thought), so the
+batch and its order do not change it; ``zero`` feeds the zero vector instead; ``none`` changes
+nothing. A model's latent reliance is accuracy(none) − accuracy(noise).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .coconut import Transform, continue_with, saved_vocab, think
+from .devices import autocast
+from .errors import ConfigError
+from .tokenizer import LatentVocab
+
+THOUGHT_INTERVENTIONS = ("none", "noise", "zero")
+
+
+def noise_direction(seed: int, index: int, position: int, width: int) -> torch.Tensor:
+    """A unit vector for question `index`'s thought `position`: the same whatever the batch."""
+    direction = np.random.default_rng([seed, index, position]).standard_normal(width)
+    return torch.from_numpy(direction / np.linalg.norm(direction)).float()  # (D,)
+
+
+def intervention(mode: str | None, rows: Sequence[int], seed: int = 0, scale: float = 4.0) -> Transform | None:
+    """The change made to each thought of the questions `rows` (None: none)."""
+    if mode in (None, "none"):
+        return None
+    if mode == "zero":
+        return lambda thought, k: torch.zeros_like(thought)
+    if mode != "noise":
+        raise ConfigError(f"--intervene {mode!r}: a Coconut model's thoughts take one of "
+                          f"{', '.join(THOUGHT_INTERVENTIONS)}")
+
+    def add_noise(thought: torch.Tensor, k: int) -> torch.Tensor:  # thought: (B, D)
+        directions = torch.stack([noise_direction(seed, i, k, thought.shape[-1]) for i in rows])  # (B, D)
+        norms = thought.float().norm(dim=-1, keepdim=True)  # (B, 1)
+        return (thought.float() + scale * norms * directions.to(thought.device)).to(thought.dtype)
+
+    return add_noise
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from .evaluate import _left_pad as left_pad  # evaluate imports this module lazily
+
+    return left_pad(prompts, pad_id)
+
+
+def _next_tokens(logits: torch.Tensor, config: Any, sample: bool) -> torch.Tensor:
+    """Greedy, or top-k sampling at the configured temperature (the maze's 1-Feasible-N)."""
+    if not sample:
+        return logits.argmax(-1)  # (B,)
+    top, where = logits.float().topk(min(config.top_k, logits.shape[-1]), dim=-1)  # (B, k)
+    probabilities = torch.softmax(top / config.temperature, dim=-1)
+    return where.gather(-1, torch.multinomial(probabilities, 1)).squeeze(-1)
+
+
+def generate_batch(model: Any, head_ids: torch.Tensor, head_mask: torch.Tensor, n_thoughts: int,
+                   vocab: LatentVocab, eos_id: int, pad_id: int, config: Any, sample: bool = False,
+                   transform: Transform | None = None) -> list[list[int]]:
+    """One left-padded batch of prompt ⊕ <bot>: thoughts, <eot>, then text; ids per row, cut after eos."""
+    state = think(model, head_ids, head_mask, n_thoughts, transform)
+    rows = head_ids.shape[0]
+    tokens = torch.full((rows, 1), vocab.end_id, device=head_ids.device)  # (B, 1): <eot> is forced
+    written: list[list[int]] = [[vocab.begin_id, *[vocab.first_code_id] * n_thoughts, vocab.end_id]
+                                for _ in range(rows)]
+    done = torch.zeros(rows, dtype=torch.bool, device=head_ids.device)
+    for _ in range(config.max_new_tokens):
+        out = continue_with(model, state, tokens, torch.ones_like(tokens), logits_to_keep=1)
+        # The cache grew in place by one position; the mask and the next position follow it.
+        state.mask = torch.cat([state.mask, torch.ones_like(tokens)], dim=1)  # (B, T + 1)
+        state.position = state.position + 1
+        chosen = _next_tokens(out.logits[:, -1], config, sample)  # (B,)
+        chosen = torch.where(done, torch.full_like(chosen, pad_id), chosen)  # finished rows idle on pad
+        for row, token in enumerate(chosen.tolist()):
+            if not done[row]:
+                written[row].append(token)
+        done |= chosen == eos_id
+        if bool(done.all()):
+            break
+        tokens = chosen[:, None]
+    return written
+
+
+def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any, *, sample: bool = False,
+                      desc: str = "generate", n_thoughts: int, vocab: LatentVocab):
+    """`evaluate.generate_ids` for a Coconut model: the same batches (longest prompts first), timing and output."""
+    from .evaluate import _Generated, check_context
+
+    check_context(model, prompts, config.max_new_tokens + n_thoughts + 2)  # <bot>, thoughts, <eot>
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[list[int]] = [[] for _ in prompts]
+    mode = getattr(config, "intervene", None)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    for begin in tqdm(range(0, len(order), config.batch_size), desc=desc, unit="batch",
+                      disable=not config.progress, leave=False):
+        rows = order[begin: begin + config.batch_size]
+        head_ids, head_mask = _left_pad([prompts[i] + [vocab.begin_id] for i in rows], pad_id)
+        transform = intervention(mode, rows, getattr(config, "intervene_seed", 0),
+                                 getattr(config, "noise_scale", 4.0))
+        with torch.inference_mode(), autocast(config.mixed_precision, device):
+            written = generate_batch(model, head_ids.to(device), head_mask.to(device), n_thoughts, vocab, eos_id,
+                                     pad_id, config, sample, transform)
+        for index, ids in zip(rows, written):
+            outputs[index] = ids
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    return _Generated(outputs, seconds)
+
+
+def thought_generation(vocab: LatentVocab, n_thoughts: int):
+    """A generate function (evaluate.generate_ids's signature) answering with `n_thoughts` thoughts."""
+    def generate(model, tokenizer, prompts, config, *, sample=False, desc="generate"):
+        return generate_thoughts(model, tokenizer, prompts, config, sample=sample, desc=desc,
+                                 n_thoughts=n_thoughts, vocab=vocab)
+
+    return generate
+
+
+def saved_generation(record: dict[str, Any], config: Any = None) -> tuple[Any, LatentVocab]:
+    """How a saved Coconut model answers: its recorded thought count, its thought tokens."""
+    vocab = saved_vocab(record)
+    n_thoughts = record.get("thoughts")
+    if not isinstance(n_thoughts, int) or n_thoughts < 0:
+        raise ConfigError(f"token_assorted.json: coconut.thoughts must be an integer >= 0, got {n_thoughts!r}")
+    if config is not None:
+        mode = getattr(config, "intervene", None)
+        if mode is not None and mode not in THOUGHT_INTERVENTIONS:
+            raise ConfigError(f"--intervene {mode}: a Coconut model's thoughts take one of "
+                              f"{', '.join(THOUGHT_INTERVENTIONS)}")
+    return thought_generation(vocab, n_thoughts), vocab
