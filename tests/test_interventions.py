@@ -216,7 +216,7 @@ def _eval(out, data, tmp_path, *extra):
 
 
 @pytest.mark.parametrize("extra, names", [
-    (["--latent-chunks", "2"], ["--latent-chunks 2", "at most 1", "max_latent_chunks"]),
+    (["--latent-chunks", "2"], ["--latent-chunks 2", "at most 1 latent chunk per", "max_latent_chunks"]),
     (["--latent-chunks", "lots"], ["--latent-chunks", "lots"]),
     (["--intervene", "noise"], ["--intervene", "noise", "random"]),
     (["--intervene", "random", "--samples", "3"], ["greedy only"]),

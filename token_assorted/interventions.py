@@ -94,8 +94,9 @@ def check_dial_limit(latent_chunks: int | str | None, max_chunks: int | None) ->
         raise ConfigError("--latent-chunks all: the model never saw a latent chunk in training "
                           "(max_latent_chunks 0 in token_assorted.json)")
     if isinstance(latent_chunks, int) and latent_chunks > max_chunks:
+        plural = "" if max_chunks == 1 else "s"
         raise ConfigError(f"--latent-chunks {latent_chunks}: the model was trained with at most {max_chunks} "
-                          f"latent chunks per answer (max_latent_chunks in token_assorted.json)")
+                          f"latent chunk{plural} per answer (max_latent_chunks in token_assorted.json)")
 
 
 def model_layout(meta: dict[str, Any], vocab: LatentVocab | None) -> ChunkLayout | None:
