@@ -13,6 +13,7 @@ from token_assorted.environment import describe, environment
 from token_assorted.errors import ConfigError, DataError
 from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
                                      preset_names, run_stage, train_settings)
+from token_assorted.probes import summarize
 from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
 
 
@@ -140,13 +141,26 @@ def test_report_answers_whether_the_latent_tokens_carry_the_reasoning(tmp_path):
     paths = write_report(tmp_path, _probed(), {"task": "prosqa"})
     text = paths["report"].read_text()
     assert "## Do the latent tokens carry the reasoning?" in text
-    assert "| Token Assorted | 86.0 | 83.0 | 85.0 | 89.0 | +3.0 |" in text and "| Pause | 84.0 | – | – | – | – |" in text
+    assert "| Token Assorted | 86.0 | 83.0 | 85.0 | 89.0 | +3.0 |" in text
+    assert "| Pause | 84.0 | – | – | – | – |" in text
     # 3 points on 300 questions is within two standard errors (about ±5.9 points): said so, not claimed.
     assert "within noise" in text and "±5.9" in text and "worth +2.0 points over empty slots" in text
     assert "| all | 50.0 | 11.0 | 4.0 |" in text and "latency_dial.png" in text
     assert paths["dial"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = write_report(tmp_path / "plain", _results(), {"task": "prosqa"})  # no probes: no section, no plot
     assert "dial" not in plain and "carry the reasoning" not in plain["report"].read_text()
+
+
+def test_probe_figures_are_averaged_over_seeds():
+    seeds = [{"interventions": {"none": 0.8, "random": 0.6}, "latent_reliance": 0.2,
+              "dial": [{"k": 0, "accuracy": 0.5, "avg_generated_tokens": 10.0, "avg_latent_tokens": 0.0}]},
+             {"interventions": {"none": 0.9, "random": 0.9}, "latent_reliance": 0.0,
+              "dial": [{"k": 0, "accuracy": 0.7, "avg_generated_tokens": 12.0, "avg_latent_tokens": 0.0}]}]
+    mean = summarize(seeds)
+    assert mean["interventions"] == pytest.approx({"none": 0.85, "random": 0.75})
+    assert mean["latent_reliance"] == pytest.approx(0.1)
+    assert mean["dial"] == [{"k": 0, "accuracy": pytest.approx(0.6), "avg_generated_tokens": pytest.approx(11.0),
+                             "avg_latent_tokens": 0.0}]
 
 
 def test_seeds_are_averaged_with_sample_std():
@@ -216,7 +230,8 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     assert "## Do the latent tokens carry the reasoning?" in report and "| Pause |" in report
     assert "## Latency dial" in report and (out / "latency_dial.png").is_file()
     pause_meta = json.loads((out / "models" / "pause" / "token_assorted.json").read_text())
-    assert pause_meta["pause_id"] == pause_meta["latent_vocab"]["pause_id"] and pause_meta["max_latent_chunks"] == most
+    assert pause_meta["pause_id"] == pause_meta["latent_vocab"]["pause_id"]
+    assert pause_meta["max_latent_chunks"] == most
     # A rerun reuses every stage; a changed eval setting recomputes only the evaluations and probes.
     capsys.readouterr()
     assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0

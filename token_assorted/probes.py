@@ -4,7 +4,7 @@ For every method whose model writes latent codes (`mixing.CODE_STRATEGIES`), `to
 run` scores the test split again with the codes replaced as they are written (`random`,
 `shuffle`, `constant`; `none` is the plain evaluation, reused) and with the latency dial at
 K = 0 … max_latent_chunks chunks (plus `all` where the test traces' own chunk counts differ
-from that maximum). `interventions.py` does the work; this module runs it as one cached
+from that maximum; `dial_max` caps K). `interventions.py` does the work; this module runs it as one cached
 stage per model, `OUT/probes/<model>/`, which holds every probe's results and predictions
 and `probes.json`, the summary that results.json and report.md read:
 
@@ -36,6 +36,7 @@ class ProbeSettings:
     seed: int = 0  # of the random codes and of the shuffle's permutation
     constant_code: int = 0  # the code of the constant intervention
     dial: bool = True  # the latency dial for K = 0 … max_latent_chunks (and all)
+    dial_max: int | None = None  # highest K of the dial (None: max_latent_chunks; long math traces need a cap)
 
 
 def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "preset") -> None:
@@ -44,8 +45,8 @@ def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "p
     if unknown:
         raise ConfigError(f"{source}: probes.interventions: unknown mode {unknown[0]!r}; choose from "
                           f"{', '.join(INTERVENTIONS)}")
-    if settings.seed < 0:
-        raise ConfigError(f"{source}: probes.seed must be >= 0, got {settings.seed}")
+    if settings.seed < 0 or (settings.dial_max is not None and settings.dial_max < 0):
+        raise ConfigError(f"{source}: probes.seed and probes.dial_max must be >= 0")
     if not 0 <= settings.constant_code < codebook_size:
         raise ConfigError(f"{source}: probes.constant_code {settings.constant_code} outside the codebook "
                           f"(0..{codebook_size - 1})")
@@ -72,10 +73,13 @@ def run_probes(model_dir: Path, test: list[Any], task: Any, base: Any, plain_acc
         summary["latent_reliance"] = plain_accuracy - summary["interventions"]["random"]
     if settings.dial:
         most = trained_max_chunks(loaded.meta, loaded.tokenizer) or 0
+        loaded.meta["max_latent_chunks"] = most  # in memory: a model dir without it is recomputed once only
         layout = model_layout(loaded.meta, loaded.latent_vocab)
-        steps: list[int | str] = list(range(most + 1))
+        top = most if settings.dial_max is None else min(most, settings.dial_max)
+        steps: list[int | str] = list(range(top + 1))
         per = layout.latents_per_chunk if layout else 1
-        if most > 0 and any(n != most * per for n in dial_lengths(loaded.tokenizer, task, test, ALL_CHUNKS, layout)):
+        lengths = dial_lengths(loaded.tokenizer, task, test, ALL_CHUNKS, layout)
+        if most > 0 and settings.dial_max is None and any(n != most * per for n in lengths):
             steps.append(ALL_CHUNKS)  # the test traces' own lengths are another point of the curve
         summary["dial"] = []
         for k in steps:
