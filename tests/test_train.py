@@ -258,7 +258,9 @@ def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
     theirs = pause.model.state_dict()
     for name, tensor in assorted.model.state_dict().items():
         assert torch.equal(tensor, theirs[name][:tensor.shape[0]]), name
-    assert theirs["model.embed_tokens.weight"].shape[0] == vocab.pause_id + 1
+    rows = theirs["model.embed_tokens.weight"]
+    assert rows.shape[0] == vocab.pause_id + 1
+    assert not torch.equal(rows[vocab.pause_id], rows[vocab.begin_id])  # a row of its own, not a delimiter's
     # Same batches, with one pause token where each code was.
     a, p = make_batch(assorted, range(16), 0, 0)["input_ids"], make_batch(pause, range(16), 0, 0)["input_ids"]
     is_code = (a >= vocab.first_code_id) & (a < vocab.first_code_id + vocab.codebook_size)

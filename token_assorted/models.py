@@ -165,7 +165,8 @@ def add_pause_row(model: PreTrainedModel, vocab: LatentVocab, seed: int = 0) -> 
     if vocab.pause_id >= model.get_input_embeddings().weight.shape[0]:
         with torch.random.fork_rng():  # resizing draws from the global generator: leave it as it was
             model.resize_token_embeddings(vocab.pause_id + 1, mean_resizing=False)
-    generator = torch.Generator().manual_seed(seed)
+    # Not `seed` itself: that stream's first draw is <boLatent>'s row, which <pause> must not copy.
+    generator = torch.Generator().manual_seed(2 * seed + 1)
     with torch.no_grad():
         embedding = model.get_input_embeddings().weight  # (V', D)
         embedding[vocab.pause_id] = mean_rows(embedding[:first_new], 1, generator)[0].to(embedding.dtype)
