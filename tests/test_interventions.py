@@ -206,8 +206,12 @@ def test_training_records_the_most_chunks_it_replaced(toy_model):
     assert meta["max_latent_chunks"] == 1 and meta["pause_id"] is None
     # A model dir trained before the record: the same figure from its recorded training run.
     from token_assorted.tokenizer import load_tokenizer
-    assert trained_max_chunks({k: v for k, v in meta.items() if k != "max_latent_chunks"},
-                              load_tokenizer(out)) == 1
+    older = {k: v for k, v in meta.items() if k != "max_latent_chunks"}
+    assert trained_max_chunks(older, load_tokenizer(out)) == 1
+    # `run --out r` records data paths relative to where it ran: found from the model dir's ancestors.
+    relative = {**older, "data": data["train"].name}  # the file sits beside the model dir
+    assert trained_max_chunks(relative, load_tokenizer(out), out) == 1
+    assert trained_max_chunks(relative, load_tokenizer(out)) is None  # not from here: the limit is unknown
 
 
 def _eval(out, data, tmp_path, *extra):

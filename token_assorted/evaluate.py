@@ -344,12 +344,12 @@ def resolve_task(loaded: LoadedModel, task: str | Task | None) -> Task:
     return get_task(name)
 
 
-def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example],
-                    config: EvalConfig | None = None) -> EvalResult:
+def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], config: EvalConfig | None = None,
+                    model_dir: str | Path | None = None) -> EvalResult:
     """Evaluate a loaded model dir; a latency dial beyond its trained maximum is refused."""
     config = config or EvalConfig()
     if config.latent_chunks is not None:
-        limit = trained_max_chunks(loaded.meta, loaded.tokenizer)
+        limit = trained_max_chunks(loaded.meta, loaded.tokenizer, model_dir)
         check_dial_limit(parse_latent_chunks(config.latent_chunks), limit)
     return evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
                     loaded.chat_template, model_layout(loaded.meta, loaded.latent_vocab))
@@ -359,7 +359,7 @@ def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalCon
                  task: str | Task | None = None) -> EvalResult:
     """Evaluate a trained model directory (reads its token_assorted.json)."""
     loaded = load_model_dir(model_dir)  # a GPU when there is one
-    return evaluate_loaded(loaded, resolve_task(loaded, task), examples, config)
+    return evaluate_loaded(loaded, resolve_task(loaded, task), examples, config, model_dir)
 
 
 def predictions_path(results_path: str | Path) -> Path:

@@ -107,13 +107,14 @@ def model_layout(meta: dict[str, Any], vocab: LatentVocab | None) -> ChunkLayout
     return ChunkLayout(size, per, vocab)
 
 
-def trained_max_chunks(meta: dict[str, Any], tokenizer: Any) -> int | None:
+def trained_max_chunks(meta: dict[str, Any], tokenizer: Any, model_dir: str | Path | None = None) -> int | None:
     """`max_latent_chunks` of a model dir; for a model trained before it was recorded,
     recomputed from its recorded training run (None when that data is gone)."""
     if isinstance(meta.get("max_latent_chunks"), int):
         return meta["max_latent_chunks"]
     settings, vocab = meta.get("config"), meta.get("latent_vocab")
-    if not isinstance(settings, dict) or not meta.get("data") or not Path(str(meta["data"])).is_file():
+    data = _training_data(meta.get("data"), model_dir)
+    if not isinstance(settings, dict) or data is None:
         return None
     layout = model_layout(meta, LatentVocab(**vocab)) if isinstance(vocab, dict) else None
     strategy = make_strategy(settings.get("strategy", ""), m_values=settings.get("m_values"),
@@ -124,9 +125,18 @@ def trained_max_chunks(meta: dict[str, Any], tokenizer: Any) -> int | None:
         return 0
     task = get_task(meta["task"])
     chat = bool(meta.get("chat_template"))
-    encoded = [encode_example(tokenizer, task, ex, chat) for ex in task.load(meta["data"])]
+    encoded = [encode_example(tokenizer, task, ex, chat) for ex in task.load(data)]
     kept = [e for e in encoded if max_sequence_length(e, layout) <= settings.get("max_length", 512)]
     return max_latent_chunks(strategy, kept, layout, settings.get("epochs", 1))
+
+
+def _training_data(recorded: Any, model_dir: str | Path | None) -> Path | None:
+    """The recorded training file; a relative one (`run --out r`) may be relative to an
+    ancestor of the model dir rather than to the current directory."""
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    bases = [Path.cwd()] + (list(Path(model_dir).resolve().parents) if model_dir is not None else [])
+    return next((base / recorded for base in bases if (base / recorded).is_file()), None)
 
 
 # --------------------------------------------------------------------------- replacement codes

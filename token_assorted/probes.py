@@ -72,7 +72,7 @@ def run_probes(model_dir: Path, test: list[Any], task: Any, base: Any, plain_acc
     if "random" in summary["interventions"]:
         summary["latent_reliance"] = plain_accuracy - summary["interventions"]["random"]
     if settings.dial:
-        most = trained_max_chunks(loaded.meta, loaded.tokenizer) or 0
+        most = trained_max_chunks(loaded.meta, loaded.tokenizer, model_dir) or 0
         loaded.meta["max_latent_chunks"] = most  # in memory: a model dir without it is recomputed once only
         layout = model_layout(loaded.meta, loaded.latent_vocab)
         top = most if settings.dial_max is None else min(most, settings.dial_max)

@@ -56,7 +56,7 @@ def run_eval(args: argparse.Namespace) -> int:
     loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task)
     examples = task.load(args.data)
-    result = evaluate_loaded(loaded, task, examples, config)
+    result = evaluate_loaded(loaded, task, examples, config, args.model)
     probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
               if getattr(config, key) is not None}
     preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data), **probes})
