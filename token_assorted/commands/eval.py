@@ -2,6 +2,11 @@
 
 Writes RESULTS.json (the figures) and RESULTS.predictions.jsonl (one line per question:
 generated text with latent tokens, parsed answer, correctness, token counts).
+
+Do the latent tokens carry the reasoning? `--intervene MODE` replaces every latent code the
+model writes, as it writes it (random, shuffle, constant; none changes nothing), and
+`--latent-chunks K` forces the answer to open with exactly K chunks of codes (0: text only;
+all: as many as the question's reference trace has). Both are greedy only.
 """
 
 from __future__ import annotations
@@ -30,26 +35,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"],
                         help="auto: bf16 autocast on CUDA (as in training), fp32 on CPU")
     add_task_flags(parser)
+    parser.add_argument("--intervene", default=None, metavar="MODE",
+                        help="replace each latent code the model writes: none, random, shuffle (other "
+                             "questions' codes) or constant")
+    parser.add_argument("--intervene-seed", type=int, default=0, help="seed of the random and shuffled codes")
+    parser.add_argument("--constant-code", type=int, default=0, help="the code of --intervene constant")
+    parser.add_argument("--latent-chunks", default=None, metavar="K",
+                        help="force the answer to open with exactly K chunks of latent codes, then text "
+                             "only (0: text-only CoT; all: the reference trace's chunks)")
     parser.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate, load_model_dir, resolve_task, save_result
+    from ..evaluate import EvalConfig, evaluate_loaded, load_model_dir, resolve_task, save_result
+    from ..interventions import check_probe_options, parse_latent_chunks
 
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, samples=args.samples,
                         top_k=args.top_k, seed=args.seed, limit=args.limit,
-                        mixed_precision=args.mixed_precision)
+                        mixed_precision=args.mixed_precision, intervene=args.intervene,
+                        intervene_seed=args.intervene_seed, constant_code=args.constant_code,
+                        latent_chunks=parse_latent_chunks(args.latent_chunks))
+    check_probe_options(config)  # before any weights are read
     loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task, task_options_from_args(args))
     examples = task.load(args.data)
-    result = evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
-                      loaded.chat_template)
-    preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data)})
+    result = evaluate_loaded(loaded, task, examples, config, args.model)
+    probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
+              if getattr(config, key) is not None}
+    preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data), **probes})
     line = (f"{task.name}: accuracy {result.accuracy:.3f} on {result.n} | generated tokens "
             f"{result.avg_generated_tokens:.1f} (latent {result.avg_latent_tokens:.1f}) | "
             f"{result.seconds_per_example * 1000:.1f} ms/example")
     if result.sampled_accuracy is not None:
         line += f" | any-of-{args.samples} {result.sampled_accuracy:.3f}"
+    line += "".join(f" | {key.replace('_', '-')} {value}" for key, value in probes.items())
     print(line)
     print(f"wrote {args.out} and {preds}")
     return 0
+
