@@ -123,7 +123,7 @@ def trained_max_chunks(meta: dict[str, Any], tokenizer: Any, model_dir: str | Pa
                              curriculum_max_chunks=settings.get("curriculum_max_chunks"))
     if strategy.name not in LAYOUT_STRATEGIES or layout is None:
         return 0
-    task = get_task(meta["task"])
+    task = get_task(meta["task"], **(meta.get("task_options") or {}))
     chat = bool(meta.get("chat_template"))
     encoded = [encode_example(tokenizer, task, ex, chat) for ex in task.load(data)]
     kept = [e for e in encoded if max_sequence_length(e, layout) <= settings.get("max_length", 512)]

@@ -100,7 +100,7 @@ def probe_stage(config: Any, out: Path, name: str, model: Any, data: Any, plain:
     from .pipeline import config_hash, eval_config, run_stage
     from .tasks import get_task
 
-    task = get_task(config.task)
+    task = get_task(config.task, **config.data.task_options)
 
     def build(path: Path) -> None:
         test = task.load(data.path / "test.jsonl")
