@@ -38,7 +38,7 @@ def tiny_math_preset(model_dir: Path) -> dict:
         "train": {"model": str(model_dir), "chat_template": True, "m_values": [0, 8, 16, 72], "epochs": 1,
                   "max_steps": 2, "batch_size": 4, "lr": 0.001, "eval_batch_size": 4, "eval_limit": 2,
                   "max_new_tokens": 8, "progress": False},
-        "methods": list(BASE_METHODS), "eval": {"batch_size": 6, "max_new_tokens": 24},
+        "methods": list(BASE_METHODS), "eval": {"batch_size": 6, "max_new_tokens": 24}, "probes": {"dial_max": 1},
         "explain_samples": 1, "threads": 1, "parallel": 1,
     }
 
@@ -63,10 +63,16 @@ def test_run_finishes_and_scores_every_method(math_run):
     assert math_run["code"] == 0
     results = read_json(math_run["out"] / "results.json")
     names = {m["name"] for m in results["methods"]}
-    assert names == {"Sol-Only", "CoT", "Token Assorted", "All-Replace", "Curriculum-Replace", "Poisson-Replace"}
+    assert names == {"Sol-Only", "CoT", "Token Assorted", "All-Replace", "Curriculum-Replace", "Poisson-Replace",
+                     "Pause"}
     for method in results["methods"]:
         assert method["n"] == 6 and 0.0 <= method["accuracy"] <= 1.0
         assert 0 < method["avg_generated_tokens"] <= 24
+    # Every model that writes codes is probed; the preset caps the dial at K = 1, and one epoch of
+    # the curriculum (stage 0) never replaced a chunk.
+    probed = {m["name"]: [p["k"] for p in m["dial"]] for m in results["methods"] if "dial" in m}
+    assert probed == {"Token Assorted": [0, 1], "All-Replace": [0, 1], "Curriculum-Replace": [0],
+                      "Poisson-Replace": [0, 1]}
     assert (math_run["out"] / "report.md").is_file()
 
 

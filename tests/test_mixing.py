@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from token_assorted.encoding import EncodedExample
 from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.mixing import (IGNORE_INDEX, ChunkLayout, Curriculum, PoissonReplace, TokenAssorted,
-                                   build_sequence, check_codes, chunks_for_m, make_strategy,
-                                   max_sequence_length, prefix_mask, replace_chunks)
+from token_assorted.mixing import (IGNORE_INDEX, STRATEGY_NAMES, ChunkLayout, Curriculum, Pause, PoissonReplace,
+                                   TokenAssorted, build_sequence, check_codes, chunks_for_m, make_strategy,
+                                   max_latent_chunks, max_sequence_length, prefix_mask, replace_chunks)
 from token_assorted.tokenizer import LatentVocab
 
 BO, EO, Z0 = 100, 101, 102  # <boLatent>, <eoLatent>, <latent_0>
@@ -111,6 +111,41 @@ def test_codes_must_match_the_trace():
         check_codes(5, [0, 1], LAYOUT)
     with pytest.raises(CheckpointError):
         check_codes(5, [0, 1, 9], LAYOUT)  # outside K=4
+
+
+PAUSE_ID = 106  # <pause>, after the four codes
+PAUSE_LAYOUT = ChunkLayout(2, 1, LatentVocab(4, BO, EO, Z0, pause_id=PAUSE_ID))
+
+
+@pytest.mark.parametrize("m_values", [None, [0, 0, 2, 99]])
+def test_pause_is_token_assorted_with_a_pause_token_in_place_of_each_code(m_values):
+    assorted, pause = TokenAssorted(m_values), Pause(m_values)
+    seen = set()
+    for epoch in range(6):
+        for index in range(6):
+            ta = build(assorted, epoch=epoch, index=index)
+            p = build_sequence(pause, EXAMPLE, None, PAUSE_LAYOUT, seed=0, epoch=epoch, index=index)
+            assert p.n_replaced == ta.n_replaced and len(p.input_ids) == len(ta.input_ids)
+            expected = [PAUSE_ID if VOCAB.id_to_code(t) is not None else t for t in ta.input_ids]
+            assert p.input_ids == expected and p.labels == MASKED + expected[3:]
+            seen.add(p.n_replaced)
+    assert len(seen) > 1  # the same draws of m, not one fixed split
+    all_latent = build_sequence(Pause([99]), EXAMPLE, None, PAUSE_LAYOUT, seed=0, epoch=0, index=0)
+    assert all_latent.input_ids == PROMPT + [BO, PAUSE_ID, PAUSE_ID, PAUSE_ID, EO, 30, 2]
+    with pytest.raises(ConfigError, match="pause"):  # no <pause> token in the vocabulary
+        build_sequence(pause, EXAMPLE, None, LAYOUT, seed=0, epoch=0, index=0)
+    assert "pause" in STRATEGY_NAMES and not Pause().needs_codes
+
+
+def test_the_most_chunks_each_strategy_can_replace():
+    encoded = [EXAMPLE, EncodedExample([1], [20, 21, 22], [2])]  # 3 and 2 chunks of L = 2
+    most = {name: max_latent_chunks(make_strategy(name, m_values=[0, 2]), encoded, LAYOUT, epochs=4)
+            for name in ("token-assorted", "pause", "cot", "sol-only", "all-replace", "poisson")}
+    assert most == {"token-assorted": 1, "pause": 1, "cot": 0, "sol-only": 0, "all-replace": 3, "poisson": 3}
+    assert max_latent_chunks(make_strategy("token-assorted"), encoded, LAYOUT, 4) == 3  # any split point
+    assert max_latent_chunks(Curriculum(epochs_per_stage=2), encoded, LAYOUT, epochs=4) == 1  # stages 0, 0, 1, 1
+    assert max_latent_chunks(PoissonReplace(0.0), encoded, LAYOUT, 4) == 0
+    assert max_latent_chunks(make_strategy("all-replace"), encoded, None, 4) == 0  # no layout: text only
 
 
 def test_unknown_strategy_is_a_config_error():

@@ -12,7 +12,8 @@ from token_assorted.cli import main
 from token_assorted.environment import describe, environment
 from token_assorted.errors import ConfigError, DataError
 from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
-                                     preset_names, run_stage)
+                                     preset_names, run_stage, train_settings)
+from token_assorted.probes import summarize
 from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
 
 
@@ -40,10 +41,22 @@ def test_preset_typos_are_config_errors(tmp_path):
         load_preset("no-such-preset")
     with pytest.raises(ConfigError, match="eval.mixed_precision"):
         load_preset("tiny", {"eval.mixed_precision": "fp16"})
+    with pytest.raises(ConfigError, match="probes.interventions: unknown mode 'noise'"):
+        load_preset("tiny", {"probes.interventions": ["random", "noise"]})
+    with pytest.raises(ConfigError, match="probes.constant_code 8 outside the codebook"):  # tiny: K = 8
+        load_preset("tiny", {"probes.constant_code": 8})
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: prosqa\nseeds: three\n")
     with pytest.raises(ConfigError, match="seeds"):
         load_preset(bad)
+
+
+def test_pause_draws_token_assorted_m_unless_it_has_its_own():
+    config = load_preset("cpu")
+    assert train_settings(config, "pause")["m_values"] == train_settings(config, "token-assorted")["m_values"]
+    assert "m_values" not in train_settings(config, "cot")
+    own = load_preset("cpu", {"method_overrides.pause": {"m_values": [99]}})
+    assert train_settings(own, "pause")["m_values"] == [99]
 
 
 def test_overrides_change_the_config():
@@ -99,6 +112,57 @@ def test_results_schema_is_exact():
         validate_results(missing)
 
 
+def _probed() -> dict:
+    methods = [MethodSummary("Token Assorted", 0.86, 15.0, 1.6, 0.005, 300, 1, 0.0),
+               MethodSummary("Pause", 0.84, 15.0, 1.6, 0.005, 300, 1, 0.0)]
+    probe = {"interventions": {"none": 0.86, "random": 0.83, "shuffle": 0.85, "constant": 0.89},
+             "latent_reliance": 0.03,
+             "dial": [{"k": 0, "accuracy": 0.9, "avg_generated_tokens": 18.0, "avg_latent_tokens": 0.0},
+                      {"k": "all", "accuracy": 0.5, "avg_generated_tokens": 11.0, "avg_latent_tokens": 4.0}]}
+    return build_results("prosqa", "cpu", methods, {"reconstruction_token_accuracy": 0.8, "codebook_usage": 0.5},
+                         None, {"Token Assorted": probe})
+
+
+def test_probe_fields_are_optional_and_type_checked():
+    results = _probed()
+    validate_results(results)
+    assert set(results["methods"][0]) - set(results["methods"][1]) == {"interventions", "latent_reliance", "dial"}
+    broken = [("interventions", {"gaussian": 0.5}), ("interventions", {"random": "high"}), ("latent_reliance", "3"),
+              ("dial", [{"k": -1, "accuracy": 0.5, "avg_generated_tokens": 1.0, "avg_latent_tokens": 0.0}]),
+              ("dial", [{"k": 1, "accuracy": 0.5}]), ("dial", {"k": 1}), ("probes", {})]
+    for key, value in broken:
+        bad = json.loads(json.dumps(results))
+        bad["methods"][0][key] = value
+        with pytest.raises(DataError, match="methods"):
+            validate_results(bad)
+
+
+def test_report_answers_whether_the_latent_tokens_carry_the_reasoning(tmp_path):
+    paths = write_report(tmp_path, _probed(), {"task": "prosqa"})
+    text = paths["report"].read_text()
+    assert "## Do the latent tokens carry the reasoning?" in text
+    assert "| Token Assorted | 86.0 | 83.0 | 85.0 | 89.0 | +3.0 |" in text
+    assert "| Pause | 84.0 | – | – | – | – |" in text
+    # 3 points on 300 questions is within two standard errors (about ±5.9 points): said so, not claimed.
+    assert "within noise" in text and "±5.9" in text and "worth +2.0 points over empty slots" in text
+    assert "| all | 50.0 | 11.0 | 4.0 |" in text and "latency_dial.png" in text
+    assert paths["dial"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = write_report(tmp_path / "plain", _results(), {"task": "prosqa"})  # no probes: no section, no plot
+    assert "dial" not in plain and "carry the reasoning" not in plain["report"].read_text()
+
+
+def test_probe_figures_are_averaged_over_seeds():
+    seeds = [{"interventions": {"none": 0.8, "random": 0.6}, "latent_reliance": 0.2,
+              "dial": [{"k": 0, "accuracy": 0.5, "avg_generated_tokens": 10.0, "avg_latent_tokens": 0.0}]},
+             {"interventions": {"none": 0.9, "random": 0.9}, "latent_reliance": 0.0,
+              "dial": [{"k": 0, "accuracy": 0.7, "avg_generated_tokens": 12.0, "avg_latent_tokens": 0.0}]}]
+    mean = summarize(seeds)
+    assert mean["interventions"] == pytest.approx({"none": 0.85, "random": 0.75})
+    assert mean["latent_reliance"] == pytest.approx(0.1)
+    assert mean["dial"] == [{"k": 0, "accuracy": pytest.approx(0.6), "avg_generated_tokens": pytest.approx(11.0),
+                             "avg_latent_tokens": 0.0}]
+
+
 def test_seeds_are_averaged_with_sample_std():
     class Run:
         def __init__(self, accuracy):
@@ -136,28 +200,67 @@ def test_environment_names_the_pinned_cpu_kernels(monkeypatch):
 # --------------------------------------------------------------------------- end to end
 def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
-    assert [m["name"] for m in results["methods"]] == ["Sol-Only", "CoT", "Token Assorted"]
+    assert [m["name"] for m in results["methods"]] == ["Sol-Only", "CoT", "Token Assorted", "Pause"]
     assert results["task"] == "prosqa" and results["preset"] == "tiny"
     assert all(m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0 for m in results["methods"])
     assert not math.isnan(results["vqvae"]["codebook_usage"])
-    for method in BASE_METHODS:
+    for method in (*BASE_METHODS, "pause"):
         assert (out / "models" / method / "config.json").is_file()
         assert (out / "eval" / method / "results.predictions.jsonl").is_file()
     report = (out / "report.md").read_text()
     assert (out / "tokens_vs_accuracy.png").is_file() and "## Settings" in report
-    assert "## Learning curves" in report and "| epoch | sol-only | cot | token-assorted |" in report
+    assert "## Learning curves" in report and "| epoch | sol-only | cot | token-assorted | pause |" in report
     environment = results["details"]["environment"]  # what produced the numbers, kernels included
     assert environment["packages"]["torch"] == torch.__version__
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert f"CPU kernels: {environment['cpu_capability']}" in report
-    # A rerun reuses every stage; a changed eval setting recomputes only the evaluations.
+    # Only the model that writes codes is probed: interventions (none = its plain accuracy) and the dial.
+    assorted = results["methods"][2]
+    assert set(assorted["interventions"]) == {"none", "random", "shuffle", "constant"}
+    assert assorted["interventions"]["none"] == assorted["accuracy"]
+    assert assorted["latent_reliance"] == assorted["accuracy"] - assorted["interventions"]["random"]
+    most = json.loads((out / "models" / "token-assorted" / "token_assorted.json").read_text())["max_latent_chunks"]
+    assert [p["k"] for p in assorted["dial"]][:most + 1] == list(range(most + 1))
+    assert assorted["dial"][0]["avg_latent_tokens"] == 0.0  # K = 0: text only
+    assert not any(key in m for m in results["methods"] if m["name"] != "Token Assorted"
+                   for key in ("interventions", "dial"))
+    assert "## Do the latent tokens carry the reasoning?" in report and "| Pause |" in report
+    assert "## Latency dial" in report and (out / "latency_dial.png").is_file()
+    pause_meta = json.loads((out / "models" / "pause" / "token_assorted.json").read_text())
+    assert pause_meta["pause_id"] == pause_meta["latent_vocab"]["pause_id"]
+    assert pause_meta["max_latent_chunks"] == most
+    # A rerun reuses every stage; a changed eval setting recomputes only the evaluations and probes.
     capsys.readouterr()
-    assert main(["run", "--preset", "tiny", "--out", str(out)]) == 0
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0
     log = capsys.readouterr().out
-    assert "running" not in log and log.count("cached") == 8
+    assert "running" not in log and log.count("cached") == 11
     assert main(["run", "--preset", "tiny", "--out", str(out), "--set", "eval.max_new_tokens=8"]) == 0
     log = capsys.readouterr().out
-    assert log.count("running") == 3 and "[eval cot] running" in log and "[train cot] cached" in log
+    assert log.count("running") == 4 and "[eval cot] running" in log and "[train cot] cached" in log
+    assert "[probes token-assorted] running" in log
+
+
+def test_run_adds_the_other_latent_reasoning_methods(tmp_path):
+    """`run --strategies coconut icot`: trained, scored and probed beside CoT on the same data."""
+    out = tmp_path / "peers"
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--set", "methods=[cot]",
+                 "--strategies", "coconut", "icot"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    rows = {m["name"]: m for m in results["methods"]}
+    assert list(rows) == ["CoT", "Coconut", "iCoT"]
+    coconut = rows["Coconut"]
+    assert coconut["avg_latent_tokens"] >= 3  # <bot>, its one thought (tiny: stage 1 from the start), <eot>
+    assert set(coconut["interventions"]) == {"none", "noise", "zero"}
+    assert coconut["latent_reliance"] == coconut["interventions"]["none"] - coconut["interventions"]["noise"]
+    assert [p["k"] for p in coconut["dial"]] == [0, 1]  # zero thoughts, then the trained stage
+    assert coconut["dial"][0]["avg_latent_tokens"] == 2 <= coconut["dial"][1]["avg_latent_tokens"] - 1
+    assert rows["iCoT"]["avg_latent_tokens"] == 0 and "interventions" not in rows["iCoT"]
+    runs = results["details"]["methods"]
+    assert all(runs[m]["runs"][0]["train_seconds_per_step"] > 0 for m in ("cot", "coconut", "icot"))
+    report = (out / "report.md").read_text()
+    assert "### Continuous thoughts (Coconut)" in report and "## Training cost" in report
+    assert "| coconut |" in report and "Sample traces" not in report  # nothing to decode: no codes

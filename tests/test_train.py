@@ -261,3 +261,30 @@ def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
                    validate=lambda model, run, cfg, acc: 0.25)
     record = meta(out)
     assert record["history"][0]["valid_accuracy"] == 0.25 and record["best_valid_accuracy"] == 0.25
+
+
+def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
+    from token_assorted.evaluate import count_latent, text_ids
+    from token_assorted.train import make_batch, setup
+
+    assorted = setup(config(data, tmp_path / "a", m_values=[0, 4]))
+    pause = setup(config(data, tmp_path / "p", strategy="pause", m_values=[0, 4]))
+    vocab = pause.latent_vocab
+    # <pause> comes after the latent tokens, and only a pause model has it.
+    assert vocab.pause_id == vocab.first_code_id + vocab.codebook_size == len(pause.tokenizer) - 1
+    assert assorted.latent_vocab.pause_id is None and "<pause>" not in assorted.tokenizer.get_vocab()
+    assert pause.codes is None and pause.max_latent_chunks == assorted.max_latent_chunks == 1
+    # Same initial weights: the embedding only gains the pause row.
+    theirs = pause.model.state_dict()
+    for name, tensor in assorted.model.state_dict().items():
+        assert torch.equal(tensor, theirs[name][:tensor.shape[0]]), name
+    rows = theirs["model.embed_tokens.weight"]
+    assert rows.shape[0] == vocab.pause_id + 1
+    assert not torch.equal(rows[vocab.pause_id], rows[vocab.begin_id])  # a row of its own, not a delimiter's
+    # Same batches, with one pause token where each code was.
+    a, p = make_batch(assorted, range(16), 0, 0)["input_ids"], make_batch(pause, range(16), 0, 0)["input_ids"]
+    is_code = (a >= vocab.first_code_id) & (a < vocab.first_code_id + vocab.codebook_size)
+    assert is_code.any() and torch.equal(p, torch.where(is_code, vocab.pause_id, a))
+    # At evaluation a pause token is a latent token, never text for the verifier.
+    ids = [vocab.begin_id, vocab.pause_id, vocab.end_id, 7]
+    assert count_latent(ids, vocab) == 3 and text_ids(ids, pause.tokenizer, vocab) == [7]

@@ -9,8 +9,13 @@ latent token can never leak into a parsed answer.
 For the maze's 1-Feasible-10 metric, `samples=N` adds N top-k samples per question: the
 question is solved when any sample is feasible (greedy figures are reported beside it).
 
+`intervene` and `latent_chunks` probe whether the latent tokens carry the reasoning: the
+codes the model writes are replaced as they are written, or the answer is forced to open
+with exactly K chunks of codes (`interventions.py`; greedy only).
+
 A Coconut model answers through its own loop (its thoughts are vectors, not tokens):
-`evaluate_loaded` picks it from the model's `token_assorted.json` (`methods.generation_of`)
+`evaluate_loaded` picks it from the model's `token_assorted.json` (`methods.generation_of`),
+the loop applies the thought interventions and the thought count itself (`thoughts.py`),
 and everything after generation (parsing, scoring, counting, timing) is shared.
 """
 
@@ -26,12 +31,15 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from .devices import autocast, check_precision, resolve_device
 from .encoding import encode_prompt
 from .errors import CheckpointError, ConfigError
+from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
+                            probe_processors, trained_max_chunks)
 from .io import atomic_write_json, atomic_write_jsonl, read_json
+from .mixing import ChunkLayout
 from .schema import Example
 from .safety import refuse_pickle_dir
 from .tasks import Task, Verdict, get_task
@@ -53,8 +61,10 @@ class EvalConfig:
     limit: int | None = None  # evaluate only the first `limit` examples
     progress: bool = True  # show a tqdm bar over batches
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
-    intervene: str | None = None  # Coconut: change every thought fed back, noise or zero (thoughts.py); None: plain
-    intervene_seed: int = 0  # of the noise directions
+    intervene: str | None = None  # codes: none, random, shuffle, constant; Coconut's thoughts: noise, zero
+    intervene_seed: int = 0  # of the random codes, the shuffle's permutation and the noise directions
+    constant_code: int = 0  # the code every written code becomes under intervene="constant"
+    latent_chunks: int | str | None = None  # the latency dial: force K chunks of codes first (Coconut: K steps' thoughts)
     noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
 
@@ -146,8 +156,12 @@ def check_context(model: PreTrainedModel, prompts: list[list[int]], max_new_toke
 
 
 def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-                 config: EvalConfig, *, sample: bool = False, desc: str = "generate") -> _Generated:
-    """Generate for every prompt in batches (longest first, to waste little padding)."""
+                 config: EvalConfig, *, sample: bool = False, desc: str = "generate",
+                 processors: Callable[[list[int]], LogitsProcessorList] | None = None) -> _Generated:
+    """Generate for every prompt in batches (longest first, to waste little padding).
+
+    `processors(rows)` gives the logits processors of the batch holding prompts `rows`.
+    """
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     device = next(model.parameters()).device
@@ -167,9 +181,10 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     for begin in tqdm(batches, desc=desc, unit="batch", disable=not config.progress, leave=False):
         rows = order[begin: begin + config.batch_size]
         input_ids, attention = _left_pad([prompts[i] for i in rows], pad_id)
+        steer = {} if processors is None else {"logits_processor": processors(rows)}
         with torch.inference_mode(), autocast(config.mixed_precision, device):
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 **options)  # (B, T + new)
+                                 **options, **steer)  # (B, T + new)
         for row, index in enumerate(rows):
             outputs[index] = _cut_at_eos(out[row, input_ids.shape[1]:].tolist(), eos_id)
     seconds = time.perf_counter() - start
@@ -222,26 +237,36 @@ def _detail_means(predictions: list[Prediction]) -> dict[str, float]:
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
              config: EvalConfig | None = None, latent_vocab: LatentVocab | None = None,
-             chat_template: bool = False, generate: Callable[..., _Generated] | None = None) -> EvalResult:
+             chat_template: bool = False, layout: ChunkLayout | None = None,
+             generate: Callable[..., _Generated] | None = None) -> EvalResult:
     """Generate for every example with an in-memory model and score the outputs.
 
-    `generate` replaces `generate_ids` (same signature): a Coconut model's loop (thoughts.py).
+    `layout` (the model's chunk size and codes per chunk) is needed by the latency dial only.
+    `generate` replaces `generate_ids` (same signature): a Coconut model's loop (thoughts.py),
+    which applies the probes itself.
     """
-    generate = generate or generate_ids
     config = config or EvalConfig()
     if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
         raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
     check_precision(config.mixed_precision)
+    probing = generate is None and (config.intervene is not None or config.latent_chunks is not None)
+    if probing:
+        check_probe_settings(config, latent_vocab, layout)
     examples = examples[: config.limit] if config.limit is not None else examples
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
-    greedy = generate(model, tokenizer, prompts, config, desc=f"eval {task.name}")
+    if generate is not None:
+        greedy = generate(model, tokenizer, prompts, config, desc=f"eval {task.name}")
+    else:
+        processors = probe_processors(model, tokenizer, task, examples, prompts, config, latent_vocab,
+                                      layout) if probing else None
+        greedy = generate_ids(model, tokenizer, prompts, config, desc=f"eval {task.name}", processors=processors)
     predictions = [_predict(i, ex, ids, task, tokenizer, latent_vocab)
                    for i, (ex, ids) in enumerate(zip(examples, greedy.ids))]
     sampled_accuracy = _score_samples(model, tokenizer, task, examples, prompts, config, latent_vocab,
-                                      predictions, generate) if config.samples > 0 else None
+                                      predictions, generate or generate_ids) if config.samples > 0 else None
     total = sum(p.n_tokens for p in predictions)
     latent = sum(p.n_latent_tokens for p in predictions)
     n = len(predictions)
@@ -337,21 +362,29 @@ def resolve_task(loaded: LoadedModel, task: str | Task | None, options: dict[str
     return get_task(name, **{**(recorded or {}), **(options or {})})
 
 
+def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], config: EvalConfig | None = None,
+                    model_dir: str | Path | None = None) -> EvalResult:
+    """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop); a
+    latency dial beyond the model's trained maximum is refused."""
+    from .methods import generation_of
+
+    config = config or EvalConfig()
+    generate, vocab = generation_of(loaded.meta, loaded.latent_vocab, config)
+    if generate is not None:
+        return evaluate(loaded.model, loaded.tokenizer, task, examples, config, vocab, loaded.chat_template,
+                        generate=generate)
+    if config.latent_chunks is not None:
+        limit = trained_max_chunks(loaded.meta, loaded.tokenizer, model_dir)
+        check_dial_limit(parse_latent_chunks(config.latent_chunks), limit)
+    return evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
+                    loaded.chat_template, model_layout(loaded.meta, loaded.latent_vocab))
+
+
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,
                  task: str | Task | None = None) -> EvalResult:
     """Evaluate a trained model directory (reads its token_assorted.json)."""
     loaded = load_model_dir(model_dir)  # a GPU when there is one
-    return evaluate_loaded(loaded, resolve_task(loaded, task), examples, config)
-
-
-def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example],
-                    config: EvalConfig | None = None) -> EvalResult:
-    """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop)."""
-    from .methods import generation_of
-
-    generate, vocab = generation_of(loaded.meta, loaded.latent_vocab, config)
-    return evaluate(loaded.model, loaded.tokenizer, task, examples, config, vocab, loaded.chat_template,
-                    generate=generate)
+    return evaluate_loaded(loaded, resolve_task(loaded, task), examples, config, model_dir)
 
 
 def predictions_path(results_path: str | Path) -> Path:

@@ -121,7 +121,4 @@ def generation_of(meta: dict[str, Any], vocab: LatentVocab | None,
         from .thoughts import saved_generation
 
         return saved_generation(meta["coconut"], config)
-    if config is not None and getattr(config, "intervene", None) not in (None, "none"):
-        raise ConfigError(f"--intervene {config.intervene}: only a Coconut model's continuous thoughts can be "
-                          f"intervened on (this model's strategy is {meta.get('strategy')!r})")
     return None, vocab

@@ -20,6 +20,10 @@ ablations only differ in how they pick that chunk mask:
 - ``poisson``: each chunk is replaced independently with probability p (0.5); runs of
   consecutive replaced chunks share ONE latent span, so the sequence never shows
   `<eoLatent><boLatent>` back to back.
+- ``pause`` (a control, not in the paper): Token Assorted exactly — the same chunk masks
+  from the same m draws, the same delimiters — except that every latent code is replaced
+  by one `<pause>` token. A pause sequence has Token Assorted's length and shape, with
+  compute slots that carry no content; it needs the chunk layout but no codes.
 
 Labels are -100 on the prompt and cover everything after it: latent tokens, delimiters,
 text trace and solution (the model learns when to open and close a latent span).
@@ -42,8 +46,9 @@ from .errors import CheckpointError, ConfigError
 from .tokenizer import LatentVocab
 
 IGNORE_INDEX = -100  # label of positions the loss skips (the prompt, padding)
-STRATEGY_NAMES = ("token-assorted", "cot", "sol-only", "all-replace", "curriculum", "poisson")
+STRATEGY_NAMES = ("token-assorted", "cot", "sol-only", "all-replace", "curriculum", "poisson", "pause")
 CODE_STRATEGIES = ("token-assorted", "all-replace", "curriculum", "poisson")  # need VQ-VAE codes
+LAYOUT_STRATEGIES = (*CODE_STRATEGIES, "pause")  # need a VQ-VAE's chunk layout (L, codes per chunk)
 
 
 @dataclass(frozen=True)
@@ -68,13 +73,14 @@ class MixedSequence:
     n_replaced: int  # chunks replaced by latent codes
 
 
-def replace_chunks(trace_ids: Sequence[int], codes: Sequence[int], mask: Sequence[bool],
-                   layout: ChunkLayout) -> list[int]:
+def replace_chunks(trace_ids: Sequence[int], codes: Sequence[int] | None, mask: Sequence[bool],
+                   layout: ChunkLayout, filler: int | None = None) -> list[int]:
     """The trace with every run of chunks marked in `mask` replaced by one latent span.
 
     `codes` holds `latents_per_chunk` codes per chunk, in chunk order; `mask[j]` says
     whether chunk j is replaced. A prefix mask [True]*n + [False]*… is the method's
-    "replace the first n chunks".
+    "replace the first n chunks". With `filler` (the pause token's id) every code position
+    holds that id instead, and `codes` is not read.
     """
     L, per = layout.chunk_size, layout.latents_per_chunk
     out: list[int] = []
@@ -84,7 +90,10 @@ def replace_chunks(trace_ids: Sequence[int], codes: Sequence[int], mask: Sequenc
             if not in_span:
                 out.append(layout.vocab.begin_id)
                 in_span = True
-            out.extend(layout.vocab.code_to_id(z) for z in codes[j * per:(j + 1) * per])
+            if filler is not None:
+                out.extend([filler] * per)
+            else:
+                out.extend(layout.vocab.code_to_id(z) for z in codes[j * per:(j + 1) * per])
             continue
         if in_span:
             out.append(layout.vocab.end_id)
@@ -118,11 +127,16 @@ class Strategy(ABC):
 
     name: str = ""
     needs_codes: bool = True
+    writes_pause: bool = False  # the pause control: `<pause>` where the codes would be
 
     @abstractmethod
     def chunk_mask(self, n_chunks: int, trace_length: int, chunk_size: int, epoch: int,
                    rng: np.random.Generator) -> list[bool] | None:
         """Which of the trace's chunks become latent this time the example is seen."""
+
+    @abstractmethod
+    def most_replaced(self, n_chunks: int, trace_length: int, chunk_size: int, epochs: int) -> int:
+        """The most chunks of this trace any draw can replace in `epochs` epochs (the dial's limit)."""
 
 
 class TokenAssorted(Strategy):
@@ -143,6 +157,17 @@ class TokenAssorted(Strategy):
             n = chunks_for_m(m, trace_length, chunk_size)
         return prefix_mask(n_chunks, n)
 
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        if self.m_values is None:
+            return n_chunks
+        return min(n_chunks, max(chunks_for_m(m, trace_length, chunk_size) for m in self.m_values))
+
+
+class Pause(TokenAssorted):
+    """Control: Token Assorted's masks and delimiters, one `<pause>` token in place of each code."""
+
+    name, needs_codes, writes_pause = "pause", False, True
+
 
 class CoT(Strategy):
     """Baseline: the whole trace as text."""
@@ -151,6 +176,9 @@ class CoT(Strategy):
 
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return prefix_mask(n_chunks, 0)
+
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        return 0
 
 
 class SolutionOnly(Strategy):
@@ -161,6 +189,9 @@ class SolutionOnly(Strategy):
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return None
 
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        return 0
+
 
 class AllReplace(Strategy):
     """Ablation: every chunk of the trace latent."""
@@ -169,6 +200,9 @@ class AllReplace(Strategy):
 
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return prefix_mask(n_chunks, n_chunks)
+
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        return n_chunks
 
 
 class Curriculum(Strategy):
@@ -189,6 +223,9 @@ class Curriculum(Strategy):
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return prefix_mask(n_chunks, self.stage(epoch))
 
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        return min(n_chunks, self.stage(max(epochs - 1, 0)))  # the last epoch's stage is the furthest
+
 
 class PoissonReplace(Strategy):
     """Ablation: each chunk latent independently with probability p."""
@@ -203,12 +240,17 @@ class PoissonReplace(Strategy):
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return [bool(x) for x in rng.random(n_chunks) < self.p]
 
+    def most_replaced(self, n_chunks, trace_length, chunk_size, epochs):
+        return n_chunks if self.p > 0 else 0
+
 
 def make_strategy(name: str, *, m_values: Sequence[int] | None = None, poisson_p: float = 0.5,
                   curriculum_epochs: int = 1, curriculum_max_chunks: int | None = None) -> Strategy:
     """The strategy called `name` with its options (unknown names are a ConfigError)."""
     if name == "token-assorted":
         return TokenAssorted(m_values)
+    if name == "pause":
+        return Pause(m_values)
     if name == "curriculum":
         return Curriculum(curriculum_epochs, curriculum_max_chunks)
     if name == "poisson":
@@ -238,6 +280,8 @@ def build_sequence(strategy: Strategy, encoded: EncodedExample, codes: Sequence[
     trace = encoded.trace_ids
     if strategy.needs_codes and (layout is None or codes is None):
         raise ConfigError(f"strategy {strategy.name!r} needs latent codes (a VQ-VAE)")
+    if strategy.writes_pause and (layout is None or layout.vocab.pause_id is None):
+        raise ConfigError(f"strategy {strategy.name!r} needs a VQ-VAE's chunk layout and a <pause> token")
     n_chunks = layout.n_chunks(len(trace)) if layout is not None else 0
     chunk_size = layout.chunk_size if layout is not None else 1
     mask = strategy.chunk_mask(n_chunks, len(trace), chunk_size, epoch, example_rng(seed, epoch, index))
@@ -246,12 +290,26 @@ def build_sequence(strategy: Strategy, encoded: EncodedExample, codes: Sequence[
     elif not any(mask):
         middle = list(trace)  # plain text: the common CoT case skips the chunk walk
     else:
-        middle = replace_chunks(trace, codes, mask, layout)
+        middle = replace_chunks(trace, codes, mask, layout,
+                                filler=layout.vocab.pause_id if strategy.writes_pause else None)
     n_replaced = 0 if mask is None else sum(mask)
     target = middle + list(encoded.solution_ids)
     input_ids = list(encoded.prompt_ids) + target
     labels = [IGNORE_INDEX] * len(encoded.prompt_ids) + target
     return MixedSequence(input_ids, labels, n_replaced)
+
+
+def max_latent_chunks(strategy: Strategy, encoded: Sequence[EncodedExample], layout: ChunkLayout | None,
+                      epochs: int) -> int:
+    """The largest number of chunks any training sequence of these examples could replace.
+
+    Recorded beside a trained model: the latency dial refuses to force more chunks than
+    the model ever saw latent (0 for cot and sol-only).
+    """
+    if layout is None:
+        return 0
+    return max((strategy.most_replaced(layout.n_chunks(len(e.trace_ids)), len(e.trace_ids), layout.chunk_size,
+                                    epochs) for e in encoded), default=0)
 
 
 def max_sequence_length(encoded: EncodedExample, layout: ChunkLayout | None) -> int:

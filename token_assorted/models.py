@@ -20,6 +20,9 @@ the tokenizer's size after `add_latent_tokens`, then initialises the new rows:
   fit a least-squares map from the VQ space to the LM's, which is why it is random.
 
 The new rows of an untied LM head get the ``mean`` rule (a near-uniform first guess).
+The pause control's `<pause>` row (`add_pause_row`) comes after all of them and gets the
+``mean`` rule too, from a generator of its own, so the rest of a pause model starts exactly
+as the Token Assorted model of the same seed.
 """
 
 from __future__ import annotations
@@ -152,6 +155,24 @@ def extend_vocabulary(model: PreTrainedModel, vocab: LatentVocab, init: str = "m
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != embedding.data_ptr():
             head.weight[new_ids] = mean_rows(head.weight[:first_new], len(new_ids), generator).to(head.weight.dtype)
+
+
+def add_pause_row(model: PreTrainedModel, vocab: LatentVocab, seed: int = 0) -> None:
+    """Give `model` a row for `vocab.pause_id` (after the latent rows), by the ``mean`` rule."""
+    if vocab.pause_id is None:
+        raise ConfigError("no pause token to add a row for")
+    first_new = min(vocab.begin_id, vocab.end_id, vocab.first_code_id)
+    if vocab.pause_id >= model.get_input_embeddings().weight.shape[0]:
+        with torch.random.fork_rng():  # resizing draws from the global generator: leave it as it was
+            model.resize_token_embeddings(vocab.pause_id + 1, mean_resizing=False)
+    # Not `seed` itself: that stream's first draw is <boLatent>'s row, which <pause> must not copy.
+    generator = torch.Generator().manual_seed(2 * seed + 1)
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight  # (V', D)
+        embedding[vocab.pause_id] = mean_rows(embedding[:first_new], 1, generator)[0].to(embedding.dtype)
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != embedding.data_ptr():
+            head.weight[vocab.pause_id] = mean_rows(head.weight[:first_new], 1, generator)[0].to(head.weight.dtype)
 
 
 def mean_rows(existing: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:

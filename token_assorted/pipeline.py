@@ -10,7 +10,8 @@ preset recomputes only what it changes (and what depends on that).
     OUT/vqvae/                          stage 1 (token_assorted.vqvae.train_vqvae)
     OUT/models/<method>[-seed<k>]/      stage 2 (token_assorted.train.train_lm)
     OUT/eval/<method>[-seed<k>].json    + .predictions.jsonl (token_assorted.evaluate)
-    OUT/results.json, report.md, tokens_vs_accuracy.png
+    OUT/probes/<method>[-seed<k>]/      interventions and latency dial of latent models (probes.py)
+    OUT/results.json, report.md, tokens_vs_accuracy.png, latency_dial.png
 
 Presets are YAML files (package data `token_assorted/presets/*.yaml`, or any path)
 parsed into `PipelineConfig`; unknown keys are errors.
@@ -36,15 +37,18 @@ from .devices import check_precision
 from .environment import environment
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_jsonl, read_json
+from .mixing import CODE_STRATEGIES
+from .probes import ProbeSettings, check_settings, probe_stage, summarize
 from .schema import Example
 from .tasks.base import Task
 
 BASE_METHODS = ("sol-only", "cot", "token-assorted")
 ABLATIONS = ("all-replace", "curriculum", "poisson")
+CONTROLS = ("pause",)  # Token Assorted's shape with content-free latent tokens
 PEERS = ("coconut", "icot")  # the field's other latent-reasoning methods (methods.PEER_METHODS)
 DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token Assorted",
                  "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace",
-                 "coconut": "Coconut", "icot": "iCoT"}
+                 "pause": "Pause", "coconut": "Coconut", "icot": "iCoT"}
 MARKER = ".complete.json"
 # Keys the pipeline sets itself in the stage configs (a preset may not).
 _VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
@@ -93,6 +97,7 @@ class PipelineConfig:
     methods: list[str] = field(default_factory=lambda: list(BASE_METHODS))
     seeds: int = 1
     eval: EvalSettings = field(default_factory=EvalSettings)
+    probes: ProbeSettings = field(default_factory=ProbeSettings)  # interventions and dial of latent models
     explain_samples: int = 3  # traces with decoded latents shown in report.md
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     parallel: int = 1  # models trained at once in worker processes of one thread each (CPU: cores)
@@ -170,6 +175,7 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
     for name, section in config.method_overrides.items():
         _check_section(section, _TRAIN_OWNED, _train_config_class(), f"{source}.method_overrides.{name}")
     _check_section(config.vqvae, _VQVAE_OWNED, _vqvae_config_class(), f"{source}.vqvae")
+    check_settings(config.probes, config.vqvae.get("codebook_size", _vqvae_config_class()().codebook_size), source)
 
 
 def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
@@ -351,7 +357,10 @@ def method_dir_name(method: str, seed_index: int) -> str:
 
 
 def train_settings(config: PipelineConfig, method: str) -> dict[str, Any]:
-    return {**config.train, **config.method_overrides.get(method, {})}
+    overrides = config.method_overrides
+    if method == "pause" and "pause" not in overrides:  # the control draws Token Assorted's m
+        return {**config.train, **overrides.get("token-assorted", {})}
+    return {**config.train, **overrides.get(method, {})}
 
 
 def _train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int, data: StageResult,
@@ -376,7 +385,7 @@ def _train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int
 
 def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult, data: StageResult,
                 log: Callable[[str], None]) -> tuple[StageResult, Any]:
-    from .evaluate import EvalConfig, evaluate_dir, save_result
+    from .evaluate import evaluate_dir, save_result
     from .tasks import get_task
 
     task = get_task(config.task, **config.data.task_options)
@@ -385,15 +394,21 @@ def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult
     def build(path: Path) -> None:
         test = task.load(data.path / "test.jsonl")
         max_new = settings["max_new_tokens"] or _default_max_new_tokens(model.path, task, test)
-        eval_config = EvalConfig(batch_size=settings["batch_size"], max_new_tokens=max_new,
-                                 samples=settings["samples"], top_k=settings["top_k"], limit=settings["limit"],
-                                 mixed_precision=settings["mixed_precision"])
-        result = evaluate_dir(model.path, test, eval_config, task)
+        result = evaluate_dir(model.path, test, eval_config(config, max_new), task)
         save_result(result, path / "results.json", {"model": str(model.path), "max_new_tokens": max_new})
 
     key = config_hash("eval", settings, model.hash, data.hash)
     stage = run_stage(out / "eval" / name, key, build, f"eval {name}", log)
     return stage, read_json(stage.path / "results.json")
+
+
+def eval_config(config: PipelineConfig, max_new_tokens: int) -> Any:
+    """The EvalConfig of the eval stage (and of the probes, which add their own fields)."""
+    from .evaluate import EvalConfig
+
+    settings = config.eval
+    return EvalConfig(batch_size=settings.batch_size, max_new_tokens=max_new_tokens, samples=settings.samples,
+                      top_k=settings.top_k, limit=settings.limit, mixed_precision=settings.mixed_precision)
 
 
 def _default_max_new_tokens(model_dir: Path, task: Any, examples: list[Example]) -> int:
@@ -434,6 +449,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     jobs = [(method, seed_index) for method in config.methods for seed_index in range(config.seeds)]
     models = _train_all(config, out, jobs, data, vqvae, log)
     runs: dict[str, list[dict[str, Any]]] = {}
+    probes: dict[str, list[dict[str, Any]]] = {}
     # Evaluations run one at a time after all training, so their timings are comparable.
     for (method, seed_index), model in zip(jobs, models):
         name = method_dir_name(method, seed_index)
@@ -441,7 +457,11 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
         evaluation, summary = _eval_stage(config, out, name, model, data, log)
         timings[f"eval {name}"] = evaluation.seconds
         runs.setdefault(method, []).append(summary)
-    results = _write_report(config, out, preset_name, runs, vqvae, timings, log)
+        if method in (*CODE_STRATEGIES, "coconut"):  # do its latent tokens (or thoughts) carry the reasoning?
+            stage, probed = probe_stage(config, out, name, model, data, summary, log)
+            timings[f"probes {name}"] = stage.seconds
+            probes.setdefault(method, []).append(probed)
+    results = _write_report(config, out, preset_name, runs, vqvae, timings, log, probes)
     log(f"total wall time this run: {time.perf_counter() - started:.1f} s; report: {out / 'report.md'}")
     return RunOutcome(out, results, timings)
 
@@ -479,7 +499,8 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
 
 
 def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dict[str, list[dict[str, Any]]],
-                  vqvae: StageResult | None, timings: dict[str, float], log: Callable[[str], None]) -> dict:
+                  vqvae: StageResult | None, timings: dict[str, float], log: Callable[[str], None],
+                  probes: dict[str, list[dict[str, Any]]]) -> dict:
     from types import SimpleNamespace
 
     from .report import build_results, summarize_method, vqvae_summary, write_report
@@ -488,9 +509,11 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                for m, rs in runs.items()]
     vq_metrics = read_json(vqvae.path / "metrics.json") if vqvae and (vqvae.path / "metrics.json").is_file() \
         else {}
-    details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs]} for m, rs in runs.items()},
+    details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs],
+                               **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
-    results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details)
+    extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
+    results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     samples = _explained_samples(config, out, vqvae, log)
     write_report(out, results, dataclasses.asdict(config), samples, timings, _learning_curves(out, runs))
     for m in methods:
@@ -514,14 +537,16 @@ def _learning_curves(out: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[s
 def _run_details(summary: dict[str, Any]) -> dict[str, Any]:
     keep = ("accuracy", "avg_generated_tokens", "avg_latent_tokens", "avg_text_tokens", "latent_span_share",
             "seconds_per_example", "tokens_per_second", "sampled_accuracy", "details", "model")
-    return {k: summary.get(k) for k in keep}
+    meta = Path(str(summary.get("model"))) / "token_assorted.json"  # the training cost, beside the model
+    cost = read_json(meta).get("train_seconds_per_step") if meta.is_file() else None
+    return {**{k: summary.get(k) for k in keep}, "train_seconds_per_step": cost}
 
 
 def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | None,
                        log: Callable[[str], None]) -> list[str]:
     """A few test predictions of the Token Assorted model with their latent spans decoded."""
     method = next((m for m in ("token-assorted", *config.methods) if m in config.methods
-                   and m not in ("cot", "sol-only", *PEERS)), None)
+                   and m in CODE_STRATEGIES), None)
     if method is None or config.explain_samples <= 0:
         return []
     from .explain import Explainer, render

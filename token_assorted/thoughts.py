@@ -16,7 +16,10 @@ Interventions ask whether the thoughts carry the answer (METHOD.md, "Do latents 
 only buffer?"): ``noise`` adds to every thought a random direction scaled to `noise_scale` ×
 the thought's own norm (Cui et al. 2026 use 4), seeded per (seed, question, thought), so the
 batch and its order do not change it; ``zero`` feeds the zero vector instead; ``none`` changes
-nothing. A model's latent reliance is accuracy(none) − accuracy(noise).
+nothing. A model's latent reliance is accuracy(none) − accuracy(noise). The latency dial
+(`latent_chunks` K, `interventions.py` for code models) gives the model K steps' worth of
+thoughts, K × c: K = 0 answers straight after `<bot><eot>` (Cui et al.'s "zero latent steps"),
+`all` the trained count; more stages than the model was trained with are refused.
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ from tqdm.auto import tqdm
 from .coconut import Transform, continue_with, saved_vocab, think
 from .devices import autocast
 from .errors import ConfigError
+from .interventions import ALL_CHUNKS, INTERVENTIONS, THOUGHT_INTERVENTIONS, parse_latent_chunks
 from .tokenizer import LatentVocab
-
-THOUGHT_INTERVENTIONS = ("none", "noise", "zero")
 
 
 def noise_direction(seed: int, index: int, position: int, width: int) -> torch.Tensor:
@@ -50,7 +52,7 @@ def intervention(mode: str | None, rows: Sequence[int], seed: int = 0, scale: fl
     if mode == "zero":
         return lambda thought, k: torch.zeros_like(thought)
     if mode != "noise":
-        raise ConfigError(f"--intervene {mode!r}: a Coconut model's thoughts take one of "
+        raise ConfigError(f"--intervene {mode!r}: a Coconut model's continuous thoughts take "
                           f"{', '.join(THOUGHT_INTERVENTIONS)}")
 
     def add_noise(thought: torch.Tensor, k: int) -> torch.Tensor:  # thought: (B, D)
@@ -144,14 +146,19 @@ def thought_generation(vocab: LatentVocab, n_thoughts: int):
 
 
 def saved_generation(record: dict[str, Any], config: Any = None) -> tuple[Any, LatentVocab]:
-    """How a saved Coconut model answers: its recorded thought count, its thought tokens."""
+    """How a saved Coconut model answers: its recorded thought count (or the dial's), its thought tokens."""
     vocab = saved_vocab(record)
     n_thoughts = record.get("thoughts")
     if not isinstance(n_thoughts, int) or n_thoughts < 0:
         raise ConfigError(f"token_assorted.json: coconut.thoughts must be an integer >= 0, got {n_thoughts!r}")
-    if config is not None:
-        mode = getattr(config, "intervene", None)
-        if mode is not None and mode not in THOUGHT_INTERVENTIONS:
-            raise ConfigError(f"--intervene {mode}: a Coconut model's thoughts take one of "
-                              f"{', '.join(THOUGHT_INTERVENTIONS)}")
+    mode = getattr(config, "intervene", None)
+    if mode in INTERVENTIONS and mode not in THOUGHT_INTERVENTIONS:
+        raise ConfigError(f"--intervene {mode}: a Coconut model writes no latent codes; its continuous thoughts "
+                          f"take {', '.join(THOUGHT_INTERVENTIONS)}")
+    steps = parse_latent_chunks(getattr(config, "latent_chunks", None))
+    if steps is not None and steps != ALL_CHUNKS:
+        if steps > record.get("stages", 0):
+            raise ConfigError(f"--latent-chunks {steps}: the Coconut model was trained with at most "
+                              f"{record.get('stages')} stages of thoughts (coconut.stages in token_assorted.json)")
+        n_thoughts = steps * int(record.get("thoughts_per_step", 1))
     return thought_generation(vocab, n_thoughts), vocab

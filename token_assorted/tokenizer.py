@@ -11,10 +11,13 @@ Latent tokens `<latent_0>` … `<latent_{K-1}>` and the delimiters `<boLatent>`,
 `<eoLatent>` are added tokens with contiguous ids, so a codebook index z maps to token
 id `first_code_id + z`. They are not "special": a server that decodes with
 skip_special_tokens=True still writes them, so the latent spans can be explained.
+The pause control (strategy `pause`) appends one more such token, `<pause>`, after them:
+only pause models have it, so every other model's vocabulary is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -27,6 +30,7 @@ from .errors import CheckpointError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 LATENT_BEGIN, LATENT_END = "<boLatent>", "<eoLatent>"
+PAUSE = "<pause>"  # the pause control's one content-free latent token
 
 
 def latent_token(code: int) -> str:
@@ -64,6 +68,7 @@ class LatentVocab:
     begin_id: int  # <boLatent>
     end_id: int  # <eoLatent>
     first_code_id: int  # id of <latent_0>; <latent_z> = first_code_id + z
+    pause_id: int | None = None  # <pause> of a pause-control model, written where the codes would be
 
     def code_to_id(self, code: int) -> int:
         return self.first_code_id + code
@@ -73,10 +78,12 @@ class LatentVocab:
         return code if 0 <= code < self.codebook_size else None
 
     def is_latent(self, token_id: int) -> bool:
-        return self.id_to_code(token_id) is not None or token_id in (self.begin_id, self.end_id)
+        """A code, a delimiter or the pause token: never text, never read by a verifier."""
+        return self.id_to_code(token_id) is not None or token_id in (self.begin_id, self.end_id, self.pause_id)
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        # Without a pause token the record stays as it was before the pause control existed.
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def add_latent_tokens(tokenizer: PreTrainedTokenizerFast, codebook_size: int) -> LatentVocab:
@@ -102,6 +109,13 @@ def add_latent_tokens(tokenizer: PreTrainedTokenizerFast, codebook_size: int) ->
     return LatentVocab(codebook_size, ids[0], ids[1], first)
 
 
+def add_pause_token(tokenizer: PreTrainedTokenizerFast, vocab: LatentVocab) -> LatentVocab:
+    """Append `<pause>` after the latent tokens (idempotent); return `vocab` with its id."""
+    if PAUSE not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(PAUSE, special=False, normalized=False)])  # as the latent tokens
+    return dataclasses.replace(vocab, pause_id=tokenizer.convert_tokens_to_ids(PAUSE))
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a saved tokenizer directory (never executing remote code)."""
     from transformers import AutoTokenizer
@@ -118,7 +132,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
 
     vocab = tokenizer.get_vocab()
     base = sorted((tok, idx) for tok, idx in vocab.items() if not tok.startswith("<latent_")
-                  and tok not in (LATENT_BEGIN, LATENT_END))
+                  and tok not in (LATENT_BEGIN, LATENT_END, PAUSE))
     return hashlib.sha256(json.dumps(base).encode()).hexdigest()[:16]
 
 

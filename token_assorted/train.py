@@ -44,11 +44,12 @@ from .io import atomic_write_json, read_json
 from .latents import LatentCodes, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
 from .methods import Method, method_for
-from .mixing import CODE_STRATEGIES, ChunkLayout, Strategy, check_codes
-from .models import EMBEDDING_INITS, build_scratch_model, extend_vocabulary, is_preset, load_pretrained
+from .mixing import LAYOUT_STRATEGIES, ChunkLayout, Strategy, check_codes, max_latent_chunks
+from .models import (EMBEDDING_INITS, add_pause_row, build_scratch_model, extend_vocabulary, is_preset,
+                     load_pretrained)
 from .schema import Example
 from .tasks import Task, get_task
-from .tokenizer import LatentVocab, add_latent_tokens, build_task_tokenizer, resolve_tokenizer
+from .tokenizer import LatentVocab, add_latent_tokens, add_pause_token, build_task_tokenizer, resolve_tokenizer
 
 MODEL_META = "token_assorted.json"
 
@@ -119,6 +120,7 @@ class Setup:
     latents: LatentCodes | None
     valid: list[Example] = field(default_factory=list)
     skipped: int = 0
+    max_latent_chunks: int = 0  # the most chunks any training sequence could replace (the dial's limit)
     epoch: int = 0  # the epoch being trained (a curriculum validates at its current stage)
 
 
@@ -128,8 +130,8 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
         if not getattr(config, name):
             raise ConfigError(f"train: '{name}' is required")
     method_for(config)  # the name, and the method's own settings (Coconut's stages, iCoT's schedule)
-    if config.strategy in CODE_STRATEGIES and not (config.vqvae or config.codes or have_latents):
-        raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent codes: "
+    if config.strategy in LAYOUT_STRATEGIES and not (config.vqvae or config.codes or have_latents):
+        raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
                           f"pass --vqvae DIR (or a codes file)")
     if config.embedding_init not in EMBEDDING_INITS:
         raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
@@ -175,9 +177,13 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         latents = load_latent_codes(config, task, train, need_codes=strategy.needs_codes)
     model, tokenizer = _model_and_tokenizer(config, task, train, latents)
     latent_vocab = layout = None
-    if latents is not None and (strategy.needs_codes or config.latent_vocab_for_baselines):
+    wants_vocab = strategy.needs_codes or strategy.writes_pause or config.latent_vocab_for_baselines
+    if latents is not None and wants_vocab:
         latent_vocab = add_latent_tokens(tokenizer, latents.codebook_size)
         extend_vocabulary(model, latent_vocab, config.embedding_init, latents.codebook, seed=config.seed)
+        if strategy.writes_pause:  # appended after the latent tokens: other models' ids stay as they were
+            latent_vocab = add_pause_token(tokenizer, latent_vocab)
+            add_pause_row(model, latent_vocab, seed=config.seed)
         layout = ChunkLayout(latents.chunk_size, latents.latents_per_chunk, latent_vocab)
     method.prepare(tokenizer, model, train)  # its own tokens (Coconut's), after the latent rows
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -194,9 +200,11 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
     keep = [i for i, enc in enumerate(encoded) if method.max_length(enc, layout) <= limit]
     if not keep:
         raise ConfigError(f"every training example is longer than max_length={limit}")
-    return Setup(task, tokenizer, model, strategy, method, [encoded[i] for i in keep],
-                 None if codes is None else [codes[i] for i in keep], layout if codes is not None else None,
-                 latent_vocab, latents, valid, len(encoded) - len(keep))
+    kept = [encoded[i] for i in keep]
+    mixes = codes is not None or strategy.writes_pause  # the strategies that read the chunk layout
+    return Setup(task, tokenizer, model, strategy, method, kept, None if codes is None else [codes[i] for i in keep],
+                 layout if mixes else None, latent_vocab, latents, valid, len(encoded) - len(keep),
+                 max_latent_chunks(strategy, kept, layout if mixes else None, config.epochs))
 
 
 def _length_limit(config: TrainConfig, model) -> int:
@@ -256,6 +264,8 @@ def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], e
         "chunk_size": latents.chunk_size if latents else None,
         "latents_per_chunk": latents.latents_per_chunk if latents else None,
         "latent_vocab": run.latent_vocab.to_dict() if run.latent_vocab else None,
+        "max_latent_chunks": run.max_latent_chunks,
+        "pause_id": run.latent_vocab.pause_id if run.latent_vocab else None,
         "chat_template": config.chat_template, "data": config.data, "valid": config.valid,
         "model": config.model, "skipped_too_long": run.skipped, "config": dataclasses.asdict(config),
         "history": history, **run.method.meta(epoch),

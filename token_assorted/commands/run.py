@@ -1,9 +1,11 @@
 """`token-assorted run`: the whole experiment in one command.
 
 Generates the task's data, trains the VQ-VAE, trains Sol-Only, CoT and Token Assorted
-LMs of the same size on the same data, scores them on the same held-out split and
-writes OUT/results.json, OUT/report.md and OUT/tokens_vs_accuracy.png. Rerunning with
-the same OUT reuses every finished stage; a changed preset recomputes what it changes.
+LMs of the same size on the same data, scores them on the same held-out split, probes
+whether the latent tokens carry the reasoning (interventions, latency dial) and writes
+OUT/results.json, OUT/report.md, OUT/tokens_vs_accuracy.png and OUT/latency_dial.png.
+Rerunning with the same OUT reuses every finished stage; a changed preset recomputes what
+it changes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "sizes; gpu: GPT-2 size at paper scale; tiny: seconds, for tests) or a YAML file")
     parser.add_argument("--strategies", nargs="*", default=[], metavar="NAME",
                         help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
-                             "curriculum, poisson ('all': the three), and the other latent-reasoning methods "
-                             "coconut and icot")
+                             "curriculum, poisson, the control pause (Token Assorted with <pause> in place of its "
+                             "codes), 'all' (those four), and the other latent-reasoning methods coconut and icot")
     parser.add_argument("--seeds", type=int, default=None, help="repeat each method with N seeds (mean ± std)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..models import is_preset
-    from ..pipeline import ABLATIONS, PEERS, load_preset, parse_overrides, run_pipeline
+    from ..pipeline import ABLATIONS, CONTROLS, PEERS, load_preset, parse_overrides, run_pipeline
 
     overrides = parse_overrides(args.overrides)
     if args.task and args.task != load_preset(args.preset).task:
@@ -73,11 +75,12 @@ def run_command(args: argparse.Namespace) -> int:
     for name, value in task_options_from_args(args).items():  # one key each: a preset's others stay
         overrides[f"data.task_options.{name}"] = value
     config = load_preset(args.preset, overrides)
-    extra = list(ABLATIONS) if "all" in args.strategies else args.strategies
+    known = (*ABLATIONS, *CONTROLS)
+    extra = list(known) if "all" in args.strategies else args.strategies
     for name in extra:
-        if name not in (*ABLATIONS, *PEERS) and name not in config.methods:
+        if name not in (*known, *PEERS) and name not in config.methods:
             raise ConfigError(f"--strategies: unknown method {name!r}; choose from "
-                              f"{', '.join((*ABLATIONS, *PEERS))} or all (the ablations)")
+                              f"{', '.join((*known, *PEERS))} or all ({', '.join(known)})")
         if name not in config.methods:
             config.methods.append(name)
     preset_name = Path(args.preset).stem
