@@ -231,3 +231,17 @@ def test_bad_coconut_settings_are_one_line_errors(data, tmp_path, capsys):
     code = main(["train", "--task", "toy", "--strategy", "coconut", "--data", str(data["train"]),
                  "--tokenizer", str(data["tokenizer"]), "--out", str(tmp_path / "x"), "--coconut-stages", "0"])
     assert code == 2 and "coconut_stages" in capsys.readouterr().err
+
+
+def test_the_dial_gives_k_steps_of_thoughts_up_to_the_trained_stages(trained, data, tmp_path, capsys):
+    for k, span in [(0, "<bot> <eot>"), (2, "<bot> <thought> <thought> <eot>")]:
+        out = tmp_path / f"k{k}.json"
+        assert main(["eval", "--model", str(trained), "--data", str(data["valid"]), "--out", str(out),
+                     "--max-new-tokens", "12", "--latent-chunks", str(k)]) == 0
+        lines = out.with_name(f"k{k}.predictions.jsonl").read_text().splitlines()
+        assert all(json.loads(line)["generated"].startswith(span + " ") for line in lines)
+        assert json.loads(out.read_text())["latent_chunks"] == k
+    capsys.readouterr()
+    assert main(["eval", "--model", str(trained), "--data", str(data["valid"]), "--out", str(tmp_path / "x.json"),
+                 "--latent-chunks", "4"]) == 2
+    assert "at most 3 stages" in capsys.readouterr().err

@@ -102,6 +102,28 @@ def test_token_assorted_model_has_latent_rows_and_predictions_are_parsed(math_ru
     assert len(lines) == 6 and all("correct" in json.loads(line) for line in lines)
 
 
+@pytest.mark.parametrize("strategy", ["coconut", "icot"])
+def test_the_other_latent_methods_train_on_math_with_the_pretrained_model(math_run, tmp_path, strategy):
+    """Coconut (two thoughts per step, as for GSM8K) and iCoT on the tiny Llama, chat template on."""
+    from token_assorted.evaluate import EvalConfig, evaluate_dir
+
+    out = train_lm(TrainConfig(task="gsm8k", data=str(math_run["out"] / "data" / "train.jsonl"),
+                               out=str(tmp_path / strategy), strategy=strategy, vqvae=str(math_run["out"] / "vqvae"),
+                               model=str(math_run["model_dir"]), chat_template=True, epochs=2, batch_size=4,
+                               lr=1e-3, coconut_thoughts_per_step=2, coconut_stages=2, coconut_cot_epochs=0,
+                               icot_tokens_per_epoch=8, progress=False))
+    meta = read_json(out / "token_assorted.json")
+    assert meta["codebook_size"] == 16  # the baselines' latent rows: every model has the same vocabulary
+    test = get_task("gsm8k").load(math_run["out"] / "data" / "test.jsonl")
+    result = evaluate_dir(out, test, EvalConfig(max_new_tokens=16, progress=False))
+    assert result.n == 6
+    if strategy == "coconut":
+        assert meta["coconut"]["thoughts"] == 4  # stage 2 of c = 2
+        assert all(p.generated.startswith("<bot>" + "<thought>" * 4 + "<eot>") for p in result.predictions)
+    else:
+        assert meta["icot"]["removed_tokens"] == "all" and result.avg_latent_tokens == 0
+
+
 def test_training_refuses_a_vqvae_of_another_tokenizer(math_run, tmp_path):
     other = tmp_path / "other-llama"
     save_tiny_llama(other, gsm8k_records(10, seed=5))
