@@ -3,6 +3,8 @@
     python benchmarks/bench_gpu_preset.py prosqa                      # one task per device call
     python benchmarks/bench_gpu_preset.py prosqa prontoqa keys-maze --out /tmp/gpu-preset
     python benchmarks/bench_gpu_preset.py keys-maze --smoke           # CPU: a handful of questions
+    python benchmarks/bench_gpu_preset.py prosqa --peers              # + Coconut and iCoT (paper scale)
+    python benchmarks/bench_gpu_preset.py prosqa --peers --smoke      # CPU check of that section
 
 Each task runs `token-assorted run --preset gpu --task TASK`: the GPT-2-size model from
 scratch (12 layers, 768 wide), the paper's chunking (L = r = 16, K = 64) and the VQ-VAE's
@@ -27,6 +29,19 @@ VQ-VAE 500 steps, 150 LM steps per method (about one ProsQA epoch), evaluation o
 with the same --out reuses every finished stage, so a stopped call continues on a warm
 machine. Raise the budgets with --set (e.g. --set train.max_steps=600) once timed.
 Writes OUT/bench_gpu_preset.json (or --json) and prints one Markdown table.
+
+The other latent-reasoning methods (--peers). Coconut and iCoT join Sol-Only, CoT and Token
+Assorted on the same data and model (GPT-2 size, from scratch: the papers fine-tune a
+pre-trained GPT-2, so ours start further back). Their schedules are curricula over epochs, so
+the 150-step cut above would stop them at their first phase: they get whole epochs instead,
+one per phase. Coconut: CoT for 1 epoch, then stages 1-6 (c = 1, Coconut's ProsQA/ProntoQA
+max_latent_stage) for 1 epoch each: 7 epochs, about 980 steps of 128 ProsQA questions, each
+step 2 + s forward passes. iCoT: 8 tokens per epoch (Deng et al.), 6 epochs, the last with no
+trace. Not timed on a GPU yet: a Coconut step should cost 3-5 CoT steps, so Coconut alone is
+probably 3-6 minutes per task on one H100; run one task per call, and cut with
+--set method_overrides.coconut.epochs=N if needed. The Coconut paper's Table 1 is printed
+beside them (Coconut 97.0 % / 14.2 tokens and iCoT 98.2 % / 8.2 on ProsQA; 99.8 % / 9.0 and
+99.8 % / 3.0 on ProntoQA), and every row has its seconds per optimizer step.
 """
 
 from __future__ import annotations
@@ -67,6 +82,21 @@ SMOKE = {
     "train.progress": False, "eval.batch_size": 4, "eval.max_new_tokens": 24, "explain_samples": 1, "threads": 2,
 }
 SMOKE_MAZE = {"eval.samples": 2}
+PEERS = ("coconut", "icot")
+# Coconut paper, Table 1 (pre-trained GPT-2): accuracy % / generated tokens.
+PEER_PAPER = {"prosqa": {"coconut": (97.0, 14.2), "icot": (98.2, 8.2)},
+              "prontoqa": {"coconut": (99.8, 9.0), "icot": (99.8, 3.0)}}
+# Whole epochs, one per phase of each curriculum (the shared 150-step cut is lifted for them).
+PEER_BUDGET = {
+    "method_overrides.coconut": {"epochs": 7, "max_steps": None, "coconut_thoughts_per_step": 1,
+                                 "coconut_stages": 6, "coconut_epochs_per_stage": 1, "coconut_cot_epochs": 1},
+    "method_overrides.icot": {"epochs": 6, "max_steps": None, "icot_tokens_per_epoch": 8, "icot_final_epochs": 1},
+}
+SMOKE_PEERS = {
+    "method_overrides.coconut": {"epochs": 2, "max_steps": None, "coconut_stages": 1, "coconut_epochs_per_stage": 1,
+                                 "coconut_cot_epochs": 1},
+    "method_overrides.icot": {"epochs": 2, "max_steps": None, "icot_tokens_per_epoch": 8, "icot_final_epochs": 1},
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,6 +105,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_gpu_preset"), help="work and run directory")
     parser.add_argument("--json", type=Path, default=None, help="result file (default: OUT/bench_gpu_preset.json)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script end to end")
+    parser.add_argument("--peers", action="store_true", help="also train Coconut and iCoT (their own budgets)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra preset overrides, as for token-assorted run (e.g. train.max_steps=800)")
     return parser.parse_args()
@@ -103,13 +134,14 @@ def method_rows(task: str, results: dict, timings: dict) -> list[dict]:
     for name, summary in zip(results["details"]["methods"], results["methods"]):
         run = results["details"]["methods"][name]["runs"][0]
         accuracy = run["sampled_accuracy"] if task == "keys-maze" else summary["accuracy"]
-        paper = PAPER[task].get(name)
+        paper = PAPER[task].get(name) or PEER_PAPER.get(task, {}).get(name)
         rows.append({"task": task, "method": name, "accuracy": accuracy, "greedy_accuracy": summary["accuracy"],
                      "n": summary["n"], "avg_generated_tokens": summary["avg_generated_tokens"],
                      "avg_latent_tokens": summary["avg_latent_tokens"],
                      "seconds_per_example": summary["seconds_per_example"],
                      "paper_accuracy": paper[0] / 100 if paper else None, "paper_tokens": paper[1] if paper else None,
                      "train_seconds": round(timings.get(f"train {name}", 0.0), 1),
+                     "train_seconds_per_step": run.get("train_seconds_per_step"),
                      "eval_seconds": round(timings.get(f"eval {name}", 0.0), 1)})
     return rows
 
@@ -118,8 +150,11 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
     from token_assorted.pipeline import load_preset, parse_overrides, run_pipeline
 
     work = args.out / task
-    overrides = {**task_overrides(task, work, args.smoke), **parse_overrides(args.overrides)}
+    peers = (SMOKE_PEERS if args.smoke else PEER_BUDGET) if args.peers else {}
+    overrides = {**task_overrides(task, work, args.smoke), **peers, **parse_overrides(args.overrides)}
     config = load_preset("gpu", overrides)
+    if args.peers:
+        config.methods += [name for name in PEERS if name not in config.methods]
     started = time.perf_counter()
     outcome = run_pipeline(config, work / "run", "gpu")
     return {"task": task, "methods": method_rows(task, outcome.results, outcome.timings),
@@ -130,15 +165,15 @@ def run_task(task: str, args: argparse.Namespace) -> dict:
 
 
 def markdown(tasks: list[dict]) -> str:
-    lines = ["| task | method | accuracy | generated tokens (latent) | s / example | paper (Table 4.1) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| task | method | accuracy | generated tokens (latent) | s / example | s / train step | paper |",
+             "|---|---|---|---|---|---|---|"]
     for task in tasks:
         for row in task["methods"]:
             paper = (f"{100 * row['paper_accuracy']:.1f} % / {row['paper_tokens']}"
                      if row["paper_accuracy"] is not None else "–")
             lines.append(f"| {task['task']} | {row['method']} | {100 * row['accuracy']:.1f} % of {row['n']} | "
                          f"{row['avg_generated_tokens']:.1f} ({row['avg_latent_tokens']:.1f}) | "
-                         f"{row['seconds_per_example']:.4f} | {paper} |")
+                         f"{row['seconds_per_example']:.4f} | {row['train_seconds_per_step'] or 0:.3f} | {paper} |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,6 @@ from token_assorted.coconut import (CoconutForward, StageSchedule, add_thought_t
                                     stage_sequence, think)
 from token_assorted.errors import ConfigError
 from token_assorted.evaluate import EvalConfig, evaluate_dir, load_model_dir
-from token_assorted.mixing import IGNORE_INDEX
 from token_assorted.models import build_scratch_model
 from token_assorted.schema import Example
 from token_assorted.thoughts import generate_thoughts, intervention, noise_direction
@@ -245,3 +244,20 @@ def test_the_dial_gives_k_steps_of_thoughts_up_to_the_trained_stages(trained, da
     assert main(["eval", "--model", str(trained), "--data", str(data["valid"]), "--out", str(tmp_path / "x.json"),
                  "--latent-chunks", "4"]) == 2
     assert "at most 3 stages" in capsys.readouterr().err
+
+
+def test_lora_trains_coconut_and_saves_a_merged_model(data, tmp_path):
+    from token_assorted.lora import LoraSettings
+
+    out = train_lm(config(data, tmp_path / "lora", epochs=1, coconut_cot_epochs=0, coconut_stages=1,
+                          lora=LoraSettings(r=4)))
+    assert not any(name.endswith(".lora_A.weight") for name in load_file_keys(out))  # merged on save
+    result = evaluate_dir(out, TASK.load(data["valid"]), EvalConfig(max_new_tokens=6, progress=False))
+    assert all(p.generated.startswith("<bot> <thought> <eot>") for p in result.predictions)
+
+
+def load_file_keys(model_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as handle:
+        return list(handle.keys())

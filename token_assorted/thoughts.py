@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .coconut import Transform, continue_with, saved_vocab, think
 from .devices import autocast
 from .errors import ConfigError
+from .evaluate import _Generated, _left_pad, check_context  # the same batches, padding and output as generate_ids
 from .interventions import ALL_CHUNKS, INTERVENTIONS, THOUGHT_INTERVENTIONS, parse_latent_chunks
 from .tokenizer import LatentVocab
 
@@ -61,12 +62,6 @@ def intervention(mode: str | None, rows: Sequence[int], seed: int = 0, scale: fl
         return (thought.float() + scale * norms * directions.to(thought.device)).to(thought.dtype)
 
     return add_noise
-
-
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from .evaluate import _left_pad as left_pad  # evaluate imports this module lazily
-
-    return left_pad(prompts, pad_id)
 
 
 def _next_tokens(logits: torch.Tensor, config: Any, sample: bool) -> torch.Tensor:
@@ -108,8 +103,6 @@ def generate_batch(model: Any, head_ids: torch.Tensor, head_mask: torch.Tensor, 
 def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], config: Any, *, sample: bool = False,
                       desc: str = "generate", n_thoughts: int, vocab: LatentVocab):
     """`evaluate.generate_ids` for a Coconut model: the same batches (longest prompts first), timing and output."""
-    from .evaluate import _Generated, check_context
-
     check_context(model, prompts, config.max_new_tokens + n_thoughts + 2)  # <bot>, thoughts, <eot>
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
