@@ -84,3 +84,12 @@ def test_cli_trains_and_evaluates_like_sol_only(data, tmp_path):
                  "--max-new-tokens", "12"]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["avg_latent_tokens"] == 0 and result["n"] == 8
+
+
+def test_resume_refuses_another_schedule(data, tmp_path):
+    base = dict(task="toy", data=str(data["train"]), out=str(tmp_path / "m"), strategy="icot",
+                tokenizer=str(data["tokenizer"]), epochs=2, batch_size=16, icot_tokens_per_epoch=2, progress=False,
+                max_steps=4)  # one epoch of 4 steps: its state is saved
+    train_lm(TrainConfig(**base))
+    with pytest.raises(ConfigError, match="icot_tokens_per_epoch differs"):
+        train_lm(TrainConfig(**{**base, "icot_tokens_per_epoch": 3, "resume": True, "max_steps": None}))

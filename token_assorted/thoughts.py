@@ -90,8 +90,8 @@ def generate_batch(model: Any, head_ids: torch.Tensor, head_mask: torch.Tensor, 
         state.position = state.position + 1
         chosen = _next_tokens(out.logits[:, -1], config, sample)  # (B,)
         chosen = torch.where(done, torch.full_like(chosen, pad_id), chosen)  # finished rows idle on pad
-        for row, token in enumerate(chosen.tolist()):
-            if not done[row]:
+        for row, (token, finished) in enumerate(zip(chosen.tolist(), done.tolist())):
+            if not finished:
                 written[row].append(token)
         done |= chosen == eos_id
         if bool(done.all()):
@@ -109,7 +109,6 @@ def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], conf
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
-    mode = getattr(config, "intervene", None)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -117,8 +116,7 @@ def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], conf
                       disable=not config.progress, leave=False):
         rows = order[begin: begin + config.batch_size]
         head_ids, head_mask = _left_pad([prompts[i] + [vocab.begin_id] for i in rows], pad_id)
-        transform = intervention(mode, rows, getattr(config, "intervene_seed", 0),
-                                 getattr(config, "noise_scale", 4.0))
+        transform = intervention(config.intervene, rows, config.intervene_seed, config.noise_scale)
         with torch.inference_mode(), autocast(config.mixed_precision, device):
             written = generate_batch(model, head_ids.to(device), head_mask.to(device), n_thoughts, vocab, eos_id,
                                      pad_id, config, sample, transform)

@@ -377,8 +377,11 @@ class _Trainer:
         record = load_state(directory, self.lm, self.optimizer, self.scheduler,
                             self.acc.process_index)
         given = dataclasses.asdict(self.config)
-        for key in ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora"):
-            if record["config"].get(key, given[key] if key in ("task_options", "lora") else None) != given[key]:
+        # A method's schedule (Coconut's stages, iCoT's removal) decides every sequence: it must match too.
+        schedule = tuple(key for key in given if key.startswith(("coconut_", "icot_")))
+        for key in ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora", *schedule):
+            known = key in ("task_options", "lora") or key in schedule  # newer keys: absent means the default
+            if record["config"].get(key, given[key] if known else None) != given[key]:
                 raise ConfigError(f"--resume: {key} differs from the saved run "
                                   f"({record['config'].get(key)!r} vs {given[key]!r})")
         self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
