@@ -280,3 +280,9 @@ def test_every_generated_task_trains_and_answers(task, strategy, tmp_path):
     assert result.n == 4
     span = "<bot> <thought> <eot>" if strategy == "coconut" else ""
     assert all(p.generated.startswith(span) for p in result.predictions)
+
+
+def test_explain_refuses_a_coconut_model_in_one_line(trained, capsys):
+    assert main(["explain", "--model", str(trained), "--question", "reverse a b", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "continuous vectors" in err and len(err.strip().splitlines()) == 1

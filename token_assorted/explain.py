@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import read_records
 from .tokenizer import LatentVocab, latent_token
 
@@ -159,6 +159,9 @@ class Explainer:
         from .evaluate import load_model_dir, resolve_task
 
         self.loaded = load_model_dir(self.model_dir, self.device)
+        if "coconut" in self.loaded.meta:
+            raise ConfigError(f"{self.model_dir}: a Coconut model's thoughts are continuous vectors, with no text "
+                              f"to decode; score it with `token-assorted eval` (its own generation loop)")
         self.task_obj = resolve_task(self.loaded, self.task, self.task_options)
         found = find_vqvae_dir(self.model_dir, self.loaded.meta, self.vqvae_dir)
         vocab = self.loaded.latent_vocab
