@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate, load_model_dir, resolve_task, save_result
+    from ..terminal import printable
 
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, samples=args.samples,
                         top_k=args.top_k, seed=args.seed, limit=args.limit,
@@ -47,6 +48,6 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{result.seconds_per_example * 1000:.1f} ms/example")
     if result.sampled_accuracy is not None:
         line += f" | any-of-{args.samples} {result.sampled_accuracy:.3f}"
-    print(line)
-    print(f"wrote {args.out} and {preds}")
+    print(printable(line))
+    print(printable(f"wrote {args.out} and {preds}"))
     return 0

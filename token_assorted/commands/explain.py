@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     from ..explain import Explainer, render
+    from ..terminal import printable
 
     explainer = Explainer(args.model, args.vqvae, args.task, args.device)
     if explainer.decoder is None and explainer.loaded.latent_vocab is not None:
@@ -46,7 +47,8 @@ def run_explain(args: argparse.Namespace) -> int:
         header = f"#{record['index']} " if "index" in record else ""
         if "correct" in record:
             header += "correct " if record["correct"] else "WRONG "
-        print(f"{header}question: {explanation.question}")
-        print(f"  raw:       {explanation.raw}")
-        print(f"  explained: {render(explanation)}")
+        # Questions and generated text are data: escape control characters (ANSI sequences).
+        print(printable(f"{header}question: {explanation.question}"))
+        print(printable(f"  raw:       {explanation.raw}"))
+        print(printable(f"  explained: {render(explanation)}"))
     return 0
