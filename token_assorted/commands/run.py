@@ -35,17 +35,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding train.jsonl and test.jsonl (and valid.jsonl); "
                              "the same as --train/--valid/--test for the files it holds")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is a non-empty folder that is not a run of ours")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
-    from ..pipeline import ABLATIONS, load_preset, parse_overrides, run_pipeline
+    from ..outdir import claimed, run_lock
+    from ..pipeline import ABLATIONS, check_data_files, load_preset, parse_overrides, run_pipeline
 
     overrides = parse_overrides(args.overrides)
+    labels = {}  # how the user gave each override, for errors that only it causes
     if args.task and args.task != load_preset(args.preset).task:
         # The preset's generator options belong to its own task.
         overrides = {"task": args.task, "data.options": {}, **overrides}
+        labels.update({"task": f"--task {args.task}", "data.options": f"--task {args.task}"})
     files = {split: str(getattr(args, split)) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.data_dir is not None:
         found = {split: str(args.data_dir / f"{split}.jsonl") for split in ("train", "valid", "test")
@@ -55,9 +60,11 @@ def run_command(args: argparse.Namespace) -> int:
         files = {**found, **files}
     if files:
         overrides["data.files"] = files
+        labels["data.files"] = "--train/--valid/--test/--data-dir"
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
-    config = load_preset(args.preset, overrides)
+        labels["seeds"] = f"--seeds {args.seeds}"
+    config = load_preset(args.preset, overrides, labels)
     extra = list(ABLATIONS) if "all" in args.strategies else args.strategies
     for name in extra:
         if name not in ABLATIONS and name not in config.methods:
@@ -66,5 +73,9 @@ def run_command(args: argparse.Namespace) -> int:
             config.methods.append(name)
     preset_name = Path(args.preset).stem
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
-    run_pipeline(config, out, preset_name)
+    check_data_files(config, preset_name)
+    # A user's own folder is never written over; a second run into the same folder waits
+    # for nothing: it is refused while the first one holds the lock.
+    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out):
+        run_pipeline(config, out, preset_name)
     return 0
