@@ -439,7 +439,7 @@ class _Trainer:
         return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean"))
 
     def end_epoch(self, loss: float) -> None:
-        self.require_finite(loss)  # never validate, let alone save, a diverged model
+        self.require_finite()  # never validate, let alone save, a diverged model (the loss: per step)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
         if self.run.valid:
             metrics = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
@@ -510,7 +510,7 @@ class _Trainer:
         if self.acc.is_main_process and self.step and (not self.run.valid
                                                        or not (self.out / "config.json").is_file()):
             # Stopped mid-epoch by max_steps: save what was trained.
-            self.require_finite(loss)
+            self.require_finite()
             save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
                            model_meta(self.config, self.run, self.history))
         elif self.acc.is_main_process and (self.out / MODEL_META).is_file():

@@ -114,7 +114,7 @@ def check_options(config: VQVAETrainConfig, source: str = "vqvae train", prefix:
 
 def _check_assignment(config: VQVAETrainConfig, where: str) -> None:
     if config.assignment not in ASSIGNMENTS:
-        raise ConfigError(f"{where}assignment: must be one of {', '.join(ASSIGNMENTS)}, "
+        raise ConfigError(f"{where}assignment must be one of {', '.join(ASSIGNMENTS)}, "
                           f"got {config.assignment!r}")
     if config.assignment == "search":
         if config.compression != config.chunk_size:
