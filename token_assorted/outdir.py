@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
@@ -36,29 +36,24 @@ def marker_path(out: Path, kind: str) -> Path:
     return out / f".token-assorted-{kind}.json"
 
 
-def _legacy(kind: str) -> Callable[[Path], bool]:
-    """How a folder of `kind` written before markers existed is recognised."""
-    def run(out: Path) -> bool:  # a finished stage's marker (a results.json alone could be anyone's)
+def _written_before_markers(out: Path, kind: str) -> bool:
+    """Whether `out` holds a `kind` run of ours written before markers existed (by its own files)."""
+    if kind == "run":  # a finished stage's marker (a results.json alone could be anyone's)
         return any(out.glob("*/.complete.json"))
-
-    def train(out: Path) -> bool:
+    if kind == "train":
         return (out / "token_assorted.json").is_file() or (out / "state" / "latest.json").is_file()
-
-    def vqvae(out: Path) -> bool:
-        try:
-            info = read_json(out / "config.json") if (out / "config.json").is_file() else {}
-        except Exception:  # noqa: BLE001 - an unreadable config.json is not ours
-            info = {}
-        ours = isinstance(info, dict) and str(info.get("format", "")).startswith("token-assorted-vqvae")
-        return ours or (out / "state" / "state.json").is_file()
-
-    return {"run": run, "train": train, "vqvae": vqvae}[kind]
+    try:
+        info = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+    except Exception:  # noqa: BLE001 - an unreadable config.json is not ours
+        info = {}
+    ours = isinstance(info, dict) and str(info.get("format", "")).startswith("token-assorted-vqvae")
+    return ours or (out / "state" / "state.json").is_file()
 
 
 def owner(out: Path) -> str | None:
     """Which kind of token-assorted folder `out` is, or None when it is not one of ours."""
     for kind in KINDS:
-        if marker_path(out, kind).is_file() or _legacy(kind)(out):
+        if marker_path(out, kind).is_file() or _written_before_markers(out, kind):
             return kind
     return None
 
@@ -88,7 +83,9 @@ def claim(out: str | Path, kind: str, *, force: bool = False, **info: object) ->
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"{out}: is a file; --out must be a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    # Our own markers and locks (and their temp files, mid-write by a run starting now) are not
+    # a user's files: a folder holding only them is as good as empty.
+    entries = sorted(p.name for p in out.iterdir() if ".token-assorted-" not in p.name) if out.is_dir() else []
     found = owner(out) if entries else None
     if entries and found != kind and not force:
         what = f"a token-assorted {found} folder" if found else "not a token-assorted folder"

@@ -74,8 +74,8 @@ def run_command(args: argparse.Namespace) -> int:
     preset_name = Path(args.preset).stem
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
     check_data_files(config, preset_name)
-    # A user's own folder is never written over; a second run into the same folder waits
-    # for nothing: it is refused while the first one holds the lock.
+    # A user's own folder is never written over, and a second run into the same folder is
+    # refused while the first holds the lock.
     with claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out):
         run_pipeline(config, out, preset_name)
     return 0

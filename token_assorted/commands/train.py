@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
                                                        "group_by_length", "resume", "progress"]
     mapping.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
     config = from_mapping(TrainConfig, mapping, "command line")
-    with claimed(config.out, "train", force=args.force) if config.out else contextlib.nullcontext():
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
+    with claimed(config.out, "train", force=args.force) if config.out and main_process else contextlib.nullcontext():
         out = train_lm(config)
-    if os.environ.get("RANK", "0") == "0":  # one line under torchrun, not one per process
+    if main_process:
         print(f"model saved to {out}")
     return 0
