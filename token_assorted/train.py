@@ -32,18 +32,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .encoding import EncodedExample, encode_example
-from .errors import ConfigError
-from .io import atomic_write_json, read_json
-from .latents import LatentCodes, load_latent_codes
+from .config import Bound, at_least, check_limits, within
+from .devices import make_accelerator
+from .errors import ConfigError, TrainingError
+from .io import atomic_write_json, new_file_mode, read_json, writing
+from .latents import LatentCodes, check_layout, layout_of, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
-from .mixing import (IGNORE_INDEX, LAYOUT_STRATEGIES, ChunkLayout, MixedSequence, Strategy, build_sequence,
-                     check_codes, make_strategy, max_latent_chunks, max_sequence_length)
+from .mixing import (CODE_STRATEGIES, IGNORE_INDEX, LAYOUT_STRATEGIES, ChunkLayout, MixedSequence, Strategy,
+                     build_sequence, check_codes, make_strategy, max_latent_chunks, max_sequence_length)
 from .models import (EMBEDDING_INITS, add_pause_row, build_scratch_model, extend_vocabulary, is_preset,
                      load_pretrained)
 from .schema import Example
@@ -96,6 +98,14 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True  # tqdm bar (main process only)
 
+    # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
+    LIMITS: ClassVar[dict[str, Bound]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
+        "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
+        "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
+        "max_new_tokens": at_least(1), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0)}
+
 
 @dataclass
 class Setup:
@@ -128,8 +138,7 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
         raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
     if config.mixed_precision not in ("auto", "no", "bf16"):
         raise ConfigError(f"mixed_precision must be auto, no or bf16, got {config.mixed_precision!r}")
-    if min(config.epochs, config.batch_size, config.grad_accum) < 1 or config.lr <= 0:
-        raise ConfigError("epochs, batch size and grad accum must be >= 1 and lr > 0")
+    check_limits(dataclasses.asdict(config), TrainConfig.LIMITS, "train")  # configs built in Python too
     if config.lora is not None:
         check_lora(config.lora)
 
@@ -186,13 +195,13 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         model = apply_lora(model, config.lora, latent_vocab, config.seed)
     encoded = [encode_example(tokenizer, task, ex, config.chat_template) for ex in train]
     codes = latents.codes if latents is not None and strategy.needs_codes else None
+    limit = _length_limit(config, model)
+    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= limit]
     if codes is not None:
         if len(codes) != len(encoded):
             raise ConfigError(f"{len(codes)} code lists for {len(encoded)} training examples")
-        for i, (enc, example_codes) in enumerate(zip(encoded, codes)):
-            check_codes(len(enc.trace_ids), example_codes, layout, where=f"{config.data}, example {i}: ")
-    limit = _length_limit(config, model)
-    keep = [i for i, enc in enumerate(encoded) if max_sequence_length(enc, layout) <= limit]
+        for i in keep:  # the VQ-VAE did not encode the examples too long to keep (latents.py)
+            check_codes(len(encoded[i].trace_ids), codes[i], layout, where=f"{config.data}, example {i}: ")
     if not keep:
         raise ConfigError(f"every training example is longer than max_length={limit}")
     kept = [encoded[i] for i in keep]
@@ -333,31 +342,19 @@ def save_model_dir(model, run: Setup, out: Path, meta: dict[str, Any]) -> None:
     generation.bos_token_id = run.tokenizer.bos_token_id
     from transformers.utils import logging as hf_logging
 
-    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
+    with writing(out), tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
         hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
         model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)
         for path in Path(tmp).iterdir():
             if path.is_file():
+                path.chmod(new_file_mode())  # safetensors' temp files are 0600; results are shared
                 shutil.move(str(path), out / (path.name + ".tmp"))
                 (out / (path.name + ".tmp")).replace(out / path.name)
     atomic_write_json(out / MODEL_META, meta)
 
 
 # --------------------------------------------------------------------------- the loop
-def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one
-    # process cpu stays False so mps/cuda are still picked automatically.
-    import os
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=precision, cpu=cpu_ddp)
-
-
 def _micro_batch(config: TrainConfig, world: int) -> int:
     per_step = config.grad_accum * world
     if config.batch_size % per_step:
@@ -396,13 +393,27 @@ class _Trainer:
         self.history: list[dict[str, Any]] = []
         self.writer = None
         self.lengths = text_lengths(run.encoded) if config.group_by_length else []
+        self.saved_step = 0  # the step of the last state committed (kept if training diverges)
 
     # -- state -----------------------------------------------------------------
     def trainer_record(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "best": self.best,
-                "history": self.history, "config": dataclasses.asdict(self.config)}
+                "history": self.history, "config": dataclasses.asdict(self.config),
+                "latents": layout_of(self.run.latents)}
+
+    def require_finite(self, loss: float | None = None) -> None:
+        """Stop before a non-finite loss or model is saved: the last good state and model stay."""
+        if loss is None or math.isfinite(loss):
+            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return
+        what = f"the loss is {loss}" if loss is not None and not math.isfinite(loss) else "the weights are not finite"
+        kept = f"the state of step {self.saved_step}" if self.saved_step else "no resume state"
+        raise TrainingError(f"training diverged at step {self.global_step} (epoch {self.epoch + 1}): {what}; stopped "
+                            f"without saving it ({self.out} keeps {kept} and the last model saved, if any); "
+                            f"lower --lr (now {self.config.lr}) or max_grad_norm")
 
     def save_state(self) -> None:
+        self.require_finite()
         directory = step_dir(self.out, self.global_step)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -414,12 +425,15 @@ class _Trainer:
         if self.acc.is_main_process:
             commit(self.out, directory)
         self.acc.wait_for_everyone()
+        self.saved_step = self.global_step
 
     def restore(self) -> None:
         directory = latest_state(self.out)
         if directory is None:
             self.acc.print(f"no training state in {self.out}; starting from scratch")
             return
+        # A VQ-VAE of another K or L swapped in: named here, not as a size-mismatch traceback.
+        check_layout(read_json(directory / "trainer.json"), self.run.latents, self.config.vqvae or self.config.codes)
         record = load_state(directory, self.acc.unwrap_model(self.model), self.optimizer, self.scheduler,
                             self.acc.process_index)
         given = dataclasses.asdict(self.config)
@@ -429,6 +443,7 @@ class _Trainer:
                                   f"({record['config'].get(key)!r} vs {given[key]!r})")
         self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
         self.best, self.history = record["best"], record["history"]
+        self.saved_step = self.global_step
         self.acc.print(f"resumed from {directory} (epoch {self.epoch}, step {self.global_step})")
 
     # -- fitting -----------------------------------------------------------------
@@ -454,6 +469,7 @@ class _Trainer:
         return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean"))
 
     def end_epoch(self, loss: float) -> None:
+        self.require_finite()  # never validate, let alone save, a diverged model (the loss: per step)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
         if self.run.valid:
             metrics = self.validate(self.acc.unwrap_model(self.model), self.run, self.config, self.acc)
@@ -501,6 +517,8 @@ class _Trainer:
                     loss = self.train_step(order)
                     self.step += 1
                     self.global_step += 1
+                    if not math.isfinite(loss):
+                        self.require_finite(loss)
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}")
                     self.log(loss, started)
@@ -522,6 +540,7 @@ class _Trainer:
         if self.acc.is_main_process and self.step and (not self.run.valid
                                                        or not (self.out / "config.json").is_file()):
             # Stopped mid-epoch by max_steps: save what was trained.
+            self.require_finite()
             save_model_dir(self.acc.unwrap_model(self.model), self.run, self.out,
                            model_meta(self.config, self.run, self.history))
         elif self.acc.is_main_process and (self.out / MODEL_META).is_file():
@@ -552,7 +571,7 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     if not config.resume and (out / "state").exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it "
                           f"or choose another --out")
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config.mixed_precision)
     run = setup(config, latents)
     out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, run, accelerator, validate or validation_metrics)
