@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .claims import ClaimThresholds, check_claims, claims_lines
 from .config import (Bound, at_least, check_types, from_mapping, load_yaml, parse_overrides,  # noqa: F401
                      parse_with_overrides, with_overrides)
 from .devices import check_precision
@@ -103,6 +104,7 @@ class PipelineConfig:
     seeds: int = 1
     eval: EvalSettings = field(default_factory=EvalSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)  # interventions and dial of latent models
+    claims: ClaimThresholds = field(default_factory=ClaimThresholds)  # the four checks of the paper's claim
     explain_samples: int = 3  # traces with decoded latents shown in report.md
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     parallel: int = 1  # models trained at once in worker processes of one thread each (CPU: cores)
@@ -537,11 +539,16 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
+    checks = check_claims(results["methods"], config.claims)
+    results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
     samples = _explained_samples(config, out, vqvae, log)
     write_report(out, results, dataclasses.asdict(config), samples, timings, _learning_curves(out, runs))
     for m in methods:
         log(f"  {m.name:<20} accuracy {100 * m.accuracy:5.1f}%  tokens {m.avg_generated_tokens:6.1f} "
             f"(latent {m.avg_latent_tokens:.1f})")
+    log("the paper's claim on this run (report.md, \"The paper's claim on this run\"):")
+    for line in claims_lines(checks):
+        log(line)
     return results
 
 
