@@ -232,6 +232,11 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     pause_meta = json.loads((out / "models" / "pause" / "token_assorted.json").read_text())
     assert pause_meta["pause_id"] == pause_meta["latent_vocab"]["pause_id"]
     assert pause_meta["max_latent_chunks"] == most
+    # The four checks of the paper's claim: in results.json, report.md and the last lines printed.
+    claims = results["details"]["claims"]
+    assert len(claims) == 4 and all(c["passed"] is not None for c in claims)  # every method needed was run
+    assert "## The paper's claim on this run" in report
+    assert "the paper's claim on this run" in capsys.readouterr().out
     # A rerun reuses every stage; a changed eval setting recomputes only the evaluations and probes.
     capsys.readouterr()
     assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0
@@ -241,6 +246,14 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     log = capsys.readouterr().out
     assert log.count("running") == 4 and "[eval cot] running" in log and "[train cot] cached" in log
     assert "[probes token-assorted] running" in log
+
+
+def test_report_and_results_hold_the_four_checks_of_the_claim(tmp_path):
+    paths = write_report(tmp_path, _probed(), {"task": "prosqa", "claims": {"sol_only_gap": 0.15, "cot_accuracy": 0.85,
+                                                                            "token_ratio": 0.5, "reliance": 0.1}})
+    text = paths["report"].read_text()
+    assert "## The paper's claim on this run" in text
+    assert "| CoT learns the task |" in text
 
 
 def test_run_adds_the_other_latent_reasoning_methods(tmp_path):

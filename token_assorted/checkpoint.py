@@ -7,14 +7,20 @@ replaced atomically (temp file + fsync + rename, `io.atomic_write_json`), after 
 of it is fsynced; a process killed mid-save leaves the previous state in force. Older
 step directories are removed after the commit.
 
-Only our own files are read back, and `torch.load` always runs with `weights_only=True`.
+Only our own files are read back, and `torch.load` always runs with `weights_only=True`;
+the pointer must name a step directory inside `OUT/state/` (a pointer edited to lead
+elsewhere is refused), and the saved weights must fit the model being resumed (a VQ-VAE of
+another codebook size swapped in is named, not a size-mismatch traceback). A write the
+operating system refuses (disk full, read-only) is a `WriteError` naming the file.
 The data order is not stored: it is a function of (seed, epoch), so epoch and step fix it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,12 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from .errors import CheckpointError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, read_json, writing
+from .weights import check_state_files
 
 STATE_DIR = "state"
 POINTER = "latest.json"
+STEP_NAME = re.compile(r"step-\d{8}")
 
 
 def state_root(out: str | Path) -> Path:
@@ -62,21 +70,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _save_torch(obj: Any, path: Path) -> None:
+    # Serialised in memory first: torch.save writing to a full disk reports only "unexpected
+    # pos", while a plain write gives the OS's reason (No space left on device).
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with writing(path):
+        path.write_bytes(buffer.getbuffer())
+
+
 def save_rank_files(directory: Path, rank: int) -> None:
     """Every process writes its own RNG state (dropout masks differ per process)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"rng_rank{rank}.pt"
-    torch.save(rng_state(), path)
+    _save_torch(rng_state(), path)
     _fsync_file(path)
 
 
 def save_main_files(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, trainer: dict[str, Any]) -> None:
     """The main process writes weights, optimizer, scheduler and the trainer record."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
-    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+    with writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+    with writing(directory / "model.safetensors"):
+        save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
+    _save_torch(optimizer.state_dict(), directory / "optimizer.pt")
+    _save_torch(scheduler.state_dict(), directory / "scheduler.pt")
     atomic_write_json(directory / "trainer.json", trainer)
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
         _fsync_file(directory / name)
@@ -91,13 +111,23 @@ def commit(out: str | Path, directory: Path) -> None:
 
 
 def latest_state(out: str | Path) -> Path | None:
-    """The committed step directory of `out`, or None when there is none."""
-    pointer = state_root(out) / POINTER
+    """The committed step directory of `out`, or None when there is none.
+
+    The pointer must be `{"dir": "step-NNNNNNNN"}` naming a folder inside `OUT/state/`
+    itself (checked after resolving links): resuming reads only this run's own files.
+    """
+    root = state_root(out)
+    pointer = root / POINTER
     if not pointer.is_file():
         return None
     record = read_json(pointer)
-    directory = state_root(out) / str(record.get("dir", ""))
-    if not isinstance(record, dict) or not (directory / "trainer.json").is_file():
+    name = record.get("dir") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not STEP_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer}: expected {{\"dir\": \"step-NNNNNNNN\"}}, got {record!r:.80}")
+    directory = root / name
+    if directory.resolve().parent != root.resolve():
+        raise CheckpointError(f"{pointer}: {directory} leads outside {root}; refusing to resume from it")
+    if not (directory / "trainer.json").is_file():
         raise CheckpointError(f"{pointer}: points at a missing or incomplete state {directory}")
     return directory
 
@@ -126,10 +156,8 @@ def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.O
                scheduler: Any, rank: int) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this process's RNG; return trainer.json."""
     trainer = read_json(directory / "trainer.json")
-    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise CheckpointError(f"{directory}: weights do not match the model "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    check_state_files(directory / "model.safetensors", model)  # names and shapes, before loading
+    load_model(model, str(directory / "model.safetensors"), strict=False)  # tied weights are stored once
     optimizer.load_state_dict(_load_torch(directory / "optimizer.pt"))
     scheduler.load_state_dict(_load_torch(directory / "scheduler.pt"))
     rng_path = directory / f"rng_rank{rank}.pt"

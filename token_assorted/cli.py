@@ -2,13 +2,18 @@
 
 Each subcommand lives in `token_assorted.commands.<name>` and exposes
 `register(subparsers)`; heavy imports (torch, transformers) happen inside the command
-functions so `token-assorted --help` and `data` stay fast. Errors caused by user input
-(`TokenAssortedError`) print one line and exit 2; Ctrl-C and SIGTERM exit 130.
+functions so `token-assorted --help` and `data` stay fast.
+
+No traceback reaches the user by default. Errors caused by user input (`TokenAssortedError`)
+and by the operating system (`OSError`: no space left, no permission, a read-only disk)
+print one line and exit 2; Ctrl-C and SIGTERM exit 130; anything else is a bug: one line
+"internal error: ..." and exit 1 (`TOKEN_ASSORTED_DEBUG=1` shows its traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -17,6 +22,12 @@ import threading
 
 from . import __version__
 from .errors import TokenAssortedError
+from .io import library_os_reason, os_reason
+from .terminal import one_line
+
+DEBUG_VARIABLE = "TOKEN_ASSORTED_DEBUG"
+# OS errors that mean "this output cannot be written" (named after --out when they carry no file).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 COMMANDS = ("data", "vqvae", "train", "eval", "explain", "run")
 
@@ -42,15 +53,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except TokenAssortedError as exc:
-        print(f"token-assorted {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
         print(f"token-assorted {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # one that no write site turned into a WriteError
+        return _fail(args, _os_message(args, exc), 2)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback
+        reason = library_os_reason(exc)  # safetensors and torch report the OS's refusal as text
+        if reason is not None:
+            return _fail(args, f"{_output(args) or type(exc).__name__}: {reason}", 2)
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        return _fail(args, f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+                           f"set {DEBUG_VARIABLE}=1 for the traceback)", 1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"token-assorted {args.command}: error: {one_line(message)}", file=sys.stderr)
+    return code
+
+
+def _output(args: argparse.Namespace) -> str | None:
+    out = getattr(args, "out", None)
+    return str(out) if out else None
+
+
+def _os_message(args: argparse.Namespace, exc: OSError) -> str:
+    """The file an OSError concerns and the OS's reason; a write failure without a file
+    name (a log line, a library's own file) is about the command's output folder."""
+    if exc.filename:
+        return f"{exc.filename}: {os_reason(exc)}"
+    if exc.errno in _WRITE_ERRNOS and _output(args):
+        return f"{_output(args)}: cannot write: {os_reason(exc)}"
+    return str(exc) or type(exc).__name__
 
 
 def _stop_on_sigterm():
@@ -64,11 +104,6 @@ def _stop_on_sigterm():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, interrupt)
-
-
-def one_line(message: str) -> str:
-    """A message on one line: wrapped library errors (transformers, YAML) span several."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

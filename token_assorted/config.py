@@ -1,14 +1,21 @@
 """Typed configs: dataclasses filled from YAML/JSON mappings with strict key checks.
 
-Unknown keys and wrongly typed values are errors that name the source and the key,
-never silently ignored (a typo in a preset must not change an experiment quietly).
+Unknown keys, wrongly typed values, duplicated keys, non-finite numbers and values outside
+a field's limits are errors that name the source and the key (`preset.yaml: train.epochs:
+must be >= 1, got -1`), never silently ignored: a typo in a preset must not change an
+experiment quietly, nor surface only after minutes of work. A dataclass declares its
+limits in a `LIMITS` class variable (field name -> `Bound`); `from_mapping` checks them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +27,44 @@ from .io import read_text
 T = TypeVar("T")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with yaml.safe_load (never the unsafe loader)."""
+# --------------------------------------------------------------------------- YAML
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges may override keys by design
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader itself refuses an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r:.60}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def safe_load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing duplicated keys (never the unsafe loader)."""
+    loader = _UniqueKeyLoader(text)
     try:
-        data = yaml.safe_load(read_text(path))
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (safe loader only); every parse failure is one ConfigError line."""
+    try:
+        data = safe_load_yaml(read_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML{_yaml_where(exc)}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to read") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: unreadable YAML value: {str(exc).split(';')[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -38,17 +77,134 @@ def _yaml_where(exc: yaml.YAMLError) -> str:
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
-def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass `cls` from `mapping`, checking keys and simple types recursively."""
+# --------------------------------------------------------------------------- --set KEY=VALUE
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key.sub=value` strings (values parsed as YAML) into a dict."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = safe_load_yaml(value)
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"--set {item}: unreadable value: {' '.join(str(exc).split())}") from None
+    return out
+
+
+def with_overrides(mapping: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of `mapping` with dotted `overrides` (`train.epochs`) set in it."""
+    mapping = copy.deepcopy(mapping)
+    for dotted, value in overrides.items():
+        keys, node = dotted.split("."), mapping
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node[keys[-1]] = value
+    return mapping
+
+
+def parse_with_overrides(parse: Callable[[dict[str, Any], str], T], overrides: dict[str, Any], source: str,
+                         labels: dict[str, str] | None = None) -> T:
+    """`parse(overrides, source)`; an error only an override causes blames that override.
+
+    `labels[key]` says how the user gave an override (default `--set KEY=VALUE`), so the
+    message reads `--set train.epoch=3: train: unknown key(s) epoch`, not the preset's name.
+    The culprit is the override without which the rest parses: overrides can depend on each
+    other (`--task qa` also clears the preset's generator options), so they are left out one
+    at a time rather than applied one at a time.
+    """
+    try:
+        return parse(overrides, source)
+    except ConfigError:
+        parse({}, source)  # the file alone: its own error, blaming the file
+        for key, value in overrides.items():
+            rest = {k: v for k, v in overrides.items() if k != key}
+            try:
+                parse(rest, source)
+            except ConfigError:
+                continue
+            label = (labels or {}).get(key, f"--set {key}={value}")
+            try:
+                parse(overrides, label)
+            except ConfigError as exc:
+                message = str(exc)
+                raise ConfigError(message if message.startswith(f"{label}: ") else f"{label}: {message}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class Bound:
+    """The range a numeric field allows (None: unbounded on that side). None values pass:
+    optional fields use None for "off" or "the default"."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the low end itself is excluded
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of range, or None when it is fine (each item of a list is checked)."""
+        if isinstance(value, (list, tuple)):
+            return next((p for p in map(self.problem, value) if p), None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # types are checked elsewhere
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        high_bad = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self.describe()}, got {value}" if low_bad or high_bad else None
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+def at_least(low: float) -> Bound:
+    return Bound(low=low)
+
+
+def above(low: float) -> Bound:
+    return Bound(low=low, low_open=True)
+
+
+def within(low: float, high: float, *, high_open: bool = False) -> Bound:
+    return Bound(low=low, high=high, high_open=high_open)
+
+
+def check_limits(values: dict[str, Any], limits: dict[str, Bound], source: str, prefix: str = "") -> None:
+    """Refuse the first value of `values` outside its field's Bound, naming source and key."""
+    for name, bound in limits.items():
+        problem = bound.problem(values.get(name))
+        if problem:
+            raise ConfigError(f"{source}: {prefix}{name}: {problem}")
+
+
+# --------------------------------------------------------------------------- dataclasses
+def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass `cls` from `mapping`, checking keys, simple types and limits recursively.
+
+    Errors read `SOURCE: PREFIX.key: what is wrong`; `prefix` names a nested section.
+    """
+    where = f"{source}: {prefix.rstrip('.')}" if prefix else source
     if not isinstance(mapping, dict):
-        raise ConfigError(f"{source}: expected a mapping, got {type(mapping).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(mapping).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    values = {name: _coerce(hints[name], value, f"{source}.{name}") for name, value in mapping.items()}
-    return cls(**values)
+    values = {name: _coerce(hints[name], value, source, f"{prefix}{name}") for name, value in mapping.items()}
+    check_limits(values, getattr(cls, "LIMITS", {}), source, prefix)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def replace(config: T, overrides: dict[str, Any], source: str = "override") -> T:
@@ -57,15 +213,16 @@ def replace(config: T, overrides: dict[str, Any], source: str = "override") -> T
     return from_mapping(type(config), merged, source)
 
 
-def check_types(cls: type, mapping: dict[str, Any], source: str = "config") -> None:
-    """Type-check a partial mapping of `cls`'s fields (keys are checked by the caller)."""
+def check_types(cls: type, mapping: dict[str, Any], source: str = "config", prefix: str = "") -> None:
+    """Type- and limit-check a partial mapping of `cls`'s fields (keys are checked by the caller)."""
     hints = typing.get_type_hints(cls)
-    for name, value in mapping.items():
-        if name in hints:
-            _coerce(hints[name], value, f"{source}.{name}")
+    values = {name: _coerce(hints[name], value, source, f"{prefix}{name}")
+              for name, value in mapping.items() if name in hints}
+    check_limits(values, getattr(cls, "LIMITS", {}), source, prefix)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    where = f"{source}: {key}"
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -76,22 +233,24 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, where)
+                return _coerce(arg, value, source, key)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if dataclasses.is_dataclass(hint):
-        return from_mapping(hint, value, where)
+        return from_mapping(hint, value, source, f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(inner, item, f"{where}[{i}]") for i, item in enumerate(value)]
+        items = [_coerce(inner, item, source, f"{key}[{i}]") for i, item in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict or hint is Any:
         return value
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # nan/inf would train to NaN weights without a word
+                raise ConfigError(f"{where}: must be a finite number, got {value}")
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):

@@ -60,3 +60,18 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     if uses_bf16(precision, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def make_accelerator(mixed_precision: str = "auto"):
+    """accelerate's Accelerator for training: bf16 on a CUDA GPU that has it under "auto"."""
+    import os
+
+    import torch
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one
+    # process cpu stays False so mps/cuda are still picked automatically.
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp)

@@ -30,7 +30,15 @@ class DataError(TokenAssortedError):
             where += f", row {row}"
         if field is not None:
             where += f", field '{field}'"
+        self.message = message
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        # Picklable with its own arguments: errors of parallel workers reach the parent process.
+        return (type(self), (self.path, self.message), {"line": self.line, "field": self.field})
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(self.path, self.message, **state)
 
 
 class ConfigError(TokenAssortedError):
@@ -39,3 +47,26 @@ class ConfigError(TokenAssortedError):
 
 class CheckpointError(TokenAssortedError):
     """A checkpoint or model directory is missing, unsafe or does not match the data/tokenizer."""
+
+
+class WriteError(TokenAssortedError):
+    """A file or folder could not be written: no space left, no permission, a read-only disk.
+
+    The operating system's reason, with the path it concerns; raised where a write fails
+    (`io.atomic_open`, `io.writing`) so the user learns which output could not be written.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: cannot write: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class OutputDirError(TokenAssortedError):
+    """An output folder that must not be written: a user's own files, or a run in progress."""
+
+
+class TrainingError(TokenAssortedError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""

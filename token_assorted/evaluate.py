@@ -41,9 +41,9 @@ from .interventions import (check_dial_limit, check_probe_settings, model_layout
 from .io import atomic_write_json, atomic_write_jsonl, read_json
 from .mixing import ChunkLayout
 from .schema import Example
-from .safety import refuse_pickle_dir
 from .tasks import Task, Verdict, get_task
-from .tokenizer import LatentVocab, load_tokenizer
+from .tokenizer import LatentVocab, check_latent_vocab, load_tokenizer
+from .weights import check_model_folder
 
 MODEL_META = "token_assorted.json"  # written by stage-2 training beside the HF files
 
@@ -327,24 +327,35 @@ def load_model_dir(model_dir: str | Path, device: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
     target = resolve_device(device)  # before loading: a missing GPU is a one-line error
+    # Config, links and every weight file's header first: a pickle renamed .safetensors, or
+    # weights that do not match config.json, are refused before any loader sees them.
+    check_model_folder(model_dir)
     meta = read_model_meta(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    # Check every weight file's header first: a pickle renamed .safetensors is refused here,
-    # before any loader (which would only raise an opaque SafetensorError) sees it.
-    refuse_pickle_dir(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
                                                      use_safetensors=True)
     except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
     model.to(target).eval()
-    vocab = meta.get("latent_vocab")
-    latent_vocab = LatentVocab(**vocab) if isinstance(vocab, dict) else None
+    latent_vocab = _latent_vocab(meta, tokenizer, model, model_dir / MODEL_META)
     return LoadedModel(model, tokenizer, meta, latent_vocab, bool(meta.get("chat_template", False)),
                        meta.get("task"))
+
+
+def _latent_vocab(meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
+                  source: Path) -> LatentVocab | None:
+    """The metadata's latent vocabulary, refused unless it is the tokenizer's and fits the model."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise CheckpointError(f"{source.parent}: the tokenizer has {len(tokenizer)} tokens, the model's "
+                              f"embedding only {rows} rows")
+    if meta.get("latent_vocab") is None:
+        return None
+    vocab = LatentVocab.from_dict(meta["latent_vocab"], source)
+    check_latent_vocab(vocab, tokenizer, source)
+    return vocab
 
 
 def resolve_task(loaded: LoadedModel, task: str | Task | None, options: dict[str, Any] | None = None) -> Task:

@@ -10,13 +10,15 @@ and `"tokenizer": DIR`) — useful to reuse codes across runs, or to test withou
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .io import read_json
 from .schema import Example
 from .tasks import Task
@@ -35,15 +37,37 @@ class LatentCodes:
 
 
 def load_latent_codes(config: Any, task: Task, train: list[Example], need_codes: bool = True) -> LatentCodes:
-    """From `config.vqvae` (encoding `train` with it) or from `config.codes`."""
+    """From `config.vqvae` (encoding `train` with it) or from `config.codes`.
+
+    Examples longer than `config.max_length` as all-text sequences are not encoded: stage 2
+    drops them anyway (its length bound counts at least the whole text trace), and one very
+    long trace could exhaust memory in the VQ-VAE's encoder.
+    """
     if config.vqvae:
-        return from_vqvae(Path(config.vqvae), task, train, need_codes, config.data)
+        too_long = functools.partial(_too_long, task=task, examples=train,
+                                     max_length=getattr(config, "max_length", None),
+                                     chat_template=getattr(config, "chat_template", False))
+        return from_vqvae(Path(config.vqvae), task, train, need_codes, config.data, too_long)
     return from_codes_file(Path(config.codes), len(train))
 
 
+def _too_long(tokenizer: Any, *, task: Task, examples: list[Example], max_length: int | None,
+              chat_template: bool) -> list[bool] | None:
+    """Which examples are longer than `max_length` tokens as prompt + trace + solution."""
+    from .encoding import encode_example
+
+    if max_length is None:
+        return None
+    lengths = (len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids)
+               for e in (encode_example(tokenizer, task, ex, chat_template) for ex in examples))
+    return [length > max_length for length in lengths]
+
+
 def from_vqvae(directory: Path, task: Task, train: list[Example], need_codes: bool,
-               data_path: str | Path) -> LatentCodes:
-    """Codes of `train` (read from `data_path`) by the VQ-VAE in `directory`, cached by stage 1."""
+               data_path: str | Path, too_long: Callable[[Any], list[bool] | None] | None = None) -> LatentCodes:
+    """Codes of `train` (read from `data_path`) by the VQ-VAE in `directory`, cached by stage 1.
+
+    `too_long(tokenizer)` marks examples not to encode (their codes are empty)."""
     try:
         from .vqvae.store import encode_examples_cached, load_vqvae
     except ImportError as exc:
@@ -51,9 +75,30 @@ def from_vqvae(directory: Path, task: Task, train: list[Example], need_codes: bo
     loaded = load_vqvae(directory)
     cfg = loaded.config
     per_chunk = cfg.chunk_size // cfg.compression  # L / r
-    codes = encode_examples_cached(loaded, task, data_path, train) if need_codes else None
+    skip = too_long(loaded.tokenizer) if too_long is not None and need_codes else None
+    codes = encode_examples_cached(loaded, task, data_path, train, skip=skip) if need_codes else None
     return LatentCodes(cfg.chunk_size, per_chunk, cfg.codebook_size, codes,
                        codebook_of(loaded.model, cfg.codebook_size), loaded.tokenizer)
+
+
+def layout_of(latents: LatentCodes | None) -> dict[str, int] | None:
+    """K, L and L/r of a run's latent codes (recorded in its training state)."""
+    if latents is None:
+        return None
+    return {"codebook_size": latents.codebook_size, "chunk_size": latents.chunk_size,
+            "latents_per_chunk": latents.latents_per_chunk}
+
+
+def check_layout(trainer: Any, latents: LatentCodes | None, source: str | None) -> None:
+    """Refuse to resume a run whose saved latent layout differs from the VQ-VAE (or codes) given now."""
+    now = layout_of(latents)
+    saved = trainer.get("latents", now) if isinstance(trainer, dict) else now  # states before the record: as now
+    if saved == now:
+        return
+    changes = (f"latent codes {'added' if saved is None else 'removed'}" if saved is None or now is None else
+               ", ".join(f"{key} {saved.get(key)} -> {value}" for key, value in now.items() if saved.get(key) != value))
+    raise ConfigError(f"--resume: the latent codes changed since the run was saved ({source}): {changes}; resume "
+                      f"with the VQ-VAE the run was trained with, or start a new run")
 
 
 def codebook_of(model: torch.nn.Module, codebook_size: int) -> torch.Tensor | None:

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
-from .config import check_types, from_mapping, load_yaml
+from .claims import ClaimThresholds, check_claims, claims_lines
+from .config import (Bound, at_least, check_types, from_mapping, load_yaml, parse_overrides,  # noqa: F401
+                     parse_with_overrides, with_overrides)
 from .devices import check_precision
 from .environment import environment
 from .errors import ConfigError
@@ -73,6 +73,10 @@ class DataSettings:
     # and recorded with the VQ-VAE and each model (run --fields/--answer-match/--step-split).
     task_options: dict[str, Any] = field(default_factory=dict)
 
+    # Sizes of 0 mean "all of it" for given files; generated splits need >= 1 (check_config).
+    LIMITS: ClassVar[dict[str, Bound]] = {"train": at_least(0), "valid": at_least(0), "test": at_least(0),
+                                          "seed": at_least(0)}
+
 
 @dataclass
 class EvalSettings:
@@ -82,6 +86,9 @@ class EvalSettings:
     top_k: int = 10
     limit: int | None = None
     mixed_precision: str = "auto"  # bf16 autocast on CUDA, fp32 on CPU; no; bf16
+
+    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_new_tokens": at_least(1),
+                                          "samples": at_least(0), "top_k": at_least(1), "limit": at_least(1)}
 
 
 @dataclass
@@ -98,9 +105,13 @@ class PipelineConfig:
     seeds: int = 1
     eval: EvalSettings = field(default_factory=EvalSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)  # interventions and dial of latent models
+    claims: ClaimThresholds = field(default_factory=ClaimThresholds)  # the four checks of the paper's claim
     explain_samples: int = 3  # traces with decoded latents shown in report.md
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     parallel: int = 1  # models trained at once in worker processes of one thread each (CPU: cores)
+
+    LIMITS: ClassVar[dict[str, Bound]] = {"seeds": at_least(1), "explain_samples": at_least(0),
+                                          "threads": at_least(0), "parallel": at_least(1)}
 
 
 def preset_names() -> list[str]:
@@ -120,36 +131,25 @@ def preset_path(spec: str | Path) -> Path:
     return Path(str(candidate))
 
 
-def load_preset(spec: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Parse a preset (typed, unknown keys rejected) and apply dotted `overrides`."""
+def load_preset(spec: str | Path, overrides: dict[str, Any] | None = None,
+                labels: dict[str, str] | None = None) -> PipelineConfig:
+    """Parse a preset (typed, limits checked, unknown keys rejected) and apply dotted `overrides`.
+
+    An error that only the overrides cause is blamed on the first override that causes it
+    (`labels[key]`, default `--set KEY=VALUE`), not on the preset file.
+    """
     path = preset_path(spec)
     mapping = load_yaml(path)
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(mapping, dotted, value)
-    config = from_mapping(PipelineConfig, mapping, str(path))
-    check_config(config, str(path))
-    return config
+    if not mapping:  # an empty file (or comments only) would silently run the default experiment
+        raise ConfigError(f"{path}: empty preset (no settings); start from a shipped one "
+                          f"({', '.join(preset_names())}) or pass --preset NAME")
 
+    def parse(applied: dict[str, Any], source: str) -> PipelineConfig:
+        config = from_mapping(PipelineConfig, with_overrides(mapping, applied), source)
+        check_config(config, source)
+        return config
 
-def _set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        node = mapping.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {key} is not a section")
-        mapping = node
-    mapping[keys[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key.sub=value` strings (values parsed as YAML) into a dict."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return parse_with_overrides(parse, overrides or {}, str(path), labels)
 
 
 def check_config(config: PipelineConfig, source: str = "preset") -> None:
@@ -157,7 +157,8 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
     from .methods import METHOD_NAMES
     from .tasks import get_task
 
-    options = get_task(config.task, **config.data.task_options).generator_options()
+    task = get_task(config.task, **config.data.task_options)
+    options = task.generator_options()
     unknown = sorted(set(config.data.options) - set(options))
     if unknown:
         raise ConfigError(f"{source}: unknown {config.task} generator option(s) {', '.join(unknown)}; "
@@ -165,16 +166,22 @@ def check_config(config: PipelineConfig, source: str = "preset") -> None:
     for name in [*config.methods, *config.method_overrides]:
         if name not in METHOD_NAMES:
             raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
-    if config.seeds < 1:
-        raise ConfigError(f"{source}: seeds must be >= 1")
     try:
         check_precision(config.eval.mixed_precision)
     except ConfigError as exc:
         raise ConfigError(f"{source}: eval.{exc}") from None
-    _check_section(config.train, _TRAIN_OWNED, _train_config_class(), f"{source}.train")
+    if task.has_generator and not config.data.files:  # with files, 0 means "all of it"
+        for split in ("train", "valid", "test"):
+            if getattr(config.data, split) < 1:
+                raise ConfigError(f"{source}: data.{split}: must be >= 1 (examples to generate), "
+                                  f"got {getattr(config.data, split)}")
+    _check_section(config.train, _TRAIN_OWNED, _train_config_class(), source, "train.")
     for name, section in config.method_overrides.items():
-        _check_section(section, _TRAIN_OWNED, _train_config_class(), f"{source}.method_overrides.{name}")
-    _check_section(config.vqvae, _VQVAE_OWNED, _vqvae_config_class(), f"{source}.vqvae")
+        _check_section(section, _TRAIN_OWNED, _train_config_class(), source, f"method_overrides.{name}.")
+        _check_train_settings({**config.train, **section}, source, f"method_overrides.{name}.")
+    _check_train_settings(config.train, source, "train.")
+    _check_section(config.vqvae, _VQVAE_OWNED, _vqvae_config_class(), source, "vqvae.")
+    _check_vqvae_settings(config.vqvae, source)
     check_settings(config.probes, config.vqvae.get("codebook_size", _vqvae_config_class()().codebook_size), source)
 
 
@@ -188,7 +195,7 @@ def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
     if unknown:
         raise ConfigError(f"{source}: data.files: unknown split(s) {', '.join(unknown)}; use train, valid, test")
     if not files:
-        if type(get_task(config.task)).generate is Task.generate:
+        if type(get_task(config.task, **config.data.task_options)).generate is Task.generate:
             raise ConfigError(f"{source}: task {config.task!r} has no generator; give its data files "
                               f"(token-assorted run --train FILE --test FILE [--valid FILE])")
         return
@@ -200,17 +207,36 @@ def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
             raise ConfigError(f"{source}: {split} file {path} not found")
 
 
-def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, source: str) -> None:
+def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, source: str, prefix: str) -> None:
+    where = f"{source}: {prefix.rstrip('.')}"
     taken = sorted(set(section) & set(owned))
     if taken:
-        raise ConfigError(f"{source}: {', '.join(taken)} set by the pipeline itself; remove them")
+        raise ConfigError(f"{where}: {', '.join(taken)} set by the pipeline itself; remove them")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(section) - names)
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: "
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
                           f"{', '.join(sorted(names - set(owned)))}")
-    # Values too, before any stage runs: a typo must not surface after minutes of work.
-    check_types(cls, section, source)
+    # Values and their limits too, before any stage runs: a typo must not surface after minutes of work.
+    check_types(cls, section, source, prefix)
+
+
+def _check_train_settings(settings: dict[str, Any], source: str, prefix: str) -> None:
+    """What the stage-2 config checks across fields, on the merged settings of a method."""
+    from .train import TrainConfig
+
+    merged = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.default is not dataclasses.MISSING} | settings
+    if merged["batch_size"] % merged["grad_accum"]:
+        raise ConfigError(f"{source}: {prefix}batch_size: {merged['batch_size']} is not divisible by "
+                          f"grad_accum={merged['grad_accum']}")
+
+
+def _check_vqvae_settings(settings: dict[str, Any], source: str) -> None:
+    """Every limit of stage 1 (L divisible by r, d_model by heads, ...) on the preset's values."""
+    from .vqvae.options import VQVAETrainConfig, check_options
+
+    check_options(VQVAETrainConfig(**settings), source, "vqvae.", paths=False)
 
 
 def _train_config_class() -> type:
@@ -514,11 +540,16 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
+    checks = check_claims(results["methods"], config.claims)
+    results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
     samples = _explained_samples(config, out, vqvae, log)
     write_report(out, results, dataclasses.asdict(config), samples, timings, _learning_curves(out, runs))
     for m in methods:
         log(f"  {m.name:<20} accuracy {100 * m.accuracy:5.1f}%  tokens {m.avg_generated_tokens:6.1f} "
             f"(latent {m.avg_latent_tokens:.1f})")
+    log("the paper's claim on this run (report.md, \"The paper's claim on this run\"):")
+    for line in claims_lines(checks):
+        log(line)
     return results
 
 

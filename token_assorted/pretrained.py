@@ -16,7 +16,9 @@ What is refused, with a `CheckpointError` naming the path and the reason:
 - a directory that is not a causal LM (its ``model_type`` has no
   ``AutoModelForCausalLM`` class, or its ``architectures`` name none);
 - weights that are not safetensors (a directory with only ``pytorch_model.bin``:
-  unpickling can run arbitrary code);
+  unpickling can run arbitrary code), or that are not exactly those of the model its
+  ``config.json`` describes (`token_assorted.weights`: no missing, unexpected or
+  differently shaped tensor), or a file linked from outside the directory;
 - a tokenizer with no room for the latent vocabulary (`check_latent_room`): the
   extended vocabulary ``len(tokenizer) + K + 2`` over ``max_vocab_size``, or an input
   embedding that is not a resizable ``nn.Embedding``;
@@ -37,8 +39,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import CheckpointError
 from .io import read_json
-from .safety import refuse_pickle_dir
 from .tokenizer import LatentVocab, add_latent_tokens, ensure_special_tokens, tokenizer_fingerprint
+from .weights import check_model_folder
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -201,7 +203,8 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
                                            "quantization_config": GgufConfig(dequantize=True)}
     else:
         check_model_dir(path)
-        refuse_pickle_dir(path)  # a pickle renamed .safetensors is refused, never parsed
+        # A pickle renamed .safetensors is refused unparsed; weights must match config.json exactly.
+        check_model_folder(path)
         directory, options = path, {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False,

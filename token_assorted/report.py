@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .claims import ClaimThresholds, check_claims, claims_section
 from .environment import describe
 from .errors import DataError
 from .io import atomic_open, atomic_write_json, atomic_write_text
@@ -359,6 +360,9 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
              f"VQ-VAE: reconstruction token accuracy {100 * vq['reconstruction_token_accuracy']:.1f} %, "
              f"codebook usage {100 * vq['codebook_usage']:.1f} %.", "",
              "![accuracy vs generated tokens](tokens_vs_accuracy.png)", ""]
+    claims = settings.get("claims")
+    if claims is not None:  # the pipeline's thresholds (a run's settings always hold them)
+        lines += claims_section(check_claims(results["methods"], ClaimThresholds(**claims)))
     lines += reliance_section(results) + dial_section(results) + training_cost_section(results)
     if curves and any(curves.values()):
         lines += ["## Learning curves", "",

@@ -5,6 +5,10 @@ its zip container) handed in where safetensors is expected is refused with a
 `CheckpointError` naming the file, and is never unpickled: unpickling runs whatever
 code the file's author chose. The check reads the first bytes only, so it is cheap
 enough to run before every load.
+
+A model folder's files are read only from inside it: a file that is a symbolic link to a
+place outside the folder (`tokenizer.json -> /home/user/.ssh/...`) is refused before any
+parser opens it (`refuse_outside_links`).
 """
 
 from __future__ import annotations
@@ -74,3 +78,21 @@ def refuse_pickle_dir(directory: str | Path) -> list[Path]:
     for path in files:
         refuse_pickle(path)
     return files
+
+
+def refuse_outside_links(directory: str | Path) -> None:
+    """Refuse a file of `directory` that is a symbolic link resolving outside it.
+
+    A Hugging Face cache snapshot (`.../snapshots/<rev>/`) links every file into its
+    repository's `blobs/` folder; those links are allowed.
+    """
+    directory = Path(directory)
+    allowed = [directory.resolve()]
+    if directory.resolve().parent.name == "snapshots":
+        allowed.append(directory.resolve().parent.parent / "blobs")
+    for entry in sorted(directory.iterdir()):
+        if entry.is_symlink():
+            target = entry.resolve()
+            if not any(target.is_relative_to(root) for root in allowed):
+                raise CheckpointError(f"{entry}: is a link to {target}, outside the model folder; "
+                                      f"refusing to read it")

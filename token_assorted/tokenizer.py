@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -85,6 +86,17 @@ class LatentVocab:
         # Without a pause token the record stays as it was before the pause control existed.
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    @classmethod
+    def from_dict(cls, record: Any, source: str | Path) -> LatentVocab:
+        """The `latent_vocab` of a model's metadata; a wrong shape is a CheckpointError naming `source`."""
+        required = [f.name for f in fields(cls) if f.name != "pause_id"]  # pause_id: pause models only
+        allowed = [*required, "pause_id"]
+        if not isinstance(record, dict) or not set(required) <= set(record) <= set(allowed) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in record.values()):
+            raise CheckpointError(f"{source}: latent_vocab must be an object of non-negative integers "
+                                  f"{', '.join(required)} (and pause_id); got {record!r:.100}")
+        return cls(**record)
+
 
 def add_latent_tokens(tokenizer: PreTrainedTokenizerFast, codebook_size: int) -> LatentVocab:
     """Add `<boLatent>`, `<eoLatent>` and K latent tokens (idempotent); return their ids."""
@@ -116,14 +128,62 @@ def add_pause_token(tokenizer: PreTrainedTokenizerFast, vocab: LatentVocab) -> L
     return dataclasses.replace(vocab, pause_id=tokenizer.convert_tokens_to_ids(PAUSE))
 
 
+def check_latent_vocab(vocab: LatentVocab, tokenizer: PreTrainedTokenizerFast, source: str | Path) -> None:
+    """Refuse metadata whose latent ids are not the tokenizer's own latent tokens.
+
+    A model dir's `latent_vocab` says where `<boLatent>`, `<eoLatent>` and `<latent_0..K-1>`
+    live; if it disagrees with the tokenizer, latent tokens would be counted, stripped and
+    decoded at the wrong ids without any sign, so it must name exactly the tokenizer's ids.
+    """
+    actual = _latent_ids(tokenizer)
+    if actual is None or actual.codebook_size != vocab.codebook_size:
+        found = "no latent tokens" if actual is None else f"{actual.codebook_size} latent tokens"
+        raise CheckpointError(f"{source}: latent_vocab has codebook_size {vocab.codebook_size}, but the "
+                              f"tokenizer holds {found}")
+    if actual != dataclasses.replace(vocab, pause_id=None):
+        raise CheckpointError(f"{source}: latent_vocab {vocab.to_dict()} does not match the tokenizer's "
+                              f"latent token ids {actual.to_dict()}")
+    if vocab.pause_id is not None and tokenizer.get_vocab().get(PAUSE) != vocab.pause_id:
+        raise CheckpointError(f"{source}: latent_vocab's pause_id {vocab.pause_id} is not the tokenizer's "
+                              f"{PAUSE} id ({tokenizer.get_vocab().get(PAUSE)})")
+
+
+def _latent_ids(tokenizer: PreTrainedTokenizerFast) -> LatentVocab | None:
+    """Where the tokenizer's latent tokens are, if it has a contiguous set <latent_0..K-1>."""
+    vocab = tokenizer.get_vocab()
+    size = 0
+    while latent_token(size) in vocab:
+        size += 1
+    if not size or LATENT_BEGIN not in vocab or LATENT_END not in vocab:
+        return None
+    first = vocab[latent_token(0)]
+    if [vocab[latent_token(z)] for z in range(size)] != list(range(first, first + size)):
+        raise CheckpointError("the tokenizer's latent token ids are not contiguous")
+    return LatentVocab(size, vocab[LATENT_BEGIN], vocab[LATENT_END], first)
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a saved tokenizer directory (never executing remote code)."""
+    """Load a saved tokenizer directory: never remote code, never a file from outside it."""
     from transformers import AutoTokenizer
+
+    from .io import read_json
+    from .safety import refuse_outside_links
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise CheckpointError(f"{path}: no tokenizer found (expected tokenizer.json)")
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    refuse_outside_links(path)
+    config_path = path / "tokenizer_config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    if config.get("auto_map"):
+        raise CheckpointError(f"{config_path}: needs custom code (auto_map); code shipped with a model is "
+                              f"never executed — use a tokenizer transformers implements")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exceptions for malformed files
+        raise CheckpointError(f"{path}: cannot load the tokenizer: {type(exc).__name__}: {exc}") from None
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

@@ -32,16 +32,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .batches import LENGTH_WINDOW, collate, epoch_order, group_by_length, micro_indices, text_lengths  # noqa: F401
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .encoding import EncodedExample, encode_example
-from .errors import ConfigError
-from .io import atomic_write_json, read_json
-from .latents import LatentCodes, load_latent_codes
+from .config import Bound, above, at_least, check_limits, within
+from .devices import make_accelerator
+from .errors import ConfigError, TrainingError
+from .io import atomic_write_json, new_file_mode, read_json, writing
+from .latents import LatentCodes, check_layout, layout_of, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
 from .methods import Method, method_for
 from .mixing import LAYOUT_STRATEGIES, ChunkLayout, Strategy, check_codes, max_latent_chunks
@@ -103,6 +105,17 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True  # tqdm bar (main process only)
 
+    # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
+    LIMITS: ClassVar[dict[str, Bound]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
+        "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
+        "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
+        "max_new_tokens": at_least(1), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
+        "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1), "coconut_epochs_per_stage": at_least(1),
+        "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": at_least(1), "icot_smoothing_lambda": above(0),
+        "icot_final_epochs": at_least(0)}
+
 
 @dataclass
 class Setup:
@@ -129,7 +142,8 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
     for name in ("task", "data", "out"):
         if not getattr(config, name):
             raise ConfigError(f"train: '{name}' is required")
-    method_for(config)  # the name, and the method's own settings (Coconut's stages, iCoT's schedule)
+    check_limits(dataclasses.asdict(config), TrainConfig.LIMITS, "train")  # configs built in Python too
+    method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
     if config.strategy in LAYOUT_STRATEGIES and not (config.vqvae or config.codes or have_latents):
         raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
                           f"pass --vqvae DIR (or a codes file)")
@@ -137,8 +151,6 @@ def check_config(config: TrainConfig, have_latents: bool = False) -> None:
         raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
     if config.mixed_precision not in ("auto", "no", "bf16"):
         raise ConfigError(f"mixed_precision must be auto, no or bf16, got {config.mixed_precision!r}")
-    if min(config.epochs, config.batch_size, config.grad_accum) < 1 or config.lr <= 0:
-        raise ConfigError("epochs, batch size and grad accum must be >= 1 and lr > 0")
     if config.lora is not None:
         check_lora(config.lora)
 
@@ -191,13 +203,13 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         model = apply_lora(model, config.lora, method.vocab or latent_vocab, config.seed)
     encoded = [method.encode(tokenizer, task, ex, config.chat_template) for ex in train]
     codes = latents.codes if latents is not None and strategy.needs_codes else None
+    limit = _length_limit(config, model)
+    keep = [i for i, enc in enumerate(encoded) if method.max_length(enc, layout) <= limit]
     if codes is not None:
         if len(codes) != len(encoded):
             raise ConfigError(f"{len(codes)} code lists for {len(encoded)} training examples")
-        for i, (enc, example_codes) in enumerate(zip(encoded, codes)):
-            check_codes(len(enc.trace_ids), example_codes, layout, where=f"{config.data}, example {i}: ")
-    limit = _length_limit(config, model)
-    keep = [i for i, enc in enumerate(encoded) if method.max_length(enc, layout) <= limit]
+        for i in keep:  # the VQ-VAE did not encode the examples too long to keep (latents.py)
+            check_codes(len(encoded[i].trace_ids), codes[i], layout, where=f"{config.data}, example {i}: ")
     if not keep:
         raise ConfigError(f"every training example is longer than max_length={limit}")
     kept = [encoded[i] for i in keep]
@@ -284,31 +296,19 @@ def save_model_dir(model, run: Setup, out: Path, meta: dict[str, Any]) -> None:
     generation.bos_token_id = run.tokenizer.bos_token_id
     from transformers.utils import logging as hf_logging
 
-    with tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
+    with writing(out), tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
         hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
         model.save_pretrained(tmp)
         run.tokenizer.save_pretrained(tmp)
         for path in Path(tmp).iterdir():
             if path.is_file():
+                path.chmod(new_file_mode())  # safetensors' temp files are 0600; results are shared
                 shutil.move(str(path), out / (path.name + ".tmp"))
                 (out / (path.name + ".tmp")).replace(out / path.name)
     atomic_write_json(out / MODEL_META, meta)
 
 
 # --------------------------------------------------------------------------- the loop
-def _accelerator(config: TrainConfig):
-    from accelerate import Accelerator
-
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one
-    # process cpu stays False so mps/cuda are still picked automatically.
-    import os
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=precision, cpu=cpu_ddp)
-
-
 def _micro_batch(config: TrainConfig, world: int) -> int:
     per_step = config.grad_accum * world
     if config.batch_size % per_step:
@@ -348,15 +348,29 @@ class _Trainer:
         self.history: list[dict[str, Any]] = []
         self.writer = None
         self.lengths = text_lengths(run.encoded) if config.group_by_length else []
+        self.saved_step = 0  # the step of the last state committed (kept if training diverges)
         self.reset_at: int | None = None  # the epoch that began with fresh optimizer moments
         self.step_seconds: list[float] = []  # wall time of each optimizer step taken by this process
 
     # -- state -----------------------------------------------------------------
     def trainer_record(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step, "best": self.best,
-                "history": self.history, "config": dataclasses.asdict(self.config), "reset_at": self.reset_at}
+                "history": self.history, "config": dataclasses.asdict(self.config),
+                "latents": layout_of(self.run.latents), "reset_at": self.reset_at}
+
+    def require_finite(self, loss: float | None = None) -> None:
+        """Stop before a non-finite loss or model is saved: the last good state and model stay."""
+        if loss is None or math.isfinite(loss):
+            if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return
+        what = f"the loss is {loss}" if loss is not None and not math.isfinite(loss) else "the weights are not finite"
+        kept = f"the state of step {self.saved_step}" if self.saved_step else "no resume state"
+        raise TrainingError(f"training diverged at step {self.global_step} (epoch {self.epoch + 1}): {what}; stopped "
+                            f"without saving it ({self.out} keeps {kept} and the last model saved, if any); "
+                            f"lower --lr (now {self.config.lr}) or max_grad_norm")
 
     def save_state(self) -> None:
+        self.require_finite()
         directory = step_dir(self.out, self.global_step)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -368,12 +382,15 @@ class _Trainer:
         if self.acc.is_main_process:
             commit(self.out, directory)
         self.acc.wait_for_everyone()
+        self.saved_step = self.global_step
 
     def restore(self) -> None:
         directory = latest_state(self.out)
         if directory is None:
             self.acc.print(f"no training state in {self.out}; starting from scratch")
             return
+        # A VQ-VAE of another K or L swapped in: named here, not as a size-mismatch traceback.
+        check_layout(read_json(directory / "trainer.json"), self.run.latents, self.config.vqvae or self.config.codes)
         record = load_state(directory, self.lm, self.optimizer, self.scheduler,
                             self.acc.process_index)
         given = dataclasses.asdict(self.config)
@@ -387,6 +404,7 @@ class _Trainer:
         self.epoch, self.step, self.global_step = record["epoch"], record["step"], record["global_step"]
         self.reset_at = record.get("reset_at")
         self.best, self.history = record["best"], record["history"]
+        self.saved_step = self.global_step
         self.acc.print(f"resumed from {directory} (epoch {self.epoch}, step {self.global_step})")
 
     # -- fitting -----------------------------------------------------------------
@@ -412,6 +430,7 @@ class _Trainer:
         return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean"))
 
     def end_epoch(self, loss: float) -> None:
+        self.require_finite()  # never validate, let alone save, a diverged model (the loss: per step)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss}
         if self.reset_at == self.epoch:
             record["optimizer_reset"] = True
@@ -482,6 +501,8 @@ class _Trainer:
                     self.step_seconds.append(time.perf_counter() - begun)
                     self.step += 1
                     self.global_step += 1
+                    if not math.isfinite(loss):
+                        self.require_finite(loss)
                     bar.update(1)
                     bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}")
                     self.log(loss, started)
@@ -503,6 +524,7 @@ class _Trainer:
         if self.acc.is_main_process and self.step and (not self.run.valid
                                                        or not (self.out / "config.json").is_file()):
             # Stopped mid-epoch by max_steps: save what was trained.
+            self.require_finite()
             save_model_dir(self.lm, self.run, self.out,
                            {**model_meta(self.config, self.run, self.history, self.epoch), **self.cost()})
         elif self.acc.is_main_process and (self.out / MODEL_META).is_file():
@@ -533,7 +555,7 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     if not config.resume and (out / "state").exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it "
                           f"or choose another --out")
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config.mixed_precision)
     run = setup(config, latents)
     out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, run, accelerator, validate or validation_metrics)

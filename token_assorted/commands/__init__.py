@@ -48,3 +48,11 @@ def task_options_from_args(args: argparse.Namespace, base: dict | None = None) -
     options = dict(base or {})
     options.update({name: getattr(args, name) for name in TASK_FLAGS if getattr(args, name, None) is not None})
     return options
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (a seed: random.Random(-5) would equal Random(5))."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value

@@ -18,9 +18,10 @@ from collections import Counter
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from . import add_task_flags, positive_int, task_options_from_args
+from . import add_task_flags, non_negative_int, positive_int, task_options_from_args
 from ..io import read_records
 from ..schema import Example, save_examples
+from ..terminal import printable
 
 MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
 GENERATE_USAGE = "token-assorted data generate TASK --n N --out FILE [--seed S] [task options]"
@@ -55,7 +56,7 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
     parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
                                      description=f"Generate {task_name} examples as JSONL.")
     parser.add_argument("--n", type=positive_int, required=True, help="number of examples")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed >= 0 (same seed, same file)")
     parser.add_argument("--out", required=True, help="output JSONL file (written atomically)")
     group = parser.add_argument_group(f"{task_name} options")
     for name, (kind, default, text) in options.items():
@@ -84,7 +85,7 @@ def run_generate(args: argparse.Namespace) -> int:
     parsed = generate_parser(task.name, options).parse_args(args.task_args)
     examples = task.generate(parsed.n, parsed.seed, **{name: getattr(parsed, name) for name in options})
     save_examples(parsed.out, examples)
-    print(f"wrote {len(examples)} {task.name} examples to {parsed.out}", file=sys.stderr)
+    print(printable(f"wrote {len(examples)} {task.name} examples to {parsed.out}"), file=sys.stderr)
     return 0
 
 

@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate_loaded, load_model_dir, resolve_task, save_result
     from ..interventions import check_probe_options, parse_latent_chunks
+    from ..terminal import printable
 
     config = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, samples=args.samples,
                         top_k=args.top_k, seed=args.seed, limit=args.limit,
@@ -79,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if result.sampled_accuracy is not None:
         line += f" | any-of-{args.samples} {result.sampled_accuracy:.3f}"
     line += "".join(f" | {key.replace('_', '-')} {value}" for key, value in probes.items())
-    print(line)
-    print(f"wrote {args.out} and {preds}")
+    print(printable(line))
+    print(printable(f"wrote {args.out} and {preds}"))
     return 0
 

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     from ..explain import Explainer, render
+    from ..terminal import printable
 
     from ..errors import ConfigError
 
@@ -66,7 +67,8 @@ def run_explain(args: argparse.Namespace) -> int:
         header = f"#{record['index']} " if "index" in record else ""
         if "correct" in record:
             header += "correct " if record["correct"] else "WRONG "
-        print(f"{header}question: {explanation.question}")
-        print(f"  raw:       {explanation.raw}")
-        print(f"  explained: {render(explanation)}")
+        # Questions and generated text are data: escape control characters (ANSI sequences).
+        print(printable(f"{header}question: {explanation.question}"))
+        print(printable(f"  raw:       {explanation.raw}"))
+        print(printable(f"  explained: {render(explanation)}"))
     return 0

@@ -45,18 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the LM of every method: a local Hugging Face model folder, a .gguf file or a preset "
                              "name; a pretrained model's tokenizer is the VQ-VAE's too")
     add_task_flags(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is a non-empty folder that is not a run of ours")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..models import is_preset
-    from ..pipeline import ABLATIONS, CONTROLS, PEERS, load_preset, parse_overrides, run_pipeline
+    from ..outdir import claimed, run_lock
+    from ..pipeline import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset, parse_overrides, run_pipeline
 
     overrides = parse_overrides(args.overrides)
+    labels = {}  # how the user gave each override, for errors that only it causes
     if args.task and args.task != load_preset(args.preset).task:
         # The preset's generator options belong to its own task.
         overrides = {"task": args.task, "data.options": {}, **overrides}
+        labels.update({"task": f"--task {args.task}", "data.options": f"--task {args.task}"})
     files = {split: str(getattr(args, split)) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.data_dir is not None:
         found = {split: str(args.data_dir / f"{split}.jsonl") for split in ("train", "valid", "test")
@@ -66,15 +71,20 @@ def run_command(args: argparse.Namespace) -> int:
         files = {**found, **files}
     if files:
         overrides["data.files"] = files
+        labels["data.files"] = "--train/--valid/--test/--data-dir"
     if args.seeds is not None:
         overrides["seeds"] = args.seeds
+        labels["seeds"] = f"--seeds {args.seeds}"
     if args.model is not None:
         overrides["train.model"] = args.model
+        labels["train.model"] = f"--model {args.model}"
         if not is_preset(args.model):  # the VQ-VAE must read traces with the LM's own tokenizer
             overrides["vqvae.tokenizer"] = args.model
+            labels["vqvae.tokenizer"] = f"--model {args.model}"
     for name, value in task_options_from_args(args).items():  # one key each: a preset's others stay
         overrides[f"data.task_options.{name}"] = value
-    config = load_preset(args.preset, overrides)
+        labels[f"data.task_options.{name}"] = f"--{name.replace('_', '-')}"
+    config = load_preset(args.preset, overrides, labels)
     known = (*ABLATIONS, *CONTROLS)
     extra = list(known) if "all" in args.strategies else args.strategies
     for name in extra:
@@ -85,5 +95,9 @@ def run_command(args: argparse.Namespace) -> int:
             config.methods.append(name)
     preset_name = Path(args.preset).stem
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
-    run_pipeline(config, out, preset_name)
+    check_data_files(config, preset_name)
+    # A user's own folder is never written over, and a second run into the same folder is
+    # refused while the first holds the lock.
+    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out):
+        run_pipeline(config, out, preset_name)
     return 0

@@ -8,6 +8,7 @@ token_assorted.cli train ...` or `accelerate launch`; the effective batch stays 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from typing import Any
 
@@ -78,6 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--group-by-length", dest="group_by_length", action=argparse.BooleanOptionalAction,
                         default=None, help="batches of examples of similar length (less padding)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue the run saved in --out")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is a non-empty folder that is not a training run")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bar")
     parser.add_argument("--lora-r", dest="lora_r", type=int, default=None, metavar="R",
@@ -89,9 +92,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import from_mapping, load_yaml
+    from ..outdir import claimed
     from ..train import TrainConfig, train_lm
 
     mapping = load_yaml(args.config) if args.config else {}
+    if args.config:
+        from_mapping(TrainConfig, mapping, args.config)  # the file alone first: its errors name it
     keys = [key for key, _, _ in OPTIONS.values()] + ["chat_template", "latent_vocab_for_baselines",
                                                        "group_by_length", "resume", "progress"]
     mapping.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
@@ -99,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if args.lora_r is not None:
         lora = mapping.get("lora") if isinstance(mapping.get("lora"), dict) else {}
         mapping["lora"] = {**lora, "r": args.lora_r}
-    config = from_mapping(TrainConfig, mapping, args.config or "options")
-    out = train_lm(config)
-    if os.environ.get("RANK", "0") == "0":  # one line under torchrun, not one per process
+    config = from_mapping(TrainConfig, mapping, "command line")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
+    with claimed(config.out, "train", force=args.force) if config.out and main_process else contextlib.nullcontext():
+        out = train_lm(config)
+    if main_process:
         print(f"model saved to {out}")
     return 0

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 
+from ..errors import ConfigError
 from . import add_task_flags, positive_int, task_options_from_args
 
 HELP = {
@@ -37,6 +38,7 @@ HELP = {
     "codebook_dim": "codebook vector dimension (0: d_model)", "commitment_weight": "beta, the commitment loss weight",
     "ema_decay": "EMA decay of the codebook", "dead_code_threshold": "replace codes whose EMA usage falls below this",
     "max_prompt_len": "prompts longer than this keep their last tokens", "dropout": "dropout",
+    "max_trace_len": "examples whose trace has more tokens than this are skipped (with a count) before encoding",
     "tie_embeddings": "share the token embeddings with the output layer",
     "autoregressive": "decode each chunk token by token (causal decoder, greedy) instead of in one pass",
     "copy_head": "let the decoder copy prompt tokens (pointer-generator mixture with the vocabulary head)",
@@ -93,6 +95,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
                                                            else field.type.__name__]
             parser.add_argument(flag, type=kind, default=None, help=f"{HELP[field.name]} (default: {field.default})",
                                 metavar=field.name.upper())
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is a non-empty folder that is not a VQ-VAE run")
     parser.set_defaults(func=_train)
 
 
@@ -103,9 +107,12 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
     parser.add_argument("--out", required=True, metavar="CODES.jsonl",
                         help='output: one {"index", "codes", "trace_tokens"} per line')
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     add_task_flags(parser)
+    parser.add_argument("--max-trace-len", type=positive_int, metavar="N",
+                        help="skip (and count) examples whose trace has more tokens than this, before encoding "
+                             "(default: the VQ-VAE's max_trace_len)")
     parser.set_defaults(func=_encode)
 
 
@@ -163,34 +170,44 @@ def _task_of(args: argparse.Namespace, loaded):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..outdir import claimed
     from ..vqvae import train_vqvae
 
     config = train_config_from_args(args)
-    out = train_vqvae(config)
+    if not config.out:
+        raise ConfigError("vqvae train: --out is required")
+    with claimed(config.out, "vqvae", force=args.force):
+        out = train_vqvae(config)
     print(f"VQ-VAE saved in {out} (metrics: {out / 'metrics.json'})")
     return 0
 
 
 def _encode(args: argparse.Namespace) -> int:
     from ..io import atomic_write_jsonl
+    from ..terminal import printable
     from ..vqvae import encode_examples, load_vqvae
     from ..vqvae.chunks import chunk_examples
+    from ..vqvae.store import trace_limit
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
     task = _task_of(args, loaded)
     examples = task.load(args.data)
-    codes = encode_examples(loaded, task, examples, batch_size=args.batch_size)
     items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
-    atomic_write_jsonl(args.out, ({"index": i, "codes": c, "trace_tokens": item.trace_length}
-                                  for i, (c, item) in enumerate(zip(codes, items))))
+    # The length check comes first: one very long trace would ask the encoder for hundreds of GB.
+    limit = args.max_trace_len or trace_limit(args.vqvae)
+    kept = [i for i, item in enumerate(items) if item.trace_length <= limit]
+    codes = encode_examples(loaded, task, [examples[i] for i in kept], batch_size=args.batch_size)
+    atomic_write_jsonl(args.out, ({"index": i, "codes": c, "trace_tokens": items[i].trace_length}
+                                  for i, c in zip(kept, codes)))
     latents = sum(len(c) for c in codes)
-    print(f"{len(codes)} traces, {latents} latent tokens for {sum(i.trace_length for i in items)} text tokens "
-          f"-> {args.out}", file=sys.stderr)
+    skipped = f" ({len(items) - len(kept)} skipped: trace longer than {limit} tokens)" if len(kept) < len(items) else ""
+    print(printable(f"{len(codes)} traces, {latents} latent tokens for {sum(items[i].trace_length for i in kept)} "
+                    f"text tokens -> {args.out}{skipped}"), file=sys.stderr)
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
+    from ..terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
 
     try:
@@ -199,7 +216,7 @@ def _decode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
     task = _task_of(args, loaded)
-    print(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes, beams=args.beams))
+    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes, beams=args.beams)))
     return 0
 
 

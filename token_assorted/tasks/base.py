@@ -8,6 +8,7 @@ sequence is always P ⊕ C ⊕ S, with the solution opened by `SOLUTION_MARKER`.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,6 +27,15 @@ class Verdict:
     correct: bool
     predicted: str | None  # the parsed answer, None when nothing could be parsed
     details: dict[str, Any] = field(default_factory=dict)  # task-specific (maze: feasible, optimal)
+
+
+def progress(iterable: Any, task: str, total: int | None = None) -> Any:
+    """A generator's progress bar on stderr: shown on a terminal once it has run two seconds,
+    so a large `data generate` says how far it is while a small one prints nothing."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=f"generate {task}", unit="example", file=sys.stderr, delay=2,
+                disable=None, leave=False)
 
 
 def normalize_text(text: str) -> str:

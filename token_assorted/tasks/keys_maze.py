@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import ConfigError, DataError
 from ..io import read_records
 from ..schema import Example
-from .base import Task, Verdict, extract_solution
+from .base import Task, Verdict, extract_solution, progress
 from .maze_world import (COLOURS, Cell, Maze, MazeSpec, check_plan, generate_maze, join_paths,
                          shortest_plan, solve_in_phases)
 
@@ -43,6 +43,7 @@ PRESETS = {
     "paper": MazeSpec(width=20, height=20, min_keys=2, max_keys=4, wall_density=0.25),
 }
 META_FIELDS = ("width", "height", "walls", "keys", "doors", "start", "goal")
+MAX_SIDE = 256  # grid sides a data file may give (the paper preset is 20 x 20)
 _NUMBER = re.compile(r"[0-9]{1,9}")  # bounded: int() refuses numbers over 4300 digits
 
 
@@ -95,16 +96,23 @@ def maze_from_meta(meta: dict[str, Any], path: str | Path | None = None, line: i
         if name not in meta:
             raise DataError(path, "missing maze field", line=line, field=name)
     width, height = (_integer(meta[n], path, line, n) for n in ("width", "height"))
-    if width < 1 or height < 1:
-        raise DataError(path, "grid sides must be positive", line=line, field="width")
+    for name, side in (("width", width), ("height", height)):
+        if not 1 <= side <= MAX_SIDE:  # checking a plan searches every (cell, keys held) state
+            raise DataError(path, f"must be in 1..{MAX_SIDE}, got {side}", line=line, field=name)
     walls = frozenset(_cell(c, path, line, "walls") for c in _list(meta["walls"], path, line, "walls"))
     keys = tuple(_coloured(item, path, line, "keys") for item in _list(meta["keys"], path, line, "keys"))
     doors = tuple(_coloured(item, path, line, "doors") for item in _list(meta["doors"], path, line, "doors"))
     if [c for c, _ in keys] != [c for c, _ in doors]:
         raise DataError(path, "keys and doors must have the same colours in the same order", line=line,
                         field="doors")
-    return Maze(width, height, walls, keys, doors, _cell(meta["start"], path, line, "start"),
-                _cell(meta["goal"], path, line, "goal"))
+    if len(keys) > len(COLOURS):
+        raise DataError(path, f"at most {len(COLOURS)} keys, got {len(keys)}", line=line, field="keys")
+    start, goal = _cell(meta["start"], path, line, "start"), _cell(meta["goal"], path, line, "goal")
+    named = [("walls", c) for c in walls] + [("keys", c) for _, c in keys] + [("doors", c) for _, c in doors]
+    for name, (x, y) in [*named, ("start", start), ("goal", goal)]:
+        if not (0 <= x < width and 0 <= y < height):
+            raise DataError(path, f"cell ({x}, {y}) lies outside the {width}x{height} grid", line=line, field=name)
+    return Maze(width, height, walls, keys, doors, start, goal)
 
 
 def _integer(value: Any, path, line, field: str) -> int:
@@ -144,16 +152,18 @@ class KeysMaze(Task):
         spec = self.spec(**options)
         rng = random.Random(seed)
         examples, seen = [], set()
-        for _ in range(20 * n + 100):  # distinct prompts; a tiny grid may run out of mazes
-            if len(examples) == n:
-                return examples
-            try:
-                example = example_from_maze(generate_maze(rng, spec))
-            except ValueError as exc:
-                raise ConfigError(f"keys-maze generator: {exc}") from None
-            if example.question not in seen:
-                seen.add(example.question)
-                examples.append(example)
+        with progress(None, "keys-maze", total=n) as bar:
+            for _ in range(20 * n + 100):  # distinct prompts; a tiny grid may run out of mazes
+                if len(examples) == n:
+                    return examples
+                try:
+                    example = example_from_maze(generate_maze(rng, spec))
+                except ValueError as exc:
+                    raise ConfigError(f"keys-maze generator: {exc}") from None
+                if example.question not in seen:
+                    seen.add(example.question)
+                    examples.append(example)
+                    bar.update(1)
         if len(examples) < n:
             raise ConfigError(f"keys-maze generator: only {len(examples)} distinct mazes of {n} for {spec}")
         return examples

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..schema import Example
-from .base import Task, Verdict, extract_solution
+from .base import Task, Verdict, extract_solution, progress
 from .lexicon import PRONTOQA_CONCEPTS, PRONTOQA_NAMES, PRONTOQA_PROPERTY_FAMILIES, article, plural
 
 # Negation rates of the official train split, by where the property sits in the ontology.
@@ -90,7 +90,7 @@ class ProntoQA(Task):
     def generate(self, n: int, seed: int, hops: int = 5, distractors: bool = True) -> list[Example]:
         self._check_options(hops, distractors)
         rng = random.Random(seed)
-        return [self._generate_one(rng, hops, distractors) for _ in range(n)]
+        return [self._generate_one(rng, hops, distractors) for _ in progress(range(n), "prontoqa")]
 
     @staticmethod
     def _check_options(hops: int, distractors: bool) -> None:

@@ -29,11 +29,13 @@ import re
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..io import read_records
 from ..schema import Example
-from .base import Task, Verdict, extract_solution
+from .base import Task, Verdict, extract_solution, progress
 from .lexicon import PROSQA_CONCEPTS, PROSQA_NAMES
 
 # Coconut's construction constants (Appendix A.2).
@@ -42,6 +44,7 @@ P_FROM_SEED1_SIDE = 0.35  # parents drawn among nodes labelled 0 or 2
 DEPTH_WEIGHT = 1.5  # a parent candidate weighs depth * 1.5 + 1
 MAX_TRIES = 1000  # graphs drawn per question before the options are declared unsatisfiable
 QUESTION_RE = re.compile(r"Is (\w+) an? (\w+) or (\w+)\?\s*$")
+LEXICON_NODES = len(PROSQA_NAMES) + len(PROSQA_CONCEPTS)  # the most nodes a graph can name
 
 
 @dataclass
@@ -189,6 +192,12 @@ def choose_question(rng: random.Random, graph: Graph, min_steps: int, max_steps:
     return Question(root, target, rng.choice(wrong))
 
 
+def fits_lexicon(graph: Graph) -> bool:
+    """Whether the official lexicon has enough names and concepts for this graph."""
+    entities = sum(1 for parents in graph.parents if not parents)
+    return entities <= len(PROSQA_NAMES) and graph.size - entities <= len(PROSQA_CONCEPTS)
+
+
 def name_nodes(rng: random.Random, graph: Graph) -> list[str]:
     """Person names for parentless nodes, distinct "…pus" concepts for the others."""
     entities = [n for n in range(graph.size) if not graph.parents[n]]
@@ -247,14 +256,17 @@ class ProsQA(Task):
     def generate(self, n: int, seed: int, nodes: float = 22.7, nodes_sd: float = 2.0,
                  parents_mean: float = 1.5, entity_share: float = 0.025, min_steps: int = 3,
                  max_steps: int = 6, same_depth: bool = False) -> list[Example]:
-        if nodes < 4 or nodes_sd < 0 or parents_mean <= 0 or not 0 <= entity_share < 1 \
-                or not 1 <= min_steps <= max_steps:
+        if not all(map(math.isfinite, (nodes, nodes_sd, parents_mean, entity_share))) or nodes < 4 \
+                or nodes_sd < 0 or parents_mean <= 0 or not 0 <= entity_share < 1 or not 1 <= min_steps <= max_steps:
             raise ConfigError("prosqa: need nodes >= 4, nodes_sd >= 0, parents_mean > 0, 0 <= entity_share < 1 "
                               f"and 1 <= min_steps <= max_steps (got {nodes}, {nodes_sd}, {parents_mean}, "
                               f"{entity_share}, {min_steps}, {max_steps})")
+        if nodes > LEXICON_NODES:  # known before drawing anything: refuse at once, not after minutes
+            raise ConfigError(f"prosqa: --nodes {nodes:g} exceeds the official lexicon: a graph names at most "
+                              f"{LEXICON_NODES} nodes ({len(PROSQA_NAMES)} names, {len(PROSQA_CONCEPTS)} concepts)")
         rng = random.Random(seed)
         return [self._generate_one(rng, nodes, nodes_sd, parents_mean, entity_share, min_steps, max_steps,
-                                   same_depth) for _ in range(n)]
+                                   same_depth) for _ in progress(range(n), "prosqa")]
 
     @staticmethod
     def _generate_one(rng: random.Random, nodes: float, nodes_sd: float, parents_mean: float,
@@ -264,13 +276,24 @@ class ProsQA(Task):
             size = max(4, round(rng.gauss(nodes, nodes_sd)))
             graph = grow_dag(rng, size, parents_mean, entity_share)
             question = choose_question(rng, graph, min_steps, max_steps, same_depth)
-            if question is not None:
+            # A graph the lexicon cannot name is drawn again, like one without a question.
+            if question is not None and fits_lexicon(graph):
                 return render(rng, graph, question)
-        raise ConfigError(f"prosqa: no graph with a {min_steps}-{max_steps} step question in {MAX_TRIES} "
-                          f"tries; allow more steps or more nodes")
+        raise ConfigError(f"prosqa: no graph with a {min_steps}-{max_steps} step question that the lexicon can "
+                          f"name in {MAX_TRIES} tries; allow more steps, or change the number of nodes")
 
     def lexicon(self) -> list[str]:
         return ["Every", "is", "a", "Is", "or", ".", "?"] + list(PROSQA_NAMES) + list(PROSQA_CONCEPTS)
+
+    # --- loading -----------------------------------------------------------------------
+    def load(self, path: str | Path) -> list[Example]:
+        """Examples in the Coconut schema; a record's graph (when it has one) is checked too."""
+        examples = []
+        for line, record in read_records(path):
+            example = Example.from_dict(record, path=path, line=line)
+            check_graph(example.meta, path, line)
+            examples.append(example)
+        return examples
 
     # --- checking --------------------------------------------------------------------
     def verify(self, example: Example, generated: str) -> Verdict:
@@ -316,6 +339,40 @@ class ProsQA(Task):
                 trace_is_shortest_path_share=sum(map(self.trace_is_shortest_path, graphs)) / len(graphs),
             )
         return figures
+
+
+GRAPH_FIELDS = ("idx_to_symbol", "edges", "root", "target", "neg_target")
+
+
+def check_graph(meta: dict[str, Any], path: str | Path | None = None, line: int | None = None) -> None:
+    """Refuse a record's graph metadata unless every field is well formed and every node exists.
+
+    Records without a graph (question text only) are fine; one field of it needs them all,
+    since `stats` and `trace_is_shortest_path` walk the graph from root to target.
+    """
+    if not any(name in meta for name in GRAPH_FIELDS):
+        return
+    for name in GRAPH_FIELDS:
+        if name not in meta:
+            raise DataError(path, "missing graph field", line=line, field=name)
+    symbols = meta["idx_to_symbol"]
+    if not isinstance(symbols, list) or not symbols or not all(isinstance(s, str) and s for s in symbols):
+        raise DataError(path, "must be a non-empty list of names", line=line, field="idx_to_symbol")
+
+    def node(value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(symbols):
+            raise DataError(path, f"must be a node index in 0..{len(symbols) - 1}, got {value!r:.40}",
+                            line=line, field=field)
+        return value
+
+    edges = meta["edges"]
+    if not isinstance(edges, list) or not all(isinstance(e, list) and len(e) == 2 for e in edges):
+        raise DataError(path, "must be a list of [parent, child] pairs", line=line, field="edges")
+    for edge in edges:
+        for value in edge:
+            node(value, "edges")
+    for name in ("root", "target", "neg_target"):
+        node(meta[name], name)
 
 
 def options_of(example: Example) -> tuple[str, str]:

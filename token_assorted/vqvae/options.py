@@ -1,9 +1,13 @@
-"""The options of a VQ-VAE training run (no torch import: the CLI builds its flags from them)."""
+"""The options of a VQ-VAE training run and their checks (no torch import: the CLI builds its flags
+from them, and `run` checks a preset's `vqvae:` section with them before any stage starts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from ..config import Bound, above, at_least, check_limits, within
+from ..errors import ConfigError
 
 ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
@@ -43,6 +47,7 @@ class VQVAETrainConfig:
     ema_decay: float = 0.95
     dead_code_threshold: float = 0.5
     max_prompt_len: int = 512
+    max_trace_len: int = 8192  # traces longer than this (tokens) are skipped, with a count, before encoding
     dropout: float = 0.0
     tie_embeddings: bool = True  # output layer shares the token embeddings
     autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
@@ -61,3 +66,62 @@ class VQVAETrainConfig:
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
+
+    # The range of each numeric option (config.from_mapping checks them wherever options are read).
+    LIMITS: ClassVar[dict[str, Bound]] = {
+        "chunk_size": at_least(1), "compression": at_least(1), "codebook_size": at_least(2),
+        "steps": at_least(1), "batch_size": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "warmup_steps": at_least(0), "weight_decay": at_least(0), "grad_clip": above(0),
+        "valid_every": at_least(1), "log_every": at_least(1), "seed": at_least(0), "d_model": at_least(1),
+        "heads": at_least(1), "encoder_layers": at_least(1), "decoder_layers": at_least(1),
+        "prompt_layers": at_least(0), "codebook_dim": at_least(0), "commitment_weight": at_least(0),
+        "ema_decay": within(0, 1, high_open=True), "dead_code_threshold": at_least(0),
+        "max_prompt_len": at_least(1), "max_trace_len": at_least(1), "dropout": within(0, 1, high_open=True),
+        "word_dropout": within(0, 1, high_open=True), "local_context": at_least(0),
+        "search_candidates": at_least(1), "search_explore": at_least(0), "search_rerank": at_least(0),
+        "prefix_rank": at_least(0), "max_examples": at_least(0), "stop_at": at_least(0),
+    }
+
+
+def check_options(config: VQVAETrainConfig, source: str = "vqvae train", prefix: str = "",
+                  paths: bool = True) -> None:
+    """Refuse options out of range or inconsistent with each other, naming the option.
+
+    Errors read `SOURCE: PREFIXoption: ...`; `paths=False` skips the data/out paths (a
+    preset's `vqvae:` section, checked before they exist, with prefix "vqvae.").
+    """
+    for name in ("data", "out") if paths else ():
+        if not getattr(config, name):
+            raise ConfigError(f"{source}: --{name} is required")
+    check_limits(asdict(config), VQVAETrainConfig.LIMITS, source, prefix)
+    where = f"{source}: {prefix}"
+    if config.chunk_size % config.compression:
+        raise ConfigError(f"{where}chunk_size: L={config.chunk_size} must be a multiple of "
+                          f"compression r={config.compression}")
+    if config.d_model % config.heads:
+        raise ConfigError(f"{where}d_model: {config.d_model} must be divisible by heads={config.heads} "
+                          f"(each attention head gets d_model / heads dimensions)")
+    if config.output_vocab not in OUTPUT_VOCABS:
+        raise ConfigError(f"{where}output_vocab: must be one of {', '.join(OUTPUT_VOCABS)}, "
+                          f"got {config.output_vocab!r}")
+    if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
+        raise ConfigError(f"{where}copy_prefix: needs copy_head, the autoregressive decoder and word_dropout 0")
+    if config.prefix_rank == 1:
+        raise ConfigError(f"{where}prefix_rank: must be 0 (off) or at least 2, got 1")
+    if config.prefix_rank and not config.copy_head:
+        raise ConfigError(f"{where}prefix_rank: adds to the copy head's keys: it needs copy_head")
+    _check_assignment(config, where)
+
+
+def _check_assignment(config: VQVAETrainConfig, where: str) -> None:
+    if config.assignment not in ASSIGNMENTS:
+        raise ConfigError(f"{where}assignment must be one of {', '.join(ASSIGNMENTS)}, "
+                          f"got {config.assignment!r}")
+    if config.assignment == "search":
+        if config.compression != config.chunk_size:
+            raise ConfigError(f"{where}assignment: 'search' needs one latent per chunk (compression r = "
+                              f"chunk size L), got L={config.chunk_size}, r={config.compression}")
+        if not 0 <= config.search_explore < config.search_candidates <= config.codebook_size:
+            raise ConfigError(f"{where}search_candidates: search needs 0 <= search_explore "
+                              f"({config.search_explore}) < search_candidates ({config.search_candidates}) "
+                              f"<= codebook_size ({config.codebook_size})")

@@ -15,6 +15,7 @@ without "dir") are still loaded.
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,13 @@ def save_state(directory: Path, model: torch.nn.Module, state: TrainerState) -> 
     if folder.exists():  # left by a run killed mid-save at this step; never pointed at
         shutil.rmtree(folder)
     save_weights(folder / "model.safetensors", model, {"step": str(state.step)})
+    # Serialised in memory, then written: on a full disk torch.save reports only "unexpected pos",
+    # a plain write the OS's reason (a WriteError naming the file).
+    buffer = io.BytesIO()
+    torch.save({"step": state.step, "optimizer": state.optimizer, "scheduler": state.scheduler,
+                "rng": state.rng, "cuda_rng": state.cuda_rng}, buffer)
     with atomic_open(folder / "trainer.pt", "wb") as handle:
-        torch.save({"step": state.step, "optimizer": state.optimizer, "scheduler": state.scheduler,
-                    "rng": state.rng, "cuda_rng": state.cuda_rng}, handle)
+        handle.write(buffer.getbuffer())
     atomic_write_json(root / POINTER, {"step": state.step, "dir": folder.name})  # the commit
     _prune(root, keep=folder.name)
 

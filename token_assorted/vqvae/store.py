@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import from_mapping
 from ..encoding import encode_prompt
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io import atomic_open, atomic_write_json, read_json
 from ..schema import Example
 from ..tasks.base import Task
@@ -38,6 +38,7 @@ from .metrics import reconstruction_metrics
 from .model import VQVAE, VQVAEConfig
 
 FORMAT = "token-assorted-vqvae/1"
+DEFAULT_TRACE_LIMIT = 8192  # max_trace_len of VQ-VAEs saved before the option existed
 WEIGHTS, CONFIG, TOKENIZER_DIR, CODES_DIR = "model.safetensors", "config.json", "tokenizer", "codes"
 
 
@@ -85,7 +86,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
-    """Write weights then config.json (config last: its presence marks a complete checkpoint)."""
+    """Write weights then config.json (config last: its presence marks a complete checkpoint).
+
+    Weights that are no longer finite (training diverged) are never saved: TrainingError,
+    and the previous checkpoint and resume state stay as they were.
+    """
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        raise TrainingError(f"VQ-VAE training diverged before step {info.get('step')}: the weights are no longer "
+                            f"finite; stopped without saving them ({directory} keeps its last checkpoint); "
+                            f"lower --lr or --grad-clip")
     save_weights(directory / WEIGHTS, model, {"format": FORMAT, "step": str(info.get("step", 0))})
     atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config), **info})
 
@@ -183,8 +192,13 @@ def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example]
 
 
 def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Path,
-                           examples: Sequence[Example] | None = None, batch_size: int = 64) -> list[list[int]]:
-    """`encode_examples` of a data file, cached in DIR/codes/ by hashes of the file and the weights."""
+                           examples: Sequence[Example] | None = None, batch_size: int = 64,
+                           skip: Sequence[bool] | None = None) -> list[list[int]]:
+    """`encode_examples` of a data file, cached in DIR/codes/ by hashes of the file and the weights.
+
+    `skip[i]` True: example i is not encoded (its codes come back empty), because the caller
+    drops it as too long; a very long trace could otherwise exhaust memory in the encoder.
+    """
     data_path = Path(data_path)
     data_hash = _sha256(data_path)
     weights_hash = _sha256(loaded.directory / WEIGHTS)
@@ -192,15 +206,23 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
     # Task options (qa's field mapping, step split) change the traces read from the same file.
     options = task.options()
     opts = f"-opts{_sha256_text(repr(sorted(options.items())))[:8]}" if options else ""
-    cache = (loaded.directory / CODES_DIR
-             / f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}{rerank}{opts}.json")
+    skipped = [i for i, flag in enumerate(skip or []) if flag]
+    # Another subset encoded gives other codes for the file: its own cache entry (none skipped: the usual one).
+    subset = f"-skip{_sha256_text(str(skipped))[:12]}" if skipped else ""
+    cache = loaded.directory / CODES_DIR / (f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}"
+                                            f"{rerank}{opts}{subset}.json")
     if cache.is_file():
         record = read_json(cache)
         if record.get("data_sha256") == data_hash and record.get("weights_sha256") == weights_hash:
             return record["codes"]
     if examples is None:
         examples = task.load(data_path)
-    codes = encode_examples(loaded, task, examples, batch_size)
+    dropped = set(skipped)
+    kept = [i for i in range(len(examples)) if i not in dropped]
+    encoded = encode_examples(loaded, task, [examples[i] for i in kept], batch_size)
+    codes: list[list[int]] = [[] for _ in examples]
+    for i, example_codes in zip(kept, encoded):
+        codes[i] = example_codes
     atomic_write_json(cache, {"data": str(data_path), "data_sha256": data_hash, "weights_sha256": weights_hash,
                               "task": task.name, "chat_template": loaded.chat_template, "codes": codes})
     return codes
@@ -208,6 +230,13 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def trace_limit(directory: str | Path) -> int:
+    """The longest trace (tokens) the VQ-VAE in `directory` was trained to accept (max_trace_len)."""
+    train = _read_config(Path(directory)).get("train")
+    limit = train.get("max_trace_len") if isinstance(train, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_TRACE_LIMIT
 
 
 def _sha256(path: Path) -> str:

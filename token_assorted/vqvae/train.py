@@ -40,7 +40,7 @@ from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer,
 from .chunks import ChunkedExample, chunk_examples, collate
 from .metrics import reconstruction_metrics
 from .model import VQVAE, VQVAEConfig
-from .options import ASSIGNMENTS, OUTPUT_VOCABS, VQVAETrainConfig
+from .options import VQVAETrainConfig, check_options
 from .state import TrainerState, load_state, save_state
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 
@@ -51,8 +51,8 @@ _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
 _SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
           "copy_prefix", "prefix_rank")
 # Options added after runs were saved, with the value those runs had.
-_ADDED = {"task_options": {}, "copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
-          "copy_prefix": False, "prefix_rank": 0}
+_ADDED = {"task_options": {}, "copy_head": False, "assignment": "nearest", "search_candidates": 16,
+          "search_explore": 4, "copy_prefix": False, "prefix_rank": 0, "max_trace_len": 8192}
 
 
 @dataclass
@@ -77,15 +77,21 @@ def train_vqvae(config: VQVAETrainConfig, task: Task | None = None) -> Path:
 
 # --- setup ---------------------------------------------------------------------------
 def _setup(config: VQVAETrainConfig, task: Task | None) -> _Run:
-    _check_options(config)
+    check_options(config)
     out = Path(config.out)
     info = _check_resume(config, out) if config.resume else _check_fresh(out)
     task = task or get_task(config.task, **config.task_options)
     examples = task.load(config.data)[: config.max_examples or None]
     valid = task.load(config.valid) if config.valid else examples[:200]
     tokenizer = _resume_tokenizer(config, out, info) if config.resume else _new_tokenizer(config, task, examples, out)
-    items = [item for item in chunk_examples(tokenizer, task, examples, config.chunk_size, config.chat_template)
-             if item.chunks]
+    # Traces over max_trace_len are dropped here, before any model sees them (a 5,000-step trace
+    # would ask the encoder for hundreds of GB); the count is reported.
+    chunked = chunk_examples(tokenizer, task, examples, config.chunk_size, config.chat_template)
+    items = [item for item in chunked if item.chunks and item.trace_length <= config.max_trace_len]
+    too_long = sum(item.trace_length > config.max_trace_len for item in chunked)
+    if too_long:
+        print(f"vqvae train: skipped {too_long} training examples whose trace is longer than "
+              f"max_trace_len={config.max_trace_len} tokens", file=sys.stderr)
     if not items:
         raise ConfigError(f"{config.data}: no example has a non-empty trace; nothing to train on")
     torch.manual_seed(config.seed)
@@ -94,46 +100,9 @@ def _setup(config: VQVAETrainConfig, task: Task | None) -> _Run:
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
     start_step = _restore(out, model, optimizer, scheduler) if config.resume else 0
-    valid_items = chunk_examples(tokenizer, task, valid, config.chunk_size, config.chat_template)
+    valid_items = [item for item in chunk_examples(tokenizer, task, valid, config.chunk_size, config.chat_template)
+                   if item.trace_length <= config.max_trace_len]
     return _Run(config, out, task, tokenizer, model, optimizer, scheduler, items, valid_items, start_step)
-
-
-def _check_options(config: VQVAETrainConfig) -> None:
-    for name in ("data", "out"):
-        if not getattr(config, name):
-            raise ConfigError(f"vqvae train: --{name} is required")
-    for name in ("steps", "batch_size", "valid_every", "log_every", "chunk_size", "compression"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"vqvae train: {name} must be positive, got {getattr(config, name)}")
-    if config.chunk_size % config.compression:
-        raise ConfigError(f"vqvae train: chunk size L={config.chunk_size} must be a multiple of "
-                          f"compression r={config.compression}")
-    if config.codebook_size < 2 or config.lr <= 0:
-        raise ConfigError("vqvae train: codebook size must be >= 2 and lr > 0")
-    if not 0.0 <= config.word_dropout < 1.0:
-        raise ConfigError(f"vqvae train: word_dropout must be in [0, 1), got {config.word_dropout}")
-    if config.local_context < 0:
-        raise ConfigError(f"vqvae train: local_context must be >= 0, got {config.local_context}")
-    if config.output_vocab not in OUTPUT_VOCABS:
-        raise ConfigError(f"vqvae train: output_vocab must be one of {', '.join(OUTPUT_VOCABS)}, "
-                          f"got {config.output_vocab!r}")
-    if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
-        raise ConfigError("vqvae train: copy_prefix needs copy_head, the autoregressive decoder and word_dropout 0")
-    if config.prefix_rank < 0 or config.prefix_rank == 1:
-        raise ConfigError(f"vqvae train: prefix_rank must be 0 (off) or at least 2, got {config.prefix_rank}")
-    if config.prefix_rank and not config.copy_head:
-        raise ConfigError("vqvae train: prefix_rank adds to the copy head's keys: it needs copy_head")
-    if config.assignment not in ASSIGNMENTS:
-        raise ConfigError(f"vqvae train: assignment must be one of {', '.join(ASSIGNMENTS)}, "
-                          f"got {config.assignment!r}")
-    if config.assignment == "search":
-        if config.compression != config.chunk_size:
-            raise ConfigError(f"vqvae train: assignment 'search' needs one latent per chunk (compression r = "
-                              f"chunk size L), got L={config.chunk_size}, r={config.compression}")
-        if not 0 <= config.search_explore < config.search_candidates <= config.codebook_size:
-            raise ConfigError(f"vqvae train: search needs 0 <= search_explore ({config.search_explore}) < "
-                              f"search_candidates ({config.search_candidates}) <= codebook_size "
-                              f"({config.codebook_size})")
 
 
 def _check_fresh(out: Path) -> None:
