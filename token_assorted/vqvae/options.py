@@ -42,19 +42,14 @@ class VQVAETrainConfig:
     dead_code_threshold: float = 0.5
     max_prompt_len: int = 512
     dropout: float = 0.0
-    tie_embeddings: bool = True  # output layer shares the token embeddings
     autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
-    copy_head: bool = True  # pointer over the prompt's tokens mixed with the vocabulary head
-    word_dropout: float = 0.0  # AR decoder: share of earlier tokens hidden in training (fights collapse)
     local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
     output_vocab: str = "all"  # "data": score only the ids the training traces use (large pretrained vocabularies)
-    rotation_trick: bool = False  # encoder gradient by the rotation trick (Fifty et al., 2024), not straight-through
     assignment: str = "nearest"  # "search": each chunk's code is the one its decoding fits best (r = L only)
     search_candidates: int = 16  # assignment "search", training: codes tried per chunk
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # AR decoder: the copy head also matches the tokens before a prompt word to the chunk's
     search_rerank: int = 0  # assignment "search", outside training: of the n most likely codes, keep the best decoded
-    prefix_rank: int = 0  # copy head: keys also hold a prompt word's rank among words after the same k+1 tokens
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar

@@ -38,8 +38,9 @@ from ..tasks import get_task
 from ..tasks.base import Task
 from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer, tokenizer_fingerprint
 from .chunks import ChunkedExample, chunk_examples, collate
+from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
-from .model import VQVAE, VQVAEConfig
+from .model import VQVAE
 from .options import ASSIGNMENTS, OUTPUT_VOCABS, VQVAETrainConfig
 from .state import TrainerState, load_state, save_state
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
@@ -48,11 +49,7 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
-          "copy_prefix", "prefix_rank")
-# Options added after runs were saved, with the value those runs had.
-_ADDED = {"copy_head": False, "assignment": "nearest", "search_candidates": 16, "search_explore": 4,
-          "copy_prefix": False, "prefix_rank": 0}
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "output_vocab", "assignment", "copy_prefix")
 
 
 @dataclass
@@ -110,19 +107,13 @@ def _check_options(config: VQVAETrainConfig) -> None:
                           f"compression r={config.compression}")
     if config.codebook_size < 2 or config.lr <= 0:
         raise ConfigError("vqvae train: codebook size must be >= 2 and lr > 0")
-    if not 0.0 <= config.word_dropout < 1.0:
-        raise ConfigError(f"vqvae train: word_dropout must be in [0, 1), got {config.word_dropout}")
     if config.local_context < 0:
         raise ConfigError(f"vqvae train: local_context must be >= 0, got {config.local_context}")
     if config.output_vocab not in OUTPUT_VOCABS:
         raise ConfigError(f"vqvae train: output_vocab must be one of {', '.join(OUTPUT_VOCABS)}, "
                           f"got {config.output_vocab!r}")
-    if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
-        raise ConfigError("vqvae train: copy_prefix needs copy_head, the autoregressive decoder and word_dropout 0")
-    if config.prefix_rank < 0 or config.prefix_rank == 1:
-        raise ConfigError(f"vqvae train: prefix_rank must be 0 (off) or at least 2, got {config.prefix_rank}")
-    if config.prefix_rank and not config.copy_head:
-        raise ConfigError("vqvae train: prefix_rank adds to the copy head's keys: it needs copy_head")
+    if config.copy_prefix and not config.autoregressive:
+        raise ConfigError("vqvae train: copy_prefix needs the autoregressive decoder")
     if config.assignment not in ASSIGNMENTS:
         raise ConfigError(f"vqvae train: assignment must be one of {', '.join(ASSIGNMENTS)}, "
                           f"got {config.assignment!r}")
@@ -154,7 +145,7 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
     if not (out / CONFIG).is_file():
         raise CheckpointError(f"{out}: nothing to resume (no {CONFIG}); run without --resume")
     info = read_info(out)
-    saved, given = {**_ADDED, **info.get("train", {})}, _comparable(config)
+    saved, given = without_retired(info.get("train", {}), f"{out / CONFIG}:train"), _comparable(config)
     differing = sorted(k for k in given if k in saved and saved[k] != given[k])
     shape = [k for k in differing if k in _SHAPE]
     if shape:
