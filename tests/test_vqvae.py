@@ -29,7 +29,8 @@ from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_c
                                   train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
-from token_assorted.vqvae.mixture import copy_head, copy_keys, log_probs, logits, predict, slots_of, target_log_probs
+from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
+                                          target_log_probs)
 from token_assorted.vqvae.quantizer import nearest_codes
 from token_assorted.vqvae.search import chunk_log_likelihoods
 
@@ -519,9 +520,9 @@ def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive,
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
         owner, index = present.nonzero().unbind(1)
-        batched = chunk_log_likelihoods(model, chunk_ids[present], index, memory[owner], pad[owner], prompt[owner],
-                                        model.memory_kv(memory, pad).select(owner),
-                                        copy_keys(model, memory, prompt)[owner])  # (C, K)
+        side = chunk_side(model, memory[owner], pad[owner], prompt[owner], chunk_ids[present])
+        batched = chunk_log_likelihoods(model, chunk_ids[present], index, model.memory_kv(memory, pad).select(owner),
+                                        side)  # (C, K)
     assert torch.allclose(batched.T, likelihoods, atol=1e-4)
 
 

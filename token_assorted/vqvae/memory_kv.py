@@ -50,9 +50,10 @@ class MemoryKV:
         """The memory of `times` copies of the batch stacked (row g*B + b holds example b)."""
         return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
 
-    def select(self, rows: Tensor) -> MemoryKV:
-        """The memory of the given rows, e.g. each chunk's example."""
-        return self._map(lambda t: t[rows])
+    def select(self, rows: Tensor, length: int | None = None) -> MemoryKV:
+        """The memory of the given rows (e.g. each chunk's example), cut to its first `length` positions."""
+        return MemoryKV(tuple(t[rows, :, :length] for t in self.keys), tuple(t[rows, :, :length] for t in self.values),
+                        self.mask[rows, ..., :length])
 
     def _map(self, along_batch: Callable[[Tensor], Tensor]) -> MemoryKV:
         return MemoryKV(tuple(map(along_batch, self.keys)), tuple(map(along_batch, self.values)),

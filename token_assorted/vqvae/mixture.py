@@ -21,6 +21,8 @@ the whole vocabulary is built; without it the loss is the NLL of `log_probs`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -158,3 +160,56 @@ def log_probs(nets: ChunkNetworks, hidden: Tensor, memory: Tensor, memory_pad: T
         # Scatter: a word at several prompt positions gets the sum of their weights.
         copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (C, S, V)
         return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
+
+
+# --- one chunk under many codes (the search) ---------------------------------------------------
+@dataclass(frozen=True)
+class ChunkSide:
+    """What the mixture reads of C chunks and their prompts, the same under every code tried."""
+
+    keys: Tensor  # (C, P, D) the copy head's keys
+    prefix_scores: Tensor  # (C, L, P) the copy prefix's share of the copy scores (zeros without it)
+    pad: Tensor  # (C, P) True at prompt padding
+    copies: Tensor  # (C, L, P) 1 where prompt position p holds the chunk's token l
+    gate_memory: Tensor  # (C, P) the gate's weight on the copied context, read at each prompt position
+    slots: Tensor  # (C, L) the chunk's tokens' output slots (-1: outside the output vocabulary)
+
+
+@torch.no_grad()
+def chunk_side(nets: ChunkNetworks, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+               chunks: Tensor) -> ChunkSide:
+    """The code-independent side of `code_log_likelihoods` for (C, L) chunks under (C, P) prompts."""
+    with torch.autocast(memory.device.type, enabled=False):
+        memory = memory.float()
+        prefix_scores = memory.new_zeros(*chunks.shape, memory.shape[1])
+        if nets.config.copy_prefix:
+            query = nets.prefix_query(nets.prefix_norm(nets.prefix_features(chunks).float()))  # (C, L, D)
+            key = nets.prefix_key(nets.prefix_norm(nets.prefix_features(prompt_ids).float()))  # (C, P, D)
+            prefix_scores = torch.einsum("cld,cpd->clp", query, key) / nets.config.d_model ** 0.5
+        gate_memory = memory @ nets.copy_gate.weight[0, nets.config.d_model:]  # (C, P)
+        return ChunkSide(nets.copy_key(memory), prefix_scores, memory_pad,
+                         (prompt_ids[:, None] == chunks[..., None]).float(), gate_memory, slots_of(nets, chunks))
+
+
+@torch.no_grad()
+def code_log_likelihoods(nets: ChunkNetworks, hidden: Tensor, side: ChunkSide) -> Tensor:
+    """(C, g, L, D) decoder states of C chunks under g codes -> (C, g) the chunks' log likelihoods.
+
+    `target_log_probs` summed over the chunk, computed for many codes at once: the code-
+    independent parts once per chunk (`ChunkSide`), and the gate's reading of the copied
+    context as attention-weighted scalars (it is linear in the context), not as D-vectors.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        hidden = hidden.float()
+        log_vocab = F.log_softmax(logits(nets, hidden), dim=-1)  # (C, g, L, V')
+        slots = side.slots[:, None].expand(*hidden.shape[:3])  # (C, g, L)
+        picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0].masked_fill(slots < 0, UNWRITABLE)
+        query = nets.copy_query(hidden)  # (C, g, L, D)
+        scores = torch.einsum("cgld,cpd->cglp", query, side.keys) / nets.config.d_model ** 0.5
+        scores = (scores + side.prefix_scores[:, None]).masked_fill(side.pad[:, None, None], float("-inf"))
+        attention = scores.softmax(dim=-1)  # (C, g, L, P)
+        copied = torch.einsum("cglp,clp->cgl", attention, side.copies)
+        weight, bias = nets.copy_gate.weight[0, :nets.config.d_model], nets.copy_gate.bias[0]
+        gate = hidden @ weight + torch.einsum("cglp,cp->cgl", attention, side.gate_memory) + bias  # (C, g, L)
+        log_p = torch.logaddexp(F.logsigmoid(gate) + picked, F.logsigmoid(-gate) + _safe_log(copied))
+        return log_p.clamp(min=LOG_FLOOR).sum(-1)

@@ -22,11 +22,12 @@ from torch import Tensor
 
 from .decoding import greedy_tokens
 from .memory_kv import MemoryKV, run_grouped
-from .mixture import copy_keys, target_log_probs
+from .mixture import ChunkSide, chunk_side, code_log_likelihoods, copy_keys, target_log_probs
 from .networks import ChunkNetworks
 
 SEARCH_SEQUENCES = 256  # training: decoder sequences scored at once (candidates x examples)
-ENCODE_ROWS = 4096  # encoding: (chunk, code) pairs scored in one decoder call
+ENCODE_ROWS = 512  # encoding: (chunk, code) pairs scored in one decoder call (more spill out of the caches)
+CHUNK_BLOCK = 32  # encoding: chunks whose prompts are cut to one length
 
 
 @torch.no_grad()
@@ -84,28 +85,34 @@ def best_fitting_codes(nets: ChunkNetworks, prompt_ids: Tensor, prompt_pad: Tens
     """(C,) every real chunk's code among all K: the most likely, or with `search_rerank` the best decoded."""
     owner, index = present.nonzero().unbind(1)  # each real chunk's example and place in its trace
     chunks = chunk_ids[present]  # (C, L)
-    # The prompt side of each chunk, computed once per example and read by all K codes.
-    memory_kv = nets.memory_kv(memory, prompt_pad).select(owner)
-    keys = copy_keys(nets, memory, prompt_ids)[owner]
-    memory, prompt_pad, prompt_ids = memory[owner], prompt_pad[owner], prompt_ids[owner]  # (C, P, ...)
-    scores = chunk_log_likelihoods(nets, chunks, index, memory, prompt_pad, prompt_ids, memory_kv, keys)  # (C, K)
+    # The prompt side once per example, read by all K codes of each of its chunks.
+    memory_kv, keys = nets.memory_kv(memory, prompt_pad), copy_keys(nets, memory, prompt_ids)
+    # Chunks in blocks of similar prompt length, each block's prompts cut to its longest: the
+    # cross-attention and the copy head then skip most of the batch padding.
+    lengths = (~prompt_pad).sum(-1)[owner]  # (C,) prompts are right-padded
+    scores = memory.new_empty(len(chunks), nets.config.codebook_size)
+    for block in lengths.argsort(descending=True).split(CHUNK_BLOCK):
+        rows, width = owner[block], int(lengths[block].max())
+        side = chunk_side(nets, memory[rows, :width], prompt_pad[rows, :width], prompt_ids[rows, :width],
+                          chunks[block])
+        scores[block] = chunk_log_likelihoods(nets, chunks[block], index[block], memory_kv.select(rows, width), side)
     rerank = nets.config.search_rerank
     if rerank < 2:
         return scores.argmax(-1)  # the first of equal maxima, as in training
     likely = scores.topk(rerank, dim=-1).indices  # (C, n), the most likely first
     vectors = nets.quantizer.get_output_from_indices(likely)[:, :, None]  # (C, n, 1, D)
-    decoded = greedy_tokens(nets, vectors, index[:, None].expand_as(likely), memory, prompt_pad, prompt_ids,
-                            memory_kv, keys)  # (C, n, L)
+    decoded = greedy_tokens(nets, vectors, index[:, None].expand_as(likely), memory[owner], prompt_pad[owner],
+                            prompt_ids[owner], memory_kv.select(owner), keys[owner])  # (C, n, L)
     first_fewest = (decoded != chunks[:, None]).sum(-1).argmin(-1)  # (C,) argmin returns the first of equal minima
     return likely.gather(1, first_fewest[:, None])[:, 0]
 
 
-def chunk_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, memory: Tensor, memory_pad: Tensor,
-                          prompt_ids: Tensor, memory_kv: MemoryKV, keys: Tensor) -> Tensor:
+def chunk_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
+                          side: ChunkSide) -> Tensor:
     """(C, K): each chunk's teacher-forced log likelihood under every code.
 
-    `chunks` (C, L) with their places in their traces `index` (C,) and their prompts' rows
-    (memory (C, P, D) and the rest), as `best_fitting_codes` gathers them.
+    `chunks` (C, L) with their places in their traces `index` (C,), the decoder's keys and
+    values of their prompts and the mixture's side of them (`chunk_side`), one row per chunk.
     """
     n_chunks, length = chunks.shape
     vectors = nets.quantizer.get_output_from_indices(torch.arange(nets.config.codebook_size, device=chunks.device))
@@ -115,15 +122,10 @@ def chunk_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, me
     allowed = torch.ones(length + 1, length + 1, dtype=torch.bool, device=chunks.device)
     if nets.config.autoregressive:  # the code sees itself, position i the code and positions <= i
         allowed = allowed.tril()
-    prefix = nets.prefix_of(chunks)  # (C, L, D) or None
     scores = []
     for codes in vectors.split(max(1, ENCODE_ROWS // n_chunks)):  # (g, D) codes at a time
-        g = len(codes)
         x = torch.cat([codes[None, :, None].expand(n_chunks, -1, -1, -1),
-                       queries[:, None].expand(-1, g, -1, -1)], dim=2) + position + place  # (C, g, S, D)
+                       queries[:, None].expand(-1, len(codes), -1, -1)], dim=2) + position + place  # (C, g, S, D)
         hidden = run_grouped(nets.decoder, x, memory_kv, allowed)[:, :, 1:]  # (C, g, L, D)
-        real = torch.ones(n_chunks, g, dtype=torch.bool, device=chunks.device)
-        pre = prefix[:, None].expand(-1, g, -1, -1) if prefix is not None else None
-        scores.append(target_log_probs(nets, hidden, memory, memory_pad, prompt_ids, chunks.repeat_interleave(g, 0),
-                                       real, pre, keys).sum(-1).view(n_chunks, g))
+        scores.append(code_log_likelihoods(nets, hidden, side))
     return torch.cat(scores, dim=1)
