@@ -66,6 +66,8 @@ def _committed_folder(root: Path) -> tuple[Path, Any]:
     if not isinstance(record, dict):
         raise CheckpointError(f"{pointer}: expected a JSON object")
     name = record.get("dir")
+    if name is None:
+        raise CheckpointError(f"{pointer}: names no step folder (a layout from before step folders); cannot --resume")
     folder = root / str(name)
     if not isinstance(name, str) or "/" in name or "\\" in name or not folder.is_dir():
         raise CheckpointError(f"{pointer}: points at a missing state folder {folder}")
