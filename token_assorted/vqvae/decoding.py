@@ -34,6 +34,12 @@ def greedy_tokens(nets: ChunkNetworks, quantized: Tensor, chunk_index: Tensor, m
         hidden = nets.decode(quantized, memory, memory_pad, chunk_index=chunk_index)  # (M, g, L, D)
         return predict(nets, hidden, memory, memory_pad, prompt_ids, keys=keys)
     memory_kv = nets.memory_kv(memory, memory_pad) if memory_kv is None else memory_kv
+    return _step_by_step(nets, quantized, chunk_index, (memory, memory_pad, prompt_ids), memory_kv, keys)
+
+
+def _step_by_step(nets: ChunkNetworks, quantized: Tensor, chunk_index: Tensor,
+                  prompt: tuple[Tensor, Tensor, Tensor], memory_kv: MemoryKV, keys: Tensor) -> Tensor:
+    """The autoregressive decoder's greedy tokens (M, g, L), one position per step with a cache."""
     rows, variants, n_latent, _ = quantized.shape
     span, length = n_latent + nets.config.chunk_size, nets.config.chunk_size
     cache = StepCache.empty(nets.decoder, rows * variants, span, quantized)
@@ -48,7 +54,7 @@ def greedy_tokens(nets: ChunkNetworks, quantized: Tensor, chunk_index: Tensor, m
         hidden = run_grouped(nets.decoder, x, memory_kv, allowed[start:end, :end], cache, start)[:, :, -1:]
         prefix = nets.prefix_of(tokens[:, :, :position + 1])  # the copy prefix: the tokens written so far
         prefix = prefix[:, :, position:] if prefix is not None else None
-        tokens[:, :, position] = predict(nets, hidden, memory, memory_pad, prompt_ids, prefix, keys)[:, :, 0]
+        tokens[:, :, position] = predict(nets, hidden, *prompt, prefix, keys)[:, :, 0]
     return tokens
 
 

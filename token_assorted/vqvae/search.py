@@ -9,8 +9,10 @@ the K codes is scored (`best_fitting_codes`). With `search_rerank: n` the n most
 are then decoded greedily and the chunk gets the one whose text misses the fewest of its L
 tokens (the more likely on a tie), since greedy decoding reads its own tokens, not the chunk's.
 
-Encoding scores the K codes of many chunks in one batched decoder call: the real chunks only
-(no batch padding), each chunk's prompt keys and values read by all its codes (`run_grouped`).
+Encoding scores the K codes of many chunks in batched decoder calls: the real chunks only (no
+batch padding), in blocks of similar prompt length with the prompts cut to the block's
+longest, each chunk's prompt keys and values read by all its codes (`run_grouped`), and the
+code-independent half of the output distribution computed once per chunk (`chunk_side`).
 """
 
 from __future__ import annotations
