@@ -3,7 +3,6 @@
     python benchmarks/bench_vqvae.py prontoqa --steps 600        # official train/valid (Coconut)
     python benchmarks/bench_vqvae.py prosqa --steps 600          # generated train, official valid
     python benchmarks/bench_vqvae.py gsm8k --steps 300           # SmolLM2 tokenizer, K = 1024
-    python benchmarks/bench_vqvae.py prosqa --no-copy-head       # vocabulary head only (the old decoder)
     python benchmarks/bench_vqvae.py prosqa --assignment search  # each chunk's code found by search
 
 Reference data is read from ../shared/data (or $TOKEN_ASSORTED_SHARED/data). Prints one
@@ -65,18 +64,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--autoregressive", action="store_true", help="causal chunk decoder")
-    parser.add_argument("--no-copy-head", dest="copy_head", action="store_false",
-                        help="vocabulary head only (no pointer over the prompt)")
     parser.add_argument("--chunk-size", type=int, default=16, help="L: text tokens per chunk")
     parser.add_argument("--compression", type=int, default=16, help="r: text tokens per latent token")
-    parser.add_argument("--word-dropout", type=float, default=0.0,
-                        help="autoregressive decoder: share of its earlier tokens hidden in training")
     parser.add_argument("--local-context", type=int, default=0,
                         help="prompt positions and AR decoder inputs also read the k tokens before them")
     parser.add_argument("--output-vocab", choices=["all", "data"], default="all",
                         help="decoder head over every id, or only the ids the training traces use")
-    parser.add_argument("--rotation-trick", action="store_true",
-                        help="encoder gradient by the rotation trick instead of straight-through")
     parser.add_argument("--assignment", choices=["nearest", "search"], default="nearest",
                         help="a chunk's code: the nearest codebook vector, or the one its decoding fits best")
     parser.add_argument("--search-candidates", type=int, default=16, help="assignment search: codes tried per chunk")
@@ -85,8 +78,6 @@ def main() -> None:
                         help="copy head also matches the tokens before each prompt word with the chunk's last tokens")
     parser.add_argument("--search-rerank", type=int, default=0,
                         help="assignment search, validation: of the N likeliest codes, the one decoded best")
-    parser.add_argument("--prefix-rank", type=int, default=0,
-                        help="copy keys also hold a prompt word's rank among words after the same k+1 tokens")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
     parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
@@ -98,12 +89,12 @@ def main() -> None:
     config = VQVAETrainConfig(
         task=args.task, data=train, valid=valid, out=str(work / "vqvae"), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, seed=args.seed,
-        autoregressive=args.autoregressive, copy_head=args.copy_head, warmup_steps=args.warmup_steps,
-        chunk_size=args.chunk_size, compression=args.compression, word_dropout=args.word_dropout,
-        prompt_layers=args.prompt_layers, local_context=args.local_context, rotation_trick=args.rotation_trick,
+        autoregressive=args.autoregressive, warmup_steps=args.warmup_steps,
+        chunk_size=args.chunk_size, compression=args.compression,
+        prompt_layers=args.prompt_layers, local_context=args.local_context,
         output_vocab=args.output_vocab, assignment=args.assignment, search_candidates=args.search_candidates,
         search_explore=args.search_explore, copy_prefix=args.copy_prefix, search_rerank=args.search_rerank,
-        prefix_rank=args.prefix_rank, valid_every=max(args.steps // 4, 1), max_examples=args.train_examples,
+        valid_every=max(args.steps // 4, 1), max_examples=args.train_examples,
         progress=False,
         codebook_size=1024 if math_task else 64, tokenizer=smollm2_gguf() if math_task else "word",
         dead_code_threshold=0.05 if math_task else 0.5, max_prompt_len=256 if math_task else 512)
@@ -113,13 +104,11 @@ def main() -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     print(json.dumps({"task": args.task, "steps": args.steps, "batch_size": args.batch_size,
                       "train_examples": args.train_examples, "threads": args.threads, "d_model": args.d_model,
-                      "autoregressive": args.autoregressive, "copy_head": args.copy_head,
-                      "word_dropout": args.word_dropout, "prompt_layers": args.prompt_layers,
-                      "local_context": args.local_context, "rotation_trick": args.rotation_trick,
-                      "output_vocab": args.output_vocab, "assignment": args.assignment,
-                      "search_candidates": args.search_candidates, "search_explore": args.search_explore,
-                      "copy_prefix": args.copy_prefix, "search_rerank": args.search_rerank,
-                      "prefix_rank": args.prefix_rank, "lr": args.lr, "K": config.codebook_size,
+                      "autoregressive": args.autoregressive, "prompt_layers": args.prompt_layers,
+                      "local_context": args.local_context, "output_vocab": args.output_vocab,
+                      "assignment": args.assignment, "search_candidates": args.search_candidates,
+                      "search_explore": args.search_explore, "copy_prefix": args.copy_prefix,
+                      "search_rerank": args.search_rerank, "lr": args.lr, "K": config.codebook_size,
                       "L": config.chunk_size, "r": config.compression,
                       "wall_seconds": round(wall, 1), "out": str(out), **metrics}, indent=2))
 

@@ -1,15 +1,12 @@
-"""Stage-1 benchmark: a saved VQ-VAE's reconstruction under each way of choosing and decoding codes.
+"""Stage-1 benchmark: a saved VQ-VAE's reconstruction under each way of choosing its codes.
 
-    python benchmarks/bench_vqvae_decoding.py --vqvae DIR --task prosqa --beams 1 4
     python benchmarks/bench_vqvae_decoding.py --vqvae DIR --task prosqa --rerank 0 4   # search models
-    python benchmarks/bench_vqvae_decoding.py --vqvae DIR --task prontoqa --beams 1 2 4 8 --n 100
+    python benchmarks/bench_vqvae_decoding.py --vqvae DIR --task prontoqa --n 100
 
 The valid split defaults to the official one in ../shared/data (or $TOKEN_ASSORTED_SHARED/data);
-`--data FILE` evaluates another file. Beam widths (`--beams`) change only how the decoder
-turns a code back into text: the codes are assigned before decoding. `--rerank N` (search
-models) changes the codes: of each chunk's N most likely codes, the one whose greedy decoding
-misses the fewest tokens. Prints one JSON object per (rerank, beams) pair: the metrics and the
-seconds the evaluation took.
+`--data FILE` evaluates another file. `--rerank N` (search models) changes the codes: of each
+chunk's N most likely codes, the one whose greedy decoding misses the fewest tokens. Prints one
+JSON object per setting: the metrics and the seconds the evaluation took.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ def main() -> None:
     parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
     parser.add_argument("--task", required=True, choices=sorted(VALID))
     parser.add_argument("--data", help="examples to evaluate (default: the task's official valid split)")
-    parser.add_argument("--beams", type=int, nargs="+", default=[1], help="beam widths (1: greedy)")
     parser.add_argument("--rerank", type=int, nargs="+", default=[-1],
                         help="search models: codes re-ranked by their decoding (0: none; default: as saved)")
     parser.add_argument("--n", type=int, default=0, help="first N examples only (0: all)")
@@ -50,13 +46,12 @@ def main() -> None:
     examples = examples[:args.n] if args.n else examples
     for rerank in args.rerank:
         loaded = load_vqvae(args.vqvae, search_rerank=None if rerank < 0 else rerank)
-        for beams in args.beams:
-            started = time.perf_counter()
-            metrics = evaluate_reconstruction(loaded, task, examples, batch_size=args.batch_size, beams=beams)
-            seconds = time.perf_counter() - started
-            print(json.dumps({"vqvae": args.vqvae, "task": args.task, "examples": len(examples),
-                              "search_rerank": loaded.config.search_rerank, "beams": beams,
-                              "threads": args.threads, "seconds": round(seconds, 1), **metrics}), flush=True)
+        started = time.perf_counter()
+        metrics = evaluate_reconstruction(loaded, task, examples, batch_size=args.batch_size)
+        seconds = time.perf_counter() - started
+        print(json.dumps({"vqvae": args.vqvae, "task": args.task, "examples": len(examples),
+                          "search_rerank": loaded.config.search_rerank, "threads": args.threads,
+                          "seconds": round(seconds, 1), **metrics}), flush=True)
 
 
 if __name__ == "__main__":

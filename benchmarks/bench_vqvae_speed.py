@@ -4,11 +4,15 @@
     PYTHONPATH=/path/to/other/checkout python benchmarks/bench_vqvae_speed.py ...   # the same, another version
 
 Encoding is what `vqvae encode` does (with `assignment: search`, all K codes are tried per
-chunk). The training step is a forward pass (with search: over the encoder's candidates),
-backward and an AdamW step, on batches of the same questions; its median over `--steps`
-steps (the first two are warm-up) is reported. Weights are not saved. Questions default to
-the task's official valid split in ../shared/data (or $TOKEN_ASSORTED_SHARED/data). Prints
-one JSON object, with a hash of the codes so that two versions can be checked to agree.
+chunk). Its wall time and its process CPU time are reported: on a machine shared with other
+jobs the CPU time of a one-thread run is the steadier measure. The training step is a
+forward pass (with search: over the encoder's candidates), backward and an AdamW step, on
+batches of the same questions; its median over `--steps` steps (the first two are warm-up)
+is reported. Weights are not saved. Questions default to the task's official valid split in
+../shared/data (or $TOKEN_ASSORTED_SHARED/data). Prints one JSON object, with a hash of the
+codes so that two versions can be checked to agree. The script runs against whichever
+`token_assorted` is on PYTHONPATH (it needs only `load_vqvae`, `encode_examples` and the
+chunking helpers, which older versions have too).
 """
 
 from __future__ import annotations
@@ -50,15 +54,17 @@ def main() -> None:
     examples = task.load(data)
     loaded = load_vqvae(args.vqvae)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     codes = encode_examples(loaded, task, examples[: args.n])
-    encode_seconds = time.perf_counter() - started
+    encode_seconds, encode_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
     step_seconds, loss = train_steps(loaded, task, examples, args.steps, args.batch_size)
     print(json.dumps({
         "code": str(Path(token_assorted.__file__).parent), "vqvae": args.vqvae, "data": data, "threads": args.threads,
         "assignment": loaded.config.assignment, "copy_prefix": loaded.config.copy_prefix,
+        "search_rerank": loaded.config.search_rerank,
         "encode_questions": args.n, "encode_seconds": round(encode_seconds, 2),
+        "encode_cpu_seconds": round(encode_cpu_seconds, 2),
         "codes_md5": hashlib.md5(json.dumps(codes).encode()).hexdigest(),
         "train_steps": args.steps, "batch_size": args.batch_size,
         "median_step_seconds": round(statistics.median(step_seconds[2:] or step_seconds), 3),

@@ -1,7 +1,8 @@
 """Stage 1: the VQ-VAE model, its training loop, its saved directory and its CLI.
 
-Everything runs on a hand-made task of 8 three-step syllogisms with a tiny model, so the
-whole file takes seconds on one CPU thread.
+Everything runs on 8 hand-made three-step syllogisms with a tiny model, so the whole file
+takes seconds on one CPU thread. The syllogisms are ProsQA-shaped, so the `prosqa` task
+renders and loads them (no task of our own to register).
 """
 
 from __future__ import annotations
@@ -15,36 +16,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from token_assorted import tasks
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
 from token_assorted.latents import codebook_of
 from token_assorted.schema import Example, save_examples
-from token_assorted.tasks.base import Task, normalize_text
+from token_assorted.tasks import get_task
+from token_assorted.tasks.base import normalize_text
 from token_assorted.tokenizer import build_word_tokenizer
 from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
                                   encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
                                   train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
-from token_assorted.vqvae.model import prefix_ranks
-from token_assorted.vqvae.store import save_weights
+from token_assorted.vqvae.decoding import greedy_tokens
+from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
+                                          target_log_probs)
+from token_assorted.vqvae.quantizer import nearest_codes
+from token_assorted.vqvae.search import chunk_log_likelihoods
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
 WORDS = ["wumpus", "yimpus", "lempus", "gerpus", "rorpus", "timpus", "kerpus", "bompus", "felpus"]
-
-
-class ToyTask(Task):
-    """A three-step syllogism: the trace follows from the prompt, as in ProsQA."""
-
-    name = "toy"
-
-    @staticmethod
-    def looks_like(record: dict) -> bool:
-        return False
+TASK = get_task("prosqa")
 
 
 def toy_examples(n: int = 8) -> list[Example]:
+    """Three-step syllogisms: the trace follows from the prompt, as in ProsQA."""
     examples = []
     for i in range(n):
         name, a, b, c = NAMES[i % 8], WORDS[i % 9], WORDS[(i + 3) % 9], WORDS[(i + 5) % 9]
@@ -59,7 +55,7 @@ TINY = dict(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, prompt_laye
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> VQVAETrainConfig:
-    options = dict(task="toy", data=str(data), valid=str(data), out=str(out), chunk_size=4, compression=4,
+    options = dict(task="prosqa", data=str(data), valid=str(data), out=str(out), chunk_size=4, compression=4,
                    codebook_size=8, steps=250, batch_size=8, lr=5e-3, warmup_steps=10, valid_every=50,
                    dead_code_threshold=0.1, progress=False, **TINY)
     options.update(overrides)
@@ -76,7 +72,7 @@ def toy_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(toy_file, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
-    return train_vqvae(tiny_config(toy_file, tmp_path_factory.mktemp("vq") / "run"), task=ToyTask())
+    return train_vqvae(tiny_config(toy_file, tmp_path_factory.mktemp("vq") / "run"))
 
 
 def tiny_model(**overrides) -> VQVAE:
@@ -106,16 +102,16 @@ def test_split_trace_pads_the_trailing_partial_chunk():
 def test_collate_marks_batch_padding():
     tokenizer = build_word_tokenizer(["a b c d e f g h i j"])
     examples = [Example("a b", ["c d e f g"], "h"), Example("a", ["c"], "h")]
-    batch = collate(chunk_examples(tokenizer, ToyTask(), examples, 4), tokenizer.pad_token_id, 64)
+    batch = collate(chunk_examples(tokenizer, TASK, examples, 4), tokenizer.pad_token_id, 64)
     assert batch.chunk_ids.shape == (2, 2, 4)
     assert batch.chunk_present.tolist() == [[True, True], [True, False]]
     assert batch.targets.shape == (3, 4)
     assert batch.prompt_pad.tolist()[1][-1] is True
 
 
-@pytest.mark.parametrize("tie,copy", [(True, True), (False, True), (True, False)])
-def test_forward_shapes(tie, copy):
-    model = tiny_model(tie_embeddings=tie, copy_head=copy)
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_forward_shapes(autoregressive):
+    model = tiny_model(autoregressive=autoregressive)
     prompt, pad, chunk_ids, present = random_batch()
     output = model(prompt, pad, chunk_ids, present)
     n_real = int(present.sum())
@@ -124,24 +120,24 @@ def test_forward_shapes(tie, copy):
     assert output.loss.ndim == 0 and torch.isfinite(output.loss)
     model.eval()
     assert model.codes_of(prompt, pad, chunk_ids, present).shape == (n_real, 2)
-    assert model.tokens_of(prompt[:1], output.codes[:2]).shape == (2, 4)
+    assert model.tokens_of(prompt, pad, output.codes, present).shape == (n_real, 4)
 
 
 # --- the copy head -----------------------------------------------------------------------
 def decoder_states(model: VQVAE, prompt, pad, chunk_ids, present):
     """Teacher-forced decoder states of a batch, and the prompt memory they read."""
     memory = model.encode_prompt(prompt, pad)
-    quantized = model.quantize(model.encode(chunk_ids, memory, pad)[present])[0]
+    quantized = nearest_codes(model.quantizer, model.encode(chunk_ids, memory, pad)[present])[0]
     grid = torch.zeros(*present.shape, model.config.latents_per_chunk, model.config.d_model)
     grid[present] = quantized
     return model.decode(grid, memory, pad, chunk_ids), memory
 
 
 def test_copy_head_gives_a_distribution_summing_to_one():
-    model = tiny_model(copy_head=True)
+    model = tiny_model()
     batch = random_batch()
     hidden, memory = decoder_states(model, *batch)
-    probabilities = model.log_probs(hidden, memory, batch[1], batch[0]).exp()  # (B, N, L, V)
+    probabilities = log_probs(model, hidden, memory, batch[1], batch[0]).exp()  # (B, N, L, V)
     assert torch.allclose(probabilities.sum(-1), torch.ones(probabilities.shape[:3]), atol=1e-5)
     output = model(*batch)
     output.loss.backward()  # ids absent from the prompt have log 0 = -inf; their gradient must not be NaN
@@ -151,7 +147,7 @@ def test_copy_head_gives_a_distribution_summing_to_one():
 
 
 def test_copy_head_puts_the_copied_mass_on_the_prompt_tokens():
-    model = tiny_model(copy_head=True).eval()
+    model = tiny_model().eval()
     prompt = torch.tensor([[7, 7, 9, 11, 3]])  # 7 twice; the last position (3) is padding
     pad = torch.tensor([[False, False, False, False, True]])
     memory = model.encode_prompt(prompt, pad)
@@ -159,13 +155,13 @@ def test_copy_head_puts_the_copied_mass_on_the_prompt_tokens():
     with torch.no_grad():
         model.copy_gate.weight.zero_()
         model.copy_gate.bias.fill_(-60.0)  # p_gen ~ 0: copy only
-        copied = model.log_probs(hidden, memory, pad, prompt).exp()  # (1, 2, 4, V)
+        copied = log_probs(model, hidden, memory, pad, prompt).exp()  # (1, 2, 4, V)
         model.copy_gate.bias.fill_(60.0)  # p_gen ~ 1: vocabulary head only
-        generated = model.log_probs(hidden, memory, pad, prompt)
+        generated = log_probs(model, hidden, memory, pad, prompt)
     assert torch.allclose(copied[..., [7, 9, 11]].sum(-1), torch.ones(1, 2, 4), atol=1e-5)
     assert copied[..., 3].max() < 1e-6 and copied[..., 20].max() < 1e-6  # padding and absent ids get nothing
     assert copied[..., 7].min() > 0  # both positions of id 7 add to its mass
-    assert torch.allclose(generated, torch.log_softmax(model.logits(hidden), -1), atol=1e-4)
+    assert torch.allclose(generated, torch.log_softmax(logits(model, hidden), -1), atol=1e-4)
 
 
 def test_gradients_reach_encoder_through_straight_through():
@@ -179,51 +175,6 @@ def test_gradients_reach_encoder_through_straight_through():
     assert model.latent_queries.grad.abs().sum() > 0
 
 
-def test_rotation_trick_changes_the_encoder_gradient_not_the_forward_pass():
-    def one_step(rotation: bool):
-        model = tiny_model(rotation_trick=rotation)
-        model(*random_batch())  # k-means init (identical for both: same seed, same batch)
-        output = model(*random_batch())
-        output.recon_loss.backward()
-        return output, model.latent_queries.grad
-
-    straight, straight_grad = one_step(False)
-    rotated, rotated_grad = one_step(True)
-    assert torch.equal(straight.codes, rotated.codes)
-    assert torch.allclose(straight.recon_loss, rotated.recon_loss)  # same codes -> same decoder input
-    assert rotated_grad.abs().sum() > 0
-    assert not torch.allclose(straight_grad, rotated_grad)  # the estimator differs
-
-
-def test_eval_quantized_output_is_codebook_lookup():
-    quantizer = tiny_model().quantizer
-    latents = torch.randn(5, 2, 32)
-    quantizer.train()
-    quantizer(latents)  # k-means init
-    quantizer.eval()
-    quantized, codes, _ = quantizer(latents)
-    assert torch.equal(quantized, quantizer.get_output_from_indices(codes))
-
-
-def test_dead_code_is_replaced_by_an_encoder_output():
-    model = tiny_model(dead_code_threshold=0.5)
-    quantizer = model.quantizer
-    quantizer.train()
-    latents = torch.randn(16, 2, 32)
-    quantizer(latents)  # k-means init
-    codebook = quantizer._codebook
-    codebook.cluster_size[0, 3] = 0.0  # force code 3 dead
-    before = codebook.embed[0, 3].clone()
-    fresh = torch.randn(16, 2, 32)
-    quantizer(fresh)
-    after = codebook.embed[0, 3]
-    assert not torch.allclose(before, after)
-    with torch.no_grad():
-        candidates = quantizer.project_in(fresh).reshape(-1, after.shape[-1])
-    # A replaced code is re-seeded with one of the batch's (projected) encoder outputs.
-    assert (candidates - after).norm(dim=-1).min() < 1e-5
-
-
 # --- training, saving, loading ---------------------------------------------------------
 def test_tiny_model_overfits_eight_examples(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
@@ -235,23 +186,23 @@ def test_tiny_model_overfits_eight_examples(trained):
     assert {"train", "valid"} <= {record["split"] for record in log}
     assert any((trained / "tb").iterdir())
     info = json.loads((trained / "config.json").read_text())
-    assert info["task"] == "toy" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
+    assert info["task"] == "prosqa" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
 
 
 def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file):
     examples = toy_examples()
     first, second = load_vqvae(trained), load_vqvae(trained)
-    codes = encode_examples(first, ToyTask(), examples, batch_size=3)
-    assert codes == encode_examples(second, ToyTask(), examples, batch_size=8)
-    assert all(len(c) == -(-len(encode_example(first.tokenizer, ToyTask(), e).trace_ids) // 4) for c, e in
+    codes = encode_examples(first, TASK, examples, batch_size=3)
+    assert codes == encode_examples(second, TASK, examples, batch_size=8)
+    assert all(len(c) == -(-len(encode_example(first.tokenizer, TASK, e).trace_ids) // 4) for c, e in
                zip(codes, examples))
-    assert encode_examples_cached(first, ToyTask(), toy_file) == codes
+    assert encode_examples_cached(first, TASK, toy_file) == codes
     assert list((trained / "codes").glob("*.json"))
-    assert encode_examples_cached(first, ToyTask(), toy_file) == codes  # served from the cache
-    prompt = encode_example(first.tokenizer, ToyTask(), examples[2]).prompt_ids
+    assert encode_examples_cached(first, TASK, toy_file) == codes  # served from the cache
+    prompt = encode_example(first.tokenizer, TASK, examples[2]).prompt_ids
     decoded = decode_codes(first, prompt, codes[2])
     assert normalize_text(decoded) == normalize_text(" ".join(examples[2].steps))
-    assert evaluate_reconstruction(first, ToyTask(), examples)["token_accuracy"] == 1.0
+    assert evaluate_reconstruction(first, TASK, examples)["token_accuracy"] == 1.0
 
 
 def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
@@ -262,7 +213,7 @@ def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
     with pytest.raises(CheckpointError, match="another tokenizer"):
         load_vqvae(trained, tokenizer=build_word_tokenizer(["completely different words"]))
     with pytest.raises(CheckpointError, match="codebook_size=8"):
-        train_vqvae(tiny_config(toy_file, trained, codebook_size=16, resume=True), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, trained, codebook_size=16, resume=True))
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         load_vqvae(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1
@@ -270,36 +221,41 @@ def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
         load_vqvae(tmp_path)
 
 
-def test_checkpoint_from_before_the_copy_head_loads_without_it(trained, toy_file, tmp_path):
+def test_a_config_naming_removed_options_loads_only_with_their_kept_values(trained, toy_file, tmp_path):
+    # Runs saved before the options were removed name them: with the values the code still
+    # computes they load (and resume), with any other value they are refused.
     old = tmp_path / "old"
-    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("state", "codes", "tb"))
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "tb"))
     info = json.loads((old / "config.json").read_text())
-    for flag in ("copy_head", "local_context", "word_dropout"):  # as written before these flags existed
-        del info["model"][flag], info["train"][flag]
-    (old / "config.json").write_text(json.dumps(info))
-    save_weights(old / "model.safetensors",
-                 VQVAE(VQVAEConfig(**{**info["model"], "copy_head": False, "local_context": 0})))
-    loaded = load_vqvae(old)
-    assert loaded.config.copy_head is False and not hasattr(loaded.model, "copy_gate")
-    assert loaded.config.local_context == 0 and len(loaded.model.local_context) == 0
-    assert len(encode_examples(loaded, ToyTask(), toy_examples()[:2])) == 2
-    with pytest.raises(CheckpointError, match="copy_head=False"):
-        train_vqvae(tiny_config(toy_file, old, resume=True), task=ToyTask())
+    kept = {"tie_embeddings": True, "copy_head": True, "word_dropout": 0.0, "rotation_trick": False,
+            "prefix_rank": 0}
+    (old / "config.json").write_text(json.dumps({**info, "model": {**info["model"], **kept},
+                                                 "train": {**info["train"], **kept}}))
+    assert encode_examples(load_vqvae(old), TASK, toy_examples()) == encode_examples(load_vqvae(trained), TASK,
+                                                                                      toy_examples())
+    train_vqvae(tiny_config(toy_file, old, resume=True))  # already finished: nothing differs
+    for name, value in (("word_dropout", 0.3), ("copy_head", False), ("prefix_rank", 8)):
+        (old / "config.json").write_text(json.dumps({**info, "model": {**info["model"], name: value},
+                                                     "train": {**info["train"], name: value}}))
+        with pytest.raises(CheckpointError, match=f"{name}={value!r}"):
+            load_vqvae(old)
+        with pytest.raises(CheckpointError, match=f"{name}={value!r}"):
+            train_vqvae(tiny_config(toy_file, old, resume=True))
 
 
 def test_fresh_run_refuses_an_existing_directory(trained, toy_file):
     with pytest.raises(ConfigError, match="--resume"):
-        train_vqvae(tiny_config(toy_file, trained), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, trained))
 
 
 def test_resume_gives_the_same_final_weights(toy_file, tmp_path):
     short = dict(steps=14, valid_every=5, dead_code_threshold=1.0)  # high threshold: codes get replaced (RNG)
-    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short), task=ToyTask())
+    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short))
     parted = tmp_path / "parted"
-    train_vqvae(tiny_config(toy_file, parted, stop_at=7, **short), task=ToyTask())
+    train_vqvae(tiny_config(toy_file, parted, stop_at=7, **short))
     assert json.loads((parted / "state" / "state.json").read_text())["step"] == 7
     assert not (parted / "metrics.json").exists()
-    train_vqvae(tiny_config(toy_file, parted, resume=True, **short), task=ToyTask())
+    train_vqvae(tiny_config(toy_file, parted, resume=True, **short))
     expected, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
@@ -310,20 +266,19 @@ def test_resume_gives_the_same_final_weights(toy_file, tmp_path):
 
 
 # --- command line ----------------------------------------------------------------------
-def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(tasks._REGISTRY, "toy", f"{__name__}:ToyTask")
+def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, capsys):
     out = tmp_path / "cli"
     options = tmp_path / "options.yaml"
     options.write_text("d_model: 32\nheads: 2\nencoder_layers: 1\ndecoder_layers: 1\ncodebook_dim: 8\n"
                        "max_prompt_len: 64\nwarmup_steps: 10\ndead_code_threshold: 0.1\n")
-    code = main(["vqvae", "train", "--task", "toy", "--data", str(toy_file), "--valid", str(toy_file),
+    code = main(["vqvae", "train", "--task", "prosqa", "--data", str(toy_file), "--valid", str(toy_file),
                  "--out", str(out), "--config", str(options), "--chunk-size", "4", "--compression", "4",
                  "--codebook-size", "8", "--steps", "250", "--batch-size", "8", "--lr", "5e-3",
                  "--valid-every", "125", "--no-progress"])
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
     codes_file = tmp_path / "codes.jsonl"
-    assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "toy",
+    assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "prosqa",
                  "--out", str(codes_file)]) == 0
     records = [json.loads(line) for line in codes_file.read_text().splitlines()]
     assert [r["index"] for r in records] == list(range(8))
@@ -341,9 +296,6 @@ def test_cli_reports_user_errors_in_one_line(toy_file, tmp_path, capsys):
     bad.write_text("codebook_sise: 8\n")
     assert main(["vqvae", "train", "--config", str(bad), "--data", str(toy_file), "--out", str(tmp_path / "o")]) == 2
     assert "codebook_sise" in capsys.readouterr().err
-    assert main(["vqvae", "train", "--data", str(toy_file), "--out", str(tmp_path / "o"),
-                 "--word-dropout", "1.5"]) == 2
-    assert "word_dropout" in capsys.readouterr().err
     assert main(["vqvae", "train", "--data", str(toy_file), "--out", str(tmp_path / "o"),
                  "--local-context", "-1"]) == 2
     assert "local_context" in capsys.readouterr().err
@@ -368,7 +320,7 @@ def test_autoregressive_decoder_is_causal_within_a_chunk():
 def ar_trained(toy_file, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("vq_ar") / "ar"
-    return train_vqvae(tiny_config(toy_file, out, autoregressive=True, steps=300), task=ToyTask())
+    return train_vqvae(tiny_config(toy_file, out, autoregressive=True, steps=300))
 
 
 def test_autoregressive_model_overfits_and_decodes_greedily(ar_trained):
@@ -377,56 +329,49 @@ def test_autoregressive_model_overfits_and_decodes_greedily(ar_trained):
     assert metrics["token_accuracy"] == 1.0  # measured with greedy decoding, not teacher forcing
     loaded = load_vqvae(out)
     example = toy_examples()[4]
-    codes = encode_examples(loaded, ToyTask(), [example])[0]
-    prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
+    codes = encode_examples(loaded, TASK, [example])[0]
+    prompt = encode_example(loaded.tokenizer, TASK, example).prompt_ids
     assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
-    assert normalize_text(decode_codes(loaded, prompt, codes, beams=3)) == normalize_text(" ".join(example.steps))
 
 
-def test_cli_evaluate_and_decode_with_beams(ar_trained, toy_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(tasks._REGISTRY, "toy", f"{__name__}:ToyTask")
-    out = ar_trained
+def test_cli_evaluate_writes_the_metrics(ar_trained, toy_file, tmp_path, capsys):
     metrics_file = tmp_path / "m.json"
-    assert main(["vqvae", "evaluate", "--vqvae", str(out), "--data", str(toy_file), "--beams", "3",
+    assert main(["vqvae", "evaluate", "--vqvae", str(ar_trained), "--data", str(toy_file),
                  "--out", str(metrics_file)]) == 0
     written = json.loads(metrics_file.read_text())
-    assert written["beams"] == 3 and written["chunks"] > 0
-    greedy = evaluate_reconstruction(load_vqvae(out), ToyTask(), toy_examples())
-    assert written["token_accuracy"] == greedy["token_accuracy"] == 1.0  # the overfit trace is the mode too
+    assert written["chunks"] > 0 and written["search_rerank"] == 0
+    assert written["token_accuracy"] == evaluate_reconstruction(load_vqvae(ar_trained), TASK,
+                                                                toy_examples())["token_accuracy"] == 1.0
     assert json.loads(capsys.readouterr().out)["token_accuracy"] == 1.0
-    example = toy_examples()[1]
-    codes = encode_examples(load_vqvae(out), ToyTask(), [example])[0]
-    assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", example.question, "--beams", "2",
-                 "--codes", ",".join(map(str, codes))]) == 0
-    assert normalize_text(capsys.readouterr().out) == normalize_text(" ".join(example.steps))
-    with pytest.raises(SystemExit):  # argparse: --beams must be at least 1
-        main(["vqvae", "evaluate", "--vqvae", str(out), "--data", str(toy_file), "--beams", "0"])
 
 
-def test_word_dropout_hides_earlier_tokens_in_training_only():
-    model = tiny_model(autoregressive=True, word_dropout=0.5)
-    prompt, pad, chunk_ids, _ = random_batch()
-    memory = model.encode_prompt(prompt, pad)
-    quantized = torch.randn(3, 2, 2, 32)
-    model.eval()  # eval: deterministic, the tokens are read as they are
-    assert torch.equal(model.decode(quantized, memory, pad, chunk_ids), model.decode(quantized, memory, pad, chunk_ids))
-    model.train()
-    torch.manual_seed(0)
-    dropped = model.decode(quantized, memory, pad, chunk_ids)
-    torch.manual_seed(0)
-    hidden = torch.rand(chunk_ids[:, :, :-1].shape) < 0.5  # the same draw the decoder makes
-    assert hidden.any() and not hidden.all()
-    as_pads = chunk_ids.clone()
-    as_pads[:, :, :-1] = chunk_ids[:, :, :-1].masked_fill(hidden, model.config.pad_id)
-    no_dropout = tiny_model(autoregressive=True)
-    no_dropout.load_state_dict(model.state_dict())
-    no_dropout.train()
-    assert torch.allclose(dropped, no_dropout.decode(quantized, memory, pad, as_pads), atol=1e-6)
+def reference_greedy(model: VQVAE, quantized, memory, pad, prompt) -> torch.Tensor:
+    """Greedy decoding the slow way: the whole teacher-forced decoder once per position."""
+    tokens = torch.full((*quantized.shape[:2], model.config.chunk_size), model.config.pad_id)
+    for position in range(model.config.chunk_size):
+        hidden = model.decode(quantized, memory, pad, tokens)[:, :, position:position + 1]
+        prefix = model.prefix_of(tokens[:, :, :position + 1])
+        prefix = prefix[:, :, position:] if prefix is not None else None
+        tokens[:, :, position] = predict(model, hidden, memory, pad, prompt, prefix)[:, :, 0]
+    return tokens
 
 
-def test_word_dropout_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="word_dropout"):
-        VQVAEConfig(vocab_size=10, pad_id=0, word_dropout=1.0)
+@pytest.mark.parametrize("copy_prefix,compression", [(False, 2), (True, 4)])
+def test_step_by_step_greedy_decoding_equals_one_decoder_pass_per_position(copy_prefix, compression):
+    model = tiny_model(autoregressive=True, local_context=2, copy_prefix=copy_prefix, compression=compression,
+                       decoder_layers=2).eval()
+    prompt, pad, _, _ = random_batch()  # example 0's prompt is padded
+    latents = model.config.latents_per_chunk
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        quantized = torch.randn(3, 2, latents, 32)
+        index = torch.arange(2).expand(3, 2)
+        greedy = greedy_tokens(model, quantized, index, memory, pad, prompt)  # (B, N, L)
+        assert torch.equal(greedy, reference_greedy(model, quantized, memory, pad, prompt))
+        assert len(greedy.unique()) > 3  # the codes make it write different tokens
+        # Teacher-forced on its own output, the decoder agrees with every token it wrote.
+        hidden = model.decode(quantized, memory, pad, greedy)
+        assert torch.equal(predict(model, hidden, memory, pad, prompt, model.prefix_of(greedy)), greedy)
 
 
 def test_local_context_lets_a_prompt_position_read_the_tokens_before_it():
@@ -466,24 +411,24 @@ def output_vocab_model(**overrides) -> tuple[VQVAE, tuple]:
     return model, batch
 
 
-@pytest.mark.parametrize("copy,restricted", [(True, True), (True, False), (False, True), (False, False)])
-def test_loss_and_predictions_agree_with_the_whole_distribution(copy, restricted):
-    model, batch = output_vocab_model(copy_head=copy) if restricted else (tiny_model(copy_head=copy), random_batch())
+@pytest.mark.parametrize("restricted", [True, False])
+def test_loss_and_predictions_agree_with_the_whole_distribution(restricted):
+    model, batch = output_vocab_model() if restricted else (tiny_model(), random_batch())
     prompt, pad, chunk_ids, present = batch
     hidden, memory = decoder_states(model, *batch)
     with torch.no_grad():
-        whole = model.log_probs(hidden, memory, pad, prompt)  # (B, N, L, V)
+        whole = log_probs(model, hidden, memory, pad, prompt)  # (B, N, L, V)
         targets = chunk_ids[present]
-        picked = model.target_log_probs(hidden, memory, pad, prompt, targets, present)
+        picked = target_log_probs(model, hidden, memory, pad, prompt, targets, present)
         assert torch.allclose(picked, whole[present].gather(-1, targets[..., None])[..., 0], atol=1e-5)
-        assert torch.equal(model.predict(hidden, memory, pad, prompt), whole.argmax(-1))
-        if copy:  # copying only: the best token is a prompt token, even one outside the output vocabulary
-            model.copy_gate.bias.fill_(-60.0)
-            whole = model.log_probs(hidden, memory, pad, prompt)
-            predicted = model.predict(hidden, memory, pad, prompt)
-            assert torch.equal(predicted, whole.argmax(-1))
-            if restricted:
-                assert (model.slots_of(predicted) < 0).any()
+        assert torch.equal(predict(model, hidden, memory, pad, prompt), whole.argmax(-1))
+        # Copying only: the best token is a prompt token, even one outside the output vocabulary.
+        model.copy_gate.bias.fill_(-60.0)
+        whole = log_probs(model, hidden, memory, pad, prompt)
+        predicted = predict(model, hidden, memory, pad, prompt)
+        assert torch.equal(predicted, whole.argmax(-1))
+        if restricted:
+            assert (slots_of(model, predicted) < 0).any()
 
 
 def test_an_output_vocabulary_of_every_id_changes_nothing():
@@ -496,10 +441,14 @@ def test_an_output_vocabulary_of_every_id_changes_nothing():
 
 
 def test_a_target_the_decoder_cannot_write_gets_a_finite_capped_loss():
-    model, (prompt, pad, chunk_ids, present) = output_vocab_model(copy_head=False)
+    model, (prompt, pad, chunk_ids, present) = output_vocab_model()
+    absent = min(set(range(40)) - set(model.output_ids.tolist()) - set(prompt.flatten().tolist()))
     chunk_ids = chunk_ids.clone()
-    chunk_ids[0, 0, 0] = min(set(range(40)) - set(model.output_ids.tolist()))  # an id outside the head
-    assert model.slots_of(chunk_ids[0, 0, :1]).item() == -1
+    chunk_ids[0, 0, 0] = absent  # an id neither the head nor the copy head can write
+    assert slots_of(model, chunk_ids[0, 0, :1]).item() == -1
+    hidden, memory = decoder_states(model, prompt, pad, chunk_ids, present)
+    picked = target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present)
+    assert picked[0, 0].item() == -30.0 and (picked[0, 1:] > -30).all()  # capped at the floor
     output = model(prompt, pad, chunk_ids, present)
     assert torch.isfinite(output.recon_loss)
     output.recon_loss.backward()
@@ -516,29 +465,28 @@ def test_output_vocabulary_of_the_wrong_size_is_refused():
 
 def test_data_output_vocab_is_the_trace_ids_and_survives_save_load_and_resume(toy_file, tmp_path):
     short = dict(steps=12, valid_every=6, output_vocab="data")
-    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short), task=ToyTask())
+    whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short))
     loaded = load_vqvae(whole)
-    task = ToyTask()
-    items = chunk_examples(loaded.tokenizer, task, task.load(str(toy_file)), 4)
+    items = chunk_examples(loaded.tokenizer, TASK, TASK.load(str(toy_file)), 4)
     expected = sorted({t for item in items for chunk in item.chunks for t in chunk} | {loaded.config.pad_id})
     assert loaded.model.output_ids.tolist() == expected
     assert loaded.config.output_vocab_size == len(expected) < len(loaded.tokenizer)
     parted = tmp_path / "parted"
-    train_vqvae(tiny_config(toy_file, parted, stop_at=6, **short), task=ToyTask())
-    train_vqvae(tiny_config(toy_file, parted, resume=True, **short), task=ToyTask())
+    train_vqvae(tiny_config(toy_file, parted, stop_at=6, **short))
+    train_vqvae(tiny_config(toy_file, parted, resume=True, **short))
     expected_weights, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     assert all(torch.equal(expected_weights[k], got[k]) for k in expected_weights)
     with pytest.raises(CheckpointError, match="output_vocab"):
-        train_vqvae(tiny_config(toy_file, parted, resume=True, **{**short, "output_vocab": "all"}), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, parted, resume=True, **{**short, "output_vocab": "all"}))
     with pytest.raises(ConfigError, match="output_vocab"):
-        train_vqvae(tiny_config(toy_file, tmp_path / "bad", output_vocab="trace"), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, tmp_path / "bad", output_vocab="trace"))
 
 
 # --- assignment by search ----------------------------------------------------------------
 SEARCH = dict(compression=4, assignment="search", search_candidates=4, search_explore=1)
 
 
-def chunk_log_likelihoods(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor:
+def code_log_likelihoods(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor:
     """(K, C): every real chunk's teacher-forced log likelihood under each code, one code at a time."""
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
@@ -546,36 +494,62 @@ def chunk_log_likelihoods(model: VQVAE, prompt, pad, chunk_ids, present) -> torc
         for code in range(model.config.codebook_size):
             grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
             hidden = model.decode(grid, memory, pad, chunk_ids)
-            rows.append(model.target_log_probs(hidden, memory, pad, prompt, chunk_ids[present], present).sum(-1))
+            prefix = model.prefix_of(chunk_ids)
+            rows.append(target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present,
+                                         prefix).sum(-1))
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("autoregressive", [False, True])
-def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive):
-    model = tiny_model(**SEARCH, autoregressive=autoregressive).eval()
+def spread_search_model(**overrides) -> VQVAE:
+    model = tiny_model(**SEARCH, **overrides).eval()
     with torch.no_grad():
         model.quantizer.codebook.mul_(3)  # spread the codes so that not every chunk prefers the same one
+    return model
+
+
+@pytest.mark.parametrize("autoregressive,copy_prefix", [(False, False), (True, False), (True, True)])
+def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive, copy_prefix):
+    model = spread_search_model(autoregressive=autoregressive, local_context=1, copy_prefix=copy_prefix)
     prompt, pad, chunk_ids, present = batch = random_batch()
-    likelihoods = chunk_log_likelihoods(model, *batch)  # (K, C)
+    likelihoods = code_log_likelihoods(model, *batch)  # (K, C)
     codes = model.codes_of(*batch)[:, 0]
     assert torch.equal(codes, likelihoods.argmax(0))
     assert len(set(codes.tolist())) > 1
     assert torch.equal(model(*batch).codes[:, 0], codes)
-    memory = model.encode_prompt(prompt, pad)
-    grid = _grid(model.quantizer.get_output_from_indices(codes), present)
-    assert torch.equal(model.reconstruct(*batch), model.greedy_tokens(grid, memory, pad, prompt)[present])
+    # The batched scoring of all K codes gives what one code at a time gives.
+    with torch.no_grad():
+        memory = model.encode_prompt(prompt, pad)
+        owner, index = present.nonzero().unbind(1)
+        side = chunk_side(model, memory[owner], pad[owner], prompt[owner], chunk_ids[present])
+        batched = chunk_log_likelihoods(model, chunk_ids[present], index, model.memory_kv(memory, pad).select(owner),
+                                        side)  # (C, K)
+    assert torch.allclose(batched.T, likelihoods, atol=1e-4)
 
 
-def _grid(vectors: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    grid = vectors.new_zeros(*present.shape, 1, vectors.shape[-1])
-    grid[present] = vectors[:, None]
-    return grid
+def test_batched_search_gives_the_codes_of_one_example_at_a_time():
+    # Encoding scores many examples' chunks at once; the other examples (their prompt lengths,
+    # their number of chunks, the batch padding) must change no chunk's code.
+    model = spread_search_model(autoregressive=True, local_context=1, copy_prefix=True, search_rerank=3)
+    generator = torch.Generator().manual_seed(2)
+    examples = [(torch.randint(4, 40, (length,), generator=generator),
+                 torch.randint(4, 40, (n_chunks, 4), generator=generator))
+                for length, n_chunks in ((6, 1), (9, 3), (4, 2), (7, 1))]
+    alone = torch.cat([model.codes_of(prompt[None], torch.zeros(1, len(prompt), dtype=torch.bool), chunks[None],
+                                      torch.ones(1, len(chunks), dtype=torch.bool)) for prompt, chunks in examples])
+    prompt_ids, prompt_pad = torch.zeros(4, 9, dtype=torch.long), torch.ones(4, 9, dtype=torch.bool)
+    chunk_ids, present = torch.zeros(4, 3, 4, dtype=torch.long), torch.zeros(4, 3, dtype=torch.bool)
+    for row, (prompt, chunks) in enumerate(examples):
+        prompt_ids[row, :len(prompt)], prompt_pad[row, :len(prompt)] = prompt, False
+        chunk_ids[row, :len(chunks)], present[row, :len(chunks)] = chunks, True
+    together = model.codes_of(prompt_ids, prompt_pad, chunk_ids, present)
+    assert torch.equal(together, alone)
+    assert len(set(together.flatten().tolist())) > 2
 
 
 def test_search_in_training_picks_among_the_candidates_and_trains_encoder_and_codebook():
     model = tiny_model(**SEARCH).train()
     batch = random_batch()
-    likelihoods = chunk_log_likelihoods(model.eval(), *batch)
+    likelihoods = code_log_likelihoods(model.eval(), *batch)
     model.train()
     torch.manual_seed(3)
     output = model(*batch)
@@ -611,14 +585,14 @@ def test_search_options_are_checked(toy_file, tmp_path):
     with pytest.raises(ValueError, match="search_explore"):
         tiny_model(**{**SEARCH, "search_candidates": 9})  # more candidates than K = 8
     with pytest.raises(ConfigError, match="one latent per chunk"):
-        train_vqvae(tiny_config(toy_file, tmp_path / "a", assignment="search", compression=2), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, tmp_path / "a", assignment="search", compression=2))
     with pytest.raises(ConfigError, match="assignment must be one of"):
-        train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"))
 
 
 def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path):
     out = train_vqvae(tiny_config(toy_file, tmp_path / "run", assignment="search", search_candidates=4,
-                                  search_explore=1, steps=150), task=ToyTask())
+                                  search_explore=1, steps=150))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["token_accuracy"] > 0.9
     loaded = load_vqvae(out)
@@ -626,12 +600,12 @@ def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path)
     # Stage 2 initialises the latent rows from the vectors the decoder reads.
     assert torch.equal(codebook_of(loaded.model, 8), loaded.model.quantizer.codebook.detach())
     examples = toy_examples()
-    codes = encode_examples(loaded, ToyTask(), examples, batch_size=3)
-    assert codes == encode_examples(load_vqvae(out), ToyTask(), examples, batch_size=8)
-    prompt = encode_example(loaded.tokenizer, ToyTask(), examples[1]).prompt_ids
+    codes = encode_examples(loaded, TASK, examples, batch_size=3)
+    assert codes == encode_examples(load_vqvae(out), TASK, examples, batch_size=8)
+    prompt = encode_example(loaded.tokenizer, TASK, examples[1]).prompt_ids
     assert normalize_text(decode_codes(loaded, prompt, codes[1])) == normalize_text(" ".join(examples[1].steps))
     with pytest.raises(CheckpointError, match="assignment='search'"):
-        train_vqvae(tiny_config(toy_file, out, resume=True), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, out, resume=True))
 
 
 # --- the copy prefix (a built-in induction head) --------------------------------------------
@@ -661,49 +635,36 @@ def test_copy_prefix_copies_the_word_whose_predecessors_match_the_chunks():
         memory = model.encode_prompt(prompt, pad)
         hidden = model.decode(torch.randn(1, 1, 1, 32), memory, pad, chunk_ids)
         prefix = model.prefix_features(chunk_ids)
-        copied = model.log_probs(hidden, memory, pad, prompt, prefix=prefix).exp()  # (1, 1, 4, V)
+        copied = log_probs(model, hidden, memory, pad, prompt, prefix=prefix).exp()  # (1, 1, 4, V)
         assert copied[0, 0, 2, 8] > 0.9  # in the prompt, "6 7" precede 8
         present = torch.ones(1, 1, dtype=torch.bool)
-        whole = model.log_probs(hidden, memory, pad, prompt, prefix=prefix)
-        picked = model.target_log_probs(hidden, memory, pad, prompt, chunk_ids[present], present, prefix)
+        whole = log_probs(model, hidden, memory, pad, prompt, prefix=prefix)
+        picked = target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present, prefix)
         assert torch.allclose(picked, whole[present].gather(-1, chunk_ids[present][..., None])[..., 0].clamp(min=-30))
-        assert torch.equal(model.predict(hidden, memory, pad, prompt, prefix), whole.argmax(-1))
+        assert torch.equal(predict(model, hidden, memory, pad, prompt, prefix), whole.argmax(-1))
         with pytest.raises(ValueError, match="copy_prefix"):
-            model.log_probs(hidden, memory, pad, prompt)  # the decoder side is required
+            log_probs(model, hidden, memory, pad, prompt)  # the decoder side is required
 
 
 def test_copy_prefix_options_are_checked(toy_file, tmp_path):
-    for bad in (dict(autoregressive=False), dict(autoregressive=True, copy_head=False),
-                dict(autoregressive=True, word_dropout=0.2)):
-        with pytest.raises(ValueError, match="copy_prefix"):
-            VQVAEConfig(vocab_size=10, pad_id=0, copy_prefix=True, **bad)
+    with pytest.raises(ValueError, match="copy_prefix"):
+        VQVAEConfig(vocab_size=10, pad_id=0, copy_prefix=True, autoregressive=False)
     with pytest.raises(ConfigError, match="copy_prefix"):
-        train_vqvae(tiny_config(toy_file, tmp_path / "run", copy_prefix=True), task=ToyTask())
+        train_vqvae(tiny_config(toy_file, tmp_path / "run", copy_prefix=True))
 
 
 def test_copy_prefix_model_trains_decodes_greedily_and_resumes_only_with_it(toy_file, tmp_path):
     out = train_vqvae(tiny_config(toy_file, tmp_path / "run", autoregressive=True, local_context=1,
-                                  copy_prefix=True, steps=300), task=ToyTask())
+                                  copy_prefix=True, steps=300))
     assert json.loads((out / "metrics.json").read_text())["token_accuracy"] == 1.0  # greedy decoding
     loaded = load_vqvae(out)
     assert loaded.config.copy_prefix
     example = toy_examples()[2]
-    codes = encode_examples(loaded, ToyTask(), [example])[0]
-    prompt = encode_example(loaded.tokenizer, ToyTask(), example).prompt_ids
+    codes = encode_examples(loaded, TASK, [example])[0]
+    prompt = encode_example(loaded.tokenizer, TASK, example).prompt_ids
     assert normalize_text(decode_codes(loaded, prompt, codes)) == normalize_text(" ".join(example.steps))
     with pytest.raises(CheckpointError, match="copy_prefix=True"):
-        train_vqvae(tiny_config(toy_file, out, autoregressive=True, local_context=1, resume=True), task=ToyTask())
-
-
-@pytest.mark.parametrize("copy_prefix", [False, True])
-def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(copy_prefix):
-    model = tiny_model(autoregressive=True, local_context=2, copy_prefix=copy_prefix, compression=4).eval()
-    prompt, pad, _, _ = random_batch()
-    memory = model.encode_prompt(prompt, pad)
-    quantized = torch.randn(3, 2, 1, 32)
-    greedy = model.greedy_tokens(quantized, memory, pad, prompt)  # (B, N, L)
-    hidden = model.decode(quantized, memory, pad, greedy)  # teacher-forced on the greedy tokens
-    assert torch.equal(model.predict(hidden, memory, pad, prompt, model._prefix_of(greedy)), greedy)
+        train_vqvae(tiny_config(toy_file, out, autoregressive=True, local_context=1, resume=True))
 
 
 def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
@@ -712,26 +673,25 @@ def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
         hidden = model.decode(torch.randn(3, 2, 1, 32), memory, pad, chunk_ids)
-        prefix = model._prefix_of(chunk_ids)
-        keys = model.copy_keys(memory, prompt)
+        prefix = model.prefix_of(chunk_ids)
+        keys = copy_keys(model, memory, prompt)
         assert keys.shape == (*prompt.shape, 64)  # copy keys and copy-prefix keys side by side
-        assert torch.equal(model.log_probs(hidden, memory, pad, prompt, present, prefix, keys),
-                           model.log_probs(hidden, memory, pad, prompt, present, prefix))
+        assert torch.equal(log_probs(model, hidden, memory, pad, prompt, present, prefix, keys),
+                           log_probs(model, hidden, memory, pad, prompt, present, prefix))
         # One product over the concatenation is the sum of the two query/key pairs' scores.
-        attention, _ = model._copy_head(hidden, memory, pad, prompt, prefix, keys)
+        attention, _ = copy_head(model, hidden, memory, pad, prompt, prefix, keys)
         scores = (torch.einsum("bnsd,bpd->bnsp", model.copy_query(hidden), model.copy_key(memory))
                   + torch.einsum("bnsd,bpd->bnsp", model.prefix_query(model.prefix_norm(prefix)),
                                  model.prefix_key(model.prefix_norm(model.prefix_features(prompt))))) / 32 ** 0.5
         expected = scores.masked_fill(pad[:, None, None], float("-inf")).softmax(-1)
         assert torch.allclose(attention, expected, atol=1e-6)
-    assert tiny_model(copy_head=False).copy_keys(memory, prompt) is None
 
 
 @pytest.mark.parametrize("autoregressive", [False, True])
 def test_memory_projected_once_decodes_as_the_stack_does(autoregressive):
     # The search and greedy decoding read the prompt's keys and values projected once
-    # (memory_kv.py); the decoder's output must be the library stack's, in both layouts the
-    # callers repeat the batch in (candidates stacked, beams interleaved).
+    # (memory_kv.py); the decoder's output must be the library stack's, with the batch
+    # repeated (the training search's candidates stacked) or with rows selected.
     model = tiny_model(autoregressive=autoregressive, local_context=1, decoder_layers=2).eval()
     prompt, pad, chunk_ids, _ = random_batch()  # example 0's prompt is padded
     quantized = torch.randn(3, 2, 2, 32)
@@ -740,75 +700,36 @@ def test_memory_projected_once_decodes_as_the_stack_does(autoregressive):
         expected = model.decode(quantized, memory, pad, chunk_ids)
         memory_kv = model.memory_kv(memory, pad)
         assert torch.allclose(model.decode(quantized, memory, pad, chunk_ids, memory_kv), expected, atol=1e-6)
-        for layout, kv in ((lambda t: t.repeat(3, *[1] * (t.dim() - 1)), memory_kv.repeat(3)),
-                           (lambda t: t.repeat_interleave(3, dim=0), memory_kv.repeat_interleave(3))):
-            hidden = model.decode(*map(layout, (quantized, memory, pad, chunk_ids)), kv)
-            assert torch.allclose(hidden, layout(expected), atol=1e-6)
+        repeated = model.decode(*(t.repeat(3, *[1] * (t.dim() - 1)) for t in (quantized, memory, pad, chunk_ids)),
+                                memory_kv.repeat(3))
+        assert torch.allclose(repeated, expected.repeat(3, 1, 1, 1), atol=1e-6)
+        rows = torch.tensor([2, 0])
+        selected = model.decode(quantized[rows], memory[rows], pad[rows], chunk_ids[rows], memory_kv.select(rows))
+        assert torch.allclose(selected, expected[rows], atol=1e-6)
         shorter = pad.clone()
         shorter[1, 3:] = True  # example 1's last prompt tokens hidden: its chunks must change
         other = model.decode(quantized, memory, pad, chunk_ids, model.memory_kv(memory, shorter))
         assert torch.equal(other[0], expected[0]) and not torch.allclose(other[1], expected[1], atol=1e-3)
 
 
-# --- beam search ------------------------------------------------------------------------
-@pytest.mark.parametrize("copy_prefix", [False, True])
-def test_beam_search_wide_enough_finds_the_most_probable_chunk(copy_prefix):
-    # L = 2 and as many beams as vocabulary ids: nothing is pruned before the last position,
-    # so beam search must return the argmax over all 40 x 40 chunks, scored teacher-forced.
-    model = tiny_model(autoregressive=True, local_context=1, copy_prefix=copy_prefix, chunk_size=2,
-                       compression=2).eval()
-    prompt, pad, _, _ = random_batch()
-    prompt, pad = prompt[:2], pad[:2]
-    quantized = torch.randn(2, 1, 1, 32)
-    with torch.no_grad():
-        memory = model.encode_prompt(prompt, pad)
-        beam = model.decode_tokens(quantized, memory, pad, prompt, beams=40)  # (2, 1, 2)
-        every = torch.cartesian_prod(torch.arange(40), torch.arange(40))  # (1600, 2)
-        for example in range(2):
-            rows = len(every)
-            chunks = every[:, None]  # (1600, 1, 2)
-            mem, msk, ids = (t[example:example + 1].expand(rows, *t.shape[1:]) for t in (memory, pad, prompt))
-            hidden = model.decode(quantized[example:example + 1].expand(rows, -1, -1, -1), mem, msk, chunks)
-            present = torch.ones(rows, 1, dtype=torch.bool)
-            scores = model.target_log_probs(hidden, mem, msk, ids, chunks[:, 0], present,
-                                            model._prefix_of(chunks)).sum(-1)
-            assert torch.equal(beam[example, 0], every[scores.argmax()])
-        greedy = model.greedy_tokens(quantized, memory, pad, prompt)
-        assert torch.equal(model.decode_tokens(quantized, memory, pad, prompt, beams=1), greedy)
-
-
-def test_beam_search_is_refused_below_one_beam_and_ignored_by_the_one_pass_decoder():
-    model = tiny_model().eval()
-    prompt, pad, _, _ = random_batch()
-    quantized = torch.randn(3, 2, 2, 32)
-    memory = model.encode_prompt(prompt, pad)
-    with torch.no_grad():
-        assert torch.equal(model.decode_tokens(quantized, memory, pad, prompt, beams=4),
-                           model.greedy_tokens(quantized, memory, pad, prompt))
-        with pytest.raises(ValueError, match="beams"):
-            model.decode_tokens(quantized, memory, pad, prompt, beams=0)
-
-
 # --- re-ranking the search's codes by their decoding ---------------------------------------
 def greedy_errors(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor:
-    """(K, C) tokens each code's greedy decoding gets wrong, for every real chunk."""
+    """(K, C) tokens each code's greedy decoding gets wrong, for every real chunk (the slow way)."""
     memory = model.encode_prompt(prompt, pad)
     rows = []
     for code in range(model.config.codebook_size):
-        decoded = model.greedy_tokens(_grid(model.quantizer.get_output_from_indices(torch.full(
-            (int(present.sum()),), code)), present), memory, pad, prompt)[present]
+        grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
+        decoded = reference_greedy(model, grid, memory, pad, prompt)[present]
         rows.append((decoded != chunk_ids[present]).sum(-1))
     return torch.stack(rows)
 
 
 @pytest.mark.parametrize("autoregressive", [False, True])
 def test_search_rerank_picks_among_the_likeliest_codes_the_one_decoded_best(autoregressive):
-    model = tiny_model(**SEARCH, autoregressive=autoregressive).eval()
-    with torch.no_grad():
-        model.quantizer.codebook.mul_(3)
+    model = spread_search_model(autoregressive=autoregressive)
     batch = random_batch()
     with torch.no_grad():
-        likelihoods = chunk_log_likelihoods(model, *batch)  # (K, C)
+        likelihoods = code_log_likelihoods(model, *batch)  # (K, C)
         errors = greedy_errors(model, *batch)  # (K, C)
         plain = model.codes_of(*batch)[:, 0]
         columns = torch.arange(len(plain))
@@ -825,8 +746,10 @@ def test_search_rerank_picks_among_the_likeliest_codes_the_one_decoded_best(auto
 
 
 def test_search_rerank_leaves_training_to_the_likelihood(monkeypatch):
+    import token_assorted.vqvae.search as search
+
     model = tiny_model(**SEARCH, autoregressive=True, search_rerank=4)
-    monkeypatch.setattr(VQVAE, "_fewest_errors", lambda *args: pytest.fail("decoded in training"))
+    monkeypatch.setattr(search, "greedy_tokens", lambda *args: pytest.fail("decoded in training"))
     model.train()(*random_batch()).loss.backward()  # the candidates are ranked by likelihood alone
     with pytest.raises(pytest.fail.Exception):
         model.eval().codes_of(*random_batch())
@@ -837,68 +760,11 @@ def test_search_rerank_is_checked_and_overrides_a_saved_vqvae(toy_file, tmp_path
         tiny_model(search_rerank=4)  # the nearest-vector quantizer has nothing to re-rank
     with pytest.raises(ValueError, match="search_rerank"):
         tiny_model(**SEARCH, search_rerank=9)  # more than K = 8
-    out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, autoregressive=True, steps=20),
-                      task=ToyTask())
+    out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, autoregressive=True, steps=20))
     assert load_vqvae(out).config.search_rerank == 0
     assert load_vqvae(out, search_rerank=3).model.config.search_rerank == 3
     for rerank in (0, 3):  # re-ranked codes are cached apart from the most likely ones
-        encode_examples_cached(load_vqvae(out, search_rerank=rerank), ToyTask(), toy_file)
+        encode_examples_cached(load_vqvae(out, search_rerank=rerank), TASK, toy_file)
     assert len(list((out / "codes").glob("*.json"))) == 2
     with pytest.raises(ConfigError, match="search_rerank"):
         load_vqvae(out, search_rerank=99)
-
-
-# --- prefix rank ---------------------------------------------------------------------
-def test_prefix_ranks_count_earlier_words_after_the_same_tokens():
-    a, b, x, y, z, dot = 5, 6, 7, 8, 9, 4
-    ids = torch.tensor([[a, b, x, dot, a, b, y, dot, a, b, z]])  # "a b X . a b Y . a b Z"
-    ranks = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=2)[0].tolist()
-    assert [ranks[2], ranks[6], ranks[10]] == [0, 1, 2]  # X, Y, Z: the 1st, 2nd, 3rd word after ". a b"
-    assert [ranks[5], ranks[9]] == [0, 1]  # the b's after ". a" (the first b follows the prompt's start)
-    assert [ranks[4], ranks[8]] == [0, 0]  # "X ." and "Y ." differ
-    wider = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=3)[0].tolist()
-    assert [wider[2], wider[6], wider[10]] == [0, 0, 1]  # X follows the start, not "dot a b"
-
-
-def test_prefix_ranks_ignore_batch_padding():
-    ids = torch.tensor([[5, 6, 7, 4, 5, 6, 8]])
-    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)  # left padding with pad id 0
-    pad = torch.zeros_like(padded, dtype=torch.bool)
-    pad[0, :3] = True
-    alone = prefix_ranks(ids, torch.zeros_like(ids, dtype=torch.bool), width=3)
-    assert prefix_ranks(padded, pad, width=3)[0, 3:].tolist() == alone[0].tolist()
-
-
-def test_prefix_rank_adds_to_the_copy_keys_from_zero():
-    prompt, pad, chunk_ids, present = random_batch()
-    assert not any("prefix_rank" in name for name in tiny_model(local_context=1).state_dict())
-    plain, ranked = tiny_model(local_context=1), tiny_model(local_context=1, prefix_rank=4)
-    repeated = torch.tensor([[5, 6, 7, 5, 6, 8]])  # 8 follows "5 6" as 7 does: rank 1
-    memory = ranked.encode_prompt(repeated, torch.zeros_like(repeated, dtype=torch.bool))
-    assert torch.equal(ranked.copy_keys(memory, repeated), plain.copy_keys(memory, repeated))  # zero at first
-    assert all(torch.equal(value, ranked.state_dict()[name]) for name, value in plain.state_dict().items())
-    with torch.no_grad():
-        ranked.prefix_rank_key.weight[1] += 1.0
-    moved = (ranked.copy_keys(memory, repeated) - plain.copy_keys(memory, repeated)).abs().sum(-1)[0]
-    assert moved[5] > 0 and moved[2] == 0 and moved[0] == 0  # only the rank-1 word's key
-    ranked.zero_grad()
-    ranked(prompt, pad, chunk_ids, present).loss.backward()
-    assert ranked.prefix_rank_key.weight.grad.abs().sum() > 0  # learns, starting from zero
-    with pytest.raises(ValueError, match="prefix_rank"):
-        VQVAEConfig(vocab_size=10, pad_id=0, prefix_rank=1)
-    with pytest.raises(ValueError, match="prefix_rank"):
-        VQVAEConfig(vocab_size=10, pad_id=0, prefix_rank=4, copy_head=False)
-
-
-def test_prefix_rank_model_saves_loads_and_resumes_only_with_it(toy_file, tmp_path):
-    options = dict(autoregressive=True, local_context=1, copy_prefix=True, prefix_rank=4, steps=20, valid_every=20)
-    out = train_vqvae(tiny_config(toy_file, tmp_path / "run", **options), task=ToyTask())
-    loaded = load_vqvae(out)
-    trained = load_file(out / "model.safetensors")["prefix_rank_key.weight"]
-    assert loaded.config.prefix_rank == 4 and trained.abs().sum() > 0  # it left zero
-    assert torch.equal(loaded.model.prefix_rank_key.weight, trained)
-    options.pop("prefix_rank")
-    with pytest.raises(CheckpointError, match="prefix_rank"):
-        train_vqvae(tiny_config(toy_file, out, resume=True, **options), task=ToyTask())
-    with pytest.raises(ConfigError, match="prefix_rank"):
-        train_vqvae(tiny_config(toy_file, tmp_path / "other", prefix_rank=4, copy_head=False), task=ToyTask())

@@ -2,8 +2,8 @@
 
     vqvae train    --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
     vqvae encode   --vqvae DIR --data FILE --task T --out CODES.jsonl [--search-rerank N]
-    vqvae decode   --vqvae DIR --prompt TEXT --codes 12,7,40 [--beams N]
-    vqvae evaluate --vqvae DIR --data FILE [--task T] [--beams N] [--search-rerank N] [--out METRICS.json]
+    vqvae decode   --vqvae DIR --prompt TEXT --codes 12,7,40
+    vqvae evaluate --vqvae DIR --data FILE [--task T] [--search-rerank N] [--out METRICS.json]
 
 Options given on the command line override those of --config, which override the defaults.
 """
@@ -39,14 +39,10 @@ HELP = {
     "ema_decay": "EMA decay of the codebook", "dead_code_threshold": "replace codes whose EMA usage falls below this",
     "max_prompt_len": "prompts longer than this keep their last tokens", "dropout": "dropout",
     "max_trace_len": "examples whose trace has more tokens than this are skipped (with a count) before encoding",
-    "tie_embeddings": "share the token embeddings with the output layer",
     "autoregressive": "decode each chunk token by token (causal decoder, greedy) instead of in one pass",
-    "copy_head": "let the decoder copy prompt tokens (pointer-generator mixture with the vocabulary head)",
-    "word_dropout": "autoregressive decoder: hide this share of its earlier tokens in training (against collapse)",
     "local_context": "prompt positions (and autoregressive decoder inputs) also read the k tokens before them",
     "output_vocab": "what the decoder's vocabulary head scores: 'all' ids, or only the 'data' (the ids the "
                     "training traces use; prompt tokens stay copyable); 'data' makes large vocabularies cheap",
-    "rotation_trick": "pass the encoder its gradient by the rotation trick (Fifty et al., 2024) instead of straight-through",
     "assignment": "how a chunk gets its code: 'nearest' (VQ: the nearest codebook vector) or 'search' (the code "
                   "under which the decoder finds the chunk most likely; one latent per chunk only)",
     "search_candidates": "assignment 'search', training: codes tried per chunk",
@@ -55,8 +51,6 @@ HELP = {
                    "chunk's last tokens (a built-in induction head)",
     "search_rerank": "assignment 'search', encoding and validation: greedy-decode the N most likely codes and keep "
                      "the one whose text misses the fewest of the chunk's tokens (0: the most likely code)",
-    "prefix_rank": "copy head: each prompt word's key also holds its rank (0..N-1) among the prompt words that "
-                   "follow the same local_context+1 tokens, so a code can name 'the second match' (0: off)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
@@ -122,15 +116,12 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
     parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--beams", type=positive_int, default=1, help=BEAMS_HELP)
     add_task_flags(parser)
     parser.set_defaults(func=_decode)
 
 
 RERANK_HELP = ("assignment 'search': greedy-decode the N most likely codes of a chunk and keep the one whose "
                "text misses the fewest tokens (default: the VQ-VAE's saved setting; 0: the most likely code)")
-BEAMS_HELP = ("autoregressive decoder: keep this many candidate texts per chunk (beam search) instead of "
-              "decoding greedily (default 1: greedy)")
 
 
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -138,7 +129,6 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
     parser.add_argument("--data", required=True, metavar="FILE", help="examples whose traces to reconstruct")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--beams", type=positive_int, default=1, help=BEAMS_HELP)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
@@ -216,7 +206,7 @@ def _decode(args: argparse.Namespace) -> int:
         raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
     task = _task_of(args, loaded)
-    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes, beams=args.beams)))
+    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes)))
     return 0
 
 
@@ -228,9 +218,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
     task = _task_of(args, loaded)
-    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size,
-                                      beams=args.beams)
-    result = {"data": args.data, "beams": args.beams, "search_rerank": loaded.config.search_rerank, **metrics}
+    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size)
+    result = {"data": args.data, "search_rerank": loaded.config.search_rerank, **metrics}
     if args.out:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -1,14 +1,19 @@
 """Stage 1 of Token Assorted: a VQ-VAE that turns trace chunks into latent tokens and back.
 
-    model.py    VQVAEConfig, VQVAE (chunk encoder, quantizer, prompt-conditioned decoder)
-    search.py   assignment by search: a chunk's code is the one its decoding fits best
-    beam.py     beam search: the most probable text of a chunk under its code (autoregressive decoder)
-    chunks.py   traces -> chunks of L tokens, batched with their prompts
-    options.py  VQVAETrainConfig (every `vqvae train` option)
-    train.py    train_vqvae (resumable loop, logging, checkpoints)
-    metrics.py  reconstruction accuracy, codebook usage, compression
-    store.py    the saved directory: load_vqvae, encode_examples, decode_codes, ...
-    state.py    resume state (optimizer, scheduler, RNG, step)
+    config.py     VQVAEConfig (the model's shape; retired options of saved configs)
+    options.py    VQVAETrainConfig (every `vqvae train` option)
+    chunks.py     traces -> chunks of L tokens, batched with their prompts
+    networks.py   the weights: prompt encoder g(P), chunk encoder, chunk decoder
+    quantizer.py  q: the library VQ codebook (nearest code) or the search's codebook
+    mixture.py    the output distribution: vocabulary head mixed with a copy head over the prompt
+    memory_kv.py  the decoder run by hand: prompt keys/values projected once, a step cache
+    decoding.py   greedy decoding of code vectors into chunk text
+    search.py     assignment by search: a chunk's code is the one its decoding fits best
+    model.py      VQVAE: ties them (training pass, codes of chunks, text of codes)
+    train.py      train_vqvae (resumable loop, logging, checkpoints)
+    state.py      resume state (optimizer, scheduler, RNG, step)
+    metrics.py    reconstruction accuracy, codebook usage, compression
+    store.py      the saved directory: load_vqvae, encode_examples, decode_codes, ...
 
 Names are imported lazily so `token-assorted --help` does not load torch.
 """
@@ -19,7 +24,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "VQVAE": "model", "VQVAEConfig": "model", "VQVAEOutput": "model",
+    "VQVAE": "model", "VQVAEOutput": "model", "VQVAEConfig": "config",
     "ChunkedExample": "chunks", "chunk_examples": "chunks", "split_trace": "chunks",
     "VQVAETrainConfig": "options", "train_vqvae": "train",
     "LoadedVQVAE": "store", "load_vqvae": "store", "check_compatible": "store", "encode_examples": "store",

@@ -1,13 +1,16 @@
-"""The chunk decoder's cross-attention keys and values over a prompt, computed once and reused.
+"""The chunk decoder run by hand: the prompt's keys and values projected once, and a step cache.
 
 Every decoder pass projects the prompt memory (B, P, D) to keys and values in each layer's
-cross-attention. Training runs the decoder once per batch, but the search scores every chunk
-under many codes (the memory repeated once per candidate) and greedy decoding runs the
-decoder once per chunk position: the same projection, recomputed each time. On ProsQA's
-230-token prompts it took about a quarter of a search training step. `MemoryKV` projects the
-memory once per layer; `run_decoder` is `nn.TransformerDecoder`'s forward for the pre-norm
-layers the VQ-VAE builds, reading those keys and values instead of the memory. Training's
-own forward keeps the library's stack (its results stay bit for bit what they were).
+cross-attention. The search scores every chunk under many codes and greedy decoding runs
+the decoder once per chunk position: the same projection each time. `MemoryKV` projects
+the memory once per layer. `run_decoder` is `nn.TransformerDecoder`'s forward for the
+pre-norm layers the VQ-VAE builds, reading those keys and values (the training search's
+scoring; training's own forward keeps the library's stack). `run_grouped` runs the layers
+over g variants of each memory row (the codes tried for one chunk, or the chunks of one
+trace): their self-attention stays apart, their cross-attention reads the row's keys and
+values without copying them, and with a `StepCache` it runs a few new positions after
+cached ones (greedy decoding, one position per step). It computes no dropout in self-attention:
+it serves decoding and the search, which run in eval mode.
 """
 
 from __future__ import annotations
@@ -47,13 +50,28 @@ class MemoryKV:
         """The memory of `times` copies of the batch stacked (row g*B + b holds example b)."""
         return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
 
-    def repeat_interleave(self, times: int) -> MemoryKV:
-        """Each example repeated `times` times in place (row b*W + w holds example b)."""
-        return self._map(lambda t: t.repeat_interleave(times, dim=0))
+    def select(self, rows: Tensor, length: int | None = None) -> MemoryKV:
+        """The memory of the given rows (e.g. each chunk's example), cut to its first `length` positions."""
+        return MemoryKV(tuple(t[rows, :, :length] for t in self.keys), tuple(t[rows, :, :length] for t in self.values),
+                        self.mask[rows, ..., :length])
 
     def _map(self, along_batch: Callable[[Tensor], Tensor]) -> MemoryKV:
         return MemoryKV(tuple(map(along_batch, self.keys)), tuple(map(along_batch, self.values)),
                         along_batch(self.mask))
+
+
+@dataclass(frozen=True)
+class StepCache:
+    """Self-attention keys and values of the positions decoded so far: per layer (R, H, S, D/H)."""
+
+    keys: tuple[Tensor, ...]
+    values: tuple[Tensor, ...]
+
+    @classmethod
+    def empty(cls, stack: nn.TransformerDecoder, rows: int, span: int, like: Tensor) -> StepCache:
+        attention = stack.layers[0].self_attn
+        shape = (rows, attention.num_heads, span, attention.embed_dim // attention.num_heads)
+        return cls(*(tuple(like.new_zeros(shape) for _ in stack.layers) for _ in range(2)))
 
 
 def run_decoder(stack: nn.TransformerDecoder, x: Tensor, memory: MemoryKV, tgt_mask: Tensor) -> Tensor:
@@ -66,6 +84,38 @@ def run_decoder(stack: nn.TransformerDecoder, x: Tensor, memory: MemoryKV, tgt_m
         x = x + layer.dropout2(_cross_attention(layer.multihead_attn, layer.norm2(x), keys, values, memory.mask))
         x = x + layer._ff_block(layer.norm3(x))
     return stack.norm(x) if stack.norm is not None else x
+
+
+def run_grouped(stack: nn.TransformerDecoder, x: Tensor, memory: MemoryKV, allowed: Tensor,
+                cache: StepCache | None = None, start: int = 0) -> Tensor:
+    """The decoder over (M, g, T, D): g variants of each of M memory rows, T positions each.
+
+    `allowed` (T, start + T) is True where a position may attend; with `cache` the T positions
+    come after `start` cached ones, and their keys and values are cached in turn.
+    """
+    rows, variants, span, width = x.shape
+    x = x.reshape(rows * variants, span, width)
+    for index, layer in enumerate(stack.layers):
+        x = x + _cached_self_attention(layer.self_attn, layer.norm1(x), allowed, cache, index, start)
+        shared = layer.norm2(x).view(rows, variants * span, width)  # the variants of a row read one memory
+        x = x + _cross_attention(layer.multihead_attn, shared, memory.keys[index], memory.values[index],
+                                 memory.mask).view(rows * variants, span, width)
+        x = x + layer._ff_block(layer.norm3(x))
+    return stack.norm(x).view(rows, variants, span, width)
+
+
+def _cached_self_attention(attention: nn.MultiheadAttention, x: Tensor, allowed: Tensor, cache: StepCache | None,
+                           layer: int, start: int) -> Tensor:
+    rows, span, width = x.shape
+    heads = attention.num_heads
+    projected = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # (R, T, 3D)
+    query, key, value = projected.view(rows, span, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # (R, H, T, D/H)
+    if cache is not None:
+        cache.keys[layer][:, :, start:start + span] = key
+        cache.values[layer][:, :, start:start + span] = value
+        key, value = cache.keys[layer][:, :, :start + span], cache.values[layer][:, :, :start + span]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+    return attention.out_proj(out.transpose(1, 2).reshape(rows, span, width))
 
 
 def _cross_attention(attention: nn.MultiheadAttention, x: Tensor, keys: Tensor, values: Tensor,

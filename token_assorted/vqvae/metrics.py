@@ -21,12 +21,8 @@ from .model import VQVAE
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: VQVAE, items: Sequence[ChunkedExample], batch_size: int = 32,
-                           beams: int = 1) -> dict[str, float]:
-    """Evaluate `model` (in eval mode, restored afterwards) on chunked examples.
-
-    `beams` > 1 decodes the autoregressive decoder by beam search (beam.py) instead of greedily.
-    """
+def reconstruction_metrics(model: VQVAE, items: Sequence[ChunkedExample], batch_size: int = 32) -> dict[str, float]:
+    """Evaluate `model` (in eval mode, restored afterwards) on chunked examples."""
     config = model.config
     was_training = model.training
     model.eval()
@@ -40,9 +36,9 @@ def reconstruction_metrics(model: VQVAE, items: Sequence[ChunkedExample], batch_
         output = model(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
         targets = batch.targets  # (C, L)
         real = targets != config.pad_id
-        # Accuracy of free decoding (greedy or beam search for the autoregressive decoder), never teacher-forced.
-        predicted = (model.reconstruct(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present,
-                                       codes=output.codes, beams=beams)
+        # Accuracy of free (greedy) decoding, never teacher-forced: the one-pass decoder's predictions
+        # already are its decoding.
+        predicted = (model.tokens_of(batch.prompt_ids, batch.prompt_pad, output.codes, batch.chunk_present)
                      if config.autoregressive else output.predictions)
         hits = predicted == targets
         tokens += int(real.sum())

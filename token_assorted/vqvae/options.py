@@ -49,19 +49,14 @@ class VQVAETrainConfig:
     max_prompt_len: int = 512
     max_trace_len: int = 8192  # traces longer than this (tokens) are skipped, with a count, before encoding
     dropout: float = 0.0
-    tie_embeddings: bool = True  # output layer shares the token embeddings
     autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
-    copy_head: bool = True  # pointer over the prompt's tokens mixed with the vocabulary head
-    word_dropout: float = 0.0  # AR decoder: share of earlier tokens hidden in training (fights collapse)
     local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
     output_vocab: str = "all"  # "data": score only the ids the training traces use (large pretrained vocabularies)
-    rotation_trick: bool = False  # encoder gradient by the rotation trick (Fifty et al., 2024), not straight-through
     assignment: str = "nearest"  # "search": each chunk's code is the one its decoding fits best (r = L only)
     search_candidates: int = 16  # assignment "search", training: codes tried per chunk
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # AR decoder: the copy head also matches the tokens before a prompt word to the chunk's
     search_rerank: int = 0  # assignment "search", outside training: of the n most likely codes, keep the best decoded
-    prefix_rank: int = 0  # copy head: keys also hold a prompt word's rank among words after the same k+1 tokens
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar
@@ -77,9 +72,9 @@ class VQVAETrainConfig:
         "prompt_layers": at_least(0), "codebook_dim": at_least(0), "commitment_weight": at_least(0),
         "ema_decay": within(0, 1, high_open=True), "dead_code_threshold": at_least(0),
         "max_prompt_len": at_least(1), "max_trace_len": at_least(1), "dropout": within(0, 1, high_open=True),
-        "word_dropout": within(0, 1, high_open=True), "local_context": at_least(0),
+        "local_context": at_least(0),
         "search_candidates": at_least(1), "search_explore": at_least(0), "search_rerank": at_least(0),
-        "prefix_rank": at_least(0), "max_examples": at_least(0), "stop_at": at_least(0),
+        "max_examples": at_least(0), "stop_at": at_least(0),
     }
 
 
@@ -104,12 +99,8 @@ def check_options(config: VQVAETrainConfig, source: str = "vqvae train", prefix:
     if config.output_vocab not in OUTPUT_VOCABS:
         raise ConfigError(f"{where}output_vocab: must be one of {', '.join(OUTPUT_VOCABS)}, "
                           f"got {config.output_vocab!r}")
-    if config.copy_prefix and not (config.copy_head and config.autoregressive and config.word_dropout == 0):
-        raise ConfigError(f"{where}copy_prefix: needs copy_head, the autoregressive decoder and word_dropout 0")
-    if config.prefix_rank == 1:
-        raise ConfigError(f"{where}prefix_rank: must be 0 (off) or at least 2, got 1")
-    if config.prefix_rank and not config.copy_head:
-        raise ConfigError(f"{where}prefix_rank: adds to the copy head's keys: it needs copy_head")
+    if config.copy_prefix and not config.autoregressive:
+        raise ConfigError(f"{where}copy_prefix: needs the autoregressive decoder")
     _check_assignment(config, where)
 
 

@@ -1,32 +1,18 @@
 """Code assignment by search (`assignment: search`): each chunk gets the code its decoding fits best.
 
-The default quantizer gives a chunk the codebook vector nearest to its encoder output and
-trains the encoder through the straight-through estimator. On ProsQA at L = r = 16 the code
-it learns names concepts but never which branch the path takes (BENCHMARKS.md, "Stage 1"):
-the decoder would have to read a prompt-relative code ("the second child of terpus") that
-gradient through a nearest-neighbour snap does not find.
+With one latent per chunk there are only K possible codes, so try them (hard EM, "analysis by
+synthesis"). In training the encoder proposes candidates (its most probable codes plus a few
+random ones, `SearchCodebook.candidates`); the decoder, teacher-forced, scores the chunk under
+each, and the most likely is the chunk's code. The decoder trains on it and the encoder, a
+K-way classifier over its latent slot, learns to predict it. Outside training every one of
+the K codes is scored (`best_fitting_codes`). With `search_rerank: n` the n most likely codes
+are then decoded greedily and the chunk gets the one whose text misses the fewest of its L
+tokens (the more likely on a tie), since greedy decoding reads its own tokens, not the chunk's.
 
-Search turns the question around (hard EM, "analysis by synthesis"): with one latent per
-chunk there are only K possible codes, so try them. In training the encoder proposes
-candidates (its `size - explore` most probable codes plus `explore` random ones); the decoder,
-teacher-forced, scores the chunk under each, and the most likely code is the chunk's code.
-The decoder then trains on that code, and the encoder, a K-way classifier over its latent
-slot, learns to predict it (cross-entropy, reported as `vq_loss`). Outside training every one
-of the K codes is tried, so `codes_of` returns the code whose decoding is most likely to give
-the chunk back: exact, at K decoder passes per chunk.
-
-The most likely code is not always the one whose greedy decoding writes the chunk: the
-decoder's own earlier tokens, not the chunk's, steer it. With `search_rerank: n` the n most
-likely codes are decoded greedily and the chunk gets the one whose text misses the fewest
-of its L tokens (the more likely on a tie): the encoder checks its code by decoding it, as
-analysis-by-synthesis speech coders do. Training is unchanged; only `codes_of`, `vqvae
-encode` and validation decode n times more. With n = 4 it lifted greedy reconstruction from
-0.947 to 0.959 on ProsQA and from 0.834 to 0.886 on ProntoQA (BENCHMARKS.md, "Stage 1").
-
-The codebook is a learned table of K vectors the decoder reads (`codebook`, with the same
-interface stage 2 uses for the default quantizer's). A code no chunk has chosen for about
-300 training steps is re-seeded as a noisy copy of a popular one, which then splits that
-code's chunks between the two (the k-means remedy for empty clusters).
+Encoding scores the K codes of many chunks in batched decoder calls: the real chunks only (no
+batch padding), in blocks of similar prompt length with the prompts cut to the block's
+longest, each chunk's prompt keys and values read by all its codes (`run_grouped`), and the
+code-independent half of the output distribution computed once per chunk (`chunk_side`).
 """
 
 from __future__ import annotations
@@ -34,51 +20,42 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-USAGE_DECAY = 0.99  # per training step: a code's usage is an EMA of how many chunks chose it
-DEAD_USAGE = 0.05  # starting at 1, an unchosen code falls below this after ~300 steps
-SPLIT_NOISE = 0.1  # re-seeded code = popular code + this share of the table's spread as noise
+from .decoding import greedy_tokens
+from .memory_kv import MemoryKV, run_grouped
+from .mixture import ChunkSide, chunk_side, code_log_likelihoods, copy_keys, target_log_probs
+from .networks import ChunkNetworks
+
+SEARCH_SEQUENCES = 256  # training: decoder sequences scored at once (candidates x examples)
+ENCODE_ROWS = 512  # encoding: (chunk, code) pairs scored in one decoder call (more spill out of the caches)
+CHUNK_BLOCK = 32  # encoding: chunks whose prompts are cut to one length
 
 
-class SearchCodebook(nn.Module):
-    """K code vectors the decoder reads, the encoder's classifier over them, and their usage."""
+@torch.no_grad()
+def training_codes(nets: ChunkNetworks, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor,
+                   memory: Tensor, candidates: Tensor) -> Tensor:
+    """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
+    batch = prompt_ids.shape[0]
+    # The prompt side once, not once per candidate: the copy head's keys, the decoder's memory.
+    keys, memory_kv = copy_keys(nets, memory, prompt_ids), nets.memory_kv(memory, prompt_pad)
+    prefix = nets.prefix_of(chunk_ids)
 
-    def __init__(self, codebook_size: int, dim: int) -> None:
-        super().__init__()
-        # Unit-scale vectors: different codes must change the decoder's output from the first
-        # step, or every chunk ties and the search has nothing to choose between.
-        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
-        self.classifier = nn.Linear(dim, codebook_size)
-        self.register_buffer("usage", torch.ones(codebook_size))
+    def score(codes: Tensor) -> Tensor:  # (g*B, N) codes -> (g, C) log likelihoods
+        g = codes.shape[0] // batch
+        mem, pad, ids, chunks, real, key, pre = (
+            t.repeat(g, *[1] * (t.dim() - 1)) if t is not None else None
+            for t in (memory, prompt_pad, prompt_ids, chunk_ids, present, keys, prefix))
+        hidden = nets.decode(nets.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks,
+                             memory_kv.repeat(g))
+        return target_log_probs(nets, hidden, mem, pad, ids, chunks[real], real, pre, key).sum(-1).view(g, -1)
 
-    def get_output_from_indices(self, codes: Tensor) -> Tensor:
-        """Codes (...) -> the vectors the decoder reads (..., D)."""
-        return self.codebook[codes]
-
-    def candidates(self, logits: Tensor, size: int, explore: int) -> Tensor:
-        """(..., K) encoder logits -> (..., size) codes to try: the most probable and random ones."""
-        top = logits.detach().topk(size - explore, dim=-1).indices
-        random = torch.randint(logits.shape[-1], (*logits.shape[:-1], explore), device=logits.device)
-        return torch.cat([top, random], dim=-1)
-
-    @torch.no_grad()
-    def record(self, codes: Tensor) -> int:
-        """Count one training step's chosen codes; re-seed codes long unused. Returns how many."""
-        self.usage.mul_(USAGE_DECAY).add_(torch.bincount(codes.flatten(), minlength=len(self.usage)))
-        dead = self.usage < DEAD_USAGE
-        if not dead.any() or dead.all():
-            return 0
-        alive = (~dead).nonzero()[:, 0]
-        source = alive[torch.multinomial(self.usage[alive], int(dead.sum()), replacement=True)]
-        noise = torch.randn_like(self.codebook[dead]) * SPLIT_NOISE * self.codebook.std()
-        self.codebook[dead] = self.codebook[source] + noise
-        # The copy starts less likely than its source, so the encoder keeps its old choices
-        # until the search finds chunks the copy fits better.
-        self.classifier.weight[dead] = self.classifier.weight[source]
-        self.classifier.bias[dead] = self.classifier.bias[source] - 1.0
-        self.usage[dead] = 1.0
-        return int(dead.sum())
+    was_training = nets.training
+    nets.eval()  # score as decoding will run: no dropout
+    try:
+        return best_codes(score, candidates, present, max(1, SEARCH_SEQUENCES // batch))
+    finally:
+        nets.train(was_training)
 
 
 @torch.no_grad()
@@ -105,16 +82,52 @@ def best_codes(score: Callable[[Tensor], Tensor], candidates: Tensor, present: T
 
 
 @torch.no_grad()
-def most_likely_codes(score: Callable[[Tensor], Tensor], candidates: Tensor, present: Tensor, group: int,
-                      keep: int) -> Tensor:
-    """(C, keep): every real chunk's `keep` highest-scoring candidates, the highest first.
+def best_fitting_codes(nets: ChunkNetworks, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
+                       present: Tensor, memory: Tensor) -> Tensor:
+    """(C,) every real chunk's code among all K: the most likely, or with `search_rerank` the best decoded."""
+    owner, index = present.nonzero().unbind(1)  # each real chunk's example and place in its trace
+    chunks = chunk_ids[present]  # (C, L)
+    # The prompt side once per example, read by all K codes of each of its chunks.
+    memory_kv, keys = nets.memory_kv(memory, prompt_pad), copy_keys(nets, memory, prompt_ids)
+    # Chunks in blocks of similar prompt length, each block's prompts cut to its longest: the
+    # cross-attention and the copy head then skip most of the batch padding.
+    lengths = (~prompt_pad).sum(-1)[owner]  # (C,) prompts are right-padded
+    scores = memory.new_empty(len(chunks), nets.config.codebook_size)
+    for block in lengths.argsort(descending=True).split(CHUNK_BLOCK):
+        rows, width = owner[block], int(lengths[block].max())
+        side = chunk_side(nets, memory[rows, :width], prompt_pad[rows, :width], prompt_ids[rows, :width],
+                          chunks[block])
+        scores[block] = chunk_log_likelihoods(nets, chunks[block], index[block], memory_kv.select(rows, width), side)
+    rerank = nets.config.search_rerank
+    if rerank < 2:
+        return scores.argmax(-1)  # the first of equal maxima, as in training
+    likely = scores.topk(rerank, dim=-1).indices  # (C, n), the most likely first
+    vectors = nets.quantizer.get_output_from_indices(likely)[:, :, None]  # (C, n, 1, D)
+    decoded = greedy_tokens(nets, vectors, index[:, None].expand_as(likely), memory[owner], prompt_pad[owner],
+                            prompt_ids[owner], memory_kv.select(owner), keys[owner])  # (C, n, L)
+    first_fewest = (decoded != chunks[:, None]).sum(-1).argmin(-1)  # (C,) argmin returns the first of equal minima
+    return likely.gather(1, first_fewest[:, None])[:, 0]
 
-    Arguments as for `best_codes`; all G scores of a chunk are kept (G x C floats) to rank them.
+
+def chunk_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
+                          side: ChunkSide) -> Tensor:
+    """(C, K): each chunk's teacher-forced log likelihood under every code.
+
+    `chunks` (C, L) with their places in their traces `index` (C,), the decoder's keys and
+    values of their prompts and the mixture's side of them (`chunk_side`), one row per chunk.
     """
-    scores, codes = [], []
-    for start in range(0, candidates.shape[-1], group):
-        columns = candidates[:, :, start:start + group].permute(2, 0, 1)  # (g, B, N)
-        scores.append(score(columns.flatten(0, 1)))  # (g, C)
-        codes.append(columns[:, present])  # (g, C)
-    rows = torch.cat(scores).topk(keep, dim=0).indices  # (keep, C), sorted
-    return torch.cat(codes).gather(0, rows).T
+    n_chunks, length = chunks.shape
+    vectors = nets.quantizer.get_output_from_indices(torch.arange(nets.config.codebook_size, device=chunks.device))
+    queries = nets.decoder_queries(chunks, n_chunks)  # (C, L, D): the same under every code
+    position = nets.chunk_position.weight[:length + 1]  # (S, D), S = 1 + L
+    place = nets.chunk_index(index.clamp(max=nets.config.max_chunks - 1))[:, None, None]  # (C, 1, 1, D)
+    allowed = torch.ones(length + 1, length + 1, dtype=torch.bool, device=chunks.device)
+    if nets.config.autoregressive:  # the code sees itself, position i the code and positions <= i
+        allowed = allowed.tril()
+    scores = []
+    for codes in vectors.split(max(1, ENCODE_ROWS // n_chunks)):  # (g, D) codes at a time
+        x = torch.cat([codes[None, :, None].expand(n_chunks, -1, -1, -1),
+                       queries[:, None].expand(-1, len(codes), -1, -1)], dim=2) + position + place  # (C, g, S, D)
+        hidden = run_grouped(nets.decoder, x, memory_kv, allowed)[:, :, 1:]  # (C, g, L, D)
+        scores.append(code_log_likelihoods(nets, hidden, side))
+    return torch.cat(scores, dim=1)

@@ -7,9 +7,6 @@ atomic rename. A run killed at any moment of a save therefore leaves the previou
 in force; older step folders are removed after the switch. `trainer.pt` is a `torch.save`
 of tensors and plain numbers, read back with `weights_only=True` only. The data order
 needs no state: it is a pure function of (seed, step).
-
-States written before step folders existed (the files directly in `state/`, a pointer
-without "dir") are still loaded.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from .store import load_weights, save_weights
 
 STATE_DIR = "state"
 POINTER = "state.json"
-_FLAT_FILES = ("model.safetensors", "trainer.pt")  # the layout before step folders
 
 
 @dataclass
@@ -65,8 +61,6 @@ def _prune(root: Path, keep: str) -> None:
     for old in root.glob("step-*"):
         if old.is_dir() and old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
-    for name in _FLAT_FILES:
-        (root / name).unlink(missing_ok=True)
 
 
 def _committed_folder(root: Path) -> tuple[Path, Any]:
@@ -78,7 +72,7 @@ def _committed_folder(root: Path) -> tuple[Path, Any]:
         raise CheckpointError(f"{pointer}: expected a JSON object")
     name = record.get("dir")
     if name is None:
-        return root, record.get("step")  # the layout before step folders
+        raise CheckpointError(f"{pointer}: names no step folder (a layout from before step folders); cannot --resume")
     folder = root / str(name)
     if not isinstance(name, str) or "/" in name or "\\" in name or not folder.is_dir():
         raise CheckpointError(f"{pointer}: points at a missing state folder {folder}")

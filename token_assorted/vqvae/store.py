@@ -34,8 +34,9 @@ from ..schema import Example
 from ..tasks.base import Task
 from ..tokenizer import load_tokenizer, tokenizer_fingerprint
 from .chunks import chunk_examples, collate
+from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
-from .model import VQVAE, VQVAEConfig
+from .model import VQVAE
 
 FORMAT = "token-assorted-vqvae/1"
 DEFAULT_TRACE_LIMIT = 8192  # max_trace_len of VQ-VAEs saved before the option existed
@@ -113,9 +114,7 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
         raise CheckpointError(f"{directory}: VQ-VAE directory not found")
     state = load_weights(directory / WEIGHTS)
     info = _read_config(directory)
-    # Checkpoints saved before the copy head (or the local context) existed have no key for it
-    # and no weights of it.
-    model_fields = {"copy_head": False, "local_context": 0, **info["model"]}
+    model_fields = without_retired(info["model"], f"{directory / CONFIG}:model")
     config = from_mapping(VQVAEConfig, model_fields, f"{directory / CONFIG}:model")
     if search_rerank is not None:
         try:
@@ -248,12 +247,8 @@ def _sha256(path: Path) -> str:
 
 
 # --- decoding codes -----------------------------------------------------------------
-def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int],
-                    beams: int = 1) -> list[int]:
-    """Text token ids that latent tokens stand for (chunk i is the trace's i-th), pads dropped.
-
-    `beams` > 1: beam search over each chunk's text (autoregressive decoder) instead of greedy decoding.
-    """
+def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> list[int]:
+    """Text token ids that latent tokens stand for (chunk i is the trace's i-th), pads dropped."""
     config, model = loaded.config, loaded.model
     _check_codes(codes, config)
     if not codes:
@@ -262,13 +257,14 @@ def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Seque
     model.eval()
     prompt = torch.tensor([list(prompt_ids)[-config.max_prompt_len:]], dtype=torch.long, device=device)
     code_grid = torch.tensor(list(codes), dtype=torch.long, device=device).view(-1, config.latents_per_chunk)
-    tokens = model.tokens_of(prompt, code_grid, beams)  # (N, L)
+    present = torch.ones(1, len(code_grid), dtype=torch.bool, device=device)  # one trace of N chunks
+    tokens = model.tokens_of(prompt, torch.zeros_like(prompt, dtype=torch.bool), code_grid, present)  # (N, L)
     return [token for token in tokens.flatten().tolist() if token != config.pad_id]
 
 
-def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int], beams: int = 1) -> str:
+def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> str:
     """The text those latent tokens stand for, given the prompt they were encoded under."""
-    return loaded.tokenizer.decode(decode_code_ids(loaded, prompt_ids, codes, beams))
+    return loaded.tokenizer.decode(decode_code_ids(loaded, prompt_ids, codes))
 
 
 def prompt_ids_for(loaded: LoadedVQVAE, task: Task, question: str) -> list[int]:
@@ -287,11 +283,11 @@ def _check_codes(codes: Sequence[int], config: VQVAEConfig) -> None:
 
 
 def evaluate_reconstruction(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
-                            batch_size: int = 32, beams: int = 1) -> dict[str, float]:
+                            batch_size: int = 32) -> dict[str, float]:
     """Token / exact-chunk accuracy, codebook usage, perplexity and compression on `examples`."""
     _check_task(loaded, task)
     items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
-    return reconstruction_metrics(loaded.model, items, batch_size, beams)
+    return reconstruction_metrics(loaded.model, items, batch_size)
 
 
 def read_info(directory: str | Path) -> dict[str, Any]:

@@ -38,8 +38,9 @@ from ..tasks import get_task
 from ..tasks.base import Task
 from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer, tokenizer_fingerprint
 from .chunks import ChunkedExample, chunk_examples, collate
+from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
-from .model import VQVAE, VQVAEConfig
+from .model import VQVAE
 from .options import VQVAETrainConfig, check_options
 from .state import TrainerState, load_state, save_state
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
@@ -48,11 +49,7 @@ from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
 _VOLATILE = ("resume", "stop_at", "progress", "out", "device")
-_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "copy_head", "output_vocab", "assignment",
-          "copy_prefix", "prefix_rank")
-# Options added after runs were saved, with the value those runs had.
-_ADDED = {"task_options": {}, "copy_head": False, "assignment": "nearest", "search_candidates": 16,
-          "search_explore": 4, "copy_prefix": False, "prefix_rank": 0, "max_trace_len": 8192}
+_SHAPE = ("chunk_size", "compression", "codebook_size", "tokenizer", "output_vocab", "assignment", "copy_prefix")
 
 
 @dataclass
@@ -123,7 +120,7 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
     if not (out / CONFIG).is_file():
         raise CheckpointError(f"{out}: nothing to resume (no {CONFIG}); run without --resume")
     info = read_info(out)
-    saved, given = {**_ADDED, **info.get("train", {})}, _comparable(config)
+    saved, given = without_retired(info.get("train", {}), f"{out / CONFIG}:train"), _comparable(config)
     differing = sorted(k for k in given if k in saved and saved[k] != given[k])
     shape = [k for k in differing if k in _SHAPE]
     if shape:

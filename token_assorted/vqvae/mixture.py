@@ -1,0 +1,215 @@
+"""The decoder's output distribution: the vocabulary head mixed with a copy head over the prompt.
+
+The concept names of ProsQA and ProntoQA traces are arbitrary words that only the prompt
+supplies, so each output position also attends over the prompt's positions (one head:
+queries from the decoder state, keys from g(P)); the weights are scattered onto those
+positions' token ids and a learned gate p_gen = sigmoid(w . [h; context]) mixes the two
+(pointer-generator style):
+
+    p(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * sum_{j : P_j = w} attention_j
+
+It is computed in fp32 and in log space (logaddexp of the two log-weighted terms; an id no
+prompt position holds gets an exact log 0, with a gradient-safe log). With `copy_prefix` a
+second query/key pair scores how well the tokens before each prompt position match the
+chunk's last tokens (`prefix_features` of both): an induction head built in, leaving the
+first pair to choose among the matches. The output layer shares the token embeddings. With
+`output_vocab_size` the vocabulary head scores only the ids in `output_ids` ("slots"); a
+prompt token outside them can still be copied. Training then takes only each target's
+probability (`target_log_probs`) and decoding only the argmax (`predict`), so no tensor over
+the whole vocabulary is built; without it the loss is the NLL of `log_probs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .networks import ChunkNetworks
+
+LOG_FLOOR = -30.0  # log p of a target the decoder cannot write at all (see `target_log_probs`)
+UNWRITABLE = -1e4  # log of the vocabulary mass of an id outside the output vocabulary: exp() is exactly 0
+
+
+def _safe_log(probabilities: Tensor) -> Tensor:
+    """log, with an exact -inf (and no NaN gradient) where the probability is 0."""
+    held = probabilities > 0
+    return torch.where(held, probabilities.masked_fill(~held, 1.0).log(), float("-inf"))
+
+
+def logits(nets: ChunkNetworks, hidden: Tensor) -> Tensor:
+    """(..., D) decoder states -> (..., V') logits of the vocabulary head alone, one per output slot."""
+    weight, bias = nets.token_embedding.weight, nets.output_bias
+    if nets.config.output_vocab_size:
+        weight, bias = weight[nets.output_ids], bias[nets.output_ids]
+    return F.linear(hidden, weight, bias)
+
+
+def slots_of(nets: ChunkNetworks, ids: Tensor) -> Tensor:
+    """Token ids -> their output slots (the ids themselves without an output vocabulary; -1 if absent)."""
+    if not nets.config.output_vocab_size:
+        return ids
+    table = ids.new_full((nets.config.vocab_size,), -1)
+    table[nets.output_ids] = torch.arange(nets.config.output_vocab_size, device=ids.device)
+    return table[ids]
+
+
+def ids_of(nets: ChunkNetworks, slots: Tensor) -> Tensor:
+    """Output slots -> token ids (the inverse of `slots_of`)."""
+    return nets.output_ids[slots] if nets.config.output_vocab_size else slots
+
+
+def copy_keys(nets: ChunkNetworks, memory: Tensor, prompt_ids: Tensor) -> Tensor:
+    """The copy head's prompt side, fp32: (B, P, D), or (B, P, 2D) with the copy prefix's keys.
+
+    It depends on the prompt alone, so callers that score many chunks, positions or codes
+    against one prompt compute it once and pass it on as `keys`.
+    """
+    with torch.autocast(memory.device.type, enabled=False):
+        key = nets.copy_key(memory.float())  # (B, P, D)
+        if not nets.config.copy_prefix:
+            return key
+        prompt_prefix = nets.prefix_key(nets.prefix_norm(nets.prefix_features(prompt_ids).float()))
+        return torch.cat([key, prompt_prefix], dim=-1)
+
+
+def copy_head(nets: ChunkNetworks, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+              prefix: Tensor | None, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Attention over the prompt's positions (B, N, S, P) and the logit of p_gen (B, N, S, 1).
+
+    With `copy_prefix`, `prefix` (B, N, S, D) holds `prefix_features` of the chunk's tokens: the
+    two queries are concatenated to match `copy_keys`, so one product sums both scores.
+    """
+    keys = copy_keys(nets, memory, prompt_ids) if keys is None else keys  # (B, P, D or 2D)
+    query = nets.copy_query(hidden)  # (B, N, S, D)
+    if nets.config.copy_prefix:
+        if prefix is None:
+            raise ValueError("copy_prefix: pass the prefix features of the chunk's earlier tokens")
+        query = torch.cat([query, nets.prefix_query(nets.prefix_norm(prefix.float()))], dim=-1)
+    scores = torch.einsum("bnsd,bpd->bnsp", query, keys) / nets.config.d_model ** 0.5  # (B, N, S, P)
+    attention = scores.masked_fill(memory_pad[:, None, None], float("-inf")).softmax(dim=-1)
+    context = torch.einsum("bnsp,bpd->bnsd", attention, memory)  # (B, N, S, D)
+    return attention, nets.copy_gate(torch.cat([hidden, context], dim=-1))
+
+
+def target_log_probs(nets: ChunkNetworks, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+                     targets: Tensor, present: Tensor, prefix: Tensor | None = None,
+                     keys: Tensor | None = None) -> Tensor:
+    """fp32 log p of each real chunk's (C, S) target tokens, floored at LOG_FLOOR.
+
+    The floor only bites on a target no output slot and no prompt position holds (a token
+    the training traces never used): its loss is capped and carries no gradient.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):  # the mixture needs fp32 range
+        log_vocab = F.log_softmax(logits(nets, hidden[present]).float(), dim=-1)  # (C, S, V')
+        slots = slots_of(nets, targets)  # (C, S)
+        picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0]
+        # A target outside the output vocabulary gets no vocabulary mass: a log far below the floor,
+        # finite so that a target the copy head cannot write either gets no NaN gradient.
+        picked = picked.masked_fill(slots < 0, UNWRITABLE)
+        attention, gate = copy_head(nets, hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
+        attention, gate = attention[present], gate[present][..., 0]  # (C, S, P), (C, S)
+        owner_prompt = prompt_ids[present.nonzero()[:, 0]]  # (C, P) the prompt of each real chunk
+        copied = (attention * (owner_prompt[:, None] == targets[..., None])).sum(-1)  # (C, S)
+        picked = torch.logaddexp(F.logsigmoid(gate) + picked, F.logsigmoid(-gate) + _safe_log(copied))
+        return picked.clamp(min=LOG_FLOOR)
+
+
+@torch.no_grad()
+def predict(nets: ChunkNetworks, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+            prefix: Tensor | None = None, keys: Tensor | None = None) -> Tensor:
+    """(B, N, S, D) decoder states -> (B, N, S) the most probable token ids under the whole mixture."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        probs = F.softmax(logits(nets, hidden).float(), dim=-1)  # (B, N, S, V')
+        attention, gate = copy_head(nets, hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
+        p_gen = torch.sigmoid(gate)  # (B, N, S, 1)
+        prompt = prompt_ids[:, None, None].expand(*attention.shape)  # (B, N, S, P)
+        slots = slots_of(nets, prompt_ids)[:, None, None].expand(*attention.shape)
+        mixed = (p_gen * probs).scatter_add_(-1, slots.clamp(min=0), (1 - p_gen) * attention * (slots >= 0))
+        best_value, best = mixed.max(-1)
+        best = ids_of(nets, best)
+        if not nets.config.output_vocab_size or (slots >= 0).all():
+            return best
+        # A prompt token outside the output vocabulary: all its probability is copied mass,
+        # summed over the prompt positions that hold it.
+        same = (prompt_ids[:, :, None] == prompt_ids[:, None, :]).float()  # (B, P, P)
+        mass = (1 - p_gen) * torch.einsum("bnsp,bpq->bnsq", attention, same)  # (B, N, S, P)
+        outside_value, outside = mass.masked_fill(slots >= 0, -1.0).max(-1)
+        return torch.where(outside_value > best_value, prompt.gather(-1, outside[..., None])[..., 0], best)
+
+
+def log_probs(nets: ChunkNetworks, hidden: Tensor, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+              present: Tensor | None = None, prefix: Tensor | None = None, keys: Tensor | None = None) -> Tensor:
+    """(B, N, S, D) decoder states -> fp32 log p over the whole vocabulary, (B, N, S, V).
+
+    With `present` (B, N), only the real chunks: (C, S, V). Ids outside the output vocabulary
+    get only their copied mass.
+    """
+    keep = (lambda x: x[present]) if present is not None else (lambda x: x)
+    with torch.autocast(hidden.device.type, enabled=False):
+        log_slots = F.log_softmax(logits(nets, keep(hidden)).float(), dim=-1)  # (C, S, V')
+        log_vocab = log_slots
+        if nets.config.output_vocab_size:
+            log_vocab = log_slots.new_full((*log_slots.shape[:-1], nets.config.vocab_size), float("-inf"))
+            log_vocab[..., nets.output_ids] = log_slots
+        attention, gate = copy_head(nets, hidden.float(), memory.float(), memory_pad, prompt_ids, prefix, keys)
+        attention, gate = keep(attention), keep(gate)  # (C, S, P), (C, S, 1)
+        prompt = keep(prompt_ids[:, None, None].expand(-1, *hidden.shape[1:3], -1))  # (C, S, P)
+        # Scatter: a word at several prompt positions gets the sum of their weights.
+        copied = torch.zeros_like(log_vocab).scatter_add_(-1, prompt, attention)  # (C, S, V)
+        return torch.logaddexp(F.logsigmoid(gate) + log_vocab, F.logsigmoid(-gate) + _safe_log(copied))
+
+
+# --- one chunk under many codes (the search) ---------------------------------------------------
+@dataclass(frozen=True)
+class ChunkSide:
+    """What the mixture reads of C chunks and their prompts, the same under every code tried."""
+
+    keys: Tensor  # (C, P, D) the copy head's keys
+    prefix_scores: Tensor  # (C, L, P) the copy prefix's share of the copy scores (zeros without it)
+    pad: Tensor  # (C, P) True at prompt padding
+    copies: Tensor  # (C, L, P) 1 where prompt position p holds the chunk's token l
+    gate_memory: Tensor  # (C, P) the gate's weight on the copied context, read at each prompt position
+    slots: Tensor  # (C, L) the chunk's tokens' output slots (-1: outside the output vocabulary)
+
+
+@torch.no_grad()
+def chunk_side(nets: ChunkNetworks, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
+               chunks: Tensor) -> ChunkSide:
+    """The code-independent side of `code_log_likelihoods` for (C, L) chunks under (C, P) prompts."""
+    with torch.autocast(memory.device.type, enabled=False):
+        memory = memory.float()
+        prefix_scores = memory.new_zeros(*chunks.shape, memory.shape[1])
+        if nets.config.copy_prefix:
+            query = nets.prefix_query(nets.prefix_norm(nets.prefix_features(chunks).float()))  # (C, L, D)
+            key = nets.prefix_key(nets.prefix_norm(nets.prefix_features(prompt_ids).float()))  # (C, P, D)
+            prefix_scores = torch.einsum("cld,cpd->clp", query, key) / nets.config.d_model ** 0.5
+        gate_memory = memory @ nets.copy_gate.weight[0, nets.config.d_model:]  # (C, P)
+        return ChunkSide(nets.copy_key(memory), prefix_scores, memory_pad,
+                         (prompt_ids[:, None] == chunks[..., None]).float(), gate_memory, slots_of(nets, chunks))
+
+
+@torch.no_grad()
+def code_log_likelihoods(nets: ChunkNetworks, hidden: Tensor, side: ChunkSide) -> Tensor:
+    """(C, g, L, D) decoder states of C chunks under g codes -> (C, g) the chunks' log likelihoods.
+
+    `target_log_probs` summed over the chunk, computed for many codes at once: the code-
+    independent parts once per chunk (`ChunkSide`), and the gate's reading of the copied
+    context as attention-weighted scalars (it is linear in the context), not as D-vectors.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        hidden = hidden.float()
+        log_vocab = F.log_softmax(logits(nets, hidden), dim=-1)  # (C, g, L, V')
+        slots = side.slots[:, None].expand(*hidden.shape[:3])  # (C, g, L)
+        picked = log_vocab.gather(-1, slots.clamp(min=0)[..., None])[..., 0].masked_fill(slots < 0, UNWRITABLE)
+        query = nets.copy_query(hidden)  # (C, g, L, D)
+        scores = torch.einsum("cgld,cpd->cglp", query, side.keys) / nets.config.d_model ** 0.5
+        scores = (scores + side.prefix_scores[:, None]).masked_fill(side.pad[:, None, None], float("-inf"))
+        attention = scores.softmax(dim=-1)  # (C, g, L, P)
+        copied = torch.einsum("cglp,clp->cgl", attention, side.copies)
+        weight, bias = nets.copy_gate.weight[0, :nets.config.d_model], nets.copy_gate.bias[0]
+        gate = hidden @ weight + torch.einsum("cglp,cp->cgl", attention, side.gate_memory) + bias  # (C, g, L)
+        log_p = torch.logaddexp(F.logsigmoid(gate) + picked, F.logsigmoid(-gate) + _safe_log(copied))
+        return log_p.clamp(min=LOG_FLOOR).sum(-1)
