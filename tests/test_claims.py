@@ -48,6 +48,10 @@ def test_unmeasured_checks_are_never_reported_as_holding():
     methods[2]["latent_reliance"] = 0.3
     checks = check_claims(methods, ClaimThresholds())
     assert checks[3].passed is None and "Pause not run" in checks[3].measured
+    methods[2]["latent_reliance"] = 0.02  # too little reliance fails whether or not Pause ran
+    assert check_claims(methods, ClaimThresholds())[3].passed is False
+    methods[2]["latent_reliance"] = 0.3
+    checks = check_claims(methods, ClaimThresholds())
     assert check_claims([method("CoT", 0.9, 30.0)], ClaimThresholds())[2].passed is None
     lines = "\n".join(claims_section(checks) + claims_lines(checks))
     assert "not measured" in lines and "| – |" in lines

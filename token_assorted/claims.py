@@ -91,8 +91,9 @@ def _codes_matter(ta: dict[str, Any] | None, pause: dict[str, Any] | None, thres
     if reliance is None:
         return Check(name, "not measured (no probes)", threshold, None)
     measured = f"loses {100 * reliance:.1f} points"
-    if pause is None:
-        return Check(name, measured + "; Pause not run (--strategies pause)", threshold, None)
+    if pause is None:  # the reliance alone can already fail the check, never pass it
+        failed = reliance < thresholds.reliance
+        return Check(name, measured + "; Pause not run (--strategies pause)", threshold, False if failed else None)
     margin = ta["accuracy"] - pause["accuracy"]
     return Check(name, f"{measured}; {100 * margin:+.1f} points over Pause ({_pct(pause['accuracy'])})",
                  threshold, reliance >= thresholds.reliance and margin > 0)
