@@ -3,8 +3,9 @@
     python benchmarks/bench_vqvae_speed.py --vqvae RUN/vqvae --task prosqa
     PYTHONPATH=/path/to/other/checkout python benchmarks/bench_vqvae_speed.py ...   # the same, another version
 
-Encoding is what `vqvae encode` does (with `assignment: search`, all K codes are tried per
-chunk). Its wall time and its process CPU time are reported: on a machine shared with other
+Encoding is what `vqvae encode` does (with `assignment: search`, the VQ-VAE's `encode_candidates`
+codes are tried per chunk, or `--encode-candidates N`: 0 for all K; versions before the option
+always try all K). Its wall time and its process CPU time are reported: on a machine shared with other
 jobs the CPU time of a one-thread run is the steadier measure. The training step is a
 forward pass (with search: over the encoder's candidates), backward and an AdamW step, on
 batches of the same questions; its median over `--steps` steps (the first two are warm-up)
@@ -47,12 +48,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="training steps to time")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--encode-candidates", type=int, metavar="N",
+                        help="override the VQ-VAE's encode_candidates (0: all K; not for versions without it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     data = args.data or str(SHARED / "data" / OFFICIAL_VALID[args.task])
     examples = task.load(data)
-    loaded = load_vqvae(args.vqvae)
+    given = {} if args.encode_candidates is None else {"encode_candidates": args.encode_candidates}
+    loaded = load_vqvae(args.vqvae, **given)
 
     started, cpu_started = time.perf_counter(), time.process_time()
     codes = encode_examples(loaded, task, examples[: args.n])
@@ -63,6 +67,7 @@ def main() -> None:
         "code": str(Path(token_assorted.__file__).parent), "vqvae": args.vqvae, "data": data, "threads": args.threads,
         "assignment": loaded.config.assignment, "copy_prefix": loaded.config.copy_prefix,
         "search_rerank": loaded.config.search_rerank,
+        "encode_candidates": getattr(loaded.config, "encode_candidates", "all (no option)"),
         "encode_questions": args.n, "encode_seconds": round(encode_seconds, 2),
         "encode_cpu_seconds": round(encode_cpu_seconds, 2),
         "codes_md5": hashlib.md5(json.dumps(codes).encode()).hexdigest(),

@@ -32,7 +32,7 @@ from token_assorted.vqvae.decoding import greedy_tokens
 from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
                                           target_log_probs)
 from token_assorted.vqvae.quantizer import nearest_codes
-from token_assorted.vqvae.search import chunk_log_likelihoods
+from token_assorted.vqvae.search import token_log_likelihoods
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
 WORDS = ["wumpus", "yimpus", "lempus", "gerpus", "rorpus", "timpus", "kerpus", "bompus", "felpus"]
@@ -521,15 +521,17 @@ def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive,
         memory = model.encode_prompt(prompt, pad)
         owner, index = present.nonzero().unbind(1)
         side = chunk_side(model, memory[owner], pad[owner], prompt[owner], chunk_ids[present])
-        batched = chunk_log_likelihoods(model, chunk_ids[present], index, model.memory_kv(memory, pad).select(owner),
-                                        side)  # (C, K)
+        batched = token_log_likelihoods(model, chunk_ids[present], index, model.memory_kv(memory, pad).select(owner),
+                                        side).sum(-1)  # (C, K)
     assert torch.allclose(batched.T, likelihoods, atol=1e-4)
 
 
-def test_batched_search_gives_the_codes_of_one_example_at_a_time():
+@pytest.mark.parametrize("encode_candidates", [0, 6])  # all K codes; the encoder's 6 likeliest, in two rounds
+def test_batched_search_gives_the_codes_of_one_example_at_a_time(encode_candidates):
     # Encoding scores many examples' chunks at once; the other examples (their prompt lengths,
     # their number of chunks, the batch padding) must change no chunk's code.
-    model = spread_search_model(autoregressive=True, local_context=1, copy_prefix=True, search_rerank=3)
+    model = spread_search_model(autoregressive=True, local_context=1, copy_prefix=True, search_rerank=3,
+                                encode_candidates=encode_candidates)
     generator = torch.Generator().manual_seed(2)
     examples = [(torch.randint(4, 40, (length,), generator=generator),
                  torch.randint(4, 40, (n_chunks, 4), generator=generator))

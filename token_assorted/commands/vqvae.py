@@ -1,9 +1,9 @@
 """`token-assorted vqvae train|encode|decode|evaluate`: stage 1 from the command line.
 
     vqvae train    --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
-    vqvae encode   --vqvae DIR --data FILE --task T --out CODES.jsonl [--search-rerank N]
+    vqvae encode   --vqvae DIR --data FILE --task T --out CODES.jsonl [--search-rerank N] [--encode-candidates N]
     vqvae decode   --vqvae DIR --prompt TEXT --codes 12,7,40
-    vqvae evaluate --vqvae DIR --data FILE [--task T] [--search-rerank N] [--out METRICS.json]
+    vqvae evaluate --vqvae DIR --data FILE [--task T] [--search-rerank N] [--encode-candidates N] [--out METRICS.json]
 
 Options given on the command line override those of --config, which override the defaults.
 """
@@ -51,6 +51,8 @@ HELP = {
                    "chunk's last tokens (a built-in induction head)",
     "search_rerank": "assignment 'search', encoding and validation: greedy-decode the N most likely codes and keep "
                      "the one whose text misses the fewest of the chunk's tokens (0: the most likely code)",
+    "encode_candidates": "assignment 'search', encoding and validation: score only the encoder's N likeliest codes "
+                         "of each chunk (0: all K codes, the exact search)",
     "max_examples": "use only the first N training examples (0: all)",
     "progress": "show a progress bar",
     "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
@@ -103,6 +105,7 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
                         help='output: one {"index", "codes", "trace_tokens"} per line')
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
+    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
     add_task_flags(parser)
     parser.add_argument("--max-trace-len", type=positive_int, metavar="N",
                         help="skip (and count) examples whose trace has more tokens than this, before encoding "
@@ -122,6 +125,8 @@ def _register_decode(commands: argparse._SubParsersAction) -> None:
 
 RERANK_HELP = ("assignment 'search': greedy-decode the N most likely codes of a chunk and keep the one whose "
                "text misses the fewest tokens (default: the VQ-VAE's saved setting; 0: the most likely code)")
+CANDIDATES_HELP = ("assignment 'search': score only the encoder's N likeliest codes of a chunk (default: the "
+                   "VQ-VAE's saved setting; 0: all K codes, the exact search)")
 
 
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -131,6 +136,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
+    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
     parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
     add_task_flags(parser)
     parser.set_defaults(func=_evaluate)
@@ -179,7 +185,7 @@ def _encode(args: argparse.Namespace) -> int:
     from ..vqvae.chunks import chunk_examples
     from ..vqvae.store import trace_limit
 
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
+    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
     examples = task.load(args.data)
     items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
@@ -216,10 +222,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..io import atomic_write_json
     from ..vqvae import evaluate_reconstruction, load_vqvae
 
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank)
+    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
     metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size)
-    result = {"data": args.data, "search_rerank": loaded.config.search_rerank, **metrics}
+    result = {"data": args.data, "search_rerank": loaded.config.search_rerank,
+              "encode_candidates": loaded.config.encode_candidates, **metrics}
     if args.out:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

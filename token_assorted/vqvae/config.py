@@ -47,6 +47,7 @@ class VQVAEConfig:
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # copy head also matches the tokens before each prompt position to the chunk's
     search_rerank: int = 0  # search, outside training: of the n likeliest codes, the best decoded
+    encode_candidates: int = 48  # search, outside training: score the encoder's N likeliest codes (0 or >= K: all)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.compression < 1 or self.chunk_size % self.compression:
@@ -72,6 +73,11 @@ class VQVAEConfig:
         if not 0 <= self.search_rerank <= self.codebook_size:
             raise ValueError(f"search_rerank={self.search_rerank} must be in 0..{self.codebook_size} "
                              f"(the codebook size K)")
+        if self.encode_candidates < 0:
+            raise ValueError(f"encode_candidates={self.encode_candidates} must be >= 0 (0: all K codes)")
+        if 0 < self.encode_candidates < self.codebook_size and self.search_rerank > self.encode_candidates:
+            raise ValueError(f"search_rerank={self.search_rerank} re-ranks more codes than the "
+                             f"encode_candidates={self.encode_candidates} scored")
         if self.search_rerank > 1 and self.assignment != "search":
             raise ValueError(f"search_rerank={self.search_rerank} re-ranks the codes of assignment 'search'; "
                              f"assignment is {self.assignment!r}")

@@ -177,25 +177,29 @@ class ChunkSide:
 
 @torch.no_grad()
 def chunk_side(nets: ChunkNetworks, memory: Tensor, memory_pad: Tensor, prompt_ids: Tensor,
-               chunks: Tensor) -> ChunkSide:
-    """The code-independent side of `code_log_likelihoods` for (C, L) chunks under (C, P) prompts."""
+               chunks: Tensor, keys: Tensor | None = None) -> ChunkSide:
+    """The code-independent side of `code_log_likelihoods` for (C, L) chunks under (C, P) prompts.
+
+    `keys`: the prompts' `copy_keys` (C, P, D or 2D), when the caller has them already.
+    """
+    width = nets.config.d_model
     with torch.autocast(memory.device.type, enabled=False):
         memory = memory.float()
+        keys = copy_keys(nets, memory, prompt_ids) if keys is None else keys
         prefix_scores = memory.new_zeros(*chunks.shape, memory.shape[1])
         if nets.config.copy_prefix:
             query = nets.prefix_query(nets.prefix_norm(nets.prefix_features(chunks).float()))  # (C, L, D)
-            key = nets.prefix_key(nets.prefix_norm(nets.prefix_features(prompt_ids).float()))  # (C, P, D)
-            prefix_scores = torch.einsum("cld,cpd->clp", query, key) / nets.config.d_model ** 0.5
-        gate_memory = memory @ nets.copy_gate.weight[0, nets.config.d_model:]  # (C, P)
-        return ChunkSide(nets.copy_key(memory), prefix_scores, memory_pad,
+            prefix_scores = torch.einsum("cld,cpd->clp", query, keys[..., width:]) / width ** 0.5
+        gate_memory = memory @ nets.copy_gate.weight[0, width:]  # (C, P)
+        return ChunkSide(keys[..., :width], prefix_scores, memory_pad,
                          (prompt_ids[:, None] == chunks[..., None]).float(), gate_memory, slots_of(nets, chunks))
 
 
 @torch.no_grad()
 def code_log_likelihoods(nets: ChunkNetworks, hidden: Tensor, side: ChunkSide) -> Tensor:
-    """(C, g, L, D) decoder states of C chunks under g codes -> (C, g) the chunks' log likelihoods.
+    """(C, g, L, D) decoder states of C chunks under g codes -> (C, g, L) log p of each chunk token.
 
-    `target_log_probs` summed over the chunk, computed for many codes at once: the code-
+    `target_log_probs`, computed for many codes at once: the code-
     independent parts once per chunk (`ChunkSide`), and the gate's reading of the copied
     context as attention-weighted scalars (it is linear in the context), not as D-vectors.
     """
@@ -212,4 +216,4 @@ def code_log_likelihoods(nets: ChunkNetworks, hidden: Tensor, side: ChunkSide) -
         weight, bias = nets.copy_gate.weight[0, :nets.config.d_model], nets.copy_gate.bias[0]
         gate = hidden @ weight + torch.einsum("cglp,cp->cgl", attention, side.gate_memory) + bias  # (C, g, L)
         log_p = torch.logaddexp(F.logsigmoid(gate) + picked, F.logsigmoid(-gate) + _safe_log(copied))
-        return log_p.clamp(min=LOG_FLOOR).sum(-1)
+        return log_p.clamp(min=LOG_FLOOR)

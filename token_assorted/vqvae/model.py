@@ -23,7 +23,7 @@ from .decoding import greedy_tokens
 from .mixture import copy_keys, log_probs, predict, target_log_probs
 from .networks import ChunkNetworks
 from .quantizer import nearest_codes
-from .search import best_fitting_codes, training_codes
+from .search import best_fitting_codes, encoding_candidates, training_codes
 
 
 @dataclass
@@ -67,7 +67,8 @@ class VQVAE(ChunkNetworks):
 
         "nearest": the VQ quantizer (commitment loss). "search": the code under which the
         decoder finds the chunk most likely, among the encoder's candidates in training and
-        among all K otherwise; the loss trains the encoder to predict it.
+        among its `encode_candidates` likeliest otherwise (0: all K); the loss trains the
+        encoder to predict it.
         """
         if self.config.assignment == "nearest":
             return nearest_codes(self.quantizer, latents[present])
@@ -78,8 +79,10 @@ class VQVAE(ChunkNetworks):
                 candidates = codebook.candidates(logits, self.config.search_candidates, self.config.search_explore)
                 codes = training_codes(self, prompt_ids, prompt_pad, chunk_ids, present, memory, candidates)  # (C,)
                 codebook.record(codes)  # may re-seed unused codes: before the graph below reads the table
-            else:
-                codes = best_fitting_codes(self, prompt_ids, prompt_pad, chunk_ids, present, memory)
+            else:  # the encoder's likeliest codes, or all K
+                candidates = encoding_candidates(codebook.classifier(latents[present][:, 0]),
+                                                 self.config.encode_candidates)  # (C, N)
+                codes = best_fitting_codes(self, prompt_ids, prompt_pad, chunk_ids, present, memory, candidates)
         loss = F.cross_entropy(codebook.classifier(latents[present][:, 0]).float(), codes)
         return codebook.get_output_from_indices(codes)[:, None], codes[:, None], loss
 

@@ -57,6 +57,7 @@ class VQVAETrainConfig:
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # AR decoder: the copy head also matches the tokens before a prompt word to the chunk's
     search_rerank: int = 0  # assignment "search", outside training: of the n most likely codes, keep the best decoded
+    encode_candidates: int = 48  # assignment "search", outside training: only the encoder's N likeliest codes (0: all)
     max_examples: int = 0  # use only the first N training examples (0: all)
     stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
     progress: bool = True  # show the tqdm bar
@@ -74,6 +75,7 @@ class VQVAETrainConfig:
         "max_prompt_len": at_least(1), "max_trace_len": at_least(1), "dropout": within(0, 1, high_open=True),
         "local_context": at_least(0),
         "search_candidates": at_least(1), "search_explore": at_least(0), "search_rerank": at_least(0),
+        "encode_candidates": at_least(0),
         "max_examples": at_least(0), "stop_at": at_least(0),
     }
 
@@ -116,3 +118,7 @@ def _check_assignment(config: VQVAETrainConfig, where: str) -> None:
             raise ConfigError(f"{where}search_candidates: search needs 0 <= search_explore "
                               f"({config.search_explore}) < search_candidates ({config.search_candidates}) "
                               f"<= codebook_size ({config.codebook_size})")
+        if 0 < config.encode_candidates < config.codebook_size and config.search_rerank > config.encode_candidates:
+            raise ConfigError(f"{where}search_rerank: re-ranks {config.search_rerank} codes, more than the "
+                              f"encode_candidates ({config.encode_candidates}) scored; raise encode_candidates "
+                              f"(0: all K)")

@@ -103,11 +103,11 @@ def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
 # --- loading and checks ------------------------------------------------------------
 def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk_size: int | None = None,
                tokenizer: PreTrainedTokenizerBase | None = None, device: str = "cpu",
-               search_rerank: int | None = None) -> LoadedVQVAE:
+               search_rerank: int | None = None, encode_candidates: int | None = None) -> LoadedVQVAE:
     """Load DIR; with `codebook_size`, `chunk_size` or `tokenizer`, refuse a checkpoint that differs.
 
-    `search_rerank` overrides the saved setting of how a search model picks codes outside
-    training (it changes no weight).
+    `search_rerank` and `encode_candidates` override the saved settings of how a search model
+    picks codes outside training (they change no weight).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -116,9 +116,11 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
     info = _read_config(directory)
     model_fields = without_retired(info["model"], f"{directory / CONFIG}:model")
     config = from_mapping(VQVAEConfig, model_fields, f"{directory / CONFIG}:model")
-    if search_rerank is not None:
+    overrides = {name: value for name, value in (("search_rerank", search_rerank),
+                                                 ("encode_candidates", encode_candidates)) if value is not None}
+    if overrides:
         try:
-            config = dataclasses.replace(config, search_rerank=search_rerank)
+            config = dataclasses.replace(config, **overrides)
         except ValueError as exc:
             raise ConfigError(f"{directory}: {exc}") from None
     saved_tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
@@ -201,7 +203,10 @@ def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Pat
     data_path = Path(data_path)
     data_hash = _sha256(data_path)
     weights_hash = _sha256(loaded.directory / WEIGHTS)
-    rerank = f"-rerank{loaded.config.search_rerank}" if loaded.config.search_rerank > 1 else ""  # other codes
+    config = loaded.config
+    rerank = f"-rerank{config.search_rerank}" if config.search_rerank > 1 else ""  # other codes
+    if config.assignment == "search" and 0 < config.encode_candidates < config.codebook_size:
+        rerank += f"-cand{config.encode_candidates}"  # codes among the encoder's N likeliest: others again
     # Task options (qa's field mapping, step split) change the traces read from the same file.
     options = task.options()
     opts = f"-opts{_sha256_text(repr(sorted(options.items())))[:8]}" if options else ""
