@@ -41,7 +41,8 @@ def parse_args() -> argparse.Namespace:
 
 def measure_loading() -> dict:
     """Seconds to load SmolLM2 from the GGUF, extend its vocabulary by K = 1024, and run one step."""
-    from token_assorted.pretrained import add_latent_vocabulary, load_pretrained_lm
+    from token_assorted.models import add_latent_vocabulary
+    from token_assorted.pretrained import load_pretrained_lm
 
     started = time.perf_counter()
     model, tokenizer = load_pretrained_lm("smollm2-135m")

@@ -47,11 +47,11 @@ from .latents import LatentCodes, check_layout, layout_of, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
 from .methods import Method, method_for
 from .mixing import LAYOUT_STRATEGIES, ChunkLayout, Strategy, check_codes, max_latent_chunks
-from .models import (EMBEDDING_INITS, add_pause_row, build_scratch_model, extend_vocabulary, is_preset,
-                     load_pretrained)
+from .models import EMBEDDING_INITS, add_pause_row, build_scratch_model, extend_vocabulary, is_preset
+from .pretrained import load_pretrained_lm, resolve_tokenizer
 from .schema import Example
 from .tasks import Task, get_task
-from .tokenizer import LatentVocab, add_latent_tokens, add_pause_token, build_task_tokenizer, resolve_tokenizer
+from .tokenizer import LatentVocab, add_latent_tokens, add_pause_token, build_task_tokenizer, tokenizer_fingerprint
 
 MODEL_META = "token_assorted.json"
 
@@ -162,16 +162,15 @@ def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], laten
     if config.tokenizer:
         return resolve_tokenizer(config.tokenizer)
     texts = [task.prompt_text(ex) + task.trace_text(ex) + task.solution_text(ex) for ex in train]
-    return build_task_tokenizer(texts, getattr(task, "lexicon", lambda: ())())
+    return build_task_tokenizer(texts, task.lexicon())
 
 
 def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
     if is_preset(config.model):
         tokenizer = _text_tokenizer(config, task, train, latents)
         return build_scratch_model(config.model, tokenizer, config.max_length, config.seed), tokenizer
-    model, tokenizer = load_pretrained(config.model)
+    model, tokenizer = load_pretrained_lm(config.model)
     if latents is not None and latents.tokenizer is not None:
-        from .tokenizer import tokenizer_fingerprint
         if tokenizer_fingerprint(latents.tokenizer) != tokenizer_fingerprint(tokenizer):
             raise ConfigError(f"the VQ-VAE was trained with another tokenizer than {config.model}'s")
     return model, tokenizer

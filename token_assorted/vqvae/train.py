@@ -36,7 +36,8 @@ from ..io import atomic_write_json, atomic_write_jsonl
 from ..schema import Example
 from ..tasks import get_task
 from ..tasks.base import Task
-from ..tokenizer import build_task_tokenizer, load_tokenizer, resolve_tokenizer, tokenizer_fingerprint
+from ..pretrained import resolve_tokenizer
+from ..tokenizer import build_task_tokenizer, load_tokenizer, tokenizer_fingerprint
 from .chunks import ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
@@ -136,7 +137,7 @@ def _new_tokenizer(config: VQVAETrainConfig, task: Task, examples: list[Example]
                    out: Path) -> PreTrainedTokenizerBase:
     if config.tokenizer == "word":
         texts = [task.prompt_text(e) + task.trace_text(e) + task.solution_text(e) for e in examples]
-        tokenizer = build_task_tokenizer(texts, getattr(task, "lexicon", lambda: [])())
+        tokenizer = build_task_tokenizer(texts, task.lexicon())
     else:
         tokenizer = resolve_tokenizer(config.tokenizer)
     # Save beside the run, renamed into place so DIR/tokenizer/ is never half written.
