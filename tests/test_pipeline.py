@@ -11,9 +11,9 @@ import torch
 from token_assorted.cli import main
 from token_assorted.environment import describe, environment
 from token_assorted.errors import ConfigError, DataError
-from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
-                                     preset_names, run_stage, train_settings)
+from token_assorted.pipeline import BASE_METHODS, PipelineConfig, generate_splits, load_preset, preset_names, train_settings
 from token_assorted.probes import summarize
+from token_assorted.stages import config_hash, run_stage
 from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
 
 

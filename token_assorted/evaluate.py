@@ -14,7 +14,7 @@ codes the model writes are replaced as they are written, or the answer is forced
 with exactly K chunks of codes (`interventions.py`; greedy only).
 
 A Coconut model answers through its own loop (its thoughts are vectors, not tokens):
-`evaluate_loaded` picks it from the model's `token_assorted.json` (`methods.generation_of`),
+`evaluate_loaded` picks it from the model's `token_assorted.json` (`generation_of`),
 the loop applies the thought interventions and the thought count itself (`thoughts.py`),
 and everything after generation (parsing, scoring, counting, timing) is shared.
 """
@@ -22,7 +22,6 @@ and everything after generation (parsing, scoring, counting, timing) is shared.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,18 +29,19 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .devices import autocast, check_precision, resolve_device
+from .devices import check_precision, resolve_device
 from .encoding import encode_prompt
 from .errors import CheckpointError, ConfigError
+from .generation import Generated, check_context, generate_ids
 from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
                             probe_processors, trained_max_chunks)
 from .io import atomic_write_json, atomic_write_jsonl, read_json
 from .mixing import ChunkLayout
 from .schema import Example
 from .tasks import Task, Verdict, get_task
+from .thoughts import saved_generation
 from .tokenizer import LatentVocab, check_latent_vocab, load_tokenizer
 from .weights import check_model_folder
 
@@ -109,89 +109,6 @@ class EvalResult:
         return data
 
 
-@dataclass
-class _Generated:
-    ids: list[list[int]]  # generated ids per prompt, cut after eos
-    seconds: float
-
-
-# --------------------------------------------------------------------------- generation
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention[row, width - len(prompt):] = 1
-    return input_ids, attention
-
-
-def _cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
-    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
-
-
-def position_limit(model: PreTrainedModel) -> int | None:
-    """How many positions the model can index, when that is a hard limit (learned positions).
-
-    A model with a learned position table (GPT-2) crashes past `max_position_embeddings`;
-    a rotary model (Llama, Qwen) only extrapolates, so it gets no hard limit here.
-    """
-    config = model.config
-    if getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None):
-        return None
-    limit = getattr(config, "max_position_embeddings", None)
-    return limit if isinstance(limit, int) and limit > 0 else None
-
-
-def check_context(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """Refuse, before generating, a prompt that cannot fit with `max_new_tokens` after it."""
-    limit = position_limit(model)
-    if limit is None:
-        return
-    for index, prompt in enumerate(prompts):
-        if len(prompt) + max_new_tokens > limit:
-            raise ConfigError(f"example {index} (0-based) is too long for the model's context: prompt of "
-                              f"{len(prompt)} tokens + max_new_tokens={max_new_tokens} > {limit} positions "
-                              f"(max_position_embeddings); shorten the question or lower --max-new-tokens")
-
-
-def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-                 config: EvalConfig, *, sample: bool = False, desc: str = "generate",
-                 processors: Callable[[list[int]], LogitsProcessorList] | None = None) -> _Generated:
-    """Generate for every prompt in batches (longest first, to waste little padding).
-
-    `processors(rows)` gives the logits processors of the batch holding prompts `rows`.
-    """
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list[list[int]] = [[] for _ in prompts]
-    options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": config.max_new_tokens,
-                               "eos_token_id": eos_id, "pad_token_id": pad_id, "use_cache": True}
-    if sample:
-        options.update(top_k=config.top_k, temperature=config.temperature, top_p=1.0)
-    else:
-        # Explicit values so a checkpoint's generation_config cannot turn greedy into sampling.
-        options.update(top_k=None, temperature=None, top_p=None)
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
-    batches = range(0, len(order), config.batch_size)
-    for begin in tqdm(batches, desc=desc, unit="batch", disable=not config.progress, leave=False):
-        rows = order[begin: begin + config.batch_size]
-        input_ids, attention = _left_pad([prompts[i] for i in rows], pad_id)
-        steer = {} if processors is None else {"logits_processor": processors(rows)}
-        with torch.inference_mode(), autocast(config.mixed_precision, device):
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 **options, **steer)  # (B, T + new)
-        for row, index in enumerate(rows):
-            outputs[index] = _cut_at_eos(out[row, input_ids.shape[1]:].tolist(), eos_id)
-    seconds = time.perf_counter() - start
-    model.train(was_training)
-    return _Generated(outputs, seconds)
-
-
 # --------------------------------------------------------------------------- decoding
 def text_ids(ids: list[int], tokenizer: PreTrainedTokenizerBase, latent_vocab: LatentVocab | None) -> list[int]:
     """The ids the verifier may read: latent tokens and special tokens removed."""
@@ -238,7 +155,7 @@ def _detail_means(predictions: list[Prediction]) -> dict[str, float]:
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
              config: EvalConfig | None = None, latent_vocab: LatentVocab | None = None,
              chat_template: bool = False, layout: ChunkLayout | None = None,
-             generate: Callable[..., _Generated] | None = None) -> EvalResult:
+             generate: Callable[..., Generated] | None = None) -> EvalResult:
     """Generate for every example with an in-memory model and score the outputs.
 
     `layout` (the model's chunk size and codes per chunk) is needed by the latency dial only.
@@ -282,7 +199,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
 def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                    examples: list[Example], prompts: list[list[int]], config: EvalConfig,
                    latent_vocab: LatentVocab | None, predictions: list[Prediction],
-                   generate: Callable[..., _Generated] = generate_ids) -> float:
+                   generate: Callable[..., Generated] = generate_ids) -> float:
     """Any-of-N accuracy: each prompt repeated N times, sampled with top-k."""
     torch.manual_seed(config.seed)
     repeated = [p for p in prompts for _ in range(config.samples)]
@@ -377,8 +294,6 @@ def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], co
                     model_dir: str | Path | None = None) -> EvalResult:
     """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop); a
     latency dial beyond the model's trained maximum is refused."""
-    from .methods import generation_of
-
     config = config or EvalConfig()
     generate, vocab = generation_of(loaded.meta, loaded.latent_vocab, config)
     if generate is not None:
@@ -389,6 +304,15 @@ def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], co
         check_dial_limit(parse_latent_chunks(config.latent_chunks), limit)
     return evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
                     loaded.chat_template, model_layout(loaded.meta, loaded.latent_vocab))
+
+
+def generation_of(meta: dict[str, Any], vocab: LatentVocab | None,
+                  config: EvalConfig | None = None) -> tuple[Callable[..., Generated] | None, LatentVocab | None]:
+    """How a saved model answers, from its `token_assorted.json`: a Coconut model's own loop and
+    thought tokens, or `model.generate` (None) and its latent vocabulary."""
+    if isinstance(meta.get("coconut"), dict):
+        return saved_generation(meta["coconut"], config)
+    return None, vocab
 
 
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,

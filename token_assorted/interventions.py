@@ -36,6 +36,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .encoding import encode_example
+from .generation import generate_ids
 from .errors import ConfigError
 from .mixing import LAYOUT_STRATEGIES, ChunkLayout, make_strategy, max_latent_chunks, max_sequence_length
 from .schema import Example
@@ -310,8 +311,6 @@ def probe_processors(model: Any, tokenizer: Any, task: Task, examples: Sequence[
         return dial_only
     baseline: list[list[int]] = []
     if config.intervene == "shuffle":
-        from .evaluate import generate_ids  # evaluate imports this module
-
         plain = generate_ids(model, tokenizer, prompts, config, desc="unperturbed codes",
                              processors=dial_only if lengths is not None else None)
         baseline = [span_codes(ids, vocab) for ids in plain.ids]

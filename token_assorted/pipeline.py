@@ -20,9 +20,6 @@ parsed into `PipelineConfig`; unknown keys are errors.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +36,7 @@ from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_jsonl, read_json
 from .mixing import CODE_STRATEGIES
 from .probes import ProbeSettings, check_settings, probe_stage, summarize
+from .stages import StageResult, config_hash, eval_config, run_stage
 from .schema import Example
 from .tasks.base import Task
 
@@ -49,7 +47,6 @@ PEERS = ("coconut", "icot")  # the field's other latent-reasoning methods (metho
 DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token Assorted",
                  "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace",
                  "pause": "Pause", "coconut": "Coconut", "icot": "iCoT"}
-MARKER = ".complete.json"
 # Keys the pipeline sets itself in the stage configs (a preset may not).
 _VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
 _TRAIN_OWNED = ("task", "task_options", "data", "valid", "out", "strategy", "vqvae", "seed")
@@ -251,48 +248,6 @@ def _vqvae_config_class() -> type:
     return VQVAETrainConfig
 
 
-# --------------------------------------------------------------------------- cached stages
-def config_hash(*parts: Any) -> str:
-    """A short, stable hash of JSON-serialisable settings."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class StageResult:
-    path: Path
-    hash: str
-    seconds: float  # wall time of the run that produced it
-    cached: bool
-
-
-def _read_marker(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path / MARKER)
-    except Exception:  # missing or damaged: the stage is simply not done
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str,
-              log: Callable[[str], None] = print) -> StageResult:
-    """Run `build(path)` unless `path` holds a completion marker with hash `key`."""
-    marker = _read_marker(path)
-    if marker is not None and marker.get("hash") == key:
-        log(f"[{name}] cached (took {marker.get('seconds', 0):.0f} s): {path}")
-        return StageResult(path, key, float(marker.get("seconds", 0.0)), True)
-    if path.exists():
-        # Stale or unfinished: start clean so no file of an older run survives.
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    log(f"[{name}] running -> {path}")
-    started = time.perf_counter()
-    build(path)
-    seconds = time.perf_counter() - started
-    atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
-    log(f"[{name}] done in {seconds:.1f} s")
-    return StageResult(path, key, seconds, False)
-
-
 # --------------------------------------------------------------------------- the stages
 def generate_splits(config: PipelineConfig) -> dict[str, list[Example]]:
     """Train / valid / test from the task generator; held-out questions are unseen in train."""
@@ -426,15 +381,6 @@ def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult
     key = config_hash("eval", settings, model.hash, data.hash)
     stage = run_stage(out / "eval" / name, key, build, f"eval {name}", log)
     return stage, read_json(stage.path / "results.json")
-
-
-def eval_config(config: PipelineConfig, max_new_tokens: int) -> Any:
-    """The EvalConfig of the eval stage (and of the probes, which add their own fields)."""
-    from .evaluate import EvalConfig
-
-    settings = config.eval
-    return EvalConfig(batch_size=settings.batch_size, max_new_tokens=max_new_tokens, samples=settings.samples,
-                      top_k=settings.top_k, limit=settings.limit, mixed_precision=settings.mixed_precision)
 
 
 def _default_max_new_tokens(model_dir: Path, task: Any, examples: list[Example]) -> int:

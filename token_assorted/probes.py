@@ -117,7 +117,7 @@ def probe_stage(config: Any, out: Path, name: str, model: Any, data: Any, plain:
     probes generate with its settings (greedy).
     """
     from .io import atomic_write_json, read_json
-    from .pipeline import config_hash, eval_config, run_stage
+    from .stages import config_hash, eval_config, run_stage
     from .tasks import get_task
 
     task = get_task(config.task, **config.data.task_options)

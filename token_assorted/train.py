@@ -39,13 +39,16 @@ import torch
 from .batches import LENGTH_WINDOW, collate, epoch_order, group_by_length, micro_indices, text_lengths  # noqa: F401
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .encoding import EncodedExample, encode_example
+from .generation import position_limit
 from .config import Bound, above, at_least, check_limits, within
 from .devices import make_accelerator
 from .errors import ConfigError, TrainingError
 from .io import atomic_write_json, new_file_mode, read_json, writing
 from .latents import LatentCodes, check_layout, layout_of, load_latent_codes
 from .lora import LoraSettings, apply_lora, check_lora, exportable
-from .methods import Method, method_for
+from .coconut import Coconut
+from .icot import StepwiseInternalization
+from .methods import METHOD_NAMES, Method
 from .mixing import LAYOUT_STRATEGIES, ChunkLayout, Strategy, check_codes, max_latent_chunks
 from .models import EMBEDDING_INITS, add_pause_row, build_scratch_model, extend_vocabulary, is_preset
 from .pretrained import load_pretrained_lm, resolve_tokenizer
@@ -138,6 +141,16 @@ class Setup:
 
 
 # --------------------------------------------------------------------------- setup
+PEERS: dict[str, type[Method]] = {"coconut": Coconut, "icot": StepwiseInternalization}
+
+
+def method_for(config: TrainConfig) -> Method:
+    """The method of `config.strategy`: a chunk strategy of mixing.py, Coconut or iCoT."""
+    if config.strategy not in METHOD_NAMES:
+        raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    return PEERS.get(config.strategy, Method)(config)
+
+
 def check_config(config: TrainConfig, have_latents: bool = False) -> None:
     for name in ("task", "data", "out"):
         if not getattr(config, name):
@@ -220,8 +233,6 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
 
 def _length_limit(config: TrainConfig, model) -> int:
     """max_length, capped by a learned position table (GPT-2's n_positions): past it, it crashes."""
-    from .evaluate import position_limit
-
     positions = position_limit(model)
     return min(config.max_length, positions) if positions else config.max_length
 
