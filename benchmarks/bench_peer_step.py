@@ -26,7 +26,8 @@ import torch
 from token_assorted.pipeline import load_preset, train_settings
 from token_assorted.schema import save_examples
 from token_assorted.tasks import get_task
-from token_assorted.train import TrainConfig, setup
+from token_assorted.train_config import TrainConfig
+from token_assorted.train_setup import setup
 
 
 def main() -> None:

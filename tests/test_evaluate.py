@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import (EvalConfig, evaluate, evaluate_dir, load_model_dir, predictions_path,
-                                     save_result, text_ids)
+from token_assorted.evaluate import EvalConfig, evaluate, evaluate_dir, predictions_path, save_result, text_ids
+from token_assorted.model_dir import load_model_dir
 from token_assorted.schema import Example
 from token_assorted.tasks import Task
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer

@@ -26,7 +26,8 @@ from token_assorted.mixing import ChunkLayout
 from token_assorted.schema import Example, save_examples
 from token_assorted.tasks import Task
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 ANSWERS = ["alpha", "bravo", "charlie", "delta"]
 # Question i's reference trace has i + 1 words: 1, 1, 2, 2 chunks of L = 2 (for the dial's "all").

@@ -21,7 +21,8 @@ from token_assorted.pipeline import BASE_METHODS, PipelineConfig, file_splits, l
 from token_assorted.pretrained import load_pretrained_lm
 from token_assorted.tasks import get_task
 from token_assorted.tokenizer import tokenizer_fingerprint
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 PAPER_M = [0, 72, 128, 160, 192, 224, 256]
 

@@ -19,10 +19,10 @@ from own_data import qa_records, save_tiny_gpt2, save_tiny_llama, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from token_assorted import train as train_module
 from token_assorted.cli import main
 from token_assorted.lora import LoraSettings
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import LMStage, train_lm
+from token_assorted.train_config import TrainConfig
 
 peft = pytest.importorskip("peft")
 QA = {"task": "qa", "task_options": {"fields": {"question": "problem", "steps": "solution", "answer": "final_answer"},
@@ -121,17 +121,17 @@ def test_lora_resume_after_a_kill_gives_the_same_weights(world, tmp_path, monkey
     settings = dict(lora=LoraSettings(r=4, alpha=8), epochs=2, batch_size=8, save_every=2)
     whole = train_lm(config(world, "llama", tmp_path / "whole", **settings))
 
-    real_log = train_module._Trainer.log
+    real_end = LMStage.end_step
 
-    def die_at_step_7(self, loss, started):  # a kill: no state saved after step 6
-        if self.global_step == 7:
+    def die_at_step_7(self, fit, step, loss):  # a kill: no state saved after step 6
+        if step == 7:
             raise SystemExit("killed")
-        real_log(self, loss, started)
+        return real_end(self, fit, step, loss)
 
-    monkeypatch.setattr(train_module._Trainer, "log", die_at_step_7)
+    monkeypatch.setattr(LMStage, "end_step", die_at_step_7)
     with pytest.raises(SystemExit):
         train_lm(config(world, "llama", tmp_path / "killed", **settings))
-    monkeypatch.setattr(train_module._Trainer, "log", real_log)
+    monkeypatch.setattr(LMStage, "end_step", real_end)
     resumed = train_lm(config(world, "llama", tmp_path / "killed", **settings, resume=True))
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch import torchrun
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
@@ -182,9 +183,9 @@ def test_tiny_model_overfits_eight_examples(trained):
     assert metrics["exact_chunk_accuracy"] == 1.0
     assert 0 < metrics["codebook_usage"] <= 1
     assert metrics["compression_rate"] == pytest.approx(metrics["trace_tokens"] / metrics["latent_tokens"])
-    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (trained / "logs" / "log.jsonl").read_text().splitlines()]
     assert {"train", "valid"} <= {record["split"] for record in log}
-    assert any((trained / "tb").iterdir())
+    assert any(path.name.startswith("events.") for path in (trained / "logs").iterdir())  # TensorBoard
     info = json.loads((trained / "config.json").read_text())
     assert info["task"] == "prosqa" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
 
@@ -225,7 +226,7 @@ def test_a_config_naming_removed_options_loads_only_with_their_kept_values(train
     # Runs saved before the options were removed name them: with the values the code still
     # computes they load (and resume), with any other value they are refused.
     old = tmp_path / "old"
-    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "tb"))
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "logs"))
     info = json.loads((old / "config.json").read_text())
     kept = {"tie_embeddings": True, "copy_head": True, "word_dropout": 0.0, "rotation_trick": False,
             "prefix_rank": 0}
@@ -253,14 +254,14 @@ def test_resume_gives_the_same_final_weights(toy_file, tmp_path):
     whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short))
     parted = tmp_path / "parted"
     train_vqvae(tiny_config(toy_file, parted, stop_at=7, **short))
-    assert json.loads((parted / "state" / "state.json").read_text())["step"] == 7
+    assert json.loads((parted / "state" / "latest.json").read_text())["dir"] == "step-00000007"
     assert not (parted / "metrics.json").exists()
     train_vqvae(tiny_config(toy_file, parted, resume=True, **short))
     expected, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    steps = [r["step"] for r in map(json.loads, (parted / "log.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in map(json.loads, (parted / "logs" / "log.jsonl").read_text().splitlines())
              if r["split"] == "valid"]
     assert steps == [5, 10, 14]
 
@@ -588,6 +589,26 @@ def test_search_options_are_checked(toy_file, tmp_path):
         train_vqvae(tiny_config(toy_file, tmp_path / "a", assignment="search", compression=2))
     with pytest.raises(ConfigError, match="assignment must be one of"):
         train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", ["nearest", "search"])
+def test_two_processes_train_one_vqvae(toy_file, tmp_path, assignment):
+    # Each process takes half of every batch; the codebook (the library's EMA statistics, the
+    # search's usage counts and re-seeded codes) stays one across them.
+    out = tmp_path / "ddp"
+    options = ["--steps", "120", "--valid-every", "60", "--batch-size", "8", "--grad-accum", "2"]
+    search = ["--assignment", "search", "--search-candidates", "4", "--search-explore", "1",
+              "--dead-code-threshold", "1.0"] if assignment == "search" else []
+    result = torchrun(tmp_path, ["vqvae", "train", "--task", "prosqa", "--data", str(toy_file), "--out", str(out),
+                                 "--chunk-size", "4", "--compression", "4", "--codebook-size", "8", "--lr", "5e-3",
+                                 "--warmup-steps", "10", "--no-progress", "--d-model", "32", "--heads", "2",
+                                 "--encoder-layers", "1", "--decoder-layers", "1", "--codebook-dim", "8",
+                                 "--max-prompt-len", "64", *options, *search])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("VQ-VAE saved in") == 1  # the main process reports, once
+    assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000120"
+    assert json.loads((out / "metrics.json").read_text())["token_accuracy"] > 0.6
 
 
 def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path):

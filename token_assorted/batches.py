@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -24,6 +25,18 @@ def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n_examples, generator=generator).tolist()
     return (order * math.ceil(n_indices / n_examples))[:n_indices]
+
+
+@lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> list[int]:
+    return epoch_order(n, n, seed, epoch)
+
+
+def step_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
+    """Examples of step `step` of a stage counted in steps (the VQ-VAE): the epochs' orders
+    back to back, a batch running on into the next epoch; a pure function of its arguments."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    return [_permutation(seed, p // n, n)[p % n] for p in positions]
 
 
 def text_lengths(encoded: Sequence[EncodedExample]) -> list[int]:

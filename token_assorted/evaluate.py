@@ -28,25 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .devices import check_precision, resolve_device
-from .encoding import encode_prompt
-from .errors import CheckpointError, ConfigError
+from .devices import check_precision
+from .encoding import encode_example, encode_prompt
+from .errors import ConfigError
 from .generation import Generated, check_context, generate_ids
 from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
                             probe_processors, trained_max_chunks)
-from .io import atomic_write_json, atomic_write_jsonl, read_json
+from .io import atomic_write_json, atomic_write_jsonl
 from .mixing import ChunkLayout
+from .model_dir import LoadedModel, load_model_dir, resolve_task
 from .schema import Example
-from .tasks import Task, Verdict, get_task
+from .tasks import Task, Verdict
 from .thoughts import saved_generation
-from .tokenizer import LatentVocab, check_latent_vocab, load_tokenizer
-from .weights import check_model_folder
-
-MODEL_META = "token_assorted.json"  # written by stage-2 training beside the HF files
-
+from .tokenizer import LatentVocab
 
 @dataclass
 class EvalConfig:
@@ -124,6 +120,14 @@ def decode_for_display(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> st
 
 def count_latent(ids: list[int], latent_vocab: LatentVocab | None) -> int:
     return 0 if latent_vocab is None else sum(latent_vocab.is_latent(t) for t in ids)
+
+
+def default_max_new_tokens(tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example]) -> int:
+    """A generation budget: the longest reference trace and solution of `examples`, plus 16 tokens
+    (a model that rambles past the longest reference is wrong anyway)."""
+    longest = max(len(e.trace_ids) + len(e.solution_ids) for e in (encode_example(tokenizer, task, ex)
+                                                                  for ex in examples))
+    return longest + 16
 
 
 # --------------------------------------------------------------------------- scoring
@@ -212,84 +216,7 @@ def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     return _mean([float(bool(p.samples_solved)) for p in predictions])
 
 
-# --------------------------------------------------------------------------- model directories
-@dataclass
-class LoadedModel:
-    """A stage-2 model directory in memory."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    meta: dict[str, Any]
-    latent_vocab: LatentVocab | None
-    chat_template: bool
-    task_name: str | None
-
-
-def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
-    """`token_assorted.json` of a trained model dir ({} for a plain HF model dir)."""
-    path = Path(model_dir) / MODEL_META
-    if not path.is_file():
-        return {}
-    meta = read_json(path)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return meta
-
-
-def load_model_dir(model_dir: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a trained model dir (weights via safetensors, never remote code) onto `device`.
-
-    `device` is auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
-    """
-    from transformers import AutoModelForCausalLM
-
-    model_dir = Path(model_dir)
-    target = resolve_device(device)  # before loading: a missing GPU is a one-line error
-    # Config, links and every weight file's header first: a pickle renamed .safetensors, or
-    # weights that do not match config.json, are refused before any loader sees them.
-    check_model_folder(model_dir)
-    meta = read_model_meta(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
-                                                     use_safetensors=True)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
-    model.to(target).eval()
-    latent_vocab = _latent_vocab(meta, tokenizer, model, model_dir / MODEL_META)
-    return LoadedModel(model, tokenizer, meta, latent_vocab, bool(meta.get("chat_template", False)),
-                       meta.get("task"))
-
-
-def _latent_vocab(meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
-                  source: Path) -> LatentVocab | None:
-    """The metadata's latent vocabulary, refused unless it is the tokenizer's and fits the model."""
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise CheckpointError(f"{source.parent}: the tokenizer has {len(tokenizer)} tokens, the model's "
-                              f"embedding only {rows} rows")
-    if meta.get("latent_vocab") is None:
-        return None
-    vocab = LatentVocab.from_dict(meta["latent_vocab"], source)
-    check_latent_vocab(vocab, tokenizer, source)
-    return vocab
-
-
-def resolve_task(loaded: LoadedModel, task: str | Task | None, options: dict[str, Any] | None = None) -> Task:
-    """The task given explicitly, else the one recorded in the model dir.
-
-    Task options (the generic task's field mapping, answer match, step split) are the ones
-    given, else those recorded with the model when it is the model's task: eval needs no flags.
-    """
-    if isinstance(task, Task):
-        return task
-    name = task or loaded.task_name
-    if not name:
-        raise ConfigError("the model dir records no task; pass --task")
-    recorded = loaded.meta.get("task_options") if name == loaded.task_name else None
-    return get_task(name, **{**(recorded or {}), **(options or {})})
-
-
+# --------------------------------------------------------------------------- saved models
 def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], config: EvalConfig | None = None,
                     model_dir: str | Path | None = None) -> EvalResult:
     """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop); a

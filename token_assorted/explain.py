@@ -156,7 +156,7 @@ class Explainer:
     task_options: dict[str, Any] | None = None  # the generic task's, over those recorded with the model
 
     def __post_init__(self) -> None:
-        from .evaluate import load_model_dir, resolve_task
+        from .model_dir import load_model_dir, resolve_task
 
         self.loaded = load_model_dir(self.model_dir, self.device)
         if "coconut" in self.loaded.meta:

@@ -34,6 +34,7 @@ class LatentCodes:
     codes: list[list[int]] | None  # per training example, latents_per_chunk per chunk
     codebook: torch.Tensor | None = None  # (K, d_vq)
     tokenizer: Any = None  # the text tokenizer the codes were computed with
+    vqvae: str | None = None  # the VQ-VAE folder that wrote them (explain decodes latent spans with it)
 
 
 def load_latent_codes(config: Any, task: Task, train: list[Example], need_codes: bool = True) -> LatentCodes:

@@ -52,10 +52,10 @@ def _written_before_markers(out: Path, kind: str) -> bool:
 
 def owner(out: Path) -> str | None:
     """Which kind of token-assorted folder `out` is, or None when it is not one of ours."""
-    for kind in KINDS:
-        if marker_path(out, kind).is_file() or _written_before_markers(out, kind):
-            return kind
-    return None
+    marked = [kind for kind in KINDS if marker_path(out, kind).is_file()]
+    # Without a marker, by its files: a VQ-VAE's config.json before the state both stages keep.
+    return next(iter(marked), None) or next((kind for kind in ("run", "vqvae", "train")
+                                             if _written_before_markers(out, kind)), None)
 
 
 @contextlib.contextmanager

@@ -220,7 +220,7 @@ def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, s
 
 def _check_train_settings(settings: dict[str, Any], source: str, prefix: str) -> None:
     """What the stage-2 config checks across fields, on the merged settings of a method."""
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     merged = {f.name: f.default for f in dataclasses.fields(TrainConfig)
               if f.default is not dataclasses.MISSING} | settings
@@ -237,7 +237,7 @@ def _check_vqvae_settings(settings: dict[str, Any], source: str) -> None:
 
 
 def _train_config_class() -> type:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     return TrainConfig
 
@@ -346,7 +346,8 @@ def train_settings(config: PipelineConfig, method: str) -> dict[str, Any]:
 
 def _train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int, data: StageResult,
                  vqvae: StageResult | None, log: Callable[[str], None]) -> StageResult:
-    from .train import TrainConfig, train_lm
+    from .train import train_lm
+    from .train_config import TrainConfig
 
     settings = train_settings(config, method)
     seed = int(settings.pop("seed", 0)) + seed_index
@@ -366,31 +367,22 @@ def _train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int
 
 def _eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult, data: StageResult,
                 log: Callable[[str], None]) -> tuple[StageResult, Any]:
-    from .evaluate import evaluate_dir, save_result
+    from .evaluate import default_max_new_tokens, evaluate_dir, save_result
     from .tasks import get_task
+    from .tokenizer import load_tokenizer
 
     task = get_task(config.task, **config.data.task_options)
     settings = dataclasses.asdict(config.eval)
 
     def build(path: Path) -> None:
         test = task.load(data.path / "test.jsonl")
-        max_new = settings["max_new_tokens"] or _default_max_new_tokens(model.path, task, test)
+        max_new = settings["max_new_tokens"] or default_max_new_tokens(load_tokenizer(model.path), task, test[:500])
         result = evaluate_dir(model.path, test, eval_config(config, max_new), task)
         save_result(result, path / "results.json", {"model": str(model.path), "max_new_tokens": max_new})
 
     key = config_hash("eval", settings, model.hash, data.hash)
     stage = run_stage(out / "eval" / name, key, build, f"eval {name}", log)
     return stage, read_json(stage.path / "results.json")
-
-
-def _default_max_new_tokens(model_dir: Path, task: Any, examples: list[Example]) -> int:
-    from .encoding import encode_example
-    from .tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(model_dir)
-    longest = max(len(e.trace_ids) + len(e.solution_ids)
-                  for e in (encode_example(tokenizer, task, ex) for ex in examples[:500]))
-    return longest + 16  # a model that rambles past the longest reference trace is wrong anyway
 
 
 # --------------------------------------------------------------------------- the job

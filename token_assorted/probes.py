@@ -66,7 +66,8 @@ def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "p
 def run_probes(model_dir: Path, test: list[Any], task: Any, base: Any, plain_accuracy: float,
                settings: ProbeSettings, out: Path) -> dict[str, Any]:
     """Every probe of one model on `test` (`base`: the plain evaluation's EvalConfig); write `out`."""
-    from .evaluate import evaluate_loaded, load_model_dir, save_result
+    from .evaluate import evaluate_loaded, save_result
+    from .model_dir import load_model_dir
     from .interventions import dial_lengths, model_layout, trained_max_chunks
 
     loaded = load_model_dir(model_dir)  # once for every probe

@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalConfig, evaluate_loaded, load_model_dir, resolve_task, save_result
+    from ..evaluate import EvalConfig, evaluate_loaded, save_result
+    from ..model_dir import load_model_dir, resolve_task
     from ..interventions import check_probe_options, parse_latent_chunks
     from ..terminal import printable
 

@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import from_mapping, load_yaml
     from ..outdir import claimed
-    from ..train import TrainConfig, train_lm
+    from ..train import train_lm
+    from ..train_config import TrainConfig
 
     mapping = load_yaml(args.config) if args.config else {}
     if args.config:

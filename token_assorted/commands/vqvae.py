@@ -6,12 +6,16 @@
     vqvae evaluate --vqvae DIR --data FILE [--task T] [--search-rerank N] [--out METRICS.json]
 
 Options given on the command line override those of --config, which override the defaults.
+Several GPUs: launch `vqvae train` with `torchrun --nproc_per_node N -m token_assorted.cli vqvae
+train ...` (or `accelerate launch`); the effective batch stays --batch-size.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import sys
 
 from ..errors import ConfigError
@@ -21,11 +25,12 @@ HELP = {
     "task": "task name: prontoqa, prosqa, keys-maze, gsm8k or qa (your own data: see --fields)",
     "data": "training examples (JSONL or JSON list, Coconut schema)",
     "valid": "validation examples (default: the first 200 training examples)",
-    "out": "output directory (config.json, model.safetensors, tokenizer/, metrics.json, log.jsonl, tb/, state/)",
+    "out": "output directory (config.json, model.safetensors, tokenizer/, metrics.json, logs/, state/)",
     "chunk_size": "L: text tokens per chunk (default 16)",
     "compression": "r: text tokens per latent token; L/r latents per chunk (default 16)",
     "codebook_size": "K: number of latent tokens (default 64; the paper uses 1024 for math)",
-    "steps": "optimizer steps", "batch_size": "examples per step (each with all its chunks)",
+    "steps": "optimizer steps", "batch_size": "examples per step (each with all its chunks), all processes together",
+    "grad_accum": "micro-batches per optimizer step and process",
     "lr": "peak learning rate (AdamW, linear warm-up then cosine to 10%%)",
     "warmup_steps": "learning-rate warm-up steps", "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient-norm clipping", "valid_every": "validate, checkpoint and save resume state every N steps",
@@ -166,9 +171,11 @@ def _train(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)
     if not config.out:
         raise ConfigError("vqvae train: --out is required")
-    with claimed(config.out, "vqvae", force=args.force):
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
+    with claimed(config.out, "vqvae", force=args.force) if main_process else contextlib.nullcontext():
         out = train_vqvae(config)
-    print(f"VQ-VAE saved in {out} (metrics: {out / 'metrics.json'})")
+    if main_process:
+        print(f"VQ-VAE saved in {out} (metrics: {out / 'metrics.json'})")
     return 0
 
 

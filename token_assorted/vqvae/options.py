@@ -26,7 +26,8 @@ class VQVAETrainConfig:
     compression: int = 16  # r (L/r latent tokens per chunk)
     codebook_size: int = 64  # K (paper: 64 synthetic tasks, 1024 math)
     steps: int = 2000
-    batch_size: int = 32  # examples per step (all chunks of each)
+    batch_size: int = 32  # examples per optimizer step (all chunks of each), all processes together
+    grad_accum: int = 1  # micro-batches per optimizer step and process
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -65,7 +66,7 @@ class VQVAETrainConfig:
     # The range of each numeric option (config.from_mapping checks them wherever options are read).
     LIMITS: ClassVar[dict[str, Bound]] = {
         "chunk_size": at_least(1), "compression": at_least(1), "codebook_size": at_least(2),
-        "steps": at_least(1), "batch_size": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "steps": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
         "warmup_steps": at_least(0), "weight_decay": at_least(0), "grad_clip": above(0),
         "valid_every": at_least(1), "log_every": at_least(1), "seed": at_least(0), "d_model": at_least(1),
         "heads": at_least(1), "encoder_layers": at_least(1), "decoder_layers": at_least(1),
@@ -93,6 +94,8 @@ def check_options(config: VQVAETrainConfig, source: str = "vqvae train", prefix:
     if config.chunk_size % config.compression:
         raise ConfigError(f"{where}chunk_size: L={config.chunk_size} must be a multiple of "
                           f"compression r={config.compression}")
+    if config.batch_size % config.grad_accum:
+        raise ConfigError(f"{where}batch_size: {config.batch_size} is not divisible by grad_accum={config.grad_accum}")
     if config.d_model % config.heads:
         raise ConfigError(f"{where}d_model: {config.d_model} must be divisible by heads={config.heads} "
                           f"(each attention head gets d_model / heads dimensions)")
