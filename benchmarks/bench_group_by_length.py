@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.pipeline import load_preset
+from token_assorted.preset import load_preset
 from token_assorted.schema import save_examples
 from token_assorted.tasks import get_task
 from token_assorted.batches import epoch_order, group_by_length, text_lengths

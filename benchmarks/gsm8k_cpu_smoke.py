@@ -81,7 +81,9 @@ def vqvae_losses(out: Path) -> list[dict]:
 def main() -> int:
     args = parse_args()
     from token_assorted.errors import CheckpointError
-    from token_assorted.pipeline import load_preset, parse_overrides, run_pipeline
+    from token_assorted.config import parse_overrides
+    from token_assorted.pipeline import run_pipeline
+    from token_assorted.preset import load_preset
     from token_assorted.pretrained import smollm2_gguf_path
 
     for path in (args.train_file, args.test_file):

@@ -14,7 +14,8 @@ from token_assorted.cli import main
 from token_assorted.coconut import (CoconutForward, StageSchedule, add_thought_tokens, collate_stage, encode_steps,
                                     stage_sequence, think)
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import EvalConfig, evaluate_dir
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate_dir
 from token_assorted.model_dir import load_model_dir
 from token_assorted.models import build_scratch_model
 from token_assorted.schema import Example

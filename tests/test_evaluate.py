@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import EvalConfig, evaluate, evaluate_dir, predictions_path, save_result, text_ids
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate, evaluate_dir, predictions_path, save_result, text_ids
 from token_assorted.model_dir import load_model_dir
 from token_assorted.schema import Example
 from token_assorted.tasks import Task
@@ -152,7 +153,9 @@ def test_model_dir_round_trip_and_files(tiny, tmp_path):
     assert summary["accuracy"] == 1.0 and "predictions" not in summary
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
-    assert {"question", "generated", "parsed", "correct", "n_tokens"} <= set(rows[0])
+    assert {"question", "generated", "generated_ids", "parsed", "correct", "n_tokens"} <= set(rows[0])
+    assert all(r["generated_ids"] == p.generated_ids and len(r["generated_ids"]) == r["n_tokens"]
+               for r, p in zip(rows, result.predictions))
 
 
 def test_bad_settings_are_config_errors(tiny):

@@ -18,7 +18,8 @@ import stage2_toy
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import EvalConfig, evaluate
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate
 from token_assorted.generation import generate_ids
 from token_assorted.interventions import (cyclic_permutation, parse_latent_chunks, random_code, span_codes,
                                           trained_max_chunks)

@@ -209,7 +209,7 @@ def test_an_error_of_the_preset_itself_still_blames_the_preset(tmp_path, capsys)
 
 
 def test_every_shipped_preset_is_within_its_limits():
-    from token_assorted.pipeline import load_preset, preset_names
+    from token_assorted.preset import load_preset, preset_names
 
     for name in preset_names():
         load_preset(name)  # raises on any limit
@@ -224,9 +224,10 @@ def encoded_traces(monkeypatch) -> list[int]:
     seen: list[int] = []
     real = store.encode_examples
 
-    def recording(loaded, task, examples, batch_size=64):
-        seen.append(max((len(e.steps) for e in examples), default=0))
-        return real(loaded, task, examples, batch_size)
+    def recording(loaded, task, examples, batch_size=64, skip=None):
+        kept = [example for i, example in enumerate(examples) if not (skip and skip[i])]
+        seen.append(max((len(e.steps) for e in kept), default=0))
+        return real(loaded, task, examples, batch_size, skip)
 
     monkeypatch.setattr(store, "encode_examples", recording)
     return seen
@@ -244,10 +245,11 @@ def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, vqva
 
 
 def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, vqvae, encoded_traces, tmp_path, capsys):
-    out = tmp_path / "codes.jsonl"
+    out = tmp_path / "codes.json"
     assert main(["vqvae", "encode", "--vqvae", str(vqvae), "--data", str(with_long), "--out", str(out)]) == 0
     assert "1 skipped: trace longer than 8192 tokens" in capsys.readouterr().err
-    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == list(range(1, 9))
+    record = json.loads(out.read_text())
+    assert record["skipped"] == [0] and record["codes"][0] == [] and all(record["codes"][1:9])
     assert max(encoded_traces) < 5000
 
 

@@ -561,6 +561,7 @@ NON_ATOMIC_ALLOWED = {
     "vqvae/train.py": "the tokenizer is saved into a staging folder, then renamed into place",
     "checkpoint.py": "files go into a fresh step directory that latest.json points at only after fsync",
     "model_dir.py": "save_pretrained writes into a temp dir, each file is then renamed into place",
+    "stages.py": "a stage writes into its own folder, which counts only once its .complete.json is written",
 }
 
 

@@ -20,14 +20,13 @@ from launch import torchrun
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.latents import codebook_of
+from token_assorted.latents import codebook_of, encode_codes_file, from_codes_file, from_vqvae
 from token_assorted.schema import Example, save_examples
 from token_assorted.tasks import get_task
 from token_assorted.tasks.base import normalize_text
 from token_assorted.tokenizer import build_word_tokenizer
 from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
-                                  encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
-                                  train_vqvae)
+                                  evaluate_reconstruction, load_vqvae, split_trace, train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
 from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
@@ -190,16 +189,23 @@ def test_tiny_model_overfits_eight_examples(trained):
     assert info["task"] == "prosqa" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
 
 
-def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file):
+def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file, tmp_path):
     examples = toy_examples()
     first, second = load_vqvae(trained), load_vqvae(trained)
     codes = encode_examples(first, TASK, examples, batch_size=3)
     assert codes == encode_examples(second, TASK, examples, batch_size=8)
     assert all(len(c) == -(-len(encode_example(first.tokenizer, TASK, e).trace_ids) // 4) for c, e in
                zip(codes, examples))
-    assert encode_examples_cached(first, TASK, toy_file) == codes
-    assert list((trained / "codes").glob("*.json"))
-    assert encode_examples_cached(first, TASK, toy_file) == codes  # served from the cache
+    # Stage 2 reads codes from a file of their own, or computes them in memory: never into the VQ-VAE's folder.
+    files = sorted(trained.rglob("*"))
+    encode_codes_file(first, TASK, toy_file, tmp_path / "codes.json")
+    latents = from_codes_file(tmp_path / "codes.json", len(examples), toy_file)
+    assert latents.codes == codes == from_vqvae(trained, TASK, examples).codes
+    assert torch.equal(latents.codebook, codebook_of(first.model, 8))
+    assert latents.vqvae == str(trained) and latents.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert sorted(trained.rglob("*")) == files
+    with pytest.raises(ConfigError, match="data files differ"):  # the codes of another file
+        from_codes_file(tmp_path / "codes.json", len(examples), tmp_path / "codes.json")
     prompt = encode_example(first.tokenizer, TASK, examples[2]).prompt_ids
     decoded = decode_codes(first, prompt, codes[2])
     assert normalize_text(decoded) == normalize_text(" ".join(examples[2].steps))
@@ -278,16 +284,18 @@ def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, capsys):
                  "--valid-every", "125", "--no-progress"])
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
-    codes_file = tmp_path / "codes.jsonl"
+    codes_file = tmp_path / "codes.json"
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "prosqa",
                  "--out", str(codes_file)]) == 0
-    records = [json.loads(line) for line in codes_file.read_text().splitlines()]
-    assert [r["index"] for r in records] == list(range(8))
-    assert all(len(r["codes"]) == -(-r["trace_tokens"] // 4) for r in records)
+    record = json.loads(codes_file.read_text())
+    assert len(record["codes"]) == 8 and record["skipped"] == [] and record["codebook_size"] == 8
+    tokenizer = load_vqvae(out).tokenizer
+    assert all(len(c) == -(-len(encode_example(tokenizer, TASK, e).trace_ids) // 4)  # one code per chunk of 4
+               for c, e in zip(record["codes"], toy_examples()))
     capsys.readouterr()
     example = toy_examples()[5]
     assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", example.question,
-                 "--codes", ",".join(map(str, records[5]["codes"]))]) == 0
+                 "--codes", ",".join(map(str, record["codes"][5]))]) == 0
     assert normalize_text(capsys.readouterr().out) == normalize_text(" ".join(example.steps))
     assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", "x", "--codes", "99"]) == 2
 
@@ -784,8 +792,7 @@ def test_search_rerank_is_checked_and_overrides_a_saved_vqvae(toy_file, tmp_path
     out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, autoregressive=True, steps=20))
     assert load_vqvae(out).config.search_rerank == 0
     assert load_vqvae(out, search_rerank=3).model.config.search_rerank == 3
-    for rerank in (0, 3):  # re-ranked codes are cached apart from the most likely ones
-        encode_examples_cached(load_vqvae(out, search_rerank=rerank), TASK, toy_file)
-    assert len(list((out / "codes").glob("*.json"))) == 2
+    codes = [encode_examples(load_vqvae(out, search_rerank=rerank), TASK, toy_examples()) for rerank in (0, 3)]
+    assert [len(c) for c in codes[0]] == [len(c) for c in codes[1]]  # the same chunks, maybe other codes
     with pytest.raises(ConfigError, match="search_rerank"):
         load_vqvae(out, search_rerank=99)

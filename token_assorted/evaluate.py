@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .config import check_limits
 from .devices import check_precision
 from .encoding import encode_example, encode_prompt
+from .eval_config import EvalConfig
 from .errors import ConfigError
 from .generation import Generated, check_context, generate_ids
 from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
@@ -44,25 +46,6 @@ from .tasks import Task, Verdict
 from .thoughts import saved_generation
 from .tokenizer import LatentVocab
 
-@dataclass
-class EvalConfig:
-    """How to generate and score."""
-
-    batch_size: int = 32  # prompts generated together (left padded)
-    max_new_tokens: int = 128  # a trace plus solution longer than this counts as wrong
-    samples: int = 0  # >0: also draw this many top-k samples per prompt (1-Feasible-N)
-    top_k: int = 10  # top-k of the sampled generations
-    temperature: float = 1.0  # of the sampled generations
-    seed: int = 0  # sampling seed
-    limit: int | None = None  # evaluate only the first `limit` examples
-    progress: bool = True  # show a tqdm bar over batches
-    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
-    intervene: str | None = None  # codes: none, random, shuffle, constant; Coconut's thoughts: noise, zero
-    intervene_seed: int = 0  # of the random codes, the shuffle's permutation and the noise directions
-    constant_code: int = 0  # the code every written code becomes under intervene="constant"
-    latent_chunks: int | str | None = None  # the latency dial: force K chunks of codes first (Coconut: K steps' thoughts)
-    noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
-
 
 @dataclass
 class Prediction:
@@ -72,6 +55,7 @@ class Prediction:
     question: str
     answer: str  # the reference answer
     generated: str  # decoded with latent tokens kept
+    generated_ids: list[int]  # the ids themselves (explain reads them: text need not re-tokenize the same)
     parsed: str | None  # what the verifier parsed from the text tokens
     correct: bool
     n_tokens: int  # generated tokens up to and including eos
@@ -141,7 +125,7 @@ def _predict(index: int, example: Example, ids: list[int], task: Task, tokenizer
     verdict = task.verify(example, tokenizer.decode(text_ids(ids, tokenizer, latent_vocab)))
     used = latent_vocab is not None and latent_vocab.begin_id in ids
     return Prediction(index=index, question=example.question, answer=example.answer,
-                      generated=decode_for_display(ids, tokenizer), parsed=verdict.predicted,
+                      generated=decode_for_display(ids, tokenizer), generated_ids=list(ids), parsed=verdict.predicted,
                       correct=verdict.correct, n_tokens=len(ids),
                       n_latent_tokens=count_latent(ids, latent_vocab), used_latent=used,
                       details=dict(verdict.details))
@@ -167,8 +151,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     which applies the probes itself.
     """
     config = config or EvalConfig()
-    if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
-        raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
+    check_limits(asdict(config), EvalConfig.LIMITS, "eval")
     check_precision(config.mixed_precision)
     probing = generate is None and (config.intervene is not None or config.latent_chunks is not None)
     if probing:
@@ -176,6 +159,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     examples = examples[: config.limit] if config.limit is not None else examples
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
+    if config.max_new_tokens is None:
+        config = replace(config, max_new_tokens=default_max_new_tokens(tokenizer, task, examples[:500]))
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
     if generate is not None:

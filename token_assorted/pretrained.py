@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import CheckpointError
 from .io import read_json
-from .tokenizer import ensure_special_tokens, load_tokenizer, tokenizer_fingerprint
+from .tokenizer import build_task_tokenizer, ensure_special_tokens, load_tokenizer, tokenizer_fingerprint
 from .weights import check_model_folder
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -99,6 +100,15 @@ def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
         return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                    trust_remote_code=False))
     return ensure_special_tokens(load_tokenizer(path))
+
+
+def task_tokenizer(spec: str, task: Any, examples: Sequence[Any]) -> PreTrainedTokenizerBase:
+    """The shared text tokenizer: "word" builds the word-level one of the examples' text and the
+    task's lexicon; anything else is a model's (`resolve_tokenizer`)."""
+    if spec != "word":
+        return resolve_tokenizer(spec)
+    texts = [task.prompt_text(e) + task.trace_text(e) + task.solution_text(e) for e in examples]
+    return build_task_tokenizer(texts, task.lexicon())
 
 
 def require_gguf_support() -> None:

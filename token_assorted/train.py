@@ -54,7 +54,8 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
     The lengths make a learning curve of tokens as well as accuracy: how soon a mixed
     model starts answering in latent tokens is half of what Token Assorted is about.
     """
-    from .evaluate import EvalConfig, evaluate
+    from .eval_config import EvalConfig
+    from .evaluate import evaluate
 
     examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
     shard = examples[accelerator.process_index::accelerator.num_processes]

@@ -20,10 +20,10 @@ from .lora import apply_lora
 from .methods import Method
 from .mixing import ChunkLayout, Strategy, check_codes, max_latent_chunks
 from .models import add_pause_row, build_scratch_model, extend_vocabulary, is_preset
-from .pretrained import load_pretrained_lm, resolve_tokenizer
+from .pretrained import load_pretrained_lm, task_tokenizer
 from .schema import Example
 from .tasks import Task, get_task
-from .tokenizer import LatentVocab, add_latent_tokens, add_pause_token, build_task_tokenizer, tokenizer_fingerprint
+from .tokenizer import LatentVocab, add_latent_tokens, add_pause_token, tokenizer_fingerprint
 from .train_config import TrainConfig, check_config, method_for
 
 
@@ -51,10 +51,7 @@ def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], laten
     """The tokenizer of a scratch model: the VQ-VAE's, a given one, or one built from the data."""
     if latents is not None and latents.tokenizer is not None:
         return latents.tokenizer
-    if config.tokenizer:
-        return resolve_tokenizer(config.tokenizer)
-    texts = [task.prompt_text(ex) + task.trace_text(ex) + task.solution_text(ex) for ex in train]
-    return build_task_tokenizer(texts, task.lexicon())
+    return task_tokenizer(config.tokenizer or "word", task, train)
 
 
 def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
@@ -70,7 +67,7 @@ def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], 
 
 def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
     """Load data, tokenizer, codes and model; add the latent vocabulary where needed."""
-    check_config(config, latents is not None)
+    check_config(config, have_latents=latents is not None)
     task = get_task(config.task, **config.task_options)
     train = task.load(config.data)
     valid = task.load(config.valid) if config.valid else []

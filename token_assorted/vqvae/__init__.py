@@ -27,7 +27,7 @@ _EXPORTS = {
     "ChunkedExample": "chunks", "chunk_examples": "chunks", "split_trace": "chunks",
     "VQVAETrainConfig": "options", "train_vqvae": "train",
     "LoadedVQVAE": "store", "load_vqvae": "store", "check_compatible": "store", "encode_examples": "store",
-    "encode_examples_cached": "store", "decode_codes": "store", "decode_code_ids": "store",
+    "decode_codes": "store", "decode_code_ids": "store",
     "evaluate_reconstruction": "store", "prompt_ids_for": "store",
 }
 __all__ = sorted(_EXPORTS)

@@ -27,11 +27,10 @@ from ..batches import step_indices
 from ..devices import make_accelerator
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json
-from ..pretrained import resolve_tokenizer
-from ..schema import Example
+from ..pretrained import resolve_tokenizer, task_tokenizer
 from ..tasks import get_task
 from ..tasks.base import Task
-from ..tokenizer import build_task_tokenizer, load_tokenizer, tokenizer_fingerprint
+from ..tokenizer import load_tokenizer, tokenizer_fingerprint
 from ..training import After, Fit, Optimization, Stage, shard
 from .chunks import ChunkBatch, ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig, without_retired
@@ -62,7 +61,7 @@ def train_vqvae(config: VQVAETrainConfig, task: Task | None = None) -> Path:
     if config.resume:
         tokenizer = _resume_tokenizer(config, out, info)
     else:
-        tokenizer = _new_tokenizer(config, task, examples)
+        tokenizer = task_tokenizer(config.tokenizer, task, examples)
         if accelerator.is_main_process:
             _save_tokenizer(tokenizer, out)
     # Traces over max_trace_len are dropped here, before any model sees them (a 5,000-step trace
@@ -117,13 +116,6 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
         raise ConfigError(f"{out}: --resume needs the options of the interrupted run; these differ: " + ", ".join(
             f"{k} (run: {saved[k]!r}, given: {given[k]!r})" for k in differing))
     return info
-
-
-def _new_tokenizer(config: VQVAETrainConfig, task: Task, examples: list[Example]) -> PreTrainedTokenizerBase:
-    if config.tokenizer == "word":
-        texts = [task.prompt_text(e) + task.trace_text(e) + task.solution_text(e) for e in examples]
-        return build_task_tokenizer(texts, task.lexicon())
-    return resolve_tokenizer(config.tokenizer)
 
 
 def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
