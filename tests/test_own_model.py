@@ -70,7 +70,9 @@ def test_own_model_trains_and_stays_a_plain_folder(world, tmp_path, arch):
     assert model.get_input_embeddings().weight.shape[0] > vocab["first_code_id"] + vocab["codebook_size"] - 1
     assert meta["task_options"] == {**QA["task_options"], "step_split": "lines"}
     if arch == "gpt2":  # tied embeddings stay tied; the pad token is eos (GPT-2 has none)
-        assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        saved = load_file(str(out / "model.safetensors"))  # loading re-ties them: check what was written
+        assert model.config.tie_word_embeddings
+        assert "lm_head.weight" not in saved or torch.equal(saved["lm_head.weight"], saved["transformer.wte.weight"])
         assert json.loads((out / "generation_config.json").read_text())["pad_token_id"] == model.config.eos_token_id
     # eval of the saved model reads the qa options it recorded: no task flags again.
     assert main(["eval", "--model", str(out), "--data", str(world["test"]), "--out", str(tmp_path / "r.json"),

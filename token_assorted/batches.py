@@ -55,6 +55,11 @@ def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, s
     the batches are shuffled (seeded): every example still comes once per epoch, in an
     order that depends only on (seed, epoch), so a resumed run sees the same batches.
     `len(order)` must be a multiple of `batch_size` (epoch_order pads it so).
+
+    Not transformers' `get_length_grouped_indices`: it sorts mega-batches longest first without
+    shuffling the batches, moves the longest example to the front, sizes its mega-batches from
+    the per-process batch (the grouping would change with the number of processes) and would
+    reorder the default run's batches (its numbers would change).
     """
     span = window * batch_size
     batches = []

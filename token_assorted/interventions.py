@@ -67,7 +67,7 @@ def check_probe_options(config: Any) -> None:
     if config.intervene is not None and config.intervene not in (*INTERVENTIONS, *THOUGHT_INTERVENTIONS):
         raise ConfigError(f"--intervene: unknown mode {config.intervene!r}; choose one of: "
                           f"{', '.join(INTERVENTIONS)} (latent codes), noise, zero (Coconut's thoughts)")
-    if getattr(config, "noise_scale", 0.0) < 0:
+    if config.noise_scale < 0:
         raise ConfigError(f"--noise-scale must be >= 0, got {config.noise_scale}")
     if config.samples > 0 and (config.intervene is not None or config.latent_chunks is not None):
         raise ConfigError("--intervene and --latent-chunks are greedy only; drop --samples")

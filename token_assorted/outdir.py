@@ -41,6 +41,7 @@ def _written_before_markers(out: Path, kind: str) -> bool:
     if kind == "run":  # a finished stage's marker (a results.json alone could be anyone's)
         return any(out.glob("*/.complete.json"))
     if kind == "train":
+        # "token_assorted.json" is model_dir.MODEL_META, named here because model_dir loads torch
         return (out / "token_assorted.json").is_file() or (out / "state" / "latest.json").is_file()
     try:
         info = read_json(out / "config.json") if (out / "config.json").is_file() else {}
