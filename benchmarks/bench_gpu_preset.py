@@ -147,7 +147,9 @@ def method_rows(task: str, results: dict, timings: dict) -> list[dict]:
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
-    from token_assorted.pipeline import load_preset, parse_overrides, run_pipeline
+    from token_assorted.config import parse_overrides
+    from token_assorted.pipeline import run_pipeline
+    from token_assorted.preset import load_preset
 
     work = args.out / task
     peers = (SMOKE_PEERS if args.smoke else PEER_BUDGET) if args.peers else {}

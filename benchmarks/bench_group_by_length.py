@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.pipeline import load_preset
+from token_assorted.preset import load_preset
 from token_assorted.schema import save_examples
 from token_assorted.tasks import get_task
-from token_assorted.train import TrainConfig, epoch_order, group_by_length, make_batch, setup, text_lengths
+from token_assorted.batches import epoch_order, group_by_length, text_lengths
+from token_assorted.train_config import TrainConfig
+from token_assorted.train_setup import setup
 
 
 def padding_share(order: list[int], lengths: list[int], batch_size: int) -> tuple[float, float]:
@@ -61,7 +63,7 @@ def main() -> None:
         for name, order in orders.items():
             indices = order[step * batch_size:(step + 1) * batch_size]
             start = time.perf_counter()
-            loss = run.model(**make_batch(run, indices, seed=0, epoch=0)).loss
+            loss = run.model(**run.method.batch(run, indices, seed=0, epoch=0)).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

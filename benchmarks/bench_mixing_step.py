@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import stage2_toy  # noqa: E402
 from token_assorted.mixing import make_strategy  # noqa: E402
-from token_assorted.train import TrainConfig, make_batch, setup  # noqa: E402
+from token_assorted.train_config import TrainConfig  # noqa: E402
+from token_assorted.train_setup import setup  # noqa: E402
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
             run.strategy, run.layout = strategy, layout
             indices = [(step * args.batch_size + i) % n for i in range(args.batch_size)]
             start = time.perf_counter()
-            batch = make_batch(run, indices, seed=0, epoch=step)
+            batch = run.method.batch(run, indices, seed=0, epoch=step)
             built = time.perf_counter()
             loss = run.model(**batch).loss
             loss.backward()

@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     model = build(args.work, args.questions)
-    from token_assorted.evaluate import read_model_meta
+    from token_assorted.model_dir import read_model_meta
     from token_assorted.tasks import get_task
 
     meta = read_model_meta(model)

@@ -40,10 +40,10 @@ class ToyTask(Task):
 
 def register() -> None:
     """Make `get_task("toy")` work in this process."""
-    from token_assorted import tasks
+    from token_assorted.tasks import register_task
 
     sys.path.insert(0, str(Path(__file__).parent))
-    tasks._REGISTRY["toy"] = "stage2_toy:ToyTask"
+    register_task("toy", "stage2_toy:ToyTask")
 
 
 def write_data(directory: Path, n_train: int = 64, n_valid: int = 8, chunk_size: int = 4,

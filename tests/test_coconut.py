@@ -14,12 +14,15 @@ from token_assorted.cli import main
 from token_assorted.coconut import (CoconutForward, StageSchedule, add_thought_tokens, collate_stage, encode_steps,
                                     stage_sequence, think)
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import EvalConfig, evaluate_dir, load_model_dir
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate_dir
+from token_assorted.model_dir import load_model_dir
 from token_assorted.models import build_scratch_model
 from token_assorted.schema import Example
 from token_assorted.thoughts import generate_thoughts, intervention, noise_direction
 from token_assorted.tokenizer import load_tokenizer
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 stage2_toy.register()
 TASK = stage2_toy.ToyTask()

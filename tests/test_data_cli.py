@@ -114,11 +114,13 @@ def test_stats_on_non_utf8_and_unrecognised_records(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert str(path) in err and "line 2" in err and "UTF-8" in err
 
-    path = tmp_path / "other.jsonl"
+    path = tmp_path / "math.jsonl"  # a numeric answer with steps: the gsm8k task claims it
     path.write_text(json.dumps({"question": "What is 2+2?", "steps": ["2+2=4"], "answer": "4"}) + "\n")
-    code = main(["data", "stats", str(path)])
-    err = capsys.readouterr().err
-    # GSM8K-style records may be claimed by the gsm8k task; otherwise the message asks for --task.
-    assert code == 0 or (code == 2 and "--task" in err)
+    assert main(["data", "stats", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "gsm8k"
+    path = tmp_path / "other.jsonl"  # no task recognises it: the message asks for --task
+    path.write_text(json.dumps({"question": "Who?", "steps": ["a step"], "answer": "nobody"}) + "\n")
+    assert main(["data", "stats", str(path)]) == 2
+    assert "--task" in capsys.readouterr().err
     assert main(["data", "stats", str(tmp_path / "missing.jsonl")]) == 2
     assert "file not found" in capsys.readouterr().err

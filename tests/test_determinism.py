@@ -110,7 +110,8 @@ def toy(tmp_path_factory) -> dict[str, Path]:
 
 
 def _train_lm(toy: dict[str, Path], out: Path, seed: int) -> Path:
-    from token_assorted.train import TrainConfig, train_lm
+    from token_assorted.train import train_lm
+    from token_assorted.train_config import TrainConfig
 
     # token-assorted mixing draws m per example from the seed: the random path is exercised.
     config = TrainConfig(task="toy", data=str(toy["train"]), codes=str(toy["codes"]), out=str(out),

@@ -9,23 +9,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from stage2_toy import ToyTask
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import (EvalConfig, evaluate, evaluate_dir, load_model_dir, predictions_path,
-                                     save_result, text_ids)
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate, evaluate_dir, predictions_path, save_result, text_ids
+from token_assorted.model_dir import load_model_dir
 from token_assorted.schema import Example
 from token_assorted.tasks import Task
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
-
-
-class ToyTask(Task):
-    """Answer = the question's last word; the trace names it once."""
-
-    name = "toy"
-
-    @staticmethod
-    def looks_like(record: dict[str, Any]) -> bool:
-        return False
 
 
 EXAMPLES = [
@@ -134,6 +126,11 @@ def test_samples_give_any_of_n_accuracy(tiny):
     # top-k=1 sampling is greedy, so every question is solved by some sample.
     assert result.sampled_accuracy == 1.0
     assert all(p.samples_solved for p in result.predictions)
+    # Sampled from the whole vocabulary at a high temperature, the memorised answers are lost:
+    # samples that were greedy after all (sampling ignored) would still solve every question.
+    wild = evaluate(model, tokenizer, ToyTask(), EXAMPLES, EvalConfig(max_new_tokens=20, samples=3, top_k=len(tokenizer),
+                                                                     temperature=50.0, progress=False), vocab)
+    assert wild.accuracy == 1.0 and wild.sampled_accuracy < 1.0
 
 
 def test_model_dir_round_trip_and_files(tiny, tmp_path):
@@ -152,7 +149,9 @@ def test_model_dir_round_trip_and_files(tiny, tmp_path):
     assert summary["accuracy"] == 1.0 and "predictions" not in summary
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
-    assert {"question", "generated", "parsed", "correct", "n_tokens"} <= set(rows[0])
+    assert {"question", "generated", "generated_ids", "parsed", "correct", "n_tokens"} <= set(rows[0])
+    assert all(r["generated_ids"] == p.generated_ids and len(r["generated_ids"]) == r["n_tokens"]
+               for r, p in zip(rows, result.predictions))
 
 
 def test_bad_settings_are_config_errors(tiny):

@@ -115,6 +115,22 @@ def test_explain_cli_on_a_question_and_on_predictions(vqvae_and_model, tmp_path,
     assert main(["explain", "--model", str(model_dir), "--predictions", str(bad)]) == 2
 
 
+def test_explain_reads_the_token_ids_of_a_predictions_file(vqvae_and_model, tmp_path, capsys):
+    # The ids, not the text: a text that tokenizes otherwise (here: other codes) does not count.
+    _, model_dir, examples = vqvae_and_model
+    vocab = Explainer(model_dir).loaded.latent_vocab
+    ids = [vocab.begin_id, vocab.code_to_id(2), vocab.code_to_id(5), vocab.end_id]
+    preds = tmp_path / "p.predictions.jsonl"
+    record = {"index": 0, "question": examples[0].question, "correct": False,
+              "generated": "<boLatent><latent_7><eoLatent>", "generated_ids": ids}
+    preds.write_text(json.dumps(record) + "\n")
+    assert main(["explain", "--model", str(model_dir), "--predictions", str(preds), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["spans"][0]["codes"] == [2, 5]
+    preds.write_text(json.dumps({**record, "generated_ids": [1, "x"]}) + "\n")
+    assert main(["explain", "--model", str(model_dir), "--predictions", str(preds)]) == 2
+    assert "generated_ids" in capsys.readouterr().err
+
+
 def test_eval_and_explain_refuse_a_missing_gpu_in_one_line(vqvae_and_model, tmp_path, capsys, monkeypatch):
     _, model_dir, examples = vqvae_and_model
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -14,7 +14,8 @@ from token_assorted.encoding import EncodedExample
 from token_assorted.errors import ConfigError
 from token_assorted.icot import ALL_REMOVED, RemovalSchedule, internalized_sequence, smoothing_offset
 from token_assorted.mixing import IGNORE_INDEX, example_rng
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 stage2_toy.register()
 EXAMPLE = EncodedExample(prompt_ids=[1, 10, 11], trace_ids=list(range(20, 40)), solution_ids=[30, 2])

@@ -18,14 +18,16 @@ import stage2_toy
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import ConfigError
-from token_assorted.evaluate import EvalConfig, evaluate, generate_ids
+from token_assorted.eval_config import EvalConfig
+from token_assorted.evaluate import evaluate
+from token_assorted.generation import generate_ids
 from token_assorted.interventions import (cyclic_permutation, parse_latent_chunks, random_code, span_codes,
                                           trained_max_chunks)
 from token_assorted.mixing import ChunkLayout
 from token_assorted.schema import Example, save_examples
-from token_assorted.tasks import Task
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 ANSWERS = ["alpha", "bravo", "charlie", "delta"]
 # Question i's reference trace has i + 1 words: 1, 1, 2, 2 chunks of L = 2 (for the dial's "all").
@@ -33,17 +35,9 @@ EXAMPLES = [Example(f"copy q{i} ?", [" ".join(["step"] * (i + 1))], ANSWERS[i]) 
 K = 4
 
 
-class CopyTask(Task):
-    name = "copy"
-
-    @staticmethod
-    def looks_like(record: dict[str, Any]) -> bool:
-        return False
-
-
 def _sequences(tokenizer, vocab):
     """Question i with every code j: loss on the code only when j == i, on the answer always."""
-    task = CopyTask()
+    task = stage2_toy.ToyTask()
     rows = []
     for i, example in enumerate(EXAMPLES):
         prompt = encode_example(tokenizer, task, example).prompt_ids
@@ -84,7 +78,7 @@ def run(copier, **options):
     model, tokenizer, vocab = copier
     layout = ChunkLayout(chunk_size=2, latents_per_chunk=options.pop("per", 1), vocab=vocab)
     config = EvalConfig(batch_size=options.pop("batch_size", 4), max_new_tokens=12, progress=False, **options)
-    return evaluate(model, tokenizer, CopyTask(), EXAMPLES, config, vocab, layout=layout)
+    return evaluate(model, tokenizer, stage2_toy.ToyTask(), EXAMPLES, config, vocab, layout=layout)
 
 
 def codes_and_answers(result, vocab, tokenizer):
@@ -167,7 +161,7 @@ def test_interventions_work_under_the_dial(copier):
 
 def test_processors_leave_plain_generation_untouched(copier):
     model, tokenizer, vocab = copier
-    prompts = [encode_example(tokenizer, CopyTask(), e).prompt_ids for e in EXAMPLES]
+    prompts = [encode_example(tokenizer, stage2_toy.ToyTask(), e).prompt_ids for e in EXAMPLES]
     config = EvalConfig(max_new_tokens=12, progress=False)
     from transformers import LogitsProcessorList
     assert generate_ids(model, tokenizer, prompts, config).ids == \
@@ -185,7 +179,7 @@ def test_bad_probe_settings_are_config_errors(copier):
         with pytest.raises(ConfigError, match=message):
             run(copier, **options)
     with pytest.raises(ConfigError, match="no latent vocabulary"):
-        evaluate(model, tokenizer, CopyTask(), EXAMPLES, EvalConfig(intervene="random", progress=False))
+        evaluate(model, tokenizer, stage2_toy.ToyTask(), EXAMPLES, EvalConfig(intervene="random", progress=False))
     assert parse_latent_chunks("3") == 3 and parse_latent_chunks("all") == "all"
 
 

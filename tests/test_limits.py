@@ -115,19 +115,19 @@ def test_vqvae_train_refuses_options_out_of_range_up_front(flag, value, names, p
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp_path, capsys, monkeypatch):
     import torch
 
-    import token_assorted.train as train_module
+    from token_assorted.training import Fit
 
-    real_step, calls = train_module._Trainer.train_step, {"n": 0}
+    real_step, calls = Fit.train_step, {"n": 0}
 
-    def poisoned_after_three(self, order):
-        loss = real_step(self, order)
+    def poisoned_after_three(self):
+        loss = real_step(self)
         calls["n"] += 1
         if calls["n"] == 3:  # the weights of step 3 turn to NaN; step 4's loss is NaN
             with torch.no_grad():
-                next(self.model.parameters()).fill_(float("nan"))
+                next(self.module.parameters()).fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(train_module._Trainer, "train_step", poisoned_after_three)
+    monkeypatch.setattr(Fit, "train_step", poisoned_after_three)
     out = tmp_path / "o"
     code = main(toy_train(toy, out, "--batch-size", "4", "--save-every", "2", "--epochs", "2"))
     one_line(capsys, code, "diverged at step 4", "the loss is nan", "state of step 2")
@@ -138,23 +138,23 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp
 def test_vqvae_weights_that_are_no_longer_finite_are_never_saved(pronto, tmp_path, capsys, monkeypatch):
     import torch
 
-    import token_assorted.vqvae.train as vq_train
+    from token_assorted.training import Fit
 
-    real_step = vq_train._train_step
+    real_step = Fit.train_step
 
-    def poisoned(run, step):
-        stats = real_step(run, step)
-        if step == 2:
+    def poisoned(self):
+        loss = real_step(self)
+        if self.step == 3:  # the fourth step's update turns the weights to inf: its loss was still finite
             with torch.no_grad():
-                next(run.model.parameters()).fill_(float("inf"))
-        return stats
+                next(self.stage.model.parameters()).fill_(float("inf"))
+        return loss
 
-    monkeypatch.setattr(vq_train, "_train_step", poisoned)
+    monkeypatch.setattr(Fit, "train_step", poisoned)
     out = tmp_path / "vq"
     code = main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(out), "--steps", "4",
-                 "--valid-every", "2", *VQ_OPTIONS])
-    one_line(capsys, code, "diverged", "no longer finite")
-    assert json.loads((out / "state" / "state.json").read_text())["step"] == 2  # the last good state
+                 "--valid-every", "2", "--log-every", "4", *VQ_OPTIONS])
+    one_line(capsys, code, "diverged at step 4", "no longer finite", "state of step 2")
+    assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000002"  # the last good state
 
 
 # --- 6. presets: everything checked before the first stage ------------------------------------------
@@ -209,7 +209,7 @@ def test_an_error_of_the_preset_itself_still_blames_the_preset(tmp_path, capsys)
 
 
 def test_every_shipped_preset_is_within_its_limits():
-    from token_assorted.pipeline import load_preset, preset_names
+    from token_assorted.preset import load_preset, preset_names
 
     for name in preset_names():
         load_preset(name)  # raises on any limit
@@ -224,9 +224,10 @@ def encoded_traces(monkeypatch) -> list[int]:
     seen: list[int] = []
     real = store.encode_examples
 
-    def recording(loaded, task, examples, batch_size=64):
-        seen.append(max((len(e.steps) for e in examples), default=0))
-        return real(loaded, task, examples, batch_size)
+    def recording(loaded, task, examples, batch_size=64, skip=None):
+        kept = [example for i, example in enumerate(examples) if not (skip and skip[i])]
+        seen.append(max((len(e.steps) for e in kept), default=0))
+        return real(loaded, task, examples, batch_size, skip)
 
     monkeypatch.setattr(store, "encode_examples", recording)
     return seen
@@ -244,10 +245,11 @@ def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, vqva
 
 
 def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, vqvae, encoded_traces, tmp_path, capsys):
-    out = tmp_path / "codes.jsonl"
+    out = tmp_path / "codes.json"
     assert main(["vqvae", "encode", "--vqvae", str(vqvae), "--data", str(with_long), "--out", str(out)]) == 0
     assert "1 skipped: trace longer than 8192 tokens" in capsys.readouterr().err
-    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == list(range(1, 9))
+    record = json.loads(out.read_text())
+    assert record["skipped"] == [0] and record["codes"][0] == [] and all(record["codes"][1:9])
     assert max(encoded_traces) < 5000
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.models import (PRESETS, build_scratch_model, extend_vocabulary, load_pretrained,
-                                   scratch_config)
+from token_assorted.models import PRESETS, build_scratch_model, extend_vocabulary, scratch_config
+from token_assorted.pretrained import load_pretrained_lm
 from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
 
 TEXTS = ["alice is a wumpus .", "every wumpus is a yumpus .", "### yes no"]
@@ -91,8 +91,8 @@ def test_load_pretrained_directory(tmp_path, tokenizer):
     model = build_scratch_model("tiny", tokenizer, 64)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    loaded, loaded_tokenizer = load_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_pretrained_lm(tmp_path)
     assert torch.equal(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     with pytest.raises(CheckpointError):
-        load_pretrained(tmp_path / "missing")
+        load_pretrained_lm(tmp_path / "missing")

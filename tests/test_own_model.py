@@ -19,10 +19,10 @@ from own_data import qa_records, save_tiny_gpt2, save_tiny_llama, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from token_assorted import train as train_module
 from token_assorted.cli import main
 from token_assorted.lora import LoraSettings
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.train import LMStage, train_lm
+from token_assorted.train_config import TrainConfig
 
 peft = pytest.importorskip("peft")
 QA = {"task": "qa", "task_options": {"fields": {"question": "problem", "steps": "solution", "answer": "final_answer"},
@@ -70,7 +70,9 @@ def test_own_model_trains_and_stays_a_plain_folder(world, tmp_path, arch):
     assert model.get_input_embeddings().weight.shape[0] > vocab["first_code_id"] + vocab["codebook_size"] - 1
     assert meta["task_options"] == {**QA["task_options"], "step_split": "lines"}
     if arch == "gpt2":  # tied embeddings stay tied; the pad token is eos (GPT-2 has none)
-        assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        saved = load_file(str(out / "model.safetensors"))  # loading re-ties them: check what was written
+        assert model.config.tie_word_embeddings
+        assert "lm_head.weight" not in saved or torch.equal(saved["lm_head.weight"], saved["transformer.wte.weight"])
         assert json.loads((out / "generation_config.json").read_text())["pad_token_id"] == model.config.eos_token_id
     # eval of the saved model reads the qa options it recorded: no task flags again.
     assert main(["eval", "--model", str(out), "--data", str(world["test"]), "--out", str(tmp_path / "r.json"),
@@ -121,17 +123,17 @@ def test_lora_resume_after_a_kill_gives_the_same_weights(world, tmp_path, monkey
     settings = dict(lora=LoraSettings(r=4, alpha=8), epochs=2, batch_size=8, save_every=2)
     whole = train_lm(config(world, "llama", tmp_path / "whole", **settings))
 
-    real_log = train_module._Trainer.log
+    real_end = LMStage.end_step
 
-    def die_at_step_7(self, loss, started):  # a kill: no state saved after step 6
-        if self.global_step == 7:
+    def die_at_step_7(self, fit, step, loss):  # a kill: no state saved after step 6
+        if step == 7:
             raise SystemExit("killed")
-        real_log(self, loss, started)
+        return real_end(self, fit, step, loss)
 
-    monkeypatch.setattr(train_module._Trainer, "log", die_at_step_7)
+    monkeypatch.setattr(LMStage, "end_step", die_at_step_7)
     with pytest.raises(SystemExit):
         train_lm(config(world, "llama", tmp_path / "killed", **settings))
-    monkeypatch.setattr(train_module._Trainer, "log", real_log)
+    monkeypatch.setattr(LMStage, "end_step", real_end)
     resumed = train_lm(config(world, "llama", tmp_path / "killed", **settings, resume=True))
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()

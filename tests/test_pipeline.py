@@ -11,9 +11,9 @@ import torch
 from token_assorted.cli import main
 from token_assorted.environment import describe, environment
 from token_assorted.errors import ConfigError, DataError
-from token_assorted.pipeline import (BASE_METHODS, PipelineConfig, config_hash, generate_splits, load_preset,
-                                     preset_names, run_stage, train_settings)
+from token_assorted.preset import BASE_METHODS, PipelineConfig, load_preset, preset_names, train_settings
 from token_assorted.probes import summarize
+from token_assorted.stages import config_hash, generate_splits, run_stage
 from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
 
 
@@ -207,6 +207,10 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     assert results["task"] == "prosqa" and results["preset"] == "tiny"
     assert all(m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0 for m in results["methods"])
     assert not math.isnan(results["vqvae"]["codebook_usage"])
+    # The stages' folders: stage 2 read the codes file and never wrote into the VQ-VAE's folder.
+    assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "codes" / "train.json").is_file()
+    assert sorted(p.name for p in (out / "vqvae").iterdir()) == [
+        ".complete.json", "config.json", "logs", "metrics.json", "model.safetensors", "state", "tokenizer"]
     for method in (*BASE_METHODS, "pause"):
         assert (out / "models" / method / "config.json").is_file()
         assert (out / "eval" / method / "results.predictions.jsonl").is_file()
@@ -241,7 +245,7 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0
     log = capsys.readouterr().out
-    assert "running" not in log and log.count("cached") == 11
+    assert "running" not in log and log.count("cached") == 13  # data, tokenizer, vqvae, codes, 4 x train + eval, probes
     assert main(["run", "--preset", "tiny", "--out", str(out), "--set", "eval.max_new_tokens=8"]) == 0
     log = capsys.readouterr().out
     assert log.count("running") == 4 and "[eval cot] running" in log and "[train cot] cached" in log

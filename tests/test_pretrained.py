@@ -14,11 +14,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from token_assorted import pretrained
 from token_assorted.encoding import encode_prompt
 from token_assorted.errors import CheckpointError
-from token_assorted.pretrained import (add_latent_vocabulary, check_latent_room, check_vqvae_tokenizer,
-                                       has_chat_template, load_pretrained_lm, smollm2_gguf_path)
+from token_assorted.models import add_latent_vocabulary
+from token_assorted.pretrained import (check_latent_room, check_vqvae_tokenizer, has_chat_template, load_pretrained_lm,
+                                       resolve_tokenizer, smollm2_gguf_path)
 from token_assorted.schema import Example
 from token_assorted.tasks import get_task
-from token_assorted.tokenizer import resolve_tokenizer, tokenizer_fingerprint
+from token_assorted.tokenizer import tokenizer_fingerprint
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -217,7 +217,7 @@ def test_bad_data_writes_nothing(tmp_path, capsys, case):
 
 
 def test_task_options_as_preset_keys_are_checked_when_the_preset_is_read(tmp_path):
-    from token_assorted.pipeline import load_preset
+    from token_assorted.preset import load_preset
 
     config = load_preset("tiny", {"task": "qa", "data.options": {}, "data.task_options.answer_match": "numeric",
                                   "data.task_options.fields": FIELDS})

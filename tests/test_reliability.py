@@ -337,24 +337,25 @@ def _same_weights(a: Path, b: Path, exact: bool = True) -> None:
 
 
 def test_vqvae_crash_while_saving_keeps_the_previous_state_resumable(artefacts, tmp_path, monkeypatch, capsys):
-    import token_assorted.vqvae.state as state_module
+    import token_assorted.checkpoint as checkpoint
 
     straight = tmp_path / "straight"
     assert main(_vq_argv(artefacts["pronto"], straight)) == 0
     out = tmp_path / "crashed"
-    real_save = state_module.torch.save
+    real_save = checkpoint.torch.save
     calls = {"n": 0}
 
     def crash_on_second_state(obj, handle, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the step-8 state: its weights file is already replaced
+        if calls["n"] == 4:  # the step-8 state (3 torch.save files each): its weights are already written
             raise OSError("disk full (simulated)")
         return real_save(obj, handle, *args, **kwargs)
 
-    monkeypatch.setattr(state_module.torch, "save", crash_on_second_state)
+    monkeypatch.setattr(checkpoint.torch, "save", crash_on_second_state)
     assert main(_vq_argv(artefacts["pronto"], out)) == 2  # one line naming the failure, no traceback
     assert "simulated" in capsys.readouterr().err
-    monkeypatch.setattr(state_module.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000004"
     assert main(_vq_argv(artefacts["pronto"], out, "--resume")) == 0
     _same_weights(straight / "model.safetensors", out / "model.safetensors")
 
@@ -362,32 +363,32 @@ def test_vqvae_crash_while_saving_keeps_the_previous_state_resumable(artefacts, 
 def test_vqvae_crash_before_the_state_is_written_resumes_exactly(artefacts, tmp_path, monkeypatch, capsys):
     # A crash inside the first file of a save (the weights' atomic write) must leave the
     # previous state whole: no temp file left, resume reproduces the uninterrupted run.
-    import token_assorted.vqvae.state as state_module
+    import token_assorted.checkpoint as checkpoint
 
     straight = tmp_path / "straight"
     assert main(_vq_argv(artefacts["pronto"], straight)) == 0
     out = tmp_path / "crashed"
-    real_save_weights = state_module.save_weights
+    real_save_model = checkpoint.save_model
     calls = {"n": 0}
 
-    def crash(path, model, metadata=None):
+    def crash(model, filename, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full (simulated)")
-        return real_save_weights(path, model, metadata)
+        return real_save_model(model, filename, *args, **kwargs)
 
-    monkeypatch.setattr(state_module, "save_weights", crash)
+    monkeypatch.setattr(checkpoint, "save_model", crash)
     assert main(_vq_argv(artefacts["pronto"], out)) == 2
     assert "simulated" in capsys.readouterr().err
-    monkeypatch.setattr(state_module, "save_weights", real_save_weights)
-    assert json.loads((out / "state" / "state.json").read_text())["step"] == 4
+    monkeypatch.setattr(checkpoint, "save_model", real_save_model)
+    assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000004"
     assert not list(out.rglob("*.tmp"))
     assert main(_vq_argv(artefacts["pronto"], out, "--resume")) == 0
     _same_weights(straight / "model.safetensors", out / "model.safetensors")
 
 
 def _lm_config(toy, out: Path, **overrides):
-    from token_assorted.train import TrainConfig
+    from token_assorted.train_config import TrainConfig
 
     base = dict(task="toy", data=str(toy["train"]), codes=str(toy["codes"]), out=str(out),
                 strategy="token-assorted", epochs=3, batch_size=4, lr=3e-3, save_every=2, seed=3, progress=False)
@@ -440,14 +441,8 @@ def _runner(tmp_path: Path) -> Path:
     return path
 
 
-def _vq_step(out: Path) -> int:
-    try:
-        return int(json.loads((out / "state" / "state.json").read_text())["step"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _lm_step(out: Path) -> int:
+def _state_step(out: Path) -> int:
+    """The step of the committed training state (either stage), 0 when there is none."""
     try:
         return int(json.loads((out / "state" / "latest.json").read_text())["dir"].split("-")[1])
     except (OSError, ValueError, KeyError, IndexError):
@@ -480,14 +475,14 @@ def test_vqvae_sigkill_then_resume_gives_the_same_weights(artefacts, tmp_path):
     straight = tmp_path / "straight"
     assert main(_vq_argv(data, straight, *VQ_LONG)) == 0
     killed = tmp_path / "killed"
-    code, _ = _start_and_signal(_vq_argv(data, killed, *VQ_LONG), lambda: _vq_step(killed), 20,
+    code, _ = _start_and_signal(_vq_argv(data, killed, *VQ_LONG), lambda: _state_step(killed), 20,
                                 signal.SIGKILL, tmp_path)
     assert code == -signal.SIGKILL
-    at_kill = _vq_step(killed)
+    at_kill = _state_step(killed)
     assert 20 <= at_kill < 120, at_kill
     assert main(_vq_argv(data, killed, *VQ_LONG, "--resume")) == 0
     _same_weights(straight / "model.safetensors", killed / "model.safetensors")
-    valid_steps = [r["step"] for r in map(json.loads, (killed / "log.jsonl").read_text().splitlines())
+    valid_steps = [r["step"] for r in map(json.loads, (killed / "logs" / "log.jsonl").read_text().splitlines())
                    if r["split"] == "valid"]
     assert valid_steps == list(range(10, 121, 10))  # no step lost or logged twice
 
@@ -498,11 +493,11 @@ def test_vqvae_ctrl_c_saves_state_and_says_how_to_resume(artefacts, tmp_path):
     straight = tmp_path / "straight"
     assert main(_vq_argv(data, straight, *VQ_LONG)) == 0
     stopped = tmp_path / "stopped"
-    code, err = _start_and_signal(_vq_argv(data, stopped, *VQ_LONG), lambda: _vq_step(stopped), 10,
+    code, err = _start_and_signal(_vq_argv(data, stopped, *VQ_LONG), lambda: _state_step(stopped), 10,
                                   signal.SIGINT, tmp_path)
     assert code == 130, err
     assert "--resume" in err and "Traceback" not in err, err
-    assert 10 <= _vq_step(stopped) < 120
+    assert 10 <= _state_step(stopped) < 120
     assert main(_vq_argv(data, stopped, *VQ_LONG, "--resume")) == 0
     _same_weights(straight / "model.safetensors", stopped / "model.safetensors")
 
@@ -518,10 +513,10 @@ def test_lm_ctrl_c_saves_state_and_resumes_to_the_same_weights(toy, tmp_path):
     straight = tmp_path / "straight"
     assert main(_lm_argv(toy, straight)) == 0
     stopped = tmp_path / "stopped"
-    code, err = _start_and_signal(_lm_argv(toy, stopped), lambda: _lm_step(stopped), 4, signal.SIGINT, tmp_path)
+    code, err = _start_and_signal(_lm_argv(toy, stopped), lambda: _state_step(stopped), 4, signal.SIGINT, tmp_path)
     assert code == 130, err
     assert "--resume" in err and "Traceback" not in err, err
-    assert 4 <= _lm_step(stopped) < 80
+    assert 4 <= _state_step(stopped) < 80
     assert main(_lm_argv(toy, stopped, "--resume")) == 0
     _same_weights(straight / "model.safetensors", stopped / "model.safetensors", exact=False)
 
@@ -562,9 +557,11 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 # Writes outside io.atomic_*: each is staged elsewhere and renamed, or is an append-only log.
 NON_ATOMIC_ALLOWED = {
-    "vqvae/train.py": "log.jsonl is append-only; lines after the last saved state are dropped on resume",
+    "training.py": "logs/log.jsonl is append-only; lines after the last saved state are dropped on resume",
+    "vqvae/train.py": "the tokenizer is saved into a staging folder, then renamed into place",
     "checkpoint.py": "files go into a fresh step directory that latest.json points at only after fsync",
-    "train.py": "save_pretrained writes into a temp dir, each file is then renamed into place",
+    "model_dir.py": "save_pretrained writes into a temp dir, each file is then renamed into place",
+    "stages.py": "a stage writes into its own folder, which counts only once its .complete.json is written",
 }
 
 

@@ -17,7 +17,7 @@ from test_vqvae import (SEARCH, TASK, code_log_likelihoods, random_batch, spread
                         toy_examples, toy_file)  # noqa: F401 (toy_file: a fixture)
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
-from token_assorted.vqvae import VQVAE, encode_examples, encode_examples_cached, load_vqvae, train_vqvae
+from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
 from token_assorted.vqvae.mixture import target_log_probs
@@ -143,13 +143,11 @@ def test_encode_candidates_is_checked_recorded_and_overridden(toy_file, tmp_path
     assert load_vqvae(out, encode_candidates=0).config.encode_candidates == 0
     with pytest.raises(ConfigError, match="encode_candidates"):
         load_vqvae(out, encode_candidates=-2)
-    codes = {size: encode_examples_cached(load_vqvae(out, encode_candidates=size), TASK, toy_file)
-             for size in (3, 0)}  # pruned codes are cached apart from the exact search's
-    assert len(list((out / "codes").glob("*.json"))) == 2
-    assert codes[0] == encode_examples(load_vqvae(out, encode_candidates=8), TASK, toy_examples())
-    written = tmp_path / "codes.jsonl"
+    exact = encode_examples(load_vqvae(out, encode_candidates=0), TASK, toy_examples())
+    assert exact == encode_examples(load_vqvae(out, encode_candidates=8), TASK, toy_examples())  # 8 = K: all
+    written = tmp_path / "codes.json"
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--out", str(written),
                  "--encode-candidates", "0"]) == 0
-    assert [json.loads(line)["codes"] for line in written.read_text().splitlines()] == codes[0]
+    assert json.loads(written.read_text())["codes"] == exact
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--out", str(written),
                  "--encode-candidates", "-1"]) == 2

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,9 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 import stage2_toy
+from launch import torchrun
+from token_assorted.batches import epoch_order, group_by_length, micro_indices
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
-from token_assorted.train import TrainConfig, epoch_order, group_by_length, micro_indices, train_lm
+from token_assorted.train import train_lm
+from token_assorted.train_config import TrainConfig
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -205,28 +207,15 @@ def test_kill_and_resume_gives_the_same_weights(data, tmp_path, strategy):
         assert [h.get("optimizer_reset", False) for h in meta(killed)["history"]] == [False, True, True, True]
 
 
-def free_port() -> str:
-    """A free TCP port for the rendezvous (torchrun's port 0 does not reach the workers)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["token-assorted", "coconut", "icot"])
 def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path, strategy):
-    script = tmp_path / "ddp_main.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport stage2_toy\n"
-                      f"stage2_toy.register()\nfrom token_assorted.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "ddp"
     # Coconut: one epoch at stage 1, so its multi-pass forward (prompt, a thought, the rest) runs under DDP.
     extra = ["--coconut-cot-epochs", "0", "--coconut-stages", "1"] if strategy == "coconut" else []
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-               str(script), "train", "--task", "toy", "--strategy", strategy, "--data", str(data["train"]),
-               "--codes", str(data["codes"]), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-               "--grad-accum", "2", "--no-progress", *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    result = torchrun(tmp_path, ["train", "--task", "toy", "--strategy", strategy, "--data", str(data["train"]),
+                                 "--codes", str(data["codes"]), "--out", str(out), "--epochs", "1", "--batch-size",
+                                 "8", "--grad-accum", "2", "--no-progress", *extra])
     assert result.returncode == 0, result.stderr[-3000:]
     record = meta(out)
     assert record["history"][-1]["step"] == 64 // 8  # same optimizer steps as one process
@@ -237,8 +226,8 @@ def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path, strategy):
 
 
 def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():
-    # After EMA updates, vector-quantize-pytorch's `embed_avg` (usage-weighted sums) differs
-    # from the codebook; the `codebook` init must get the codebook itself.
+    # After EMA updates the `codebook` init must get the quantizer's codebook itself (what it
+    # assigns codes with), not a copy from before the updates.
     from vector_quantize_pytorch import VectorQuantize
 
     from token_assorted.latents import codebook_of
@@ -247,10 +236,11 @@ def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():
     holder = torch.nn.Module()
     holder.quantizer = VectorQuantize(dim=16, codebook_size=8, codebook_dim=4, decay=0.5)
     holder.train()
+    initial = holder.quantizer.codebook.clone()
     for _ in range(3):
         holder.quantizer(torch.randn(2, 12, 16))
     expected = holder.quantizer.codebook  # (K, d_vq)
-    assert not torch.allclose(holder.quantizer._codebook.embed_avg.squeeze(0), expected)
+    assert not torch.allclose(initial, expected)  # the EMA updates moved it
     found = codebook_of(holder, 8)
     assert found is not None and found.shape == (8, 4)
     assert torch.allclose(found, expected)
@@ -265,7 +255,7 @@ def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
 
 def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
     from token_assorted.evaluate import count_latent, text_ids
-    from token_assorted.train import make_batch, setup
+    from token_assorted.train_setup import setup
 
     assorted = setup(config(data, tmp_path / "a", m_values=[0, 4]))
     pause = setup(config(data, tmp_path / "p", strategy="pause", m_values=[0, 4]))
@@ -282,7 +272,7 @@ def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
     assert rows.shape[0] == vocab.pause_id + 1
     assert not torch.equal(rows[vocab.pause_id], rows[vocab.begin_id])  # a row of its own, not a delimiter's
     # Same batches, with one pause token where each code was.
-    a, p = make_batch(assorted, range(16), 0, 0)["input_ids"], make_batch(pause, range(16), 0, 0)["input_ids"]
+    a, p = assorted.method.batch(assorted, range(16), 0, 0)["input_ids"], pause.method.batch(pause, range(16), 0, 0)["input_ids"]
     is_code = (a >= vocab.first_code_id) & (a < vocab.first_code_id + vocab.codebook_size)
     assert is_code.any() and torch.equal(p, torch.where(is_code, vocab.pause_id, a))
     # At evaluation a pause token is a latent token, never text for the verifier.

@@ -289,8 +289,8 @@ def test_vqvae_resume_refuses_a_swapped_trainer_state(tmp_path, data_file, capsy
                    progress=False, device="cpu")
     train_vqvae(VQVAETrainConfig(**options, stop_at=2))
     state = tmp_path / "vq" / "state"
-    torch_zip(state / json.loads((state / "state.json").read_text())["dir"] / "trainer.pt", marker)
-    with pytest.raises(CheckpointError, match="trainer.pt"):
+    torch_zip(state / json.loads((state / "latest.json").read_text())["dir"] / "optimizer.pt", marker)
+    with pytest.raises(CheckpointError, match="optimizer.pt"):
         train_vqvae(VQVAETrainConfig(**options, resume=True))
     assert not marker.exists()
 

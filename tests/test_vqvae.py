@@ -16,17 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch import torchrun
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.latents import codebook_of
+from token_assorted.latents import codebook_of, encode_codes_file, from_codes_file, from_vqvae
 from token_assorted.schema import Example, save_examples
 from token_assorted.tasks import get_task
 from token_assorted.tasks.base import normalize_text
 from token_assorted.tokenizer import build_word_tokenizer
 from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
-                                  encode_examples_cached, evaluate_reconstruction, load_vqvae, split_trace,
-                                  train_vqvae)
+                                  evaluate_reconstruction, load_vqvae, split_trace, train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
 from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
@@ -182,23 +182,30 @@ def test_tiny_model_overfits_eight_examples(trained):
     assert metrics["exact_chunk_accuracy"] == 1.0
     assert 0 < metrics["codebook_usage"] <= 1
     assert metrics["compression_rate"] == pytest.approx(metrics["trace_tokens"] / metrics["latent_tokens"])
-    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (trained / "logs" / "log.jsonl").read_text().splitlines()]
     assert {"train", "valid"} <= {record["split"] for record in log}
-    assert any((trained / "tb").iterdir())
+    assert any(path.name.startswith("events.") for path in (trained / "logs").iterdir())  # TensorBoard
     info = json.loads((trained / "config.json").read_text())
     assert info["task"] == "prosqa" and info["model"]["codebook_size"] == 8 and info["tokenizer_fingerprint"]
 
 
-def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file):
+def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file, tmp_path):
     examples = toy_examples()
     first, second = load_vqvae(trained), load_vqvae(trained)
     codes = encode_examples(first, TASK, examples, batch_size=3)
     assert codes == encode_examples(second, TASK, examples, batch_size=8)
     assert all(len(c) == -(-len(encode_example(first.tokenizer, TASK, e).trace_ids) // 4) for c, e in
                zip(codes, examples))
-    assert encode_examples_cached(first, TASK, toy_file) == codes
-    assert list((trained / "codes").glob("*.json"))
-    assert encode_examples_cached(first, TASK, toy_file) == codes  # served from the cache
+    # Stage 2 reads codes from a file of their own, or computes them in memory: never into the VQ-VAE's folder.
+    files = sorted(trained.rglob("*"))
+    encode_codes_file(first, TASK, toy_file, tmp_path / "codes.json")
+    latents = from_codes_file(tmp_path / "codes.json", len(examples), toy_file)
+    assert latents.codes == codes == from_vqvae(trained, TASK, examples).codes
+    assert torch.equal(latents.codebook, codebook_of(first.model, 8))
+    assert latents.vqvae == str(trained) and latents.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert sorted(trained.rglob("*")) == files
+    with pytest.raises(ConfigError, match="data files differ"):  # the codes of another file
+        from_codes_file(tmp_path / "codes.json", len(examples), tmp_path / "codes.json")
     prompt = encode_example(first.tokenizer, TASK, examples[2]).prompt_ids
     decoded = decode_codes(first, prompt, codes[2])
     assert normalize_text(decoded) == normalize_text(" ".join(examples[2].steps))
@@ -225,7 +232,7 @@ def test_a_config_naming_removed_options_loads_only_with_their_kept_values(train
     # Runs saved before the options were removed name them: with the values the code still
     # computes they load (and resume), with any other value they are refused.
     old = tmp_path / "old"
-    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "tb"))
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "logs"))
     info = json.loads((old / "config.json").read_text())
     kept = {"tie_embeddings": True, "copy_head": True, "word_dropout": 0.0, "rotation_trick": False,
             "prefix_rank": 0}
@@ -253,14 +260,14 @@ def test_resume_gives_the_same_final_weights(toy_file, tmp_path):
     whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short))
     parted = tmp_path / "parted"
     train_vqvae(tiny_config(toy_file, parted, stop_at=7, **short))
-    assert json.loads((parted / "state" / "state.json").read_text())["step"] == 7
+    assert json.loads((parted / "state" / "latest.json").read_text())["dir"] == "step-00000007"
     assert not (parted / "metrics.json").exists()
     train_vqvae(tiny_config(toy_file, parted, resume=True, **short))
     expected, got = load_file(whole / "model.safetensors"), load_file(parted / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    steps = [r["step"] for r in map(json.loads, (parted / "log.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in map(json.loads, (parted / "logs" / "log.jsonl").read_text().splitlines())
              if r["split"] == "valid"]
     assert steps == [5, 10, 14]
 
@@ -277,16 +284,18 @@ def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, capsys):
                  "--valid-every", "125", "--no-progress"])
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
-    codes_file = tmp_path / "codes.jsonl"
+    codes_file = tmp_path / "codes.json"
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "prosqa",
                  "--out", str(codes_file)]) == 0
-    records = [json.loads(line) for line in codes_file.read_text().splitlines()]
-    assert [r["index"] for r in records] == list(range(8))
-    assert all(len(r["codes"]) == -(-r["trace_tokens"] // 4) for r in records)
+    record = json.loads(codes_file.read_text())
+    assert len(record["codes"]) == 8 and record["skipped"] == [] and record["codebook_size"] == 8
+    tokenizer = load_vqvae(out).tokenizer
+    assert all(len(c) == -(-len(encode_example(tokenizer, TASK, e).trace_ids) // 4)  # one code per chunk of 4
+               for c, e in zip(record["codes"], toy_examples()))
     capsys.readouterr()
     example = toy_examples()[5]
     assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", example.question,
-                 "--codes", ",".join(map(str, records[5]["codes"]))]) == 0
+                 "--codes", ",".join(map(str, record["codes"][5]))]) == 0
     assert normalize_text(capsys.readouterr().out) == normalize_text(" ".join(example.steps))
     assert main(["vqvae", "decode", "--vqvae", str(out), "--prompt", "x", "--codes", "99"]) == 2
 
@@ -592,6 +601,26 @@ def test_search_options_are_checked(toy_file, tmp_path):
         train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", ["nearest", "search"])
+def test_two_processes_train_one_vqvae(toy_file, tmp_path, assignment):
+    # Each process takes half of every batch; the codebook (the library's EMA statistics, the
+    # search's usage counts and re-seeded codes) stays one across them.
+    out = tmp_path / "ddp"
+    options = ["--steps", "120", "--valid-every", "60", "--batch-size", "8", "--grad-accum", "2"]
+    search = ["--assignment", "search", "--search-candidates", "4", "--search-explore", "1",
+              "--dead-code-threshold", "1.0"] if assignment == "search" else []
+    result = torchrun(tmp_path, ["vqvae", "train", "--task", "prosqa", "--data", str(toy_file), "--out", str(out),
+                                 "--chunk-size", "4", "--compression", "4", "--codebook-size", "8", "--lr", "5e-3",
+                                 "--warmup-steps", "10", "--no-progress", "--d-model", "32", "--heads", "2",
+                                 "--encoder-layers", "1", "--decoder-layers", "1", "--codebook-dim", "8",
+                                 "--max-prompt-len", "64", *options, *search])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("VQ-VAE saved in") == 1  # the main process reports, once
+    assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000120"
+    assert json.loads((out / "metrics.json").read_text())["token_accuracy"] > 0.6
+
+
 def test_search_model_trains_saves_and_encodes_as_it_decodes(toy_file, tmp_path):
     out = train_vqvae(tiny_config(toy_file, tmp_path / "run", assignment="search", search_candidates=4,
                                   search_explore=1, steps=150))
@@ -765,8 +794,7 @@ def test_search_rerank_is_checked_and_overrides_a_saved_vqvae(toy_file, tmp_path
     out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, autoregressive=True, steps=20))
     assert load_vqvae(out).config.search_rerank == 0
     assert load_vqvae(out, search_rerank=3).model.config.search_rerank == 3
-    for rerank in (0, 3):  # re-ranked codes are cached apart from the most likely ones
-        encode_examples_cached(load_vqvae(out, search_rerank=rerank), TASK, toy_file)
-    assert len(list((out / "codes").glob("*.json"))) == 2
+    codes = [encode_examples(load_vqvae(out, search_rerank=rerank), TASK, toy_examples()) for rerank in (0, 3)]
+    assert [len(c) for c in codes[0]] == [len(c) for c in codes[1]]  # the same chunks, maybe other codes
     with pytest.raises(ConfigError, match="search_rerank"):
         load_vqvae(out, search_rerank=99)

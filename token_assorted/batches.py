@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -24,6 +25,18 @@ def epoch_order(n_examples: int, n_indices: int, seed: int, epoch: int) -> list[
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n_examples, generator=generator).tolist()
     return (order * math.ceil(n_indices / n_examples))[:n_indices]
+
+
+@lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> list[int]:
+    return epoch_order(n, n, seed, epoch)
+
+
+def step_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
+    """Examples of step `step` of a stage counted in steps (the VQ-VAE): the epochs' orders
+    back to back, a batch running on into the next epoch; a pure function of its arguments."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    return [_permutation(seed, p // n, n)[p % n] for p in positions]
 
 
 def text_lengths(encoded: Sequence[EncodedExample]) -> list[int]:
@@ -42,6 +55,11 @@ def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, s
     the batches are shuffled (seeded): every example still comes once per epoch, in an
     order that depends only on (seed, epoch), so a resumed run sees the same batches.
     `len(order)` must be a multiple of `batch_size` (epoch_order pads it so).
+
+    Not transformers' `get_length_grouped_indices`: it sorts mega-batches longest first without
+    shuffling the batches, moves the longest example to the front, sizes its mega-batches from
+    the per-process batch (the grouping would change with the number of processes) and would
+    reorder the default run's batches (its numbers would change).
     """
     span = window * batch_size
     batches = []

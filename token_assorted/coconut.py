@@ -39,8 +39,7 @@ counts as one more stage. Only epochs at stage S or after may give the saved mod
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +48,14 @@ import torch.nn.functional as F
 from tokenizers import AddedToken
 
 from .encoding import EncodedExample, encode_example
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .methods import Method
 from .mixing import IGNORE_INDEX, CoT, Strategy
 from .models import extend_vocabulary
+from .thoughts import continue_with, think, thought_generation
 from .tokenizer import LatentVocab
 
 BEGIN_THOUGHT, END_THOUGHT, THOUGHT = "<bot>", "<eot>", "<thought>"
-Transform = Callable[[torch.Tensor, int], torch.Tensor]  # (thought (B, D), its index) -> the vector fed back
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -177,61 +176,6 @@ def collate_stage(sequences: Sequence[StageSequence], pad_id: int) -> dict[str, 
 
 
 # --------------------------------------------------------------------------- the forward
-@dataclass
-class ThoughtState:
-    """What the passes over prompt ⊕ <bot> ⊕ thoughts leave for the next input."""
-
-    cache: Any  # the KV cache of every position so far
-    mask: torch.Tensor  # (B, A + n) attention mask so far
-    position: torch.Tensor  # (B, 1) position id of the next input
-    logits: torch.Tensor  # (B, V) the prediction after the last position (its label: <eot>)
-    thoughts: list[torch.Tensor]  # the n vectors fed back, each (B, D)
-
-
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps LoRA models
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """The forward's name of the KV cache: `cache` in transformers 5, `past_key_values` before."""
-    parameters = inspect.signature(type(_base(model)).forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def cache_of(output: Any) -> Any:
-    return output["cache"] if "cache" in output.keys() else output["past_key_values"]
-
-
-def think(lm: torch.nn.Module, head_ids: torch.Tensor, head_mask: torch.Tensor, n_thoughts: int,
-          transform: Transform | None = None) -> ThoughtState:
-    """Prompt ⊕ <bot> in one pass, then one pass per continuous thought on the growing KV cache.
-
-    `transform(thought, k)` (interventions) changes the k-th thought before it is fed back.
-    """
-    key = cache_argument(lm)
-    positions = (head_mask.cumsum(-1) - 1).clamp_min(0)  # (B, A): left padding does not shift positions
-    out = lm(input_ids=head_ids, attention_mask=head_mask, position_ids=positions, use_cache=True,
-             output_hidden_states=True, logits_to_keep=1)
-    mask, position, thoughts = head_mask, positions[:, -1:] + 1, []
-    for k in range(n_thoughts):
-        thought = out.hidden_states[-1][:, -1]  # (B, D) last layer, after the final norm: what the head reads
-        if transform is not None:
-            thought = transform(thought, k)
-        thoughts.append(thought)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, A + k + 1)
-        out = lm(inputs_embeds=thought[:, None], attention_mask=mask, position_ids=position, use_cache=True,
-                 output_hidden_states=True, logits_to_keep=1, **{key: cache_of(out)})
-        position = position + 1
-    return ThoughtState(cache_of(out), mask, position, out.logits[:, -1], thoughts)
-
-
-def continue_with(lm: torch.nn.Module, state: ThoughtState, ids: torch.Tensor, mask: torch.Tensor, **options):
-    """A pass over tokens `ids` (B, T) after the thoughts, on their cache (`mask`: their own (B, T))."""
-    positions = state.position + torch.arange(ids.shape[1], device=ids.device)  # (B, T)
-    return lm(input_ids=ids, attention_mask=torch.cat([state.mask, mask], dim=1), position_ids=positions,
-              use_cache=True, **{cache_argument(lm): state.cache}, **options)
-
-
 class CoconutForward(torch.nn.Module):
     """The LM with Coconut's multi-pass forward: what the trainer prepares and calls.
 
@@ -305,8 +249,6 @@ class Coconut(Method):
         return self.schedule.stage(epoch) >= self.schedule.stages
 
     def generation(self, epoch: int, vocab: LatentVocab | None):
-        from .thoughts import thought_generation
-
         return thought_generation(self.vocab, self.schedule.thoughts(self.schedule.stage(epoch))), self.vocab
 
     def meta(self, epoch: int) -> dict[str, Any]:
@@ -315,11 +257,3 @@ class Coconut(Method):
                             "stages": schedule.stages, "epochs_per_stage": schedule.epochs_per_stage,
                             "cot_epochs": schedule.cot_epochs, "stage": min(stage, schedule.stages + 1),
                             "thoughts": schedule.thoughts(stage)}}
-
-
-def saved_vocab(record: dict[str, Any]) -> LatentVocab:
-    """The thought tokens a saved model's `token_assorted.json` records under "coconut"."""
-    try:
-        return LatentVocab(**{k: int(record[k]) for k in ("codebook_size", "begin_id", "end_id", "first_code_id")})
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError("token_assorted.json: the 'coconut' record lacks its token ids") from None

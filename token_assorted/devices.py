@@ -62,16 +62,23 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return contextlib.nullcontext()
 
 
-def make_accelerator(mixed_precision: str = "auto"):
-    """accelerate's Accelerator for training: bf16 on a CUDA GPU that has it under "auto"."""
+def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
+    """accelerate's Accelerator for training: bf16 on a CUDA GPU that has it under "auto".
+
+    `device` auto lets accelerate pick (one GPU per process under torchrun); cpu keeps a GPU
+    machine's training on the CPU; cuda:N trains a single process on GPU N.
+    """
     import os
 
     import torch
     from accelerate import Accelerator
 
+    target = resolve_device(device)  # a GPU asked for but absent: a one-line error
+    if target.type == "cuda" and target.index is not None:
+        torch.cuda.set_device(target)
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one
-    # process cpu stays False so mps/cuda are still picked automatically.
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu_ddp)
+        mixed_precision = "bf16" if target.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    # accelerate only sets up gloo DDP for CPU processes when told cpu=True; on one process
+    # under "auto" cpu stays False so mps/cuda are still picked automatically.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=target.type == "cpu" and (device == "cpu" or several))

@@ -14,7 +14,7 @@ codes the model writes are replaced as they are written, or the answer is forced
 with exactly K chunks of codes (`interventions.py`; greedy only).
 
 A Coconut model answers through its own loop (its thoughts are vectors, not tokens):
-`evaluate_loaded` picks it from the model's `token_assorted.json` (`methods.generation_of`),
+`evaluate_loaded` picks it from the model's `token_assorted.json` (`generation_of`),
 the loop applies the thought interventions and the thought count itself (`thoughts.py`),
 and everything after generation (parsing, scoring, counting, timing) is shared.
 """
@@ -22,50 +22,29 @@ and everything after generation (parsing, scoring, counting, timing) is shared.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .devices import autocast, check_precision, resolve_device
-from .encoding import encode_prompt
-from .errors import CheckpointError, ConfigError
+from .config import check_limits
+from .devices import check_precision
+from .encoding import encode_example, encode_prompt
+from .eval_config import EvalConfig
+from .errors import ConfigError
+from .generation import Generated, check_context, generate_ids
 from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
                             probe_processors, trained_max_chunks)
-from .io import atomic_write_json, atomic_write_jsonl, read_json
+from .io import atomic_write_json, atomic_write_jsonl
 from .mixing import ChunkLayout
+from .model_dir import LoadedModel, load_model_dir, resolve_task
 from .schema import Example
-from .tasks import Task, Verdict, get_task
-from .tokenizer import LatentVocab, check_latent_vocab, load_tokenizer
-from .weights import check_model_folder
-
-MODEL_META = "token_assorted.json"  # written by stage-2 training beside the HF files
-
-
-@dataclass
-class EvalConfig:
-    """How to generate and score."""
-
-    batch_size: int = 32  # prompts generated together (left padded)
-    max_new_tokens: int = 128  # a trace plus solution longer than this counts as wrong
-    samples: int = 0  # >0: also draw this many top-k samples per prompt (1-Feasible-N)
-    top_k: int = 10  # top-k of the sampled generations
-    temperature: float = 1.0  # of the sampled generations
-    seed: int = 0  # sampling seed
-    limit: int | None = None  # evaluate only the first `limit` examples
-    progress: bool = True  # show a tqdm bar over batches
-    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
-    intervene: str | None = None  # codes: none, random, shuffle, constant; Coconut's thoughts: noise, zero
-    intervene_seed: int = 0  # of the random codes, the shuffle's permutation and the noise directions
-    constant_code: int = 0  # the code every written code becomes under intervene="constant"
-    latent_chunks: int | str | None = None  # the latency dial: force K chunks of codes first (Coconut: K steps' thoughts)
-    noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
+from .tasks import Task, Verdict
+from .thoughts import saved_generation
+from .tokenizer import LatentVocab
 
 
 @dataclass
@@ -76,6 +55,7 @@ class Prediction:
     question: str
     answer: str  # the reference answer
     generated: str  # decoded with latent tokens kept
+    generated_ids: list[int]  # the ids themselves (explain reads them: text need not re-tokenize the same)
     parsed: str | None  # what the verifier parsed from the text tokens
     correct: bool
     n_tokens: int  # generated tokens up to and including eos
@@ -109,89 +89,6 @@ class EvalResult:
         return data
 
 
-@dataclass
-class _Generated:
-    ids: list[list[int]]  # generated ids per prompt, cut after eos
-    seconds: float
-
-
-# --------------------------------------------------------------------------- generation
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, T)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention[row, width - len(prompt):] = 1
-    return input_ids, attention
-
-
-def _cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
-    return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
-
-
-def position_limit(model: PreTrainedModel) -> int | None:
-    """How many positions the model can index, when that is a hard limit (learned positions).
-
-    A model with a learned position table (GPT-2) crashes past `max_position_embeddings`;
-    a rotary model (Llama, Qwen) only extrapolates, so it gets no hard limit here.
-    """
-    config = model.config
-    if getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None):
-        return None
-    limit = getattr(config, "max_position_embeddings", None)
-    return limit if isinstance(limit, int) and limit > 0 else None
-
-
-def check_context(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """Refuse, before generating, a prompt that cannot fit with `max_new_tokens` after it."""
-    limit = position_limit(model)
-    if limit is None:
-        return
-    for index, prompt in enumerate(prompts):
-        if len(prompt) + max_new_tokens > limit:
-            raise ConfigError(f"example {index} (0-based) is too long for the model's context: prompt of "
-                              f"{len(prompt)} tokens + max_new_tokens={max_new_tokens} > {limit} positions "
-                              f"(max_position_embeddings); shorten the question or lower --max-new-tokens")
-
-
-def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-                 config: EvalConfig, *, sample: bool = False, desc: str = "generate",
-                 processors: Callable[[list[int]], LogitsProcessorList] | None = None) -> _Generated:
-    """Generate for every prompt in batches (longest first, to waste little padding).
-
-    `processors(rows)` gives the logits processors of the batch holding prompts `rows`.
-    """
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list[list[int]] = [[] for _ in prompts]
-    options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": config.max_new_tokens,
-                               "eos_token_id": eos_id, "pad_token_id": pad_id, "use_cache": True}
-    if sample:
-        options.update(top_k=config.top_k, temperature=config.temperature, top_p=1.0)
-    else:
-        # Explicit values so a checkpoint's generation_config cannot turn greedy into sampling.
-        options.update(top_k=None, temperature=None, top_p=None)
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
-    batches = range(0, len(order), config.batch_size)
-    for begin in tqdm(batches, desc=desc, unit="batch", disable=not config.progress, leave=False):
-        rows = order[begin: begin + config.batch_size]
-        input_ids, attention = _left_pad([prompts[i] for i in rows], pad_id)
-        steer = {} if processors is None else {"logits_processor": processors(rows)}
-        with torch.inference_mode(), autocast(config.mixed_precision, device):
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 **options, **steer)  # (B, T + new)
-        for row, index in enumerate(rows):
-            outputs[index] = _cut_at_eos(out[row, input_ids.shape[1]:].tolist(), eos_id)
-    seconds = time.perf_counter() - start
-    model.train(was_training)
-    return _Generated(outputs, seconds)
-
-
 # --------------------------------------------------------------------------- decoding
 def text_ids(ids: list[int], tokenizer: PreTrainedTokenizerBase, latent_vocab: LatentVocab | None) -> list[int]:
     """The ids the verifier may read: latent tokens and special tokens removed."""
@@ -209,6 +106,14 @@ def count_latent(ids: list[int], latent_vocab: LatentVocab | None) -> int:
     return 0 if latent_vocab is None else sum(latent_vocab.is_latent(t) for t in ids)
 
 
+def default_max_new_tokens(tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example]) -> int:
+    """A generation budget: the longest reference trace and solution of `examples`, plus 16 tokens
+    (a model that rambles past the longest reference is wrong anyway)."""
+    longest = max(len(e.trace_ids) + len(e.solution_ids) for e in (encode_example(tokenizer, task, ex)
+                                                                  for ex in examples))
+    return longest + 16
+
+
 # --------------------------------------------------------------------------- scoring
 def _sample_solved(verdict: Verdict) -> bool:
     # 1-Feasible-N counts a feasible plan as solved (the maze reports it in details).
@@ -220,7 +125,7 @@ def _predict(index: int, example: Example, ids: list[int], task: Task, tokenizer
     verdict = task.verify(example, tokenizer.decode(text_ids(ids, tokenizer, latent_vocab)))
     used = latent_vocab is not None and latent_vocab.begin_id in ids
     return Prediction(index=index, question=example.question, answer=example.answer,
-                      generated=decode_for_display(ids, tokenizer), parsed=verdict.predicted,
+                      generated=decode_for_display(ids, tokenizer), generated_ids=list(ids), parsed=verdict.predicted,
                       correct=verdict.correct, n_tokens=len(ids),
                       n_latent_tokens=count_latent(ids, latent_vocab), used_latent=used,
                       details=dict(verdict.details))
@@ -238,7 +143,7 @@ def _detail_means(predictions: list[Prediction]) -> dict[str, float]:
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, examples: list[Example],
              config: EvalConfig | None = None, latent_vocab: LatentVocab | None = None,
              chat_template: bool = False, layout: ChunkLayout | None = None,
-             generate: Callable[..., _Generated] | None = None) -> EvalResult:
+             generate: Callable[..., Generated] | None = None) -> EvalResult:
     """Generate for every example with an in-memory model and score the outputs.
 
     `layout` (the model's chunk size and codes per chunk) is needed by the latency dial only.
@@ -246,8 +151,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     which applies the probes itself.
     """
     config = config or EvalConfig()
-    if config.batch_size < 1 or config.max_new_tokens < 1 or config.samples < 0:
-        raise ConfigError("batch size and max new tokens must be >= 1, samples >= 0")
+    check_limits(asdict(config), EvalConfig.LIMITS, "eval")
     check_precision(config.mixed_precision)
     probing = generate is None and (config.intervene is not None or config.latent_chunks is not None)
     if probing:
@@ -255,6 +159,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     examples = examples[: config.limit] if config.limit is not None else examples
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
+    if config.max_new_tokens is None:
+        config = replace(config, max_new_tokens=default_max_new_tokens(tokenizer, task, examples[:500]))
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
     if generate is not None:
@@ -282,7 +188,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
 def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                    examples: list[Example], prompts: list[list[int]], config: EvalConfig,
                    latent_vocab: LatentVocab | None, predictions: list[Prediction],
-                   generate: Callable[..., _Generated] = generate_ids) -> float:
+                   generate: Callable[..., Generated] = generate_ids) -> float:
     """Any-of-N accuracy: each prompt repeated N times, sampled with top-k."""
     torch.manual_seed(config.seed)
     repeated = [p for p in prompts for _ in range(config.samples)]
@@ -295,90 +201,11 @@ def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
     return _mean([float(bool(p.samples_solved)) for p in predictions])
 
 
-# --------------------------------------------------------------------------- model directories
-@dataclass
-class LoadedModel:
-    """A stage-2 model directory in memory."""
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    meta: dict[str, Any]
-    latent_vocab: LatentVocab | None
-    chat_template: bool
-    task_name: str | None
-
-
-def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
-    """`token_assorted.json` of a trained model dir ({} for a plain HF model dir)."""
-    path = Path(model_dir) / MODEL_META
-    if not path.is_file():
-        return {}
-    meta = read_json(path)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return meta
-
-
-def load_model_dir(model_dir: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a trained model dir (weights via safetensors, never remote code) onto `device`.
-
-    `device` is auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N.
-    """
-    from transformers import AutoModelForCausalLM
-
-    model_dir = Path(model_dir)
-    target = resolve_device(device)  # before loading: a missing GPU is a one-line error
-    # Config, links and every weight file's header first: a pickle renamed .safetensors, or
-    # weights that do not match config.json, are refused before any loader sees them.
-    check_model_folder(model_dir)
-    meta = read_model_meta(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False,
-                                                     use_safetensors=True)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise CheckpointError(f"{model_dir}: cannot load the model: {exc}") from None
-    model.to(target).eval()
-    latent_vocab = _latent_vocab(meta, tokenizer, model, model_dir / MODEL_META)
-    return LoadedModel(model, tokenizer, meta, latent_vocab, bool(meta.get("chat_template", False)),
-                       meta.get("task"))
-
-
-def _latent_vocab(meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
-                  source: Path) -> LatentVocab | None:
-    """The metadata's latent vocabulary, refused unless it is the tokenizer's and fits the model."""
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise CheckpointError(f"{source.parent}: the tokenizer has {len(tokenizer)} tokens, the model's "
-                              f"embedding only {rows} rows")
-    if meta.get("latent_vocab") is None:
-        return None
-    vocab = LatentVocab.from_dict(meta["latent_vocab"], source)
-    check_latent_vocab(vocab, tokenizer, source)
-    return vocab
-
-
-def resolve_task(loaded: LoadedModel, task: str | Task | None, options: dict[str, Any] | None = None) -> Task:
-    """The task given explicitly, else the one recorded in the model dir.
-
-    Task options (the generic task's field mapping, answer match, step split) are the ones
-    given, else those recorded with the model when it is the model's task: eval needs no flags.
-    """
-    if isinstance(task, Task):
-        return task
-    name = task or loaded.task_name
-    if not name:
-        raise ConfigError("the model dir records no task; pass --task")
-    recorded = loaded.meta.get("task_options") if name == loaded.task_name else None
-    return get_task(name, **{**(recorded or {}), **(options or {})})
-
-
+# --------------------------------------------------------------------------- saved models
 def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], config: EvalConfig | None = None,
                     model_dir: str | Path | None = None) -> EvalResult:
     """Evaluate a loaded model dir the way its method answers (a Coconut model: its own loop); a
     latency dial beyond the model's trained maximum is refused."""
-    from .methods import generation_of
-
     config = config or EvalConfig()
     generate, vocab = generation_of(loaded.meta, loaded.latent_vocab, config)
     if generate is not None:
@@ -389,6 +216,15 @@ def evaluate_loaded(loaded: LoadedModel, task: Task, examples: list[Example], co
         check_dial_limit(parse_latent_chunks(config.latent_chunks), limit)
     return evaluate(loaded.model, loaded.tokenizer, task, examples, config, loaded.latent_vocab,
                     loaded.chat_template, model_layout(loaded.meta, loaded.latent_vocab))
+
+
+def generation_of(meta: dict[str, Any], vocab: LatentVocab | None,
+                  config: EvalConfig | None = None) -> tuple[Callable[..., Generated] | None, LatentVocab | None]:
+    """How a saved model answers, from its `token_assorted.json`: a Coconut model's own loop and
+    thought tokens, or `model.generate` (None) and its latent vocabulary."""
+    if isinstance(meta.get("coconut"), dict):
+        return saved_generation(meta["coconut"], config)
+    return None, vocab
 
 
 def evaluate_dir(model_dir: str | Path, examples: list[Example], config: EvalConfig | None = None,

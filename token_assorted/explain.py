@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .io import read_records
 from .tokenizer import LatentVocab, latent_token
 
@@ -156,7 +156,7 @@ class Explainer:
     task_options: dict[str, Any] | None = None  # the generic task's, over those recorded with the model
 
     def __post_init__(self) -> None:
-        from .evaluate import load_model_dir, resolve_task
+        from .model_dir import load_model_dir, resolve_task
 
         self.loaded = load_model_dir(self.model_dir, self.device)
         if "coconut" in self.loaded.meta:
@@ -180,7 +180,8 @@ class Explainer:
 
     def question(self, question: str, max_new_tokens: int = 128) -> Explanation:
         """Generate greedily for `question` and explain the output."""
-        from .evaluate import EvalConfig, generate_ids
+        from .eval_config import EvalConfig
+        from .generation import generate_ids
 
         prompt = self._prompt_ids(question)
         config = EvalConfig(batch_size=1, max_new_tokens=max_new_tokens, progress=False)
@@ -194,14 +195,25 @@ class Explainer:
         return explain_ids(question, self._prompt_ids(question), ids, tokenizer, self.loaded.latent_vocab,
                            self.decoder)
 
-    def predictions(self, path: str | Path, limit: int | None = None) -> list[tuple[dict, Explanation]]:
-        """Explain the lines of a RESULTS.predictions.jsonl file."""
-        from .errors import DataError
+    def generated_ids(self, question: str, ids: list[int]) -> Explanation:
+        """Explain generated token ids (a line of an eval's predictions file)."""
+        return explain_ids(question, self._prompt_ids(question), ids, self.loaded.tokenizer, self.loaded.latent_vocab,
+                           self.decoder)
 
-        out = []
+    def predictions(self, path: str | Path, limit: int | None = None) -> list[tuple[dict, Explanation]]:
+        """Explain the lines of a RESULTS.predictions.jsonl file: their token ids, or (files written
+        before the ids were kept) their text, tokenized again."""
+        out, size = [], len(self.loaded.tokenizer)
         for line, record in read_records(path)[:limit]:
             for key in ("question", "generated"):
                 if not isinstance(record.get(key), str):
                     raise DataError(path, "missing or not a string", line=line, field=key)
-            out.append((record, self.generated_text(record["question"], record["generated"])))
+            ids = record.get("generated_ids")
+            if ids is None:
+                out.append((record, self.generated_text(record["question"], record["generated"])))
+                continue
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size
+                                                    for i in ids):
+                raise DataError(path, f"must be a list of token ids below {size}", line=line, field="generated_ids")
+            out.append((record, self.generated_ids(record["question"], ids)))
         return out

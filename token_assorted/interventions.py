@@ -36,6 +36,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .encoding import encode_example
+from .generation import generate_ids
 from .errors import ConfigError
 from .mixing import LAYOUT_STRATEGIES, ChunkLayout, make_strategy, max_latent_chunks, max_sequence_length
 from .schema import Example
@@ -66,7 +67,7 @@ def check_probe_options(config: Any) -> None:
     if config.intervene is not None and config.intervene not in (*INTERVENTIONS, *THOUGHT_INTERVENTIONS):
         raise ConfigError(f"--intervene: unknown mode {config.intervene!r}; choose one of: "
                           f"{', '.join(INTERVENTIONS)} (latent codes), noise, zero (Coconut's thoughts)")
-    if getattr(config, "noise_scale", 0.0) < 0:
+    if config.noise_scale < 0:
         raise ConfigError(f"--noise-scale must be >= 0, got {config.noise_scale}")
     if config.samples > 0 and (config.intervene is not None or config.latent_chunks is not None):
         raise ConfigError("--intervene and --latent-chunks are greedy only; drop --samples")
@@ -310,8 +311,6 @@ def probe_processors(model: Any, tokenizer: Any, task: Task, examples: Sequence[
         return dial_only
     baseline: list[list[int]] = []
     if config.intervene == "shuffle":
-        from .evaluate import generate_ids  # evaluate imports this module
-
         plain = generate_ids(model, tokenizer, prompts, config, desc="unperturbed codes",
                              processors=dial_only if lengths is not None else None)
         baseline = [span_codes(ids, vocab) for ids in plain.ids]

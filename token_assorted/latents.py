@@ -1,16 +1,24 @@
-"""Where stage 2 gets its latent codes: a stage-1 VQ-VAE directory or a precomputed codes file.
+"""Where stage 2 gets its latent codes: a codes file, or a VQ-VAE folder that encodes in memory.
 
-`LatentCodes` is what training needs from stage 1: the chunk layout (L, L/r, K), the
-codes of every training trace, the codebook (for the ``codebook`` embedding init) and
-the text tokenizer the codes were computed with. A codes file is the same in JSON —
-`{"chunk_size": L, "latents_per_chunk": L/r, "codebook_size": K, "codes": [[z, ...], ...]}`
-with one list per training example, in file order (optionally `"codebook": [[...], ...]`
-and `"tokenizer": DIR`) — useful to reuse codes across runs, or to test without a VQ-VAE.
+`LatentCodes` is what training needs from stage 1: the chunk layout (L, L/r, K), the codes of
+every training trace, the codebook (for the ``codebook`` embedding init), the text tokenizer
+the codes were computed with and the VQ-VAE that wrote them. A codes file is the same in JSON,
+written by `vqvae encode` and by the pipeline's codes stage (`write_codes_file`):
+
+    {"format": "token-assorted-codes/1", "chunk_size": L, "latents_per_chunk": L/r,
+     "codebook_size": K, "codes": [[z, ...], ...],   # one list per example, in file order
+     "codebook": [[...], ...],                        # optional: K rows (the decoder's vectors)
+     "tokenizer": DIR, "vqvae": DIR,                  # optional, relative to the file's folder
+     "data": FILE, "data_fingerprint": HASH, "skipped": [i, ...]}   # what was encoded
+
+An example too long to encode gets `[]` and its index in `skipped`. Stage 2 reads the codes,
+the codebook and the tokenizer; nothing is ever written into a VQ-VAE's folder.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +26,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError, DataError
-from .io import read_json
+from .errors import ConfigError, DataError
+from .io import atomic_write_json, read_json
 from .schema import Example
 from .tasks import Task
+
+FORMAT = "token-assorted-codes/1"
 
 
 @dataclass
@@ -34,51 +44,88 @@ class LatentCodes:
     codes: list[list[int]] | None  # per training example, latents_per_chunk per chunk
     codebook: torch.Tensor | None = None  # (K, d_vq)
     tokenizer: Any = None  # the text tokenizer the codes were computed with
+    vqvae: str | None = None  # the VQ-VAE folder that wrote them (explain decodes latent spans with it)
 
 
 def load_latent_codes(config: Any, task: Task, train: list[Example], need_codes: bool = True) -> LatentCodes:
-    """From `config.vqvae` (encoding `train` with it) or from `config.codes`.
+    """From `config.codes` (a codes file of `config.data`) or `config.vqvae` (encoding `train` with it).
 
     Examples longer than `config.max_length` as all-text sequences are not encoded: stage 2
     drops them anyway (its length bound counts at least the whole text trace), and one very
     long trace could exhaust memory in the VQ-VAE's encoder.
     """
-    if config.vqvae:
-        too_long = functools.partial(_too_long, task=task, examples=train,
-                                     max_length=getattr(config, "max_length", None),
-                                     chat_template=getattr(config, "chat_template", False))
-        return from_vqvae(Path(config.vqvae), task, train, need_codes, config.data, too_long)
-    return from_codes_file(Path(config.codes), len(train))
+    if config.codes:
+        return from_codes_file(Path(config.codes), len(train), config.data)
+    too_long = functools.partial(_too_long, task=task, examples=train, max_length=config.max_length,
+                                 chat_template=config.chat_template)
+    return from_vqvae(Path(config.vqvae), task, train, need_codes, too_long)
 
 
-def _too_long(tokenizer: Any, *, task: Task, examples: list[Example], max_length: int | None,
-              chat_template: bool) -> list[bool] | None:
+def _too_long(tokenizer: Any, *, task: Task, examples: list[Example], max_length: int,
+              chat_template: bool) -> list[bool]:
     """Which examples are longer than `max_length` tokens as prompt + trace + solution."""
     from .encoding import encode_example
 
-    if max_length is None:
-        return None
     lengths = (len(e.prompt_ids) + len(e.trace_ids) + len(e.solution_ids)
                for e in (encode_example(tokenizer, task, ex, chat_template) for ex in examples))
     return [length > max_length for length in lengths]
 
 
-def from_vqvae(directory: Path, task: Task, train: list[Example], need_codes: bool,
-               data_path: str | Path, too_long: Callable[[Any], list[bool] | None] | None = None) -> LatentCodes:
-    """Codes of `train` (read from `data_path`) by the VQ-VAE in `directory`, cached by stage 1.
+def from_vqvae(directory: Path, task: Task, examples: list[Example], need_codes: bool = True,
+               too_long: Callable[[Any], list[bool]] | None = None) -> LatentCodes:
+    """The codes of `examples` by the VQ-VAE in `directory`, computed in memory (the folder is only read).
 
     `too_long(tokenizer)` marks examples not to encode (their codes are empty)."""
-    try:
-        from .vqvae.store import encode_examples_cached, load_vqvae
-    except ImportError as exc:
-        raise CheckpointError(f"cannot use the VQ-VAE in {directory}: {exc}") from None
+    from .vqvae.store import encode_examples, load_vqvae
+
     loaded = load_vqvae(directory)
-    cfg = loaded.config
-    per_chunk = cfg.chunk_size // cfg.compression  # L / r
     skip = too_long(loaded.tokenizer) if too_long is not None and need_codes else None
-    codes = encode_examples_cached(loaded, task, data_path, train, skip=skip) if need_codes else None
-    return LatentCodes(cfg.chunk_size, per_chunk, cfg.codebook_size, codes,
-                       codebook_of(loaded.model, cfg.codebook_size), loaded.tokenizer)
+    return _latents_of(loaded, encode_examples(loaded, task, examples, skip=skip) if need_codes else None)
+
+
+def _latents_of(loaded: Any, codes: list[list[int]] | None) -> LatentCodes:
+    config = loaded.config
+    return LatentCodes(config.chunk_size, config.latents_per_chunk, config.codebook_size, codes,
+                       codebook_of(loaded.model, config.codebook_size), loaded.tokenizer, str(loaded.directory))
+
+
+def encode_codes_file(loaded: Any, task: Task, data: str | Path, path: str | Path, max_trace_len: int | None = None,
+                      batch_size: int = 64) -> str:
+    """The codes file `path` of every trace of `data` by a loaded VQ-VAE; returns a one-line summary.
+
+    Traces longer than `max_trace_len` tokens (default: the VQ-VAE's own limit) are skipped
+    before encoding: one very long trace would ask the encoder for hundreds of GB.
+    """
+    from .vqvae.chunks import chunk_examples
+    from .vqvae.store import encode_examples, trace_limit
+
+    examples = task.load(data)
+    items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
+    limit = max_trace_len or trace_limit(loaded.directory)
+    skip = [item.trace_length > limit for item in items]
+    codes = encode_examples(loaded, task, examples, batch_size, skip)
+    skipped = [i for i, flag in enumerate(skip) if flag]
+    write_codes_file(path, _latents_of(loaded, codes), data, skipped)
+    tokens = sum(item.trace_length for item, flag in zip(items, skip) if not flag)
+    note = f" ({len(skipped)} skipped: trace longer than {limit} tokens)" if skipped else ""
+    return (f"{len(examples) - len(skipped)} traces, {sum(map(len, codes))} latent tokens for {tokens} text tokens "
+            f"-> {path}{note}")
+
+
+def write_codes_file(path: str | Path, latents: LatentCodes, data: str | Path, skipped: list[int]) -> None:
+    """`latents` as a codes file for the examples of `data` (their tokenizer and VQ-VAE named by path)."""
+    from .sources import fingerprint
+
+    path = Path(path)
+    here = path.parent.resolve()
+    vqvae = Path(latents.vqvae) if latents.vqvae else None
+    atomic_write_json(path, {
+        "format": FORMAT, "chunk_size": latents.chunk_size, "latents_per_chunk": latents.latents_per_chunk,
+        "codebook_size": latents.codebook_size, "codes": latents.codes,
+        "codebook": latents.codebook.tolist() if latents.codebook is not None else None,
+        "tokenizer": os.path.relpath((vqvae / "tokenizer").resolve(), here) if vqvae else None,
+        "vqvae": os.path.relpath(vqvae.resolve(), here) if vqvae else None,
+        "data": str(data), "data_fingerprint": fingerprint(data), "skipped": skipped})
 
 
 def layout_of(latents: LatentCodes | None) -> dict[str, int] | None:
@@ -116,10 +163,17 @@ def codebook_of(model: torch.nn.Module, codebook_size: int) -> torch.Tensor | No
     return None
 
 
-def from_codes_file(path: Path, n_examples: int) -> LatentCodes:
+def from_codes_file(path: Path, n_examples: int, data: str | Path | None = None) -> LatentCodes:
+    """A codes file of `n_examples` examples; one that records another data file than `data` is refused."""
+    from .sources import fingerprint
+
     record = read_json(path)
     if not isinstance(record, dict):
         raise DataError(path, "expected a JSON object")
+    recorded = record.get("data_fingerprint")
+    if data is not None and recorded is not None and recorded != fingerprint(data):
+        raise ConfigError(f"{path}: its codes are those of {record.get('data')}, not of {data} (the data "
+                          f"files differ); encode {data} with `token-assorted vqvae encode`")
     for key in ("chunk_size", "latents_per_chunk", "codebook_size", "codes"):
         if key not in record:
             raise DataError(path, "missing field", field=key)
@@ -130,14 +184,17 @@ def from_codes_file(path: Path, n_examples: int) -> LatentCodes:
     for i, example_codes in enumerate(codes):
         if not isinstance(example_codes, list) or not all(_is_int(z) for z in example_codes):
             raise DataError(path, f"code list {i} must be a list of integers", field="codes")
-    tokenizer = None
+    tokenizer = vqvae = None
+    for key in ("tokenizer", "vqvae"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise DataError(path, "must be a directory name", field=key)
     if record.get("tokenizer"):
-        if not isinstance(record["tokenizer"], str):
-            raise DataError(path, "must be a directory name", field="tokenizer")
         from .tokenizer import load_tokenizer
         tokenizer = load_tokenizer(path.parent / record["tokenizer"])
+    if record.get("vqvae"):
+        vqvae = os.path.normpath(path.parent / record["vqvae"])
     codebook = _codebook(path, record.get("codebook")) if record.get("codebook") else None
-    return LatentCodes(*sizes, codes, codebook, tokenizer)
+    return LatentCodes(*sizes, codes, codebook, tokenizer, vqvae)
 
 
 def _is_int(value: Any) -> bool:

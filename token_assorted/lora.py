@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-
-import torch
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-from .tokenizer import LatentVocab
+
+if TYPE_CHECKING:  # torch and transformers load where a model is wrapped: LoraSettings stays a light config
+    import torch
+    from transformers import PreTrainedModel
+
+    from .tokenizer import LatentVocab
 
 
 @dataclass
@@ -76,6 +79,8 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, vocab: LatentVoca
                         target_modules=settings.target_modules, task_type="CAUSAL_LM", fan_in_fan_out=conv1d,
                         trainable_token_indices=latent_rows(model, vocab) or None)
     # The adapters' random initialisation gets a stream of its own, so a run repeats bit for bit.
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         try:

@@ -28,7 +28,6 @@ import torch
 
 from .batches import collate
 from .encoding import EncodedExample, encode_example
-from .errors import ConfigError
 from .mixing import STRATEGY_NAMES, Strategy, build_sequence, make_strategy, max_sequence_length
 from .tokenizer import LatentVocab
 
@@ -93,32 +92,3 @@ class Method:
     def meta(self, epoch: int) -> dict[str, Any]:
         """What `token_assorted.json` records of the method for the model of `epoch`."""
         return {}
-
-
-def check_name(name: str) -> None:
-    if name not in METHOD_NAMES:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(METHOD_NAMES)}")
-
-
-def method_for(config: Any) -> Method:
-    """The method of `config.strategy` (a TrainConfig)."""
-    check_name(config.strategy)
-    if config.strategy == "coconut":
-        from .coconut import Coconut
-
-        return Coconut(config)
-    if config.strategy == "icot":
-        from .icot import StepwiseInternalization
-
-        return StepwiseInternalization(config)
-    return Method(config)
-
-
-def generation_of(meta: dict[str, Any], vocab: LatentVocab | None,
-                  config: Any = None) -> tuple[Generate | None, LatentVocab | None]:
-    """How a saved model answers, from its `token_assorted.json` (`config`: an EvalConfig)."""
-    if isinstance(meta.get("coconut"), dict):
-        from .thoughts import saved_generation
-
-        return saved_generation(meta["coconut"], config)
-    return None, vocab

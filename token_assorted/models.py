@@ -5,7 +5,7 @@ From-scratch models are ordinary `transformers` Llama or GPT-2 models configured
 `AutoModelForCausalLM.from_pretrained`. Presets go from a CPU-sized `tiny` model up to
 GPT-2 size (12 layers, 768 wide, 12 heads), the paper's scale for ProntoQA/ProsQA.
 A model spec that is not a preset name is a local HF model directory or a `.gguf` file,
-loaded by `token_assorted.pretrained` (its safety checks) when that module is present.
+loaded by `token_assorted.pretrained` (with its safety checks).
 
 Latent rows. `extend_vocabulary` resizes the input embeddings (and an untied LM head) to
 the tokenizer's size after `add_latent_tokens`, then initialises the new rows:
@@ -28,13 +28,12 @@ as the Token Assorted model of the same seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from transformers import GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import CheckpointError, ConfigError
-from .tokenizer import LatentVocab
+from .errors import ConfigError
+from .pretrained import check_latent_room
+from .tokenizer import LatentVocab, add_latent_tokens
 
 EMBEDDING_INITS = ("mean", "codebook")
 
@@ -92,37 +91,6 @@ def build_scratch_model(name: str, tokenizer: PreTrainedTokenizerBase, max_lengt
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(scratch_config(PRESETS[name], tokenizer, max_length))
-
-
-def load_pretrained(spec: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A pretrained model and its tokenizer from a local directory or a .gguf file."""
-    try:
-        from .pretrained import load_pretrained_lm
-    except ImportError:
-        return _load_local(Path(spec))
-    return load_pretrained_lm(spec)
-
-
-def _load_local(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    # Fallback until token_assorted.pretrained lands: plain transformers, never remote code.
-    from transformers import AutoModelForCausalLM
-
-    from .tokenizer import resolve_tokenizer
-
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model directory or GGUF file")
-    options = {"trust_remote_code": False}
-    if path.suffix == ".gguf":
-        options["gguf_file"] = path.name
-        directory = path.parent
-    else:
-        options["use_safetensors"] = True
-        directory = path
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), **options)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot load the model: {exc}") from None
-    return model, resolve_tokenizer(path)
 
 
 def extend_vocabulary(model: PreTrainedModel, vocab: LatentVocab, init: str = "mean",
@@ -195,3 +163,13 @@ def project_codebook(codebook: torch.Tensor, existing: torch.Tensor,
 
 def parameter_count(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def add_latent_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, codebook_size: int,
+                          init: str = "mean", codebook: torch.Tensor | None = None,
+                          max_vocab_size: int | None = None, seed: int = 0) -> LatentVocab:
+    """Check room, add `<boLatent>`, `<eoLatent>`, `<latent_z>` and give the model their rows."""
+    check_latent_room(model, tokenizer, codebook_size, max_vocab_size)
+    vocab = add_latent_tokens(tokenizer, codebook_size)
+    extend_vocabulary(model, vocab, init, codebook, seed=seed)
+    return vocab

@@ -41,6 +41,7 @@ def _written_before_markers(out: Path, kind: str) -> bool:
     if kind == "run":  # a finished stage's marker (a results.json alone could be anyone's)
         return any(out.glob("*/.complete.json"))
     if kind == "train":
+        # "token_assorted.json" is model_dir.MODEL_META, named here because model_dir loads torch
         return (out / "token_assorted.json").is_file() or (out / "state" / "latest.json").is_file()
     try:
         info = read_json(out / "config.json") if (out / "config.json").is_file() else {}
@@ -52,10 +53,10 @@ def _written_before_markers(out: Path, kind: str) -> bool:
 
 def owner(out: Path) -> str | None:
     """Which kind of token-assorted folder `out` is, or None when it is not one of ours."""
-    for kind in KINDS:
-        if marker_path(out, kind).is_file() or _written_before_markers(out, kind):
-            return kind
-    return None
+    marked = [kind for kind in KINDS if marker_path(out, kind).is_file()]
+    # Without a marker, by its files: a VQ-VAE's config.json before the state both stages keep.
+    return next(iter(marked), None) or next((kind for kind in ("run", "vqvae", "train")
+                                             if _written_before_markers(out, kind)), None)
 
 
 @contextlib.contextmanager

@@ -24,12 +24,15 @@ What is refused, with a `CheckpointError` naming the path and the reason:
   embedding that is not a resizable ``nn.Embedding``;
 - a VQ-VAE trained with another tokenizer (`check_vqvae_tokenizer`: the
   `tokenizer_fingerprint` recorded in the VQ-VAE directory differs).
+
+`resolve_tokenizer` reads the tokenizer alone of any model spec (stage 1 of a pretrained model).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import CheckpointError
 from .io import read_json
-from .tokenizer import LatentVocab, add_latent_tokens, ensure_special_tokens, tokenizer_fingerprint
+from .tokenizer import build_task_tokenizer, ensure_special_tokens, load_tokenizer, tokenizer_fingerprint
 from .weights import check_model_folder
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -84,6 +87,28 @@ def resolve_model_path(spec: str | Path) -> Path:
     if str(spec) == SMOLLM2_ALIAS:
         return smollm2_gguf_path()
     return Path(spec)
+
+
+def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
+    """A pretrained tokenizer from a model directory, a tokenizer directory, a .gguf file or an alias."""
+    path = resolve_model_path(spec)  # "smollm2-135m" -> the packaged GGUF file
+    if path.suffix == ".gguf":
+        from transformers import AutoTokenizer
+
+        if not path.is_file():
+            raise CheckpointError(f"{path}: GGUF file not found")
+        return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                   trust_remote_code=False))
+    return ensure_special_tokens(load_tokenizer(path))
+
+
+def task_tokenizer(spec: str, task: Any, examples: Sequence[Any]) -> PreTrainedTokenizerBase:
+    """The shared text tokenizer: "word" builds the word-level one of the examples' text and the
+    task's lexicon; anything else is a model's (`resolve_tokenizer`)."""
+    if spec != "word":
+        return resolve_tokenizer(spec)
+    texts = [task.prompt_text(e) + task.trace_text(e) + task.solution_text(e) for e in examples]
+    return build_task_tokenizer(texts, task.lexicon())
 
 
 def require_gguf_support() -> None:
@@ -243,15 +268,3 @@ def forget_gguf_origin(model: PreTrainedModel) -> None:
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether prompts should be wrapped in the tokenizer's chat template (instruct models)."""
     return bool(getattr(tokenizer, "chat_template", None))
-
-
-def add_latent_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, codebook_size: int,
-                          init: str = "mean", codebook: torch.Tensor | None = None,
-                          max_vocab_size: int | None = None, seed: int = 0) -> LatentVocab:
-    """Check room, add `<boLatent>`, `<eoLatent>`, `<latent_z>` and give the model their rows."""
-    from .models import extend_vocabulary
-
-    check_latent_room(model, tokenizer, codebook_size, max_vocab_size)
-    vocab = add_latent_tokens(tokenizer, codebook_size)
-    extend_vocabulary(model, vocab, init, codebook, seed=seed)
-    return vocab

@@ -4,9 +4,10 @@ For every method whose model writes latent codes (`mixing.CODE_STRATEGIES`), `to
 run` scores the test split again with the codes replaced as they are written (`random`,
 `shuffle`, `constant`; `none` is the plain evaluation, reused) and with the latency dial at
 K = 0 … max_latent_chunks chunks (plus `all` where the test traces' own chunk counts differ
-from that maximum; `dial_max` caps K). `interventions.py` does the work; this module runs it as one cached
-stage per model, `OUT/probes/<model>/`, which holds every probe's results and predictions
-and `probes.json`, the summary that results.json and report.md read:
+from that maximum; `dial_max` caps K). `interventions.py` does the work; `run_probes` runs every
+probe of one model, as the pipeline's cached stage `OUT/probes/<model>/` (`stages.probe_stage`),
+which holds every probe's results and predictions and `probes.json`, the summary that
+results.json and report.md read:
 
     {"interventions": {"none": acc, "random": acc, ...}, "latent_reliance": none - random,
      "dial": [{"k": 0, "accuracy", "avg_generated_tokens", "avg_latent_tokens"}, ...]}
@@ -66,7 +67,8 @@ def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "p
 def run_probes(model_dir: Path, test: list[Any], task: Any, base: Any, plain_accuracy: float,
                settings: ProbeSettings, out: Path) -> dict[str, Any]:
     """Every probe of one model on `test` (`base`: the plain evaluation's EvalConfig); write `out`."""
-    from .evaluate import evaluate_loaded, load_model_dir, save_result
+    from .evaluate import evaluate_loaded, save_result
+    from .model_dir import load_model_dir
     from .interventions import dial_lengths, model_layout, trained_max_chunks
 
     loaded = load_model_dir(model_dir)  # once for every probe
@@ -107,31 +109,6 @@ def run_probes(model_dir: Path, test: list[Any], task: Any, base: Any, plain_acc
             save_result(result, out / f"dial-{k}.json", {"model": str(model_dir), "latent_chunks": k})
             summary["dial"].append({"k": k, **{name: getattr(result, name) for name in DIAL_FIELDS}})
     return summary
-
-
-def probe_stage(config: Any, out: Path, name: str, model: Any, data: Any, plain: dict[str, Any],
-                log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """The cached stage OUT/probes/<name>/ (hash of the eval and probe settings, the model and data).
-
-    `plain` is the model's results.json from the eval stage: its accuracy is `none`'s, and the
-    probes generate with its settings (greedy).
-    """
-    from .io import atomic_write_json, read_json
-    from .pipeline import config_hash, eval_config, run_stage
-    from .tasks import get_task
-
-    task = get_task(config.task, **config.data.task_options)
-
-    def build(path: Path) -> None:
-        test = task.load(data.path / "test.jsonl")
-        base = dataclasses.replace(eval_config(config, int(plain["max_new_tokens"])), samples=0)
-        summary = run_probes(model.path, test, task, base, float(plain["accuracy"]), config.probes, path)
-        atomic_write_json(path / SUMMARY, summary)
-
-    key = config_hash("probes", dataclasses.asdict(config.probes), dataclasses.asdict(config.eval), model.hash,
-                      data.hash)
-    stage = run_stage(out / "probes" / name, key, build, f"probes {name}", log)
-    return stage, read_json(stage.path / SUMMARY)
 
 
 # --------------------------------------------------------------------------- over seeds

@@ -46,7 +46,7 @@ def completion_prompt(tokenizer: PreTrainedTokenizerBase, task: Task, question: 
 
 def model_completion_prompt(model_dir: str | Path, question: str, task: str | None = None) -> str:
     """`completion_prompt` for a trained model directory (its tokenizer, task and chat setting)."""
-    from .evaluate import read_model_meta, resolve_task
+    from .model_dir import read_model_meta, resolve_task
     from .tokenizer import load_tokenizer
 
     meta = read_model_meta(model_dir)

@@ -1,9 +1,14 @@
-"""Answering with continuous thoughts: Coconut's batched generation loop, and interventions on it.
+"""Continuous thoughts: the passes that make them, Coconut's batched generation loop, interventions.
 
-A Coconut model cannot be run by `model.generate`: its thoughts are vectors, not tokens. This
-loop does what training does, batched and on the KV cache (the public Coconut code answers
+`think` runs prompt ⊕ `<bot>` in one pass, then one pass per thought on the growing KV cache,
+each thought the previous position's last hidden state fed back as the next input embedding;
+`continue_with` reads tokens after them on that cache. Training (`coconut.CoconutForward`) and
+answering share them.
+
+A Coconut model cannot be run by `model.generate`: its thoughts are vectors, not tokens. The
+generation loop does what training does, batched and on the KV cache (the public Coconut code answers
 one question at a time and recomputes the prefix for every token): prompt ⊕ `<bot>` left-padded
-in one pass, the trained number of thoughts (one pass each, `coconut.think`), `<eot>` forced,
+in one pass, the trained number of thoughts (one pass each, `think`), `<eot>` forced,
 then greedy (or top-k sampled) text one token per pass until eos or `max_new_tokens` text
 tokens.
 
@@ -24,21 +29,83 @@ thoughts, K × c: K = 0 answers straight after `<bot><eot>` (Cui et al.'s "zero 
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .coconut import Transform, continue_with, saved_vocab, think
 from .devices import autocast
-from .errors import ConfigError
-from .evaluate import _Generated, _left_pad, check_context  # the same batches, padding and output as generate_ids
+from .errors import CheckpointError, ConfigError
+from .generation import Generated, check_context, left_pad  # the same batches, padding and output as generate_ids
 from .interventions import ALL_CHUNKS, INTERVENTIONS, THOUGHT_INTERVENTIONS, parse_latent_chunks
 from .tokenizer import LatentVocab
 
+
+Transform = Callable[[torch.Tensor, int], torch.Tensor]  # (thought (B, D), its index) -> the vector fed back
+
+
+# --------------------------------------------------------------------------- the passes
+@dataclass
+class ThoughtState:
+    """What the passes over prompt ⊕ <bot> ⊕ thoughts leave for the next input."""
+
+    cache: Any  # the KV cache of every position so far
+    mask: torch.Tensor  # (B, A + n) attention mask so far
+    position: torch.Tensor  # (B, 1) position id of the next input
+    logits: torch.Tensor  # (B, V) the prediction after the last position (its label: <eot>)
+    thoughts: list[torch.Tensor]  # the n vectors fed back, each (B, D)
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps LoRA models
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's name of the KV cache: `cache` in transformers 5, `past_key_values` before."""
+    parameters = inspect.signature(type(_base(model)).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_of(output: Any) -> Any:
+    return output["cache"] if "cache" in output.keys() else output["past_key_values"]
+
+
+def think(lm: torch.nn.Module, head_ids: torch.Tensor, head_mask: torch.Tensor, n_thoughts: int,
+          transform: Transform | None = None) -> ThoughtState:
+    """Prompt ⊕ <bot> in one pass, then one pass per continuous thought on the growing KV cache.
+
+    `transform(thought, k)` (interventions) changes the k-th thought before it is fed back.
+    """
+    key = cache_argument(lm)
+    positions = (head_mask.cumsum(-1) - 1).clamp_min(0)  # (B, A): left padding does not shift positions
+    out = lm(input_ids=head_ids, attention_mask=head_mask, position_ids=positions, use_cache=True,
+             output_hidden_states=True, logits_to_keep=1)
+    mask, position, thoughts = head_mask, positions[:, -1:] + 1, []
+    for k in range(n_thoughts):
+        thought = out.hidden_states[-1][:, -1]  # (B, D) last layer, after the final norm: what the head reads
+        if transform is not None:
+            thought = transform(thought, k)
+        thoughts.append(thought)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, A + k + 1)
+        out = lm(inputs_embeds=thought[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                 output_hidden_states=True, logits_to_keep=1, **{key: cache_of(out)})
+        position = position + 1
+    return ThoughtState(cache_of(out), mask, position, out.logits[:, -1], thoughts)
+
+
+def continue_with(lm: torch.nn.Module, state: ThoughtState, ids: torch.Tensor, mask: torch.Tensor, **options):
+    """A pass over tokens `ids` (B, T) after the thoughts, on their cache (`mask`: their own (B, T))."""
+    positions = state.position + torch.arange(ids.shape[1], device=ids.device)  # (B, T)
+    return lm(input_ids=ids, attention_mask=torch.cat([state.mask, mask], dim=1), position_ids=positions,
+              use_cache=True, **{cache_argument(lm): state.cache}, **options)
+
+
+# --------------------------------------------------------------------------- interventions
 
 def noise_direction(seed: int, index: int, position: int, width: int) -> torch.Tensor:
     """A unit vector for question `index`'s thought `position`: the same whatever the batch."""
@@ -115,7 +182,7 @@ def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], conf
     for begin in tqdm(range(0, len(order), config.batch_size), desc=desc, unit="batch",
                       disable=not config.progress, leave=False):
         rows = order[begin: begin + config.batch_size]
-        head_ids, head_mask = _left_pad([prompts[i] + [vocab.begin_id] for i in rows], pad_id)
+        head_ids, head_mask = left_pad([prompts[i] + [vocab.begin_id] for i in rows], pad_id)
         transform = intervention(config.intervene, rows, config.intervene_seed, config.noise_scale)
         with torch.inference_mode(), autocast(config.mixed_precision, device):
             written = generate_batch(model, head_ids.to(device), head_mask.to(device), n_thoughts, vocab, eos_id,
@@ -124,7 +191,7 @@ def generate_thoughts(model: Any, tokenizer: Any, prompts: list[list[int]], conf
             outputs[index] = ids
     seconds = time.perf_counter() - start
     model.train(was_training)
-    return _Generated(outputs, seconds)
+    return Generated(outputs, seconds)
 
 
 def thought_generation(vocab: LatentVocab, n_thoughts: int):
@@ -153,3 +220,11 @@ def saved_generation(record: dict[str, Any], config: Any = None) -> tuple[Any, L
                               f"{record.get('stages')} stages of thoughts (coconut.stages in token_assorted.json)")
         n_thoughts = steps * int(record.get("thoughts_per_step", 1))
     return thought_generation(vocab, n_thoughts), vocab
+
+
+def saved_vocab(record: dict[str, Any]) -> LatentVocab:
+    """The thought tokens a saved model's `token_assorted.json` records under "coconut"."""
+    try:
+        return LatentVocab(**{k: int(record[k]) for k in ("codebook_size", "begin_id", "end_id", "first_code_id")})
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("token_assorted.json: the 'coconut' record lacks its token ids") from None

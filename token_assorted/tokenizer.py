@@ -204,18 +204,3 @@ def build_task_tokenizer(texts: Iterable[str], extra_words: Iterable[str] = ()) 
     """
     extra = " ".join(sorted(set(extra_words)))
     return build_word_tokenizer([*texts, extra] if extra else texts)
-
-
-def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerFast:
-    """A pretrained tokenizer from a model directory, a tokenizer directory, a .gguf file or an alias."""
-    from .pretrained import resolve_model_path  # "smollm2-135m" -> the packaged GGUF file
-
-    path = resolve_model_path(spec)
-    if path.suffix == ".gguf":
-        from transformers import AutoTokenizer
-
-        if not path.is_file():
-            raise CheckpointError(f"{path}: GGUF file not found")
-        return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                   trust_remote_code=False))
-    return ensure_special_tokens(load_tokenizer(path))

@@ -54,7 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..models import is_preset
     from ..outdir import claimed, run_lock
-    from ..pipeline import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset, parse_overrides, run_pipeline
+    from ..config import parse_overrides
+    from ..pipeline import run_pipeline
+    from ..preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset
 
     overrides = parse_overrides(args.overrides)
     labels = {}  # how the user gave each override, for errors that only it causes

@@ -28,6 +28,12 @@ def get_task(name: str, **options: Any) -> Task:
     return getattr(importlib.import_module(module_name), class_name).from_options(options)
 
 
+def register_task(name: str, spec: str) -> None:
+    """Make `get_task(name)` build the class `spec` ("module:Class", a Task subclass imported when
+    first asked for): a task of your own, without editing this package."""
+    _REGISTRY[name] = spec
+
+
 def infer_task(record: dict[str, Any]) -> Task | None:
     """The task a raw record belongs to, or None if no task recognises it."""
     for name in TASK_NAMES:
@@ -37,5 +43,5 @@ def infer_task(record: dict[str, Any]) -> Task | None:
     return None
 
 
-__all__ = ["SOLUTION_MARKER", "TASK_NAMES", "Task", "Verdict", "extract_solution", "get_task",
+__all__ = ["SOLUTION_MARKER", "TASK_NAMES", "Task", "Verdict", "extract_solution", "get_task", "register_task",
            "infer_task", "normalize_text"]

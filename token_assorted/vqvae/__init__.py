@@ -10,8 +10,7 @@
     decoding.py   greedy decoding of code vectors into chunk text
     search.py     assignment by search: a chunk's code is the one its decoding fits best
     model.py      VQVAE: ties them (training pass, codes of chunks, text of codes)
-    train.py      train_vqvae (resumable loop, logging, checkpoints)
-    state.py      resume state (optimizer, scheduler, RNG, step)
+    train.py      train_vqvae: stage 1 on the training skeleton both stages share (training.py)
     metrics.py    reconstruction accuracy, codebook usage, compression
     store.py      the saved directory: load_vqvae, encode_examples, decode_codes, ...
 
@@ -28,7 +27,7 @@ _EXPORTS = {
     "ChunkedExample": "chunks", "chunk_examples": "chunks", "split_trace": "chunks",
     "VQVAETrainConfig": "options", "train_vqvae": "train",
     "LoadedVQVAE": "store", "load_vqvae": "store", "check_compatible": "store", "encode_examples": "store",
-    "encode_examples_cached": "store", "decode_codes": "store", "decode_code_ids": "store",
+    "decode_codes": "store", "decode_code_ids": "store",
     "evaluate_reconstruction": "store", "prompt_ids_for": "store",
 }
 __all__ = sorted(_EXPORTS)

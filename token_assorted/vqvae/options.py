@@ -3,6 +3,7 @@ from them, and `run` checks a preset's `vqvae:` section with them before any sta
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -17,56 +18,57 @@ OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: ev
 class VQVAETrainConfig:
     """Every option of `token-assorted vqvae train` (YAML keys use the same names)."""
 
-    task: str = ""  # task name (prontoqa, prosqa, keys-maze, gsm8k, qa)
+    task: str = ""  # task name: prontoqa, prosqa, keys-maze, gsm8k or qa (your own data: see --fields)
     task_options: dict[str, Any] = field(default_factory=dict)  # the generic task's (qa): fields, answer_match, ...
-    data: str = ""  # training examples (JSONL or JSON list)
+    data: str = ""  # training examples (JSONL or JSON list, Coconut schema)
     valid: str = ""  # validation examples; empty: validate on the first 200 training examples
-    out: str = ""  # output directory
-    chunk_size: int = 16  # L
-    compression: int = 16  # r (L/r latent tokens per chunk)
-    codebook_size: int = 64  # K (paper: 64 synthetic tasks, 1024 math)
-    steps: int = 2000
-    batch_size: int = 32  # examples per step (all chunks of each)
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    out: str = ""  # output directory (config.json, model.safetensors, tokenizer/, metrics.json, logs/, state/)
+    chunk_size: int = 16  # L: text tokens per chunk
+    compression: int = 16  # r: text tokens per latent token; L/r latents per chunk
+    codebook_size: int = 64  # K: number of latent tokens (paper: 64 for the synthetic tasks, 1024 for math)
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # examples per optimizer step (all chunks of each), all processes together
+    grad_accum: int = 1  # micro-batches per optimizer step and process
+    lr: float = 1e-3  # peak learning rate (AdamW, linear warm-up then cosine to 10 %)
+    warmup_steps: int = 100  # learning-rate warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient-norm clipping
     valid_every: int = 250  # validate, checkpoint and save resume state every N steps
-    log_every: int = 10
-    seed: int = 0
-    tokenizer: str = "word"  # "word": build from the data; else a model/tokenizer dir or .gguf
+    log_every: int = 10  # log the training loss every N steps
+    seed: int = 0  # random seed (weights and data order)
+    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir or .gguf file
     chat_template: bool = False  # render prompts with the tokenizer's chat template
-    resume: bool = False
-    d_model: int = 128
-    heads: int = 4
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    prompt_layers: int = 1
-    codebook_dim: int = 32
-    commitment_weight: float = 0.25
-    ema_decay: float = 0.95
-    dead_code_threshold: float = 0.5
-    max_prompt_len: int = 512
+    resume: bool = False  # continue the interrupted run in --out (same options required)
+    d_model: int = 128  # transformer width
+    heads: int = 4  # attention heads
+    encoder_layers: int = 2  # chunk encoder layers
+    decoder_layers: int = 2  # chunk decoder layers
+    prompt_layers: int = 1  # prompt encoder layers
+    codebook_dim: int = 32  # codebook vector dimension (0: d_model)
+    commitment_weight: float = 0.25  # beta, the commitment loss weight
+    ema_decay: float = 0.95  # EMA decay of the codebook
+    dead_code_threshold: float = 0.5  # replace codes whose EMA usage falls below this
+    max_prompt_len: int = 512  # prompts longer than this keep their last tokens
     max_trace_len: int = 8192  # traces longer than this (tokens) are skipped, with a count, before encoding
-    dropout: float = 0.0
-    autoregressive: bool = False  # decoder reads the chunk's earlier tokens (greedy decoding)
+    dropout: float = 0.0  # dropout
+    autoregressive: bool = False  # decode each chunk token by token (causal decoder, greedy), not in one pass
     local_context: int = 0  # prompt positions and AR decoder inputs also read the k tokens before them
-    output_vocab: str = "all"  # "data": score only the ids the training traces use (large pretrained vocabularies)
-    assignment: str = "nearest"  # "search": each chunk's code is the one its decoding fits best (r = L only)
+    output_vocab: str = "all"  # the vocabulary head scores "all" ids, or only the "data" traces' (big vocabularies)
+    assignment: str = "nearest"  # "nearest" codebook vector, or "search": the code whose decoding fits best (r = L)
     search_candidates: int = 16  # assignment "search", training: codes tried per chunk
     search_explore: int = 4  # ... of which drawn at random (the rest: the encoder's most probable)
     copy_prefix: bool = False  # AR decoder: the copy head also matches the tokens before a prompt word to the chunk's
     search_rerank: int = 0  # assignment "search", outside training: of the n most likely codes, keep the best decoded
     encode_candidates: int = 48  # assignment "search", outside training: only the encoder's N likeliest codes (0: all)
     max_examples: int = 0  # use only the first N training examples (0: all)
-    stop_at: int = 0  # stop (saving resume state) after this step, as if interrupted (0: never)
-    progress: bool = True  # show the tqdm bar
+    stop_at: int = field(default=0, metadata={"help": argparse.SUPPRESS})  # stop after this step, state saved
+    progress: bool = True  # show a progress bar
     device: str = "auto"  # "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
 
     # The range of each numeric option (config.from_mapping checks them wherever options are read).
     LIMITS: ClassVar[dict[str, Bound]] = {
         "chunk_size": at_least(1), "compression": at_least(1), "codebook_size": at_least(2),
-        "steps": at_least(1), "batch_size": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "steps": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
         "warmup_steps": at_least(0), "weight_decay": at_least(0), "grad_clip": above(0),
         "valid_every": at_least(1), "log_every": at_least(1), "seed": at_least(0), "d_model": at_least(1),
         "heads": at_least(1), "encoder_layers": at_least(1), "decoder_layers": at_least(1),
@@ -95,6 +97,8 @@ def check_options(config: VQVAETrainConfig, source: str = "vqvae train", prefix:
     if config.chunk_size % config.compression:
         raise ConfigError(f"{where}chunk_size: L={config.chunk_size} must be a multiple of "
                           f"compression r={config.compression}")
+    if config.batch_size % config.grad_accum:
+        raise ConfigError(f"{where}batch_size: {config.batch_size} is not divisible by grad_accum={config.grad_accum}")
     if config.d_model % config.heads:
         raise ConfigError(f"{where}d_model: {config.d_model} must be divisible by heads={config.heads} "
                           f"(each attention head gets d_model / heads dimensions)")

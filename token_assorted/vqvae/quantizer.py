@@ -2,7 +2,8 @@
 
 - "nearest": vector-quantize-pytorch's `VectorQuantize`, the codebook vector nearest to the
   encoder output, with an EMA codebook, k-means initialisation on the first batch, dead-code
-  replacement, a low-dimensional codebook (`codebook_dim`) and the straight-through estimator.
+  replacement, a low-dimensional codebook (`codebook_dim`) and the straight-through estimator
+  (under DDP the library syncs its statistics: the model is built after the process group).
 - "search" (search.py): `SearchCodebook`, K learned vectors the decoder reads and the encoder's
   K-way classifier over them; the code is the one whose decoding fits the chunk best.
 
@@ -12,6 +13,7 @@ Both offer `get_output_from_indices(codes)`, the vectors the decoder reads.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
@@ -68,8 +70,16 @@ class SearchCodebook(nn.Module):
 
     @torch.no_grad()
     def record(self, codes: Tensor) -> int:
-        """Count one training step's chosen codes; re-seed codes long unused. Returns how many."""
-        self.usage.mul_(USAGE_DECAY).add_(torch.bincount(codes.flatten(), minlength=len(self.usage)))
+        """Count one training step's chosen codes; re-seed codes long unused. Returns how many.
+
+        Under DDP every process counts the codes of all processes, and the re-seeded rows are
+        rank 0's: the processes' random draws differ, and the codebook must stay one.
+        """
+        counts = torch.bincount(codes.flatten(), minlength=len(self.usage))  # (K,)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            dist.all_reduce(counts)
+        self.usage.mul_(USAGE_DECAY).add_(counts)
         dead = self.usage < DEAD_USAGE
         if not dead.any() or dead.all():
             return 0
@@ -82,4 +92,7 @@ class SearchCodebook(nn.Module):
         self.classifier.weight[dead] = self.classifier.weight[source]
         self.classifier.bias[dead] = self.classifier.bias[source] - 1.0
         self.usage[dead] = 1.0
+        if distributed:
+            for tensor in (self.codebook, self.classifier.weight, self.classifier.bias):
+                dist.broadcast(tensor.data, src=0)
         return int(dead.sum())

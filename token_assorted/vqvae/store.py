@@ -5,8 +5,10 @@ DIR/config.json        {"format", "model": VQVAEConfig, "train": VQVAETrainConfi
                         "chat_template", "tokenizer_fingerprint", "step"}
 DIR/model.safetensors  weights and codebook buffers (written atomically)
 DIR/tokenizer/         the shared text tokenizer (HF format)
-DIR/codes/             cached trace codes, keyed by hashes of the data file and the weights
+DIR/logs/, DIR/state/  the training's logs and resume state (training.py, checkpoint.py)
 ```
+Nothing else writes here: the codes of a data set go to a codes file of their own
+(`vqvae encode`, the pipeline's codes stage; latents.py).
 Weights are read only from safetensors: a pickle where safetensors is expected is
 refused, never unpickled.
 """
@@ -14,7 +16,6 @@ refused, never unpickled.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import from_mapping
 from ..encoding import encode_prompt
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError
 from ..io import atomic_open, atomic_write_json, read_json
 from ..schema import Example
 from ..tasks.base import Task
@@ -40,7 +41,7 @@ from .model import VQVAE
 
 FORMAT = "token-assorted-vqvae/1"
 DEFAULT_TRACE_LIMIT = 8192  # max_trace_len of VQ-VAEs saved before the option existed
-WEIGHTS, CONFIG, TOKENIZER_DIR, CODES_DIR = "model.safetensors", "config.json", "tokenizer", "codes"
+WEIGHTS, CONFIG, TOKENIZER_DIR = "model.safetensors", "config.json", "tokenizer"
 
 
 @dataclass
@@ -89,13 +90,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
     """Write weights then config.json (config last: its presence marks a complete checkpoint).
 
-    Weights that are no longer finite (training diverged) are never saved: TrainingError,
-    and the previous checkpoint and resume state stay as they were.
+    Training checks the weights are finite before it saves them (training.py).
     """
-    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
-        raise TrainingError(f"VQ-VAE training diverged before step {info.get('step')}: the weights are no longer "
-                            f"finite; stopped without saving them ({directory} keeps its last checkpoint); "
-                            f"lower --lr or --grad-clip")
     save_weights(directory / WEIGHTS, model, {"format": FORMAT, "step": str(info.get("step", 0))})
     atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config), **info})
 
@@ -171,12 +167,18 @@ def _check_task(loaded: LoadedVQVAE, task: Task) -> None:
 
 
 # --- encoding traces ----------------------------------------------------------------
-def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
-                    batch_size: int = 64) -> list[list[int]]:
-    """The latent codes of each example's trace: L/r codes per chunk, partial chunk included."""
+def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example], batch_size: int = 64,
+                    skip: Sequence[bool] | None = None) -> list[list[int]]:
+    """The latent codes of each example's trace: L/r codes per chunk, partial chunk included.
+
+    `skip[i]` True: example i is not encoded (its codes come back empty), because it is too
+    long for the caller; one very long trace could otherwise exhaust memory in the encoder.
+    Batches hold the kept examples only, in order.
+    """
     _check_task(loaded, task)
     config, model = loaded.config, loaded.model
-    items = chunk_examples(loaded.tokenizer, task, examples, config.chunk_size, loaded.chat_template)
+    kept = [example for i, example in enumerate(examples) if not (skip and skip[i])]
+    items = chunk_examples(loaded.tokenizer, task, kept, config.chunk_size, loaded.chat_template)
     device = next(model.parameters()).device
     model.eval()
     codes: list[list[int]] = [[] for _ in items]
@@ -189,51 +191,8 @@ def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example]
         owners = batch.chunk_present.nonzero()[:, 0].tolist()  # example of each real chunk, in order
         for owner, chunk in zip(owners, chunk_codes):
             codes[rows[owner]].extend(chunk)
-    return codes
-
-
-def encode_examples_cached(loaded: LoadedVQVAE, task: Task, data_path: str | Path,
-                           examples: Sequence[Example] | None = None, batch_size: int = 64,
-                           skip: Sequence[bool] | None = None) -> list[list[int]]:
-    """`encode_examples` of a data file, cached in DIR/codes/ by hashes of the file and the weights.
-
-    `skip[i]` True: example i is not encoded (its codes come back empty), because the caller
-    drops it as too long; a very long trace could otherwise exhaust memory in the encoder.
-    """
-    data_path = Path(data_path)
-    data_hash = _sha256(data_path)
-    weights_hash = _sha256(loaded.directory / WEIGHTS)
-    config = loaded.config
-    rerank = f"-rerank{config.search_rerank}" if config.search_rerank > 1 else ""  # other codes
-    if config.assignment == "search" and 0 < config.encode_candidates < config.codebook_size:
-        rerank += f"-cand{config.encode_candidates}"  # codes among the encoder's N likeliest: others again
-    # Task options (qa's field mapping, step split) change the traces read from the same file.
-    options = task.options()
-    opts = f"-opts{_sha256_text(repr(sorted(options.items())))[:8]}" if options else ""
-    skipped = [i for i, flag in enumerate(skip or []) if flag]
-    # Another subset encoded gives other codes for the file: its own cache entry (none skipped: the usual one).
-    subset = f"-skip{_sha256_text(str(skipped))[:12]}" if skipped else ""
-    cache = loaded.directory / CODES_DIR / (f"{task.name or 'task'}-{data_hash[:16]}-{weights_hash[:16]}"
-                                            f"{rerank}{opts}{subset}.json")
-    if cache.is_file():
-        record = read_json(cache)
-        if record.get("data_sha256") == data_hash and record.get("weights_sha256") == weights_hash:
-            return record["codes"]
-    if examples is None:
-        examples = task.load(data_path)
-    dropped = set(skipped)
-    kept = [i for i in range(len(examples)) if i not in dropped]
-    encoded = encode_examples(loaded, task, [examples[i] for i in kept], batch_size)
-    codes: list[list[int]] = [[] for _ in examples]
-    for i, example_codes in zip(kept, encoded):
-        codes[i] = example_codes
-    atomic_write_json(cache, {"data": str(data_path), "data_sha256": data_hash, "weights_sha256": weights_hash,
-                              "task": task.name, "chat_template": loaded.chat_template, "codes": codes})
-    return codes
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    kept_codes = iter(codes)
+    return [[] if skip and skip[i] else next(kept_codes) for i in range(len(examples))]
 
 
 def trace_limit(directory: str | Path) -> int:
@@ -241,14 +200,6 @@ def trace_limit(directory: str | Path) -> int:
     train = _read_config(Path(directory)).get("train")
     limit = train.get("max_trace_len") if isinstance(train, dict) else None
     return limit if isinstance(limit, int) and limit > 0 else DEFAULT_TRACE_LIMIT
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- decoding codes -----------------------------------------------------------------
