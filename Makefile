@@ -30,8 +30,12 @@ CPU_KERNELS := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(CPU_KERNELS) $(VENV)/bin/token-assorted run --out runs/default
 
+# Each test runs on one intra-op thread (tests/conftest.py), so the suite runs in one pytest-xdist
+# worker per core (at most 4, to bound memory: each worker holds its own torch and transformers), and a
+# worker that runs out of tests takes some from the other (worksteal). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) runs

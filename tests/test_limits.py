@@ -218,18 +218,17 @@ def test_every_shipped_preset_is_within_its_limits():
 # --- 8. long examples are dropped before any model sees them --------------------------------------------
 @pytest.fixture
 def encoded_traces(monkeypatch) -> list[int]:
-    """The longest trace (in steps) of every batch of examples the VQ-VAE is asked to encode."""
+    """The longest trace (in tokens) of every set of examples the VQ-VAE's encoder is given."""
     import token_assorted.vqvae.store as store
 
     seen: list[int] = []
-    real = store.encode_examples
+    real = store.encode_chunked
 
-    def recording(loaded, task, examples, batch_size=64, skip=None):
-        kept = [example for i, example in enumerate(examples) if not (skip and skip[i])]
-        seen.append(max((len(e.steps) for e in kept), default=0))
-        return real(loaded, task, examples, batch_size, skip)
+    def recording(loaded, items, batch_size=64, skip=None):
+        seen.append(max((item.trace_length for i, item in enumerate(items) if not (skip and skip[i])), default=0))
+        return real(loaded, items, batch_size, skip)
 
-    monkeypatch.setattr(store, "encode_examples", recording)
+    monkeypatch.setattr(store, "encode_chunked", recording)
     return seen
 
 
@@ -240,7 +239,7 @@ def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, vqva
                  "--vqvae", str(vqvae), "--out", str(tmp_path / "lm"), "--epochs", "1", "--batch-size", "4",
                  "--no-progress"]) == 0
     assert "skipped 1 training examples longer than max_length=512" in capsys.readouterr().out
-    assert encoded_traces and max(encoded_traces) < 5000
+    assert encoded_traces and 0 < max(encoded_traces) <= 512  # the long trace has about 25,000 tokens
     assert time.perf_counter() - started < 120
 
 
@@ -250,7 +249,7 @@ def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, vqvae, 
     assert "1 skipped: trace longer than 8192 tokens" in capsys.readouterr().err
     record = json.loads(out.read_text())
     assert record["skipped"] == [0] and record["codes"][0] == [] and all(record["codes"][1:9])
-    assert max(encoded_traces) < 5000
+    assert encoded_traces and 0 < max(encoded_traces) <= 8192
 
 
 def test_vqvae_train_drops_long_traces_and_counts_them(with_long, tmp_path, capsys, monkeypatch):

@@ -96,14 +96,13 @@ def encode_codes_file(loaded: Any, task: Task, data: str | Path, path: str | Pat
     Traces longer than `max_trace_len` tokens (default: the VQ-VAE's own limit) are skipped
     before encoding: one very long trace would ask the encoder for hundreds of GB.
     """
-    from .vqvae.chunks import chunk_examples
-    from .vqvae.store import encode_examples, trace_limit
+    from .vqvae.store import chunk_traces, encode_chunked, trace_limit
 
     examples = task.load(data)
-    items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
+    items = chunk_traces(loaded, task, examples)
     limit = max_trace_len or trace_limit(loaded.directory)
     skip = [item.trace_length > limit for item in items]
-    codes = encode_examples(loaded, task, examples, batch_size, skip)
+    codes = encode_chunked(loaded, items, batch_size, skip)
     skipped = [i for i, flag in enumerate(skip) if flag]
     write_codes_file(path, _latents_of(loaded, codes), data, skipped)
     tokens = sum(item.trace_length for item, flag in zip(items, skip) if not flag)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "ChunkedExample": "chunks", "chunk_examples": "chunks", "split_trace": "chunks",
     "VQVAETrainConfig": "options", "train_vqvae": "train",
     "LoadedVQVAE": "store", "load_vqvae": "store", "check_compatible": "store", "encode_examples": "store",
+    "chunk_traces": "store", "encode_chunked": "store",
     "decode_codes": "store", "decode_code_ids": "store",
     "evaluate_reconstruction": "store", "prompt_ids_for": "store",
 }

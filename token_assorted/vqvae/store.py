@@ -34,7 +34,7 @@ from ..io import atomic_open, atomic_write_json, read_json
 from ..schema import Example
 from ..tasks.base import Task
 from ..tokenizer import load_tokenizer, tokenizer_fingerprint
-from .chunks import chunk_examples, collate
+from .chunks import ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
 from .model import VQVAE
@@ -167,32 +167,44 @@ def _check_task(loaded: LoadedVQVAE, task: Task) -> None:
 
 
 # --- encoding traces ----------------------------------------------------------------
+def chunk_traces(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example]) -> list[ChunkedExample]:
+    """`examples` tokenized and cut into this VQ-VAE's chunks (its tokenizer, L and chat template)."""
+    _check_task(loaded, task)
+    return chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
+
+
 def encode_examples(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example], batch_size: int = 64,
                     skip: Sequence[bool] | None = None) -> list[list[int]]:
     """The latent codes of each example's trace: L/r codes per chunk, partial chunk included.
 
-    `skip[i]` True: example i is not encoded (its codes come back empty), because it is too
-    long for the caller; one very long trace could otherwise exhaust memory in the encoder.
-    Batches hold the kept examples only, in order.
+    `skip[i]` True: example i is not encoded (its codes come back empty), see `encode_chunked`.
     """
-    _check_task(loaded, task)
+    return encode_chunked(loaded, chunk_traces(loaded, task, examples), batch_size, skip)
+
+
+def encode_chunked(loaded: LoadedVQVAE, items: Sequence[ChunkedExample], batch_size: int = 64,
+                   skip: Sequence[bool] | None = None) -> list[list[int]]:
+    """The latent codes of examples already cut by `chunk_traces` (callers that also need the
+    chunks, to measure or filter them, tokenize once).
+
+    `skip[i]` True: item i is not encoded (its codes come back empty), because it is too long
+    for the caller; one very long trace could otherwise exhaust memory in the encoder. Batches
+    hold the encoded items only, in order.
+    """
     config, model = loaded.config, loaded.model
-    kept = [example for i, example in enumerate(examples) if not (skip and skip[i])]
-    items = chunk_examples(loaded.tokenizer, task, kept, config.chunk_size, loaded.chat_template)
     device = next(model.parameters()).device
     model.eval()
     codes: list[list[int]] = [[] for _ in items]
-    nonempty = [i for i, item in enumerate(items) if item.chunks]
-    for start in range(0, len(nonempty), batch_size):
-        rows = nonempty[start:start + batch_size]
+    encoded = [i for i, item in enumerate(items) if item.chunks and not (skip and skip[i])]
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start:start + batch_size]
         batch = collate([items[i] for i in rows], config.pad_id, config.max_prompt_len).to(device)
         chunk_codes = model.codes_of(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids,
                                      batch.chunk_present).cpu().tolist()  # (C, L/r)
         owners = batch.chunk_present.nonzero()[:, 0].tolist()  # example of each real chunk, in order
         for owner, chunk in zip(owners, chunk_codes):
             codes[rows[owner]].extend(chunk)
-    kept_codes = iter(codes)
-    return [[] if skip and skip[i] else next(kept_codes) for i in range(len(examples))]
+    return codes
 
 
 def trace_limit(directory: str | Path) -> int:
@@ -241,9 +253,7 @@ def _check_codes(codes: Sequence[int], config: VQVAEConfig) -> None:
 def evaluate_reconstruction(loaded: LoadedVQVAE, task: Task, examples: Sequence[Example],
                             batch_size: int = 32) -> dict[str, float]:
     """Token / exact-chunk accuracy, codebook usage, perplexity and compression on `examples`."""
-    _check_task(loaded, task)
-    items = chunk_examples(loaded.tokenizer, task, examples, loaded.config.chunk_size, loaded.chat_template)
-    return reconstruction_metrics(loaded.model, items, batch_size)
+    return reconstruction_metrics(loaded.model, chunk_traces(loaded, task, examples), batch_size)
 
 
 def read_info(directory: str | Path) -> dict[str, Any]:
