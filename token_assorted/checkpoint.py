@@ -1,7 +1,8 @@
 """Resumable training state: written to a fresh step directory, committed by one atomic rename.
 
 `OUT/state/step-NNNNNNNN/` holds the model weights (safetensors), the optimizer and
-scheduler state, one RNG file per process and `trainer.json` (epoch, step, best score,
+scheduler state (FSDP: every rank's shards of weights and optimizer in `sharded/`, written by
+torch.distributed.checkpoint, `sharding.py`), one RNG file per process and `trainer.json` (epoch, step, best score,
 history, config). Nothing points at a step directory until `OUT/state/latest.json` is
 replaced atomically (temp file + fsync + rename, `io.atomic_write_json`), after every file
 of it is fsynced; a process killed mid-save leaves the previous state in force. Older
@@ -89,16 +90,27 @@ def save_rank_files(directory: Path, rank: int) -> None:
 
 
 def save_main_files(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, trainer: dict[str, Any]) -> None:
-    """The main process writes weights, optimizer, scheduler and the trainer record."""
-    with writing(directory):
-        directory.mkdir(parents=True, exist_ok=True)
-    with writing(directory / "model.safetensors"):
-        save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
-    _save_torch(optimizer.state_dict(), directory / "optimizer.pt")
+                    scheduler: Any, trainer: dict[str, Any], main: bool = True, sharded: bool = False) -> None:
+    """Weights, optimizer, scheduler and the trainer record: the main process writes them, except
+    that with FSDP every process writes its own shards of weights and optimizer (`sharding.py`)."""
+    if main:
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+    if sharded:
+        from .sharding import save_sharded
+
+        save_sharded(directory, model, optimizer)  # a collective: every rank
+    if not main:
+        return
+    names = ["scheduler.pt"]
+    if not sharded:
+        with writing(directory / "model.safetensors"):
+            save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
+        _save_torch(optimizer.state_dict(), directory / "optimizer.pt")
+        names += ["model.safetensors", "optimizer.pt"]
     _save_torch(scheduler.state_dict(), directory / "scheduler.pt")
     atomic_write_json(directory / "trainer.json", trainer)
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
+    for name in names:
         _fsync_file(directory / name)
 
 
@@ -153,12 +165,20 @@ def _load_torch(path: Path) -> Any:
 
 
 def load_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, rank: int) -> dict[str, Any]:
+               scheduler: Any, rank: int, sharded: bool = False) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this process's RNG; return trainer.json."""
     trainer = read_json(directory / "trainer.json")
-    check_state_files(directory / "model.safetensors", model)  # names and shapes, before loading
-    load_model(model, str(directory / "model.safetensors"), strict=False)  # tied weights are stored once
-    optimizer.load_state_dict(_load_torch(directory / "optimizer.pt"))
+    if sharded:
+        from .sharding import load_sharded
+
+        load_sharded(directory, model, optimizer)  # a collective: every rank reads its shards
+    elif not (directory / "model.safetensors").is_file() and (directory / "sharded").is_dir():
+        raise CheckpointError(f"{directory}: a sharded state (saved by --sharding fsdp); resume with "
+                              f"--sharding fsdp")
+    else:
+        check_state_files(directory / "model.safetensors", model)  # names and shapes, before loading
+        load_model(model, str(directory / "model.safetensors"), strict=False)  # tied weights are stored once
+        optimizer.load_state_dict(_load_torch(directory / "optimizer.pt"))
     scheduler.load_state_dict(_load_torch(directory / "scheduler.pt"))
     rng_path = directory / f"rng_rank{rank}.pt"
     if rng_path.is_file():

@@ -188,12 +188,18 @@ class CoconutForward(torch.nn.Module):
         self.lm = lm
 
     def forward(self, head_ids: torch.Tensor, head_mask: torch.Tensor, rest_ids: torch.Tensor,
-                rest_mask: torch.Tensor, rest_labels: torch.Tensor, n_thoughts: torch.Tensor) -> torch.Tensor:
+                rest_mask: torch.Tensor, rest_labels: torch.Tensor, n_thoughts: torch.Tensor,
+                total: float | None = None) -> torch.Tensor:
+        """The token losses summed over `total` (the supervised tokens of the whole step; None: this batch's mean)."""
         state = think(self.lm, head_ids, head_mask, int(n_thoughts))
         out = continue_with(self.lm, state, rest_ids, rest_mask)
         # The prediction of rest[0] (<eot>) comes from the last thought; rest[t] from rest[t-1].
         logits = torch.cat([state.logits[:, None], out.logits[:, :-1]], dim=1)  # (B, R, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), rest_labels.flatten(), ignore_index=IGNORE_INDEX)
+        if total is None:
+            return F.cross_entropy(logits.flatten(0, 1).float(), rest_labels.flatten(), ignore_index=IGNORE_INDEX)
+        summed = F.cross_entropy(logits.flatten(0, 1).float(), rest_labels.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="sum")
+        return summed / total
 
 
 # --------------------------------------------------------------------------- the method
@@ -239,8 +245,11 @@ class Coconut(Method):
         sequences = [stage_sequence(run.encoded[i], stage, self.schedule, self.vocab) for i in indices]
         return collate_stage(sequences, run.tokenizer.pad_token_id)
 
-    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return module(**batch)
+    def items(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["rest_labels"] != IGNORE_INDEX).sum())  # already aligned with the logits
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:
+        return module(**batch, total=total)
 
     def phase(self, epoch: int) -> int:
         return self.schedule.phase(epoch)

@@ -38,6 +38,25 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return input_ids, attention
 
 
+def _sharded_over_ranks(model: PreTrainedModel) -> bool:
+    import torch.distributed as dist
+
+    from .sharding import is_sharded
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_sharded(model)
+
+
+def mask_unused(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """`logits` (..., V) with the rows no token uses (`generation_config.suppress_tokens`: the embedding's
+    padding, levers.py) at -inf, for loops that pick tokens themselves; `model.generate` masks them itself."""
+    unused = getattr(getattr(model, "generation_config", None), "suppress_tokens", None)
+    if not unused:
+        return logits
+    logits = logits.clone()
+    logits[..., unused] = float("-inf")
+    return logits
+
+
 def _cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
 
@@ -86,6 +105,9 @@ def generate_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
     else:
         # Explicit values so a checkpoint's generation_config cannot turn greedy into sampling.
         options.update(top_k=None, temperature=None, top_p=None)
+    if _sharded_over_ranks(model):
+        # FSDP gathers each layer from every rank: all ranks run every forward until all are done.
+        options["synced_gpus"] = True
     was_training = model.training
     model.eval()
     start = time.perf_counter()

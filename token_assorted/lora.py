@@ -11,15 +11,16 @@ and train the whole (V, D) matrix (49,152 x 576 on SmolLM2) with a gradient mask
 the old rows, the memory LoRA is meant to save. With tied embeddings (GPT-2, SmolLM2) peft
 applies the same delta to the output layer.
 
-`exportable(model)` merges the adapters and the token deltas into a copy of the weights
-(`merge_and_unload`), so the saved directory is a plain Hugging Face model that
-`AutoModelForCausalLM` loads with no peft installed; the model being trained keeps its
-adapters, so training goes on after each saved epoch.
+`merged_state(model, state)` merges the adapters and the token deltas into the weights of a
+state dict (W + scale x B A per adapted layer, the trained rows copied into the embedding),
+under the plain model's names, so the saved directory is a plain Hugging Face model that
+`AutoModelForCausalLM` loads with no peft installed. It reads tensors, not modules: the
+state may be one gathered from FSDP shards, and the model being trained is neither copied
+nor changed (it keeps its adapters, so training goes on after each saved epoch).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,16 +98,57 @@ def is_lora(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def exportable(model: torch.nn.Module) -> torch.nn.Module:
-    """The model to save: itself, or for LoRA a merged copy (plain transformers modules only)."""
+PREFIX = "base_model.model."  # where peft puts the wrapped model's own names
+
+
+def merged_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (model's state dict, possibly gathered from shards) as the plain model's weights.
+
+    A model without adapters gives `state` back. With LoRA every adapted layer's weight becomes
+    W + scale x B A (transposed for GPT-2's Conv1D), each trained-token wrapper's weight the base
+    matrix with its rows replaced, and every name loses peft's prefixes.
+    """
     if not is_lora(model):
-        return model
-    merged = copy.deepcopy(model).merge_and_unload()
-    # merge_and_unload may leave tied embeddings untied (it warns); tie them again when the
-    # config says they are tied, so the saved folder stores one matrix, as the base model did.
-    if getattr(merged.config, "tie_word_embeddings", False):
-        merged.tie_weights()
+        return state
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    merged, used = {}, set()
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = state[f"{name}.base_layer.weight"]
+            delta = torch.zeros_like(weight, dtype=torch.float32)
+            for adapter in module.active_adapters:
+                if f"{name}.lora_A.{adapter}.weight" not in state:
+                    raise ConfigError(f"train.lora: cannot merge the adapters of {name} ({type(module).__name__}); "
+                                      f"target linear layers only")
+                a, b = state[f"{name}.lora_A.{adapter}.weight"], state[f"{name}.lora_B.{adapter}.weight"]
+                product = b.float() @ a.float()
+                delta += (product.T if module.fan_in_fan_out else product) * module.scaling[adapter]
+            merged[_plain(name) + ".weight"] = (weight.float() + delta).to(weight.dtype) \
+                if weight.dtype != torch.float32 else weight + delta
+            used |= {key for key in state if key.startswith(name + ".")}
+            if f"{name}.base_layer.bias" in state:
+                merged[_plain(name) + ".bias"] = state[f"{name}.base_layer.bias"]
+        elif isinstance(module, TrainableTokensLayer):
+            owner = name.removesuffix(".token_adapter")
+            weight = state[f"{name}.base_layer.weight"]
+            tied = module.tied_adapter
+            source = next(n for n, m in model.named_modules() if m is tied) if tied is not None else name
+            for adapter in module.active_adapters:
+                rows = torch.tensor(module.token_indices[adapter], device=weight.device)
+                weight = weight.index_copy(0, rows, state[f"{source}.trainable_tokens_delta.{adapter}"].to(weight))
+            merged[_plain(owner) + ".weight"] = weight
+            used |= {key for key in state if key.startswith(name + ".")}
+    for key, value in state.items():
+        if key not in used and ".lora_" not in key:
+            merged[_plain(key)] = value
     return merged
+
+
+def _plain(name: str) -> str:
+    return name.removeprefix(PREFIX)
 
 
 def trainable_count(model: torch.nn.Module) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import torch
 
 from .batches import collate
 from .encoding import EncodedExample, encode_example
-from .mixing import STRATEGY_NAMES, Strategy, build_sequence, make_strategy, max_sequence_length
+from .mixing import IGNORE_INDEX, STRATEGY_NAMES, Strategy, build_sequence, make_strategy, max_sequence_length
 from .tokenizer import LatentVocab
 
 PEER_METHODS = ("coconut", "icot")  # the other latent-reasoning methods, beside the chunk strategies
@@ -72,8 +72,14 @@ class Method:
                                     run.layout, seed=seed, epoch=epoch, index=i) for i in indices]
         return collate(sequences, run.tokenizer.pad_token_id)
 
-    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return module(**batch).loss
+    def items(self, batch: dict[str, torch.Tensor]) -> int:
+        """Supervised tokens of `batch`: the labels a causal LM predicts (each from the one before)."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:
+        """The summed token losses of `batch` over `total`, the supervised tokens of the whole step
+        (transformers' num_items_in_batch: its cross-entropy sums, then divides by it)."""
+        return module(**batch, num_items_in_batch=total).loss
 
     def phase(self, epoch: int) -> int:
         """The optimizer state is reset at the start of an epoch whose phase differs from the last one's."""

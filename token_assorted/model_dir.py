@@ -1,7 +1,8 @@
 """A stage-2 model directory: a plain Hugging Face model folder plus `token_assorted.json`.
 
-`save_model_dir` writes the unwrapped model (LoRA adapters merged), its tokenizer and the
-metadata, each file replaced atomically; `load_model_dir` reads one back, refusing weights
+`save_model_dir` writes the model's weights (a state dict: the model's own, or one gathered
+from FSDP shards; LoRA adapters merged) as a plain Hugging Face folder, with its tokenizer and
+the metadata, each file replaced atomically; `load_model_dir` reads one back, refusing weights
 that are not those of its `config.json` and latent-token metadata that is not its
 tokenizer's. `MODEL_META` names the metadata file for every reader.
 """
@@ -21,7 +22,8 @@ from transformers.utils import logging as hf_logging
 from .devices import resolve_device
 from .errors import CheckpointError, ConfigError
 from .io import atomic_write_json, new_file_mode, read_json, writing
-from .lora import exportable
+from .lora import merged_state
+from .sharding import hf_model
 from .tasks import Task, get_task
 from .tokenizer import LatentVocab, check_latent_vocab, load_tokenizer
 from .weights import check_model_folder
@@ -30,16 +32,21 @@ MODEL_META = "token_assorted.json"  # written by stage-2 training beside the HF 
 
 
 def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path,
-                   meta: dict[str, Any]) -> None:
-    """The unwrapped model as a plain HF directory; each file replaced atomically."""
-    model = exportable(model)  # [lora] adapters merged into a copy: a plain transformers model
-    generation = model.generation_config
+                   meta: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    """`model` as a plain HF directory; each file replaced atomically.
+
+    `state` is its full state dict when the caller gathered it (FSDP: every rank took part, this
+    runs on rank 0); by default the model's own. The weights keep the dtype they were trained in.
+    """
+    weights = merged_state(model, model.state_dict() if state is None else state)  # [lora] adapters merged
+    plain = hf_model(model)  # config, generation settings and save_pretrained of the Hugging Face model
+    generation = plain.generation_config
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
     generation.bos_token_id = tokenizer.bos_token_id
     with writing(out), tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
         hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
-        model.save_pretrained(tmp)
+        plain.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         for path in Path(tmp).iterdir():
             if path.is_file():

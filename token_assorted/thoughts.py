@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .devices import autocast
 from .errors import CheckpointError, ConfigError
-from .generation import Generated, check_context, left_pad  # the same batches, padding and output as generate_ids
+from .generation import Generated, check_context, left_pad, mask_unused  # the same batches, padding and output as generate_ids
 from .interventions import ALL_CHUNKS, INTERVENTIONS, THOUGHT_INTERVENTIONS, parse_latent_chunks
 from .tokenizer import LatentVocab
 
@@ -155,7 +155,7 @@ def generate_batch(model: Any, head_ids: torch.Tensor, head_mask: torch.Tensor, 
         # The cache grew in place by one position; the mask and the next position follow it.
         state.mask = torch.cat([state.mask, torch.ones_like(tokens)], dim=1)  # (B, T + 1)
         state.position = state.position + 1
-        chosen = _next_tokens(out.logits[:, -1], config, sample)  # (B,)
+        chosen = _next_tokens(mask_unused(model, out.logits[:, -1]), config, sample)  # (B,)
         chosen = torch.where(done, torch.full_like(chosen, pad_id), chosen)  # finished rows idle on pad
         for row, (token, finished) in enumerate(zip(chosen.tolist(), done.tolist())):
             if not finished:

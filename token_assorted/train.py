@@ -33,12 +33,14 @@ from typing import Any
 import torch
 
 from .batches import epoch_order, group_by_length, micro_indices, text_lengths
-from .devices import make_accelerator
+from .devices import make_accelerator, uses_bf16
 from .errors import ConfigError
 from .evaluate import default_max_new_tokens
 from .io import atomic_write_json, read_json
+from .levers import use_fused_adamw
 from .latents import LatentCodes, check_layout, layout_of
 from .model_dir import MODEL_META, save_model_dir
+from .sharding import full_state, is_sharded
 from .train_config import TrainConfig
 from .train_setup import Setup, setup
 from .training import After, Fit, Optimization, Stage
@@ -58,7 +60,16 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
     from .evaluate import evaluate
 
     examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
-    shard = examples[accelerator.process_index::accelerator.num_processes]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    synced = world > 1 and is_sharded(model)
+    if synced:  # FSDP: every rank takes part in every forward, so equal shares (a repeat pads, uncounted)
+        per = -(-len(examples) // world)
+        shard = examples[rank * per:(rank + 1) * per]
+        real = len(shard)
+        shard = shard + [examples[0]] * (per - real)
+    else:
+        shard = examples[rank::world]
+        real = len(shard)
     sums = [0.0, 0.0, 0.0]  # correct answers, generated tokens, latent tokens
     if shard:
         # Room for the longest all-text trace and solution of the first 200: a model rambling past it is wrong.
@@ -69,7 +80,11 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
                           generate=generate)
         sums = [result.accuracy * result.n, result.avg_generated_tokens * result.n,
                 result.avg_latent_tokens * result.n]
-    totals = torch.tensor([*sums, float(len(shard))], device=accelerator.device)
+        if synced:
+            kept = result.predictions[:real]
+            sums = [float(sum(p.correct for p in kept)), float(sum(p.n_tokens for p in kept)),
+                    float(sum(p.n_latent_tokens for p in kept))]
+    totals = torch.tensor([*sums, float(real)], device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum")
     n = totals[3].clamp_min(1)
     return {"accuracy": float(totals[0] / n), "avg_generated_tokens": float(totals[1] / n),
@@ -111,12 +126,13 @@ class LMStage(Stage):
         self.history: list[dict[str, Any]] = []
         self.reset_at: int | None = None  # the epoch that began with fresh optimizer moments
 
-    def optimization(self) -> Optimization:
+    def optimization(self, device: torch.device) -> Optimization:
         config = self.config
         # < 1: a fraction of all optimizer steps; >= 1: a number of steps
         warmup = int(config.warmup * self.total) if config.warmup < 1 else int(config.warmup)
         return Optimization(self.total, config.batch_size, config.lr, warmup, "cosine", grad_accum=config.grad_accum,
-                            weight_decay=config.weight_decay, betas=(0.9, 0.95), max_grad_norm=config.max_grad_norm)
+                            weight_decay=config.weight_decay, betas=(0.9, 0.95), max_grad_norm=config.max_grad_norm,
+                            fused=use_fused_adamw(config, device))
 
     def module(self) -> torch.nn.Module:
         return self.run.method.wrap(self.run.model)
@@ -145,8 +161,11 @@ class LMStage(Stage):
                                 fit.rank, fit.world)
         return self.run.method.batch(self.run, indices, self.config.seed, epoch)
 
-    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.run.method.loss(module, batch)
+    def items(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.run.method.items(batch)
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:
+        return self.run.method.loss(module, batch, total)
 
     def postfix(self) -> dict[str, Any]:
         return {"epoch": self.order[0] + 1}
@@ -178,10 +197,8 @@ class LMStage(Stage):
         self.history.append(record)
         if improved:
             self.best = accuracy
-            if fit.is_main:
-                save_model_dir(self.model, self.run.tokenizer, self.out,
-                               {**model_meta(self.config, self.run, self.history, epoch), "best_epoch": epoch + 1,
-                                "best_valid_accuracy": accuracy})
+            self.save_model(fit, {**model_meta(self.config, self.run, self.history, epoch), "best_epoch": epoch + 1,
+                                  "best_valid_accuracy": accuracy})
         fit.print(f"epoch {epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
                   + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
 
@@ -204,16 +221,29 @@ class LMStage(Stage):
     def restore(self, record: dict[str, Any]) -> None:
         self.best, self.history, self.reset_at = record["best"], record["history"], record.get("reset_at")
 
+    def save_model(self, fit: Fit, meta: dict[str, Any]) -> None:
+        """The model as a plain HF folder, written once by the main process. Under FSDP every
+        rank takes part in gathering the whole state first (rank 0 receives it)."""
+        state = full_state(self.model) if fit.sharded else None
+        if fit.is_main:
+            save_model_dir(self.model, self.run.tokenizer, self.out, {**meta, "world_size": fit.world}, state)
+        fit.acc.wait_for_everyone()
+
     def finish(self, fit: Fit) -> None:
-        if not fit.is_main:
-            return
         cost = {"train_seconds_per_step": sum(fit.step_seconds) / len(fit.step_seconds)} if fit.step_seconds else {}
         epoch, within = divmod(fit.step, self.steps_per_epoch)
-        if within and (not self.run.valid or not (self.out / "config.json").is_file()):
+        # Every process decides alike (the main one alone could see a folder the others have not yet).
+        saved = [bool((self.out / "config.json").is_file())]
+        if fit.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(saved, src=0)
+        if within and (not self.run.valid or not saved[0]):
             # Stopped mid-epoch by max_steps: save what was trained.
             fit.require_finite()
-            save_model_dir(self.model, self.run.tokenizer, self.out,
-                           {**model_meta(self.config, self.run, self.history, epoch), **cost})
+            self.save_model(fit, {**model_meta(self.config, self.run, self.history, epoch), **cost})
+        elif not fit.is_main:
+            return
         elif (self.out / MODEL_META).is_file():
             # The best epoch's directory was written when it was best; give it the whole
             # learning curve, the epochs after it included.
@@ -237,11 +267,16 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     run = setup(config, latents)
     out.mkdir(parents=True, exist_ok=True)
     stage = LMStage(config, run, validate or validation_metrics)
-    fit = Fit(stage, stage.optimization(), accelerator, out, log_every=config.log_every,
-              progress=config.progress)
-    if config.resume and not fit.restore():
-        fit.print(f"no training state in {out}; starting from scratch")
-    if run.skipped:
-        fit.print(f"skipped {run.skipped} training examples longer than max_length={config.max_length}")
-    fit.fit()
+    # FSDP on a GPU computes in bf16 through its own policy (reductions in fp32), not accelerate's autocast.
+    fit = Fit(stage, stage.optimization(accelerator.device), accelerator, out, log_every=config.log_every,
+              progress=config.progress, sharding=config.sharding,
+              bf16=uses_bf16(config.mixed_precision, accelerator.device))
+    try:
+        if config.resume and not fit.restore():
+            fit.print(f"no training state in {out}; starting from scratch")
+        if run.skipped:
+            fit.print(f"skipped {run.skipped} training examples longer than max_length={config.max_length}")
+        fit.fit()
+    finally:
+        fit.close()
     return out

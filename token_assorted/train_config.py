@@ -61,6 +61,12 @@ class TrainConfig:
     seed: int = 0  # random seed (data order, m draws, initialisation)
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
+    sharding: str = "ddp"  # ddp: a whole model per process; fsdp: weights, gradients, optimizer sharded (FSDP2)
+    weights_dtype: str = "float32"  # float32, or bfloat16: weights and AdamW moments in bf16 (half the memory)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (less memory, about a third slower)
+    fused_adamw: bool | None = None  # torch's fused AdamW kernel; None: on a CUDA GPU, off elsewhere
+    pad_vocab_to: int = 1  # embedding rows padded to a multiple of this after the latent rows (64 on GPUs)
+    liger_kernel: bool = False  # liger-kernel's fused linear cross-entropy: no (B, T, V) logits (CUDA only)
     eval_batch_size: int = 64  # prompts generated together in validation
     eval_limit: int | None = None  # validate on the first N examples only
     max_new_tokens: int | None = None  # validation's budget; None: longest valid trace + solution, plus 16
@@ -80,7 +86,7 @@ class TrainConfig:
         "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
         "coconut_epochs_per_stage": at_least(1),
         "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": at_least(1), "icot_smoothing_lambda": above(0),
-        "icot_final_epochs": at_least(0)}
+        "icot_final_epochs": at_least(0), "pad_vocab_to": at_least(1)}
 
 
 def method_for(config: TrainConfig) -> Method:
@@ -118,5 +124,41 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         check_precision(config.mixed_precision)
         if config.lora is not None:
             check_lora(config.lora)
+        check_scale_options(config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {prefix}{exc}" if prefix else str(exc)) from None
+
+
+WEIGHT_DTYPES = ("float32", "bfloat16")
+
+
+def check_scale_options(config: TrainConfig) -> None:
+    """The memory levers and the sharding: known names, and no pair that cannot run together."""
+    from .sharding import SHARDINGS
+
+    if config.sharding not in SHARDINGS:
+        raise ConfigError(f"sharding must be one of {', '.join(SHARDINGS)}, got {config.sharding!r}")
+    if config.weights_dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {config.weights_dtype!r}")
+    if config.strategy == "coconut":
+        # Its thoughts run on the KV cache, which recomputed layers do not keep; its answering loop
+        # stops when its own rows are done, where FSDP needs every rank in every forward.
+        for name, on in (("gradient_checkpointing", config.gradient_checkpointing),
+                         ("sharding: fsdp", config.sharding == "fsdp"), ("liger_kernel", config.liger_kernel)):
+            if on:
+                raise ConfigError(f"strategy coconut cannot train with {name} (its continuous thoughts need the "
+                                  f"KV cache and whole logits, and its answering loop is not synchronised)")
+    if config.liger_kernel:
+        check_liger()
+
+
+def check_liger() -> None:
+    """liger-kernel's Triton kernels need the package and a CUDA GPU: refused in one line otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("liger_kernel needs the 'liger-kernel' package: pip install 'token-assorted[liger]'")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("liger_kernel runs on a CUDA GPU only (Triton kernels); none is available here")

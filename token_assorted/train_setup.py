@@ -16,6 +16,7 @@ from .encoding import EncodedExample
 from .errors import ConfigError
 from .generation import position_limit
 from .latents import LatentCodes, load_latent_codes
+from .levers import apply_levers, pad_vocabulary
 from .lora import apply_lora
 from .methods import Method
 from .mixing import ChunkLayout, Strategy, check_codes, max_latent_chunks
@@ -58,7 +59,9 @@ def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], 
     if is_preset(config.model):
         tokenizer = _text_tokenizer(config, task, train, latents)
         return build_scratch_model(config.model, tokenizer, config.max_length, config.seed), tokenizer
-    model, tokenizer = load_pretrained_lm(config.model)
+    import torch
+
+    model, tokenizer = load_pretrained_lm(config.model, dtype=getattr(torch, config.weights_dtype))
     if latents is not None and latents.tokenizer is not None:
         if tokenizer_fingerprint(latents.tokenizer) != tokenizer_fingerprint(tokenizer):
             raise ConfigError(f"the VQ-VAE was trained with another tokenizer than {config.model}'s")
@@ -87,6 +90,9 @@ def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
         layout = ChunkLayout(latents.chunk_size, latents.latents_per_chunk, latent_vocab)
     method.prepare(tokenizer, model, train)  # its own tokens (Coconut's), after the latent rows
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.pad_vocab_to > 1:  # after every added row: the padding rows are never generated
+        pad_vocabulary(model, config.pad_vocab_to, len(tokenizer))
+    model = apply_levers(model, config)  # bf16 weights, gradient checkpointing, liger's loss
     if config.lora is not None:  # [lora] adapters, with the latent (or the method's own) rows trained in full
         model = apply_lora(model, config.lora, method.vocab or latent_vocab, config.seed)
     encoded = [method.encode(tokenizer, task, ex, config.chat_template) for ex in train]

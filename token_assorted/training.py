@@ -5,15 +5,23 @@ model, the micro-batches of each optimizer step, the loss, and what it does afte
 (validate, save its own model, log its own figures). The skeleton does what both need, the
 same way:
 
-- optimizer steps: AdamW over the trainable weights, a `transformers.get_scheduler`
-  learning-rate schedule, gradient clipping. `batch_size` is the EFFECTIVE batch of one
-  optimizer step whatever the number of processes: each process runs `grad_accum`
-  micro-batches of batch_size / (grad_accum x processes) examples, gradients synced on the
-  last one only, so the step is the one a single process would take;
+- optimizer steps: AdamW over the trainable weights (fused where asked), a
+  `transformers.get_scheduler` learning-rate schedule, gradient clipping. `batch_size` is the
+  EFFECTIVE batch of one optimizer step whatever the number of processes: each process runs
+  `grad_accum` micro-batches of batch_size / (grad_accum x processes) examples, gradients
+  synced on the last one only;
+- the loss does not depend on that layout: the stage counts the items its loss averages over
+  (stage 2: supervised tokens; stage 1: trace chunks) in every micro-batch of the step first,
+  the count is summed over processes, and each micro-batch contributes the sum of its per-item
+  losses divided by that global count (times the number of processes, which DDP and FSDP
+  divide the summed gradients by). One process with grad_accum 4, two with 2, or one with the
+  whole batch take the same gradient (tests/test_scale.py), where a mean per micro-batch
+  would weight a micro-batch of few tokens like one of many;
 - devices: accelerate picks cuda -> mps -> cpu and, launched by `torchrun` or `accelerate
-  launch`, wraps the model in DDP (gloo on CPU);
+  launch`, wraps the model in DDP (gloo on CPU); with `sharding="fsdp"` the model is sharded
+  by FSDP2 instead (`sharding.py`), before the optimizer is built over its sharded weights;
 - state: every save goes to a fresh step folder, then a pointer is switched to it atomically
-  (`checkpoint.py`); a resumed run restores weights, optimizer, schedule, RNG and the stage's
+  (`checkpoint.py`; FSDP: each rank's shards through torch.distributed.checkpoint); a resumed run restores weights, optimizer, schedule, RNG and the stage's
   record, and ends with the weights of a run that was never stopped;
 - stopping: Ctrl-C (and SIGTERM, where the command made it an interrupt) lets the current
   step finish, saves the state and raises KeyboardInterrupt; a second Ctrl-C stops at once.
@@ -41,6 +49,7 @@ import torch
 
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 from .errors import ConfigError, TrainingError
+from .sharding import all_finite, ensure_process_group, gradient_sync, shard_model
 from .io import atomic_write_jsonl, read_json
 
 LOGS = "logs"
@@ -61,6 +70,7 @@ class Optimization:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 0.0  # 0: no clipping
+    fused: bool = False  # torch's fused AdamW kernel (one kernel for all weights; CUDA, and CPU in recent torch)
 
 
 @dataclass
@@ -84,7 +94,12 @@ class Stage:
         """Micro-batch `index` of optimizer step `step` for this process (fit.rank of fit.world)."""
         raise NotImplementedError
 
-    def loss(self, module: torch.nn.Module, batch: Any) -> torch.Tensor:
+    def items(self, batch: Any) -> int:
+        """How many items (supervised tokens, chunks) the loss of `batch` is a sum over."""
+        raise NotImplementedError
+
+    def loss(self, module: torch.nn.Module, batch: Any, total: float) -> torch.Tensor:
+        """The sum of `batch`'s per-item losses divided by `total`, the items of the whole step."""
         raise NotImplementedError
 
     def begin_step(self, fit: Fit, step: int) -> None:
@@ -145,21 +160,29 @@ class Fit:
 
     def __init__(self, stage: Stage, optimization: Optimization, accelerator: Any, out: str | Path, *,
                  log_every: int = 10, progress: bool = True, desc: str = "train",
-                 scheduler: Callable[[torch.optim.Optimizer], Any] | None = None) -> None:
+                 scheduler: Callable[[torch.optim.Optimizer], Any] | None = None, sharding: str = "ddp",
+                 bf16: bool = False) -> None:
         from transformers import get_scheduler
 
         self.stage, self.opt, self.acc, self.out = stage, optimization, accelerator, Path(out)
         self.log_every, self.progress, self.desc = max(1, log_every), progress, desc
         self.micro = micro_batch_size(optimization.batch_size, optimization.grad_accum, accelerator.num_processes)
-        stage.model.to(accelerator.device)
+        self.sharded = sharding == "fsdp"
+        if self.sharded:  # sharded in place before the optimizer sees a weight: it updates the shards
+            self.own_group = ensure_process_group(accelerator.device)
+            shard_model(stage.model, accelerator.device, bf16)
+        else:
+            self.own_group = False
+            stage.model.to(accelerator.device)
         # Only what trains: with LoRA the frozen weights get no optimizer state.
         trainable = [p for p in stage.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=optimization.lr, weight_decay=optimization.weight_decay,
-                                           betas=optimization.betas)
+                                           betas=optimization.betas, **({"fused": True} if optimization.fused else {}))
         self.scheduler = scheduler(self.optimizer) if scheduler else get_scheduler(
             optimization.schedule, self.optimizer, num_warmup_steps=optimization.warmup_steps,
             num_training_steps=optimization.total_steps, scheduler_specific_kwargs=optimization.schedule_options)
-        self.module = accelerator.prepare(stage.module())
+        # FSDP: the sharded model is called as it is (accelerate would wrap it in DDP as well).
+        self.module = stage.module() if self.sharded else accelerator.prepare(stage.module())
         self.step = 0  # optimizer steps done
         self.saved_step = 0  # the step of the last state committed (kept if training diverges)
         self.step_seconds: list[float] = []  # wall time of each step this process took
@@ -195,7 +218,7 @@ class Fit:
             return False
         record = read_json(directory / "trainer.json")
         self.stage.check_resume(record)
-        load_state(directory, self.stage.model, self.optimizer, self.scheduler, self.rank)
+        load_state(directory, self.stage.model, self.optimizer, self.scheduler, self.rank, self.sharded)
         self.step = self.saved_step = int(record["global_step"])
         self.stage.restore(record)
         self.print(f"resumed from {directory} (step {self.step})")
@@ -207,8 +230,9 @@ class Fit:
         self.acc.wait_for_everyone()
         if self.is_main:
             self.stage.save(self)
-            save_main_files(directory, self.stage.model, self.optimizer, self.scheduler,
-                            {"global_step": self.step, **self.stage.record()})
+        # FSDP: every rank writes its own shards (a collective), rank 0 the rest.
+        save_main_files(directory, self.stage.model, self.optimizer, self.scheduler,
+                        {"global_step": self.step, **self.stage.record()}, self.is_main, self.sharded)
         self.acc.wait_for_everyone()
         save_rank_files(directory, self.rank)
         self.acc.wait_for_everyone()
@@ -220,8 +244,11 @@ class Fit:
     def require_finite(self, loss: float | None = None) -> None:
         """Stop before a non-finite loss or model is saved: the last good state and model stay."""
         if loss is None or math.isfinite(loss):
-            tensors = self.stage.model.state_dict().values()
-            if all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+            if self.sharded:
+                if all_finite(self.stage.model):  # every rank checks its shards, and all agree
+                    return
+            elif all(bool(torch.isfinite(t).all()) for t in self.stage.model.state_dict().values()
+                     if t.is_floating_point()):
                 return
             what = "the weights are no longer finite"
         else:
@@ -233,22 +260,50 @@ class Fit:
 
     # -- the steps ---------------------------------------------------------------------
     def train_step(self) -> float:
-        """One optimizer step: grad_accum micro-batches, gradients synced on the last only."""
-        losses = []
-        accum = self.opt.grad_accum
-        for index in range(accum):
-            batch = _to(self.stage.micro_batch(self, self.step, index), self.device)
-            sync = contextlib.nullcontext() if index == accum - 1 else self.acc.no_sync(self.module)
-            with sync:
-                loss = self.stage.loss(self.module, batch)
-                self.acc.backward(loss / accum)
-            losses.append(loss.detach())
+        """One optimizer step; returns its loss, the mean over every item of the step."""
+        loss = self.accumulate()
         if self.opt.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(self.module.parameters(), self.opt.max_grad_norm)
+            if self.sharded:  # the norm of the whole gradient, over every rank's shards
+                torch.nn.utils.clip_grad_norm_([p for p in self.stage.model.parameters() if p.requires_grad],
+                                               self.opt.max_grad_norm)
+            else:
+                self.acc.clip_grad_norm_(self.module.parameters(), self.opt.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean"))
+        return loss
+
+    def accumulate(self) -> float:
+        """The gradients of one step: grad_accum micro-batches, synced on the last only, each
+        normalised by the items of the whole step on every process (the module docstring)."""
+        accum = self.opt.grad_accum
+        batches = [self.stage.micro_batch(self, self.step, index) for index in range(accum)]
+        total = max(self.sum_over_processes(float(sum(self.stage.items(b) for b in batches))), 1.0)
+        losses = []
+        for index, batch in enumerate(batches):
+            last = index == accum - 1
+            if self.sharded:
+                gradient_sync(self.stage.model, last)
+            sync = contextlib.nullcontext() if last or self.sharded else self.acc.no_sync(self.module)
+            with sync:
+                loss = self.stage.loss(self.module, _to(batch, self.device), total)
+                # DDP and FSDP average the processes' gradients; the loss is already a share of the global sum.
+                scaled = loss * self.world if self.world > 1 else loss
+                if self.sharded:
+                    scaled.backward()
+                else:
+                    self.acc.backward(scaled)
+            losses.append(loss.detach())
+        return self.sum_over_processes(float(torch.stack(losses).sum()))
+
+    def sum_over_processes(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor.item())
 
     def fit(self) -> None:
         """Train up to `total_steps`; the stage's `finish` runs unless training stopped early."""
@@ -289,6 +344,14 @@ class Fit:
             self.close_logs()
         self.stage.finish(self)
         self.acc.wait_for_everyone()
+
+    def close(self) -> None:
+        """Release the process group this Fit made for a single FSDP process."""
+        if self.own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.own_group = False
 
     def agree(self, flag: bool) -> bool:
         """Whether any process was interrupted: all stop after the same step (DDP would hang otherwise)."""

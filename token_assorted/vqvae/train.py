@@ -2,7 +2,8 @@
 
 Loss = reconstruction cross-entropy + the quantizer's loss: beta * commitment for the nearest
 code (the codebook itself moves by EMA, not by gradients), the encoder's classification of
-the best-fitting code for assignment by search. Batches are whole examples in an order that
+the best-fitting code for assignment by search; each a mean over chunks, and a step's loss the
+mean over all of its chunks whatever the split into micro-batches and processes (training.py). Batches are whole examples in an order that
 is a pure function of (seed, step) (`batches.step_indices`), each process taking its share of
 a step's examples, so a resumed run, or one on several GPUs, sees the same batches. Every
 `valid_every` steps the reconstruction metrics are logged and the VQ-VAE is saved to DIR
@@ -191,13 +192,19 @@ class VQVAEStage(Stage):
                         fit.rank, fit.world)
         return collate([self.items[i] for i in indices], self.model.config.pad_id, self.model.config.max_prompt_len)
 
-    def loss(self, module: torch.nn.Module, batch: ChunkBatch) -> torch.Tensor:
+    def items(self, batch: ChunkBatch) -> int:
+        return int(batch.chunk_present.sum())  # the losses are means over the real chunks
+
+    def loss(self, module: torch.nn.Module, batch: ChunkBatch, total: float) -> torch.Tensor:
         output = module(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
         targets = batch.targets  # (C, L)
         real = targets != self.model.config.pad_id
         self.figures.append((output.recon_loss.detach(), output.vq_loss.detach(),
                              int(((output.predictions == targets) & real).sum()), int(real.sum()), output.codes))
-        return output.loss
+        # A mean over this micro-batch's chunks, weighted by its share of the step's chunks; one
+        # micro-batch of one process is the whole step (share 1, skipped: the same bits as before).
+        share = self.items(batch) / total
+        return output.loss if share == 1.0 else output.loss * share
 
     def train_stats(self) -> dict[str, float]:
         """This process's figures of the step just taken (its micro-batches together)."""
