@@ -18,6 +18,14 @@ def free_port() -> str:
         return str(probe.getsockname()[1])
 
 
+def torchrun_script(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python ARGV` (a script and its arguments) in two processes of one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
 def torchrun(tmp_path: Path, argv: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
     """`token-assorted ARGV` in two processes of one thread each; the toy task of stage2_toy is known."""
     script = tmp_path / "ddp_main.py"

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+import stage2_toy
+from launch import torchrun_script
+from scale_jobs import KILL_AT, step_gradient, train_argv
+from token_assorted.cli import main as cli_main
 from token_assorted.lora import merged_state
+
+TESTS = Path(__file__).resolve().parent
 
 
 def _tiny(arch: str, tie: bool):
@@ -41,3 +51,94 @@ def test_lora_merged_from_a_state_dict_equals_peft_merge_without_copying_the_mod
     assert set(merged) == set(expected)
     for key in expected:
         torch.testing.assert_close(merged[key], expected[key], rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- two processes (gloo), one launch
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Every multi-process check in one torchrun launch, then the resume of the killed run in a second."""
+    root = tmp_path_factory.mktemp("scale")
+    data = root / "d"
+    stage2_toy.write_data(data)
+    out = root / "out"
+    out.mkdir()
+    jobs = ["grads-ddp", "grads-fsdp", "train-fsdp", "lora-fsdp", "ddp-token-assorted", "ddp-coconut", "ddp-icot",
+            "killed-fsdp"]
+    first = torchrun_script([str(TESTS / "scale_jobs.py"), str(data), str(out), *jobs], timeout=600)
+    # The last job kills both processes (SIGKILL) right after the state of step KILL_AT is committed.
+    assert (out / "killed" / "state" / "latest.json").is_file(), first.stderr[-3000:]
+    assert json.loads((out / "killed" / "state" / "latest.json").read_text())["dir"] == f"step-{KILL_AT:08d}"
+    assert not (out / "killed" / "model.safetensors").exists()
+    second = torchrun_script([str(TESTS / "scale_jobs.py"), str(data), str(out), "resume-fsdp"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    return data, out, first.stdout + second.stdout
+
+
+def _meta(out: Path) -> dict:
+    return json.loads((out / "token_assorted.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_gradient_does_not_depend_on_accumulation_or_processes(launched, tmp_path):
+    data, out, _ = launched
+    whole, whole_loss = step_gradient(data, tmp_path / "a", 1)  # one process, the whole batch at once
+    accum, accum_loss = step_gradient(data, tmp_path / "b", 4)  # one process, 4 micro-batches of 2
+    ddp, fsdp = (load_file(str(out / f"grads-{kind}.safetensors")) for kind in ("ddp", "fsdp"))  # 2 x 2 micro-batches
+    assert whole.keys() == accum.keys() and set(whole) == set(ddp) - {"loss"} == set(fsdp) - {"loss"}
+    for other in (accum, ddp, fsdp):
+        for name, gradient in whole.items():
+            torch.testing.assert_close(other[name], gradient, rtol=1e-5, atol=1e-7)
+    for loss in (accum_loss, float(ddp["loss"]), float(fsdp["loss"])):
+        assert loss == pytest.approx(whole_loss, rel=1e-6)  # the step's loss is the mean over all its tokens
+    # A mean per micro-batch (the loss before) weights micro-batches of few tokens like those of many: not this.
+    assert any(not torch.allclose(g, g.new_zeros(())) for g in whole.values())
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_trains_like_one_and_saves_a_plain_folder(launched, tmp_path):
+    data, out, stdout = launched
+    assert cli_main(train_argv(data, tmp_path / "one", "--sharding", "fsdp")) == 0  # one process, same command
+    two, one = _meta(out / "train"), _meta(tmp_path / "one")
+    assert two["world_size"] == 2 and one["world_size"] == 1 and two["config"]["sharding"] == "fsdp"
+    assert two["history"][-1]["step"] == one["history"][-1]["step"] == 8
+    assert two["history"][-1]["train_loss"] == pytest.approx(one["history"][-1]["train_loss"], rel=0.02)
+    assert two["history"][-1]["valid_accuracy"] == one["history"][-1]["valid_accuracy"]  # validated over both ranks
+    model = AutoModelForCausalLM.from_pretrained(str(out / "train"), trust_remote_code=False)  # plain transformers
+    saved = load_file(str(out / "train" / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name])
+    assert stdout.count("model saved to") >= 2  # once per run, by the main process only
+
+
+@pytest.mark.slow
+def test_a_fsdp_run_killed_after_a_checkpoint_resumes_to_the_same_weights(launched):
+    _, out, stdout = launched
+    assert f"resumed from {out / 'killed' / 'state' / f'step-{KILL_AT:08d}'}" in stdout
+    straight, resumed = (load_file(str(out / name / "model.safetensors")) for name in ("train", "killed"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert _meta(out / "train")["history"] == _meta(out / "killed")["history"]
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_merges_into_a_plain_model(launched):
+    _, out, _ = launched
+    saved = load_file(str(out / "lora" / "model.safetensors"))
+    assert not any("lora" in k or "base_layer" in k or "token_adapter" in k for k in saved), list(saved)[:5]
+    model = AutoModelForCausalLM.from_pretrained(str(out / "lora"), trust_remote_code=False)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert _meta(out / "lora")["config"]["lora"]["r"] == 4 and _meta(out / "lora")["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["token-assorted", "coconut", "icot"])
+def test_two_process_ddp_on_cpu_trains_one_model(launched, strategy):
+    _, out, stdout = launched
+    record = _meta(out / f"ddp-{strategy}")
+    assert record["history"][-1]["step"] == 64 // 8  # same optimizer steps as one process
+    assert record["world_size"] == 2 and record["config"]["sharding"] == "ddp"
+    assert (out / f"ddp-{strategy}" / "model.safetensors").is_file()
+    if strategy == "coconut":
+        assert record["coconut"]["thoughts"] == 1

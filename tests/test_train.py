@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 import stage2_toy
-from launch import torchrun
 from token_assorted.batches import epoch_order, group_by_length, micro_indices
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
@@ -207,22 +206,7 @@ def test_kill_and_resume_gives_the_same_weights(data, tmp_path, strategy):
         assert [h.get("optimizer_reset", False) for h in meta(killed)["history"]] == [False, True, True, True]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["token-assorted", "coconut", "icot"])
-def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path, strategy):
-    out = tmp_path / "ddp"
-    # Coconut: one epoch at stage 1, so its multi-pass forward (prompt, a thought, the rest) runs under DDP.
-    extra = ["--coconut-cot-epochs", "0", "--coconut-stages", "1"] if strategy == "coconut" else []
-    result = torchrun(tmp_path, ["train", "--task", "toy", "--strategy", strategy, "--data", str(data["train"]),
-                                 "--codes", str(data["codes"]), "--out", str(out), "--epochs", "1", "--batch-size",
-                                 "8", "--grad-accum", "2", "--no-progress", *extra])
-    assert result.returncode == 0, result.stderr[-3000:]
-    record = meta(out)
-    assert record["history"][-1]["step"] == 64 // 8  # same optimizer steps as one process
-    assert (out / "model.safetensors").is_file()
-    assert result.stdout.count("model saved to") == 1  # the main process reports, once
-    if strategy == "coconut":
-        assert meta(out)["coconut"]["thoughts"] == 1
+# Two-process DDP of every method: tests/test_scale.py (one launch shared with the FSDP checks).
 
 
 def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():

@@ -154,23 +154,24 @@ def load_sharded(directory: Path, model: torch.nn.Module, optimizer: torch.optim
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Only the record classes a DCP metadata file is made of (no code from the file runs)."""
-
-    ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch.distributed.checkpoint")
+    """Only what a DCP metadata file is made of: its record classes, torch sizes, dtypes and
+    layouts, and paths. Anything else (a function that runs code) is refused unread."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(self.ALLOWED_MODULES) and not name.startswith("_") or \
-                (module, name) in _SAFE_GLOBALS:
+        if _admitted(module, name):
             return super().find_class(module, name)
         raise CheckpointError(f"sharded state metadata refers to {module}.{name}; refused (not a checkpoint record)")
 
 
-_SAFE_GLOBALS = {("torch", "Size"), ("torch", "float32"), ("torch", "bfloat16"), ("torch", "float16"),
-                 ("torch", "int64"), ("torch", "int32"), ("torch", "float64"), ("torch", "bool"),
-                 ("torch", "contiguous_format"), ("torch", "strided"), ("collections", "OrderedDict"),
-                 ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-                 ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING"), ("builtins", "getattr"),
-                 ("torch._utils", "_rebuild_tensor_v2")}
+def _admitted(module: str, name: str) -> bool:
+    if module == "torch.distributed.checkpoint.metadata":
+        return not name.startswith("_") or name == "_MEM_FORMAT_ENCODING"
+    if module == "torch":
+        return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
+    return (module, name) in {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                              ("torch.serialization", "_get_layout"),  # a lookup among torch.layout values
+                              ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),
+                              ("collections", "OrderedDict")}
 
 
 def _reader_class():

@@ -1,0 +1,103 @@
+"""Multi-process checks of tests/test_scale.py, several in one `torchrun --nproc_per_node 2` launch (gloo).
+
+`python -m torch.distributed.run --nproc_per_node 2 scale_jobs.py DATA OUT JOB...` runs each JOB in
+turn on both processes; a launch costs seconds of imports, so the tests share one:
+
+    grads-ddp, grads-fsdp   the gradient of step 0 with grad_accum 2 -> OUT/grads-{ddp,fsdp}.safetensors
+    train-fsdp, lora-fsdp   `train --sharding fsdp` for an epoch (with validation) -> OUT/{fsdp,lora}/
+    ddp-STRATEGY            `train` under DDP (token-assorted, coconut, icot) -> OUT/ddp-STRATEGY/
+    killed-fsdp             train-fsdp, every process SIGKILLed right after the state of step 3 is
+                            committed (mid-epoch) -> OUT/killed/ (the last job: the launch dies)
+    resume-fsdp             train-fsdp with --resume into OUT/killed/
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import stage2_toy  # noqa: E402
+
+stage2_toy.register()
+
+KILL_AT = 3  # of 8 steps in the epoch: mid-epoch
+
+
+def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    """The one training command every job runs (one process or two)."""
+    return ["train", "--task", "toy", "--data", str(data / "train.jsonl"), "--codes", str(data / "codes.json"),
+            "--valid", str(data / "valid.jsonl"), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+            "--lr", "0.003", "--save-every", str(KILL_AT), "--no-progress", *extra]
+
+
+def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp", batch_size: int = 8):
+    """The gradient of the first optimizer step of the toy run, by parameter name (rank 0: the whole)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    from token_assorted.devices import make_accelerator
+    from token_assorted.train import LMStage, validation_metrics
+    from token_assorted.train_config import TrainConfig
+    from token_assorted.train_setup import setup
+    from token_assorted.training import Fit
+
+    config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.json"), out=str(out),
+                         epochs=1, batch_size=batch_size, grad_accum=grad_accum, progress=False, sharding=sharding)
+    accelerator = make_accelerator(config.mixed_precision)
+    stage = LMStage(config, setup(config), validation_metrics)
+    fit = Fit(stage, stage.optimization(accelerator.device), accelerator, out, sharding=sharding)
+    try:
+        loss = fit.accumulate()
+        grads = {name: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).detach().clone()
+                 for name, p in stage.model.named_parameters() if p.grad is not None}
+    finally:
+        fit.close()
+    return grads, loss
+
+
+def main(data: Path, out: Path, jobs: list[str]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from token_assorted.cli import main as cli
+    from token_assorted.training import Fit
+
+    rank = int(os.environ.get("RANK", "0"))
+    for job in jobs:
+        if job.startswith("grads-"):
+            sharding = job.removeprefix("grads-")
+            grads, loss = step_gradient(data, out / f"g-{sharding}", 2, sharding)
+            if rank == 0:
+                save_file({k: v.contiguous() for k, v in grads.items()} | {"loss": torch.tensor([loss])},
+                          str(out / f"{job}.safetensors"))
+        elif job in ("train-fsdp", "lora-fsdp"):
+            lora = ["--lora-r", "4", "--lora-alpha", "8"] if job == "lora-fsdp" else []
+            assert cli(train_argv(data, out / job.removesuffix("-fsdp"), "--sharding", "fsdp", *lora)) == 0
+        elif job.startswith("ddp-"):
+            strategy = job.removeprefix("ddp-")
+            # Coconut: one epoch at stage 1, so its multi-pass forward (prompt, a thought, the rest) runs under DDP.
+            extra = ["--coconut-cot-epochs", "0", "--coconut-stages", "1"] if strategy == "coconut" else []
+            assert cli(train_argv(data, out / job, "--strategy", strategy, "--grad-accum", "2", *extra)) == 0
+        elif job == "killed-fsdp":
+            save_state = Fit.save_state
+
+            def save_then_die(self):
+                save_state(self)
+                if self.step == KILL_AT:  # the state is committed on every process: kill -9, no clean-up
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            Fit.save_state = save_then_die
+            cli(train_argv(data, out / "killed", "--sharding", "fsdp"))
+        elif job == "resume-fsdp":
+            assert cli(train_argv(data, out / "killed", "--sharding", "fsdp", "--resume")) == 0
+        else:
+            raise SystemExit(f"unknown job {job}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
