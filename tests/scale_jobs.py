@@ -30,7 +30,7 @@ KILL_AT = 3  # of 8 steps in the epoch: mid-epoch
 
 def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
     """The one training command every job runs (one process or two)."""
-    return ["train", "--task", "toy", "--data", str(data / "train.jsonl"), "--codes", str(data / "codes.json"),
+    return ["train", "--task", "toy", "--data", str(data / "train.jsonl"), "--codes", str(data / "codes.safetensors"),
             "--valid", str(data / "valid.jsonl"), "--out", str(out), "--epochs", "1", "--batch-size", "8",
             "--lr", "0.003", "--save-every", str(KILL_AT), "--no-progress", *extra]
 
@@ -46,7 +46,7 @@ def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp",
     from token_assorted.train_setup import setup
     from token_assorted.training import Fit
 
-    config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.json"), out=str(out),
+    config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.safetensors"), out=str(out),
                          epochs=1, batch_size=batch_size, grad_accum=grad_accum, progress=False, sharding=sharding)
     accelerator = make_accelerator(config.mixed_precision)
     stage = LMStage(config, setup(config), validation_metrics)
@@ -58,6 +58,38 @@ def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp",
     finally:
         fit.close()
     return grads, loss
+
+
+def stages_job(out: Path) -> None:
+    """Both processes run two pipeline stages into folders the main process alone prepares."""
+    import json
+
+    import torch.distributed as dist
+
+    from token_assorted.devices import barrier, is_main_process
+    from token_assorted.stages import run_stage
+
+    rank = os.environ["RANK"]
+    if is_main_process():
+        (out / "alone").mkdir()
+        (out / "alone" / "stale.txt").write_text("from an older run")
+    barrier()
+
+    def build(path: Path) -> None:
+        with open(path / "ranks.txt", "a") as handle:
+            handle.write(rank + "\n")
+
+    silent = lambda line: None  # noqa: E731
+    run_stage(out / "alone", "k1", build, "alone", silent)
+    run_stage(out / "everyone", "k2", build, "everyone", silent, everyone=True)
+    cached = [run_stage(out / "alone", "k1", build, "alone", silent).cached]
+    gathered = [None, None]
+    dist.all_gather_object(gathered, cached[0])
+    if is_main_process():
+        read = lambda name: sorted((out / name / "ranks.txt").read_text().split())  # noqa: E731
+        (out / "stages.json").write_text(json.dumps({
+            "alone": read("alone"), "everyone": read("everyone"),
+            "stale_gone": not (out / "alone" / "stale.txt").exists(), "cached_on_both": gathered}))
 
 
 def main(data: Path, out: Path, jobs: list[str]) -> None:
@@ -93,6 +125,8 @@ def main(data: Path, out: Path, jobs: list[str]) -> None:
 
             Fit.save_state = save_then_die
             cli(train_argv(data, out / "killed", "--sharding", "fsdp"))
+        elif job == "stages":
+            stages_job(out)
         elif job == "resume-fsdp":
             assert cli(train_argv(data, out / "killed", "--sharding", "fsdp", "--resume")) == 0
         else:

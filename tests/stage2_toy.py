@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from token_assorted.encoding import encode_example
-from token_assorted.io import atomic_write_json
+from token_assorted.latents import LatentCodes, write_codes_file
 from token_assorted.schema import Example, save_examples
 from token_assorted.tasks.base import Task
 from token_assorted.tokenizer import build_task_tokenizer
@@ -52,7 +52,7 @@ def write_data(directory: Path, n_train: int = 64, n_valid: int = 8, chunk_size:
     task = ToyTask()
     train, valid = task.generate(n_train, 0), task.generate(n_valid, 1)
     paths = {"train": directory / "train.jsonl", "valid": directory / "valid.jsonl",
-             "codes": directory / "codes.json", "tokenizer": directory / "tokenizer"}
+             "codes": directory / "codes.safetensors", "tokenizer": directory / "tokenizer"}
     save_examples(paths["train"], train)
     save_examples(paths["valid"], valid)
     tokenizer = build_task_tokenizer(task.prompt_text(e) + task.trace_text(e) + task.solution_text(e)
@@ -62,7 +62,40 @@ def write_data(directory: Path, n_train: int = 64, n_valid: int = 8, chunk_size:
     for example in train:
         ids = encode_example(tokenizer, task, example).trace_ids
         codes.append([sum(ids[j:j + chunk_size]) % codebook_size for j in range(0, len(ids), chunk_size)])
-    atomic_write_json(paths["codes"], {"chunk_size": chunk_size, "latents_per_chunk": 1,
-                                       "codebook_size": codebook_size, "codes": codes,
-                                       "tokenizer": "tokenizer"})
+    write_codes_file(paths["codes"], LatentCodes(chunk_size, 1, codebook_size, codes), paths["train"], [],
+                     tokenizer_dir=paths["tokenizer"])
     return paths
+
+
+def read_codes_record(path: Path) -> dict:
+    """A codes file as one dict: its header, "codes" as lists and "codebook" as rows (for tests to edit)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as reader:
+        header = json.loads(reader.metadata()["header"])
+        tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+    flat, offsets = tensors["codes"].tolist(), tensors["offsets"].tolist()
+    codes = [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return {**header, "codes": codes, "codebook": tensors["codebook"].tolist() if "codebook" in tensors else None}
+
+
+def write_codes_record(path: Path, record: dict, offsets: list[int] | None = None) -> Path:
+    """`record` (read_codes_record's shape) written as a codes file as it is, hostile values included."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from token_assorted.latents import FORMAT
+
+    codes = record["codes"]
+    bounds = offsets if offsets is not None else [sum(len(c) for c in codes[:i]) for i in range(len(codes) + 1)]
+    tensors = {"codes": torch.tensor([z for c in codes for z in c], dtype=torch.int64),
+               "offsets": torch.tensor(bounds, dtype=torch.int64)}
+    if record.get("codebook") is not None:
+        tensors["codebook"] = torch.tensor(record["codebook"], dtype=torch.float32)
+    header = {key: value for key, value in record.items() if key not in ("codes", "codebook")}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "header": json.dumps(header)})
+    return path

@@ -238,11 +238,19 @@ def test_duplicated_keys_in_config_files_are_refused(pronto, tmp_path, capsys):
     code = main(["train", "--config", str(config), "--task", "prontoqa", "--strategy", "cot", "--data", str(pronto),
                  "--out", str(tmp_path / "o")])
     one_line(capsys, code, "train.yaml", "duplicate key 'epochs'")
-    codes = tmp_path / "codes.json"
+    codes = tmp_path / "codes.json"  # the retired JSON format: named, never parsed
     codes.write_text('{"chunk_size": 4, "chunk_size": 2, "latents_per_chunk": 1, "codebook_size": 8, "codes": []}')
     code = main(["train", "--task", "prontoqa", "--data", str(pronto), "--codes", str(codes),
                  "--out", str(tmp_path / "o")])
-    one_line(capsys, code, "codes.json", "duplicate key 'chunk_size'")
+    one_line(capsys, code, "codes.json", "retired format token-assorted-codes/1")
+    import torch
+    from safetensors.torch import save_file  # the header of a codes file is read as strictly as a JSON file
+    header = '{"chunk_size": 4, "chunk_size": 2, "latents_per_chunk": 1, "codebook_size": 8}'
+    save_file({"codes": torch.zeros(0, dtype=torch.int16), "offsets": torch.zeros(1, dtype=torch.int64)},
+              str(tmp_path / "codes.safetensors"), metadata={"format": "token-assorted-codes/2", "header": header})
+    code = main(["train", "--task", "prontoqa", "--data", str(pronto), "--codes", str(tmp_path / "codes.safetensors"),
+                 "--out", str(tmp_path / "o")])
+    one_line(capsys, code, "codes.safetensors", "duplicate key 'chunk_size'")
 
 
 def prosqa_record() -> dict:

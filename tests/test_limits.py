@@ -24,6 +24,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import stage2_toy  # noqa: E402
+from stage2_toy import read_codes_record  # noqa: E402
 
 VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
               "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
@@ -244,10 +245,10 @@ def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, vqva
 
 
 def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, vqvae, encoded_traces, tmp_path, capsys):
-    out = tmp_path / "codes.json"
+    out = tmp_path / "codes.safetensors"
     assert main(["vqvae", "encode", "--vqvae", str(vqvae), "--data", str(with_long), "--out", str(out)]) == 0
     assert "1 skipped: trace longer than 8192 tokens" in capsys.readouterr().err
-    record = json.loads(out.read_text())
+    record = read_codes_record(out)
     assert record["skipped"] == [0] and record["codes"][0] == [] and all(record["codes"][1:9])
     assert encoded_traces and 0 < max(encoded_traces) <= 8192
 

@@ -208,7 +208,7 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     assert all(m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0 for m in results["methods"])
     assert not math.isnan(results["vqvae"]["codebook_usage"])
     # The stages' folders: stage 2 read the codes file and never wrote into the VQ-VAE's folder.
-    assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "codes" / "train.json").is_file()
+    assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "codes" / "train.safetensors").is_file()
     assert sorted(p.name for p in (out / "vqvae").iterdir()) == [
         ".complete.json", "config.json", "logs", "metrics.json", "model.safetensors", "state", "tokenizer"]
     for method in (*BASE_METHODS, "pause"):

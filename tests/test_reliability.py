@@ -228,12 +228,11 @@ def test_eval_prompt_longer_than_the_context_does_not_crash(artefacts, tmp_path,
 
 
 # --- checkpoint / tokenizer / codebook mismatches ------------------------------------------
-def _codes_file(tmp_path: Path, toy: dict[str, Path], **changes) -> Path:
-    record = json.loads(toy["codes"].read_text())
+def _codes_file(tmp_path: Path, toy: dict[str, Path], offsets: list[int] | None = None, **changes) -> Path:
+    record = stage2_toy.read_codes_record(toy["codes"])
     record.update(changes)
-    path = toy["codes"].parent / f"codes-{len(list(toy['codes'].parent.glob('codes-*')))}.json"
-    path.write_text(json.dumps(record))
-    return path
+    path = toy["codes"].parent / f"codes-{len(list(toy['codes'].parent.glob('codes-*')))}.safetensors"
+    return stage2_toy.write_codes_record(path, record, offsets)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +258,8 @@ def test_codes_that_do_not_match_the_model_are_refused(toy, tmp_path, capsys, ch
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("change", [{"chunk_size": "four"}, {"codes": [["a"]] * 16}, {"codebook": [[1], [1, 2]]}])
+@pytest.mark.parametrize("change", [{"chunk_size": "four"}, {"codes": [[-1]] * 16}, {"codebook": [[float("nan")]]},
+                                    {"offsets": [0] * 15 + [5, 1]}])
 def test_wrongly_typed_codes_file_is_a_data_error(toy, tmp_path, capsys, change):
     codes = _codes_file(tmp_path, toy, **change)
     code = main(_train_toy(toy, tmp_path / "o", codes))

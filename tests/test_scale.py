@@ -62,8 +62,8 @@ def launched(tmp_path_factory):
     stage2_toy.write_data(data)
     out = root / "out"
     out.mkdir()
-    jobs = ["grads-ddp", "grads-fsdp", "train-fsdp", "lora-fsdp", "ddp-token-assorted", "ddp-coconut", "ddp-icot",
-            "killed-fsdp"]
+    jobs = ["stages", "grads-ddp", "grads-fsdp", "train-fsdp", "lora-fsdp", "ddp-token-assorted", "ddp-coconut",
+            "ddp-icot", "killed-fsdp"]
     first = torchrun_script([str(TESTS / "scale_jobs.py"), str(data), str(out), *jobs], timeout=600)
     # The last job kills both processes (SIGKILL) right after the state of step KILL_AT is committed.
     assert (out / "killed" / "state" / "latest.json").is_file(), first.stderr[-3000:]
@@ -142,3 +142,33 @@ def test_two_process_ddp_on_cpu_trains_one_model(launched, strategy):
     assert (out / f"ddp-{strategy}" / "model.safetensors").is_file()
     if strategy == "coconut":
         assert record["coconut"]["thoughts"] == 1
+
+
+# --------------------------------------------------------------------------- `run` on several GPUs and processes
+def test_each_training_worker_takes_a_gpu_of_its_own(monkeypatch):
+    import multiprocessing
+    import os
+
+    from token_assorted.pipeline import _take_gpu
+
+    queue = multiprocessing.get_context("spawn").Queue()
+    for gpu in (0, 1, 2):
+        queue.put(gpu)
+    seen = []
+    for _ in range(3):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        _take_gpu(queue)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "1", "2"]
+    from token_assorted.pipeline import worker_count
+
+    assert worker_count(1, 4, 6) == 4 and worker_count(1, 0, 6) == 1 and worker_count(3, 2, 2) == 2
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_the_main_process_prepares_a_stage_folder(launched):
+    _, out, _ = launched
+    record = json.loads((out / "stages.json").read_text())
+    # A stale folder is removed once and remade, never raced on; the main-only stage ran on rank 0 alone,
+    # the distributed one on both, and each folder's marker was written once, by the main process.
+    assert record == {"alone": ["0"], "everyone": ["0", "1"], "stale_gone": True, "cached_on_both": [True, True]}

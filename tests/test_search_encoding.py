@@ -17,6 +17,7 @@ from test_vqvae import (SEARCH, TASK, code_log_likelihoods, random_batch, spread
                         toy_examples, toy_file)  # noqa: F401 (toy_file: a fixture)
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
+from token_assorted.latents import from_codes_file
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
@@ -145,9 +146,9 @@ def test_encode_candidates_is_checked_recorded_and_overridden(toy_file, tmp_path
         load_vqvae(out, encode_candidates=-2)
     exact = encode_examples(load_vqvae(out, encode_candidates=0), TASK, toy_examples())
     assert exact == encode_examples(load_vqvae(out, encode_candidates=8), TASK, toy_examples())  # 8 = K: all
-    written = tmp_path / "codes.json"
+    written = tmp_path / "codes.safetensors"
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--out", str(written),
                  "--encode-candidates", "0"]) == 0
-    assert json.loads(written.read_text())["codes"] == exact
+    assert from_codes_file(written, len(exact)).codes == exact
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--out", str(written),
                  "--encode-candidates", "-1"]) == 2

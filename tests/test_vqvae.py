@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from launch import torchrun
+from stage2_toy import read_codes_record
 from token_assorted.cli import main
 from token_assorted.encoding import encode_example
 from token_assorted.errors import CheckpointError, ConfigError
@@ -198,14 +199,14 @@ def test_save_load_gives_identical_codes_and_decodes_the_trace(trained, toy_file
                zip(codes, examples))
     # Stage 2 reads codes from a file of their own, or computes them in memory: never into the VQ-VAE's folder.
     files = sorted(trained.rglob("*"))
-    encode_codes_file(first, TASK, toy_file, tmp_path / "codes.json")
-    latents = from_codes_file(tmp_path / "codes.json", len(examples), toy_file)
+    encode_codes_file(first, TASK, toy_file, tmp_path / "codes.safetensors")
+    latents = from_codes_file(tmp_path / "codes.safetensors", len(examples), toy_file)
     assert latents.codes == codes == from_vqvae(trained, TASK, examples).codes
     assert torch.equal(latents.codebook, codebook_of(first.model, 8))
     assert latents.vqvae == str(trained) and latents.tokenizer.get_vocab() == first.tokenizer.get_vocab()
     assert sorted(trained.rglob("*")) == files
     with pytest.raises(ConfigError, match="data files differ"):  # the codes of another file
-        from_codes_file(tmp_path / "codes.json", len(examples), tmp_path / "codes.json")
+        from_codes_file(tmp_path / "codes.safetensors", len(examples), tmp_path / "codes.safetensors")
     prompt = encode_example(first.tokenizer, TASK, examples[2]).prompt_ids
     decoded = decode_codes(first, prompt, codes[2])
     assert normalize_text(decoded) == normalize_text(" ".join(examples[2].steps))
@@ -284,10 +285,10 @@ def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, capsys):
                  "--valid-every", "125", "--no-progress"])
     assert code == 0
     assert json.loads((out / "config.json").read_text())["train"]["d_model"] == 32
-    codes_file = tmp_path / "codes.json"
+    codes_file = tmp_path / "codes.safetensors"
     assert main(["vqvae", "encode", "--vqvae", str(out), "--data", str(toy_file), "--task", "prosqa",
                  "--out", str(codes_file)]) == 0
-    record = json.loads(codes_file.read_text())
+    record = read_codes_record(codes_file)
     assert len(record["codes"]) == 8 and record["skipped"] == [] and record["codebook_size"] == 8
     tokenizer = load_vqvae(out).tokenizer
     assert all(len(c) == -(-len(encode_example(tokenizer, TASK, e).trace_ids) // 4)  # one code per chunk of 4

@@ -245,7 +245,7 @@ class Coconut(Method):
         sequences = [stage_sequence(run.encoded[i], stage, self.schedule, self.vocab) for i in indices]
         return collate_stage(sequences, run.tokenizer.pad_token_id)
 
-    def items(self, batch: dict[str, torch.Tensor]) -> int:
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["rest_labels"] != IGNORE_INDEX).sum())  # already aligned with the logits
 
     def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:

@@ -82,3 +82,39 @@ def make_accelerator(mixed_precision: str = "auto", device: str = "auto"):
     # under "auto" cpu stays False so mps/cuda are still picked automatically.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(mixed_precision=mixed_precision, cpu=target.type == "cpu" and (device == "cpu" or several))
+
+
+# --------------------------------------------------------------------------- several processes (torchrun)
+def launched() -> bool:
+    """Whether this process is one of several started by `torchrun` or `accelerate launch`."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state():
+    """accelerate's PartialState of a launched process (the process group, made once: nccl on
+    GPUs, gloo without), or None for a single process."""
+    if not launched():
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    state = process_state()
+    return state is None or state.is_main_process
+
+
+def work_device() -> torch.device:
+    """This process's device: its own GPU under a launcher (cuda:LOCAL_RANK), else `auto`."""
+    state = process_state()
+    return state.device if state is not None else resolve_device("auto")
+
+
+def barrier() -> None:
+    state = process_state()
+    if state is not None:
+        state.wait_for_everyone()

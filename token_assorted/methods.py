@@ -72,7 +72,7 @@ class Method:
                                     run.layout, seed=seed, epoch=epoch, index=i) for i in indices]
         return collate(sequences, run.tokenizer.pad_token_id)
 
-    def items(self, batch: dict[str, torch.Tensor]) -> int:
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
         """Supervised tokens of `batch`: the labels a causal LM predicts (each from the one before)."""
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .claims import check_claims, claims_lines
+from .devices import is_main_process, launched
 from .environment import environment
 from .io import read_json
 from .mixing import CODE_STRATEGIES
@@ -47,6 +48,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    if not is_main_process():
+        log = _quiet  # one voice: the main process's
     check_data_files(config, preset_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,9 +76,22 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
             stage, probed = probe_stage(config, out, name, model, data, summary, log)
             timings[f"probes {name}"] = stage.seconds
             probes.setdefault(method, []).append(probed)
+    if not is_main_process():  # under torchrun the main process evaluated and reports
+        return RunOutcome(out, {}, timings)
     results = _write_report(config, out, preset_name, runs, vqvae, timings, log, probes)
     log(f"total wall time this run: {time.perf_counter() - started:.1f} s; report: {out / 'report.md'}")
     return RunOutcome(out, results, timings)
+
+
+def _quiet(line: str) -> None:
+    """The log of a process other than the main one under torchrun."""
+
+
+def _take_gpu(gpus: Any) -> None:
+    """A training worker's GPU, before it touches CUDA: one per worker, taken from the queue."""
+    import os
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
 def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, data: StageResult,
@@ -90,17 +106,31 @@ def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, 
 
 def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], data: StageResult,
                codes: StageResult, log: Callable[[str], None]) -> list[StageResult]:
-    """Train every (method, seed); with `parallel` > 1, in that many worker processes at once."""
-    if config.parallel <= 1 or len(jobs) == 1:
+    """Train every (method, seed); with `parallel` > 1, in that many worker processes at once.
+
+    On a machine with N > 1 GPUs every GPU trains: one worker per GPU (at least N workers, each
+    pinned to its GPU), methods in parallel. Under torchrun each model trains on every process
+    instead, one after the other.
+    """
+    gpus = _gpu_count() if not launched() else 0
+    workers = worker_count(config.parallel, gpus, len(jobs))
+    if launched() or workers <= 1:
         return [train_stage(config, out, m, k, data, codes, log) for m, k in jobs]
     import multiprocessing
 
-    log(f"training {len(jobs)} models in {min(config.parallel, len(jobs))} processes")
+    context = multiprocessing.get_context("spawn")
+    log(f"training {len(jobs)} models in {workers} processes" + (f" on {gpus} GPUs" if gpus > 1 else ""))
+    pinned = {}
+    if gpus > 1:  # worker w takes GPU w mod N; more workers than GPUs share them in turn
+        queue = context.Queue()  # handed to each worker as it starts
+        for worker in range(workers):
+            queue.put(worker % gpus)
+        pinned = {"initializer": _take_gpu, "initargs": (queue,)}
     # spawn: a fresh interpreter per worker (no forked torch thread pools or tokenizer locks).
     # Leaving the `with` block terminates the workers, also when the run is interrupted or
     # killed with SIGTERM (the CLI turns it into KeyboardInterrupt): no training is left
     # running without its parent, and each resumes from its last checkpoint on the next run.
-    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs))) as pool:
+    with context.Pool(workers, **pinned) as pool:
         pending = [pool.apply_async(_train_job, (config, out, m, k, data, codes)) for m, k in jobs]
         results = [result.get() for result in pending]
         # Let the workers exit on their own: terminating them (what leaving the block does)
@@ -108,6 +138,17 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
         pool.close()
         pool.join()
         return results
+
+
+def worker_count(parallel: int, gpus: int, jobs: int) -> int:
+    """Training processes at once: `parallel`, at least one per GPU, at most one per job."""
+    return min(max(parallel, gpus), jobs)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dict[str, list[dict[str, Any]]],

@@ -3,7 +3,7 @@
     data       OUT/data/{train,valid,test}.jsonl   the task's generator, or the user's files
     tokenizer  OUT/tokenizer/                      the shared text tokenizer (the data's words, or a model's)
     vqvae      OUT/vqvae/                          stage 1 (vqvae.train_vqvae) on that tokenizer
-    codes      OUT/codes/train.json                the training traces' codes (a codes file, latents.py)
+    codes      OUT/codes/train.safetensors         the training traces' codes (a codes file, latents.py)
     train      OUT/models/<method>[-seed<k>]/      stage 2 (train.train_lm) on the codes file
     eval       OUT/eval/<method>[-seed<k>]/        the test split's results and predictions
     probes     OUT/probes/<method>[-seed<k>]/      interventions and the latency dial (probes.py)
@@ -12,6 +12,12 @@
 `key`, a hash of the stage's settings and of the stages it reads (`config_hash`): a rerun
 reuses finished stages, an edited preset recomputes only what it changes. A stage writes into
 its own folder only, and a folder counts only once its marker is written.
+
+Under `torchrun` every process runs the pipeline, and only the main one ever prepares a folder
+(removes a stale one, makes it) or writes its marker. The stages that use every process (the
+VQ-VAE and the LMs train on all of them, the codes are encoded in shares) run on all of them
+between barriers; the others (data, tokenizer, eval, probes) run on the main process while the
+rest wait for its marker.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from .schema import Example
 from .tasks import Task, get_task
 
 MARKER = ".complete.json"
+CODES_FILE = "train.safetensors"
 Log = Callable[[str], None]
 
 
@@ -58,23 +65,58 @@ def _read_marker(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log: Log = print) -> StageResult:
-    """Run `build(path)` unless `path` holds a completion marker with hash `key`."""
+def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log: Log = print,
+              everyone: bool = False) -> StageResult:
+    """Run `build(path)` unless `path` holds a completion marker with hash `key`.
+
+    `everyone`: under torchrun every process calls `build` (a distributed stage); otherwise the
+    main process alone builds and the others wait for its marker.
+    """
+    from .devices import barrier, process_state
+
+    state = process_state()
+    main = state is None or state.is_main_process
     marker = _read_marker(path)
-    if marker is not None and marker.get("hash") == key:
-        log(f"[{name}] cached (took {marker.get('seconds', 0):.0f} s): {path}")
+    cached = marker is not None and marker.get("hash") == key
+    if state is not None:  # the main process's view decides for all
+        import torch.distributed as dist
+
+        decision = [cached]
+        dist.broadcast_object_list(decision, src=0)
+        cached = decision[0]
+    if cached:
+        marker = marker or _read_marker(path) or {}
+        if main:
+            log(f"[{name}] cached (took {marker.get('seconds', 0):.0f} s): {path}")
         return StageResult(path, key, float(marker.get("seconds", 0.0)), True)
-    if path.exists():
-        # Stale or unfinished: start clean so no file of an older run survives.
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    log(f"[{name}] running -> {path}")
+    if main:
+        if path.exists():
+            # Stale or unfinished: start clean so no file of an older run survives.
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        log(f"[{name}] running -> {path}")
     started = time.perf_counter()
+    if state is not None and not everyone and not main:
+        return _wait_for_marker(path, key, name)
+    barrier()  # the folder exists, clean, before any process writes into it
     build(path)
+    barrier()
     seconds = time.perf_counter() - started
-    atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
-    log(f"[{name}] done in {seconds:.1f} s")
+    if main:
+        atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
+        log(f"[{name}] done in {seconds:.1f} s")
+    barrier()
     return StageResult(path, key, seconds, False)
+
+
+def _wait_for_marker(path: Path, key: str, name: str, poll: float = 1.0) -> StageResult:
+    """A process other than the main one, while the main one builds a stage alone: no collective
+    (an evaluation may outlast the process group's timeout); torchrun stops every process if it fails."""
+    while True:
+        marker = _read_marker(path)
+        if marker is not None and marker.get("hash") == key:
+            return StageResult(path, key, float(marker.get("seconds", 0.0)), False)
+        time.sleep(poll)
 
 
 def _task(config: PipelineConfig) -> Task:
@@ -165,20 +207,26 @@ def vqvae_stage(config: PipelineConfig, out: Path, data: StageResult, tokenizer:
 
     settings = {key: value for key, value in config.vqvae.items() if key != "tokenizer"}  # the tokenizer stage's
     key = config_hash("vqvae", settings, data.hash, tokenizer.hash)
-    return run_stage(out / "vqvae", key, build, "vqvae", log)
+    return run_stage(out / "vqvae", key, build, "vqvae", log, everyone=True)
 
 
 def codes_stage(config: PipelineConfig, out: Path, data: StageResult, vqvae: StageResult, log: Log) -> StageResult:
     """The codes of every training trace, a codes file that stage 2 reads (the VQ-VAE's folder stays as it was)."""
+    from .devices import is_main_process, work_device
     from .latents import encode_codes_file
     from .vqvae import load_vqvae
 
     def build(path: Path) -> None:
-        summary = encode_codes_file(load_vqvae(vqvae.path), _task(config), data.path / "train.jsonl",
-                                    path / "train.json")
-        log(f"  {summary}")
+        # On this process's GPU when there is one; under torchrun each process encodes a share.
+        summary = encode_codes_file(load_vqvae(vqvae.path, device=str(work_device())), _task(config),
+                                    data.path / "train.jsonl", path / CODES_FILE)
+        if is_main_process():
+            log(f"  {summary}")
 
-    return run_stage(out / "codes", config_hash("codes", vqvae.hash, data.hash), build, "codes", log)
+    from .latents import FORMAT
+
+    key = config_hash("codes", FORMAT, vqvae.hash, data.hash)  # a new file format: encoded again
+    return run_stage(out / "codes", key, build, "codes", log, everyone=True)
 
 
 # --------------------------------------------------------------------------- stage 2 and evaluation
@@ -191,12 +239,12 @@ def train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int,
     from .train import train_lm
 
     def build(path: Path) -> None:
-        train_lm(train_config(config, method, seed_index, data.path, codes.path / "train.json", path,
+        train_lm(train_config(config, method, seed_index, data.path, codes.path / CODES_FILE, path,
                               f"preset.train ({method})"))
 
     name = method_dir_name(method, seed_index)
     key = config_hash("train", method, seed_index, train_settings(config, method), data.hash, codes.hash)
-    return run_stage(out / "models" / name, key, build, f"train {name}", log)
+    return run_stage(out / "models" / name, key, build, f"train {name}", log, everyone=True)
 
 
 def eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult, data: StageResult,

@@ -161,8 +161,8 @@ class LMStage(Stage):
                                 fit.rank, fit.world)
         return self.run.method.batch(self.run, indices, self.config.seed, epoch)
 
-    def items(self, batch: dict[str, torch.Tensor]) -> int:
-        return self.run.method.items(batch)
+    def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.run.method.loss_items(batch)
 
     def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:
         return self.run.method.loss(module, batch, total)

@@ -94,7 +94,7 @@ class Stage:
         """Micro-batch `index` of optimizer step `step` for this process (fit.rank of fit.world)."""
         raise NotImplementedError
 
-    def items(self, batch: Any) -> int:
+    def loss_items(self, batch: Any) -> int:
         """How many items (supervised tokens, chunks) the loss of `batch` is a sum over."""
         raise NotImplementedError
 
@@ -278,7 +278,7 @@ class Fit:
         normalised by the items of the whole step on every process (the module docstring)."""
         accum = self.opt.grad_accum
         batches = [self.stage.micro_batch(self, self.step, index) for index in range(accum)]
-        total = max(self.sum_over_processes(float(sum(self.stage.items(b) for b in batches))), 1.0)
+        total = max(self.sum_over_processes(float(sum(self.stage.loss_items(b) for b in batches))), 1.0)
         losses = []
         for index, batch in enumerate(batches):
             last = index == accum - 1

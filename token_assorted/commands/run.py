@@ -11,6 +11,7 @@ it changes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from . import add_task_flags, task_options_from_args
@@ -100,6 +101,11 @@ def run_command(args: argparse.Namespace) -> int:
     check_data_files(config, preset_name)
     # A user's own folder is never written over, and a second run into the same folder is
     # refused while the first holds the lock.
-    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out):
+    # Under torchrun the main process claims and locks; the others follow it (pipeline.py).
+    from ..devices import is_main_process
+
+    guard = (claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out)) \
+        if is_main_process() else (contextlib.nullcontext(), contextlib.nullcontext())
+    with guard[0], guard[1]:
         run_pipeline(config, out, preset_name)
     return 0

@@ -192,7 +192,7 @@ class VQVAEStage(Stage):
                         fit.rank, fit.world)
         return collate([self.items[i] for i in indices], self.model.config.pad_id, self.model.config.max_prompt_len)
 
-    def items(self, batch: ChunkBatch) -> int:
+    def loss_items(self, batch: ChunkBatch) -> int:
         return int(batch.chunk_present.sum())  # the losses are means over the real chunks
 
     def loss(self, module: torch.nn.Module, batch: ChunkBatch, total: float) -> torch.Tensor:
@@ -203,7 +203,7 @@ class VQVAEStage(Stage):
                              int(((output.predictions == targets) & real).sum()), int(real.sum()), output.codes))
         # A mean over this micro-batch's chunks, weighted by its share of the step's chunks; one
         # micro-batch of one process is the whole step (share 1, skipped: the same bits as before).
-        share = self.items(batch) / total
+        share = self.loss_items(batch) / total
         return output.loss if share == 1.0 else output.loss * share
 
     def train_stats(self) -> dict[str, float]:
