@@ -272,8 +272,17 @@ def _code_lists(path: Path, tensors: dict[str, torch.Tensor], n_examples: int, c
     if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
         raise DataError(path, f"codes must lie in the codebook (0..{codebook_size - 1} for K={codebook_size}), found "
                               f"{int(codes.min())}..{int(codes.max())}", field="codes")
-    flat, bounds = codes.tolist(), offsets.tolist()
-    return [flat[bounds[i]:bounds[i + 1]] for i in range(n_examples)]
+    import gc
+
+    # Hundreds of thousands of small lists: the collector would rescan them all as they are made (2.6x slower).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        flat, bounds = codes.tolist(), offsets.tolist()
+        return [flat[bounds[i]:bounds[i + 1]] for i in range(n_examples)]
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _is_int(value: Any) -> bool:
