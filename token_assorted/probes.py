@@ -44,6 +44,7 @@ class ProbeSettings:
     dial_max: int | None = None  # highest K of the dial (None: max_latent_chunks; long math traces need a cap)
     thought_interventions: list[str] = field(default_factory=lambda: ["noise", "zero"])  # a Coconut model's
     noise_scale: float = 4.0  # the noise's norm in multiples of each thought's norm (Cui et al. 2026: 4)
+    limit: int | None = None  # probe the first N test questions only (None: all; accuracy is always on all)
 
 
 def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "preset") -> None:
@@ -58,6 +59,8 @@ def check_settings(settings: ProbeSettings, codebook_size: int, source: str = "p
                           f"and probes.noise_scale >= 0")
     if settings.seed < 0 or (settings.dial_max is not None and settings.dial_max < 0):
         raise ConfigError(f"{source}: probes.seed and probes.dial_max must be >= 0")
+    if settings.limit is not None and settings.limit < 1:
+        raise ConfigError(f"{source}: probes.limit must be >= 1 (or null: the whole test split)")
     if not 0 <= settings.constant_code < codebook_size:
         raise ConfigError(f"{source}: probes.constant_code {settings.constant_code} outside the codebook "
                           f"(0..{codebook_size - 1})")

@@ -270,19 +270,33 @@ def probe_stage(config: PipelineConfig, out: Path, name: str, model: StageResult
     """OUT/probes/<name>/: every probe of one latent model (probes.py).
 
     `plain` is the model's results.json from the eval stage: its accuracy is `none`'s, and the
-    probes generate with its settings (greedy).
+    probes generate with its settings (greedy). With `probes.limit` the probes read the first N
+    test questions (each probe is a whole evaluation: six per model and more for the dial), and
+    `none` is the plain evaluation's accuracy on those same N, from its predictions.
     """
+    from .evaluate import predictions_path
+    from .io import read_records
     from .probes import SUMMARY, run_probes
 
     task = _task(config)
+    limit = config.probes.limit
 
     def build(path: Path) -> None:
         test = task.load(data.path / "test.jsonl")
         base = dataclasses.replace(eval_config(config, int(plain["max_new_tokens"])), samples=0)
-        summary = run_probes(model.path, test, task, base, float(plain["accuracy"]), config.probes, path)
+        accuracy = float(plain["accuracy"])
+        if limit is not None and limit < len(test):
+            test = test[:limit]
+            records = read_records(predictions_path(out / "eval" / name / "results.json"))[:limit]
+            accuracy = sum(bool(record["correct"]) for _, record in records) / len(records)
+        summary = run_probes(model.path, test, task, base, accuracy, config.probes, path)
+        if limit is not None:
+            summary["questions"] = len(test)
         atomic_write_json(path / SUMMARY, summary)
 
-    key = config_hash("probes", dataclasses.asdict(config.probes), dataclasses.asdict(config.eval), model.hash,
-                      data.hash)
+    settings = dataclasses.asdict(config.probes)
+    if settings["limit"] is None:
+        del settings["limit"]  # so runs without a limit keep the cache keys they had
+    key = config_hash("probes", settings, dataclasses.asdict(config.eval), model.hash, data.hash)
     stage = run_stage(out / "probes" / name, key, build, f"probes {name}", log)
     return stage, read_json(stage.path / SUMMARY)
