@@ -35,7 +35,7 @@ def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
             "--lr", "0.003", "--save-every", str(KILL_AT), "--no-progress", *extra]
 
 
-def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp", batch_size: int = 8):
+def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp", batch_size: int = 8, **options):
     """The gradient of the first optimizer step of the toy run, by parameter name (rank 0: the whole)."""
     import torch
     from torch.distributed.tensor import DTensor
@@ -47,7 +47,8 @@ def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp",
     from token_assorted.training import Fit
 
     config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.safetensors"), out=str(out),
-                         epochs=1, batch_size=batch_size, grad_accum=grad_accum, progress=False, sharding=sharding)
+                         epochs=1, batch_size=batch_size, grad_accum=grad_accum, progress=False, sharding=sharding,
+                         **options)
     accelerator = make_accelerator(config.mixed_precision)
     stage = LMStage(config, setup(config), validation_metrics)
     fit = Fit(stage, stage.optimization(accelerator.device), accelerator, out, sharding=sharding)
@@ -58,6 +59,39 @@ def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp",
     finally:
         fit.close()
     return grads, loss
+
+
+def random_vqvae(directory: Path, data: Path) -> Path:
+    """An untrained VQ-VAE folder over the toy's tokenizer (seeded): encoding is deterministic all the same."""
+    import torch
+
+    from token_assorted.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from token_assorted.vqvae.config import VQVAEConfig
+    from token_assorted.vqvae.model import VQVAE
+    from token_assorted.vqvae.store import save_vqvae
+
+    tokenizer = load_tokenizer(data / "tokenizer")
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id, chunk_size=4, compression=4,
+                              codebook_size=16, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
+                              prompt_layers=0, codebook_dim=8, max_prompt_len=32))
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(directory / "tokenizer"))
+    save_vqvae(directory, model, {"train": {"max_trace_len": 64}, "task": "toy", "chat_template": False,
+                                  "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer), "step": 0})
+    return directory
+
+
+def encode_job(data: Path, out: Path) -> None:
+    """`vqvae encode` of the toy's traces, each process encoding its share."""
+    from token_assorted.cli import main as cli
+    from token_assorted.devices import barrier, is_main_process
+
+    if is_main_process():
+        random_vqvae(out / "vq", data)
+    barrier()
+    assert cli(["vqvae", "encode", "--vqvae", str(out / "vq"), "--data", str(data / "train.jsonl"), "--task", "toy",
+                "--out", str(out / "codes-2.safetensors"), "--batch-size", "5"]) == 0
 
 
 def stages_job(out: Path) -> None:
@@ -127,6 +161,8 @@ def main(data: Path, out: Path, jobs: list[str]) -> None:
             cli(train_argv(data, out / "killed", "--sharding", "fsdp"))
         elif job == "stages":
             stages_job(out)
+        elif job == "encode":
+            encode_job(data, out)
         elif job == "resume-fsdp":
             assert cli(train_argv(data, out / "killed", "--sharding", "fsdp", "--resume")) == 0
         else:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import stage2_toy
 from launch import torchrun_script
-from scale_jobs import KILL_AT, step_gradient, train_argv
+from scale_jobs import KILL_AT, random_vqvae, step_gradient, train_argv
 from token_assorted.cli import main as cli_main
 from token_assorted.lora import merged_state
 
@@ -55,14 +55,18 @@ def test_lora_merged_from_a_state_dict_equals_peft_merge_without_copying_the_mod
 
 # --------------------------------------------------------------------------- two processes (gloo), one launch
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    """Every multi-process check in one torchrun launch, then the resume of the killed run in a second."""
-    root = tmp_path_factory.mktemp("scale")
-    data = root / "d"
+def toy(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("toy")
     stage2_toy.write_data(data)
-    out = root / "out"
-    out.mkdir()
-    jobs = ["stages", "grads-ddp", "grads-fsdp", "train-fsdp", "lora-fsdp", "ddp-token-assorted", "ddp-coconut",
+    return data
+
+
+@pytest.fixture(scope="module")
+def launched(toy, tmp_path_factory):
+    """Every multi-process check in one torchrun launch, then the resume of the killed run in a second."""
+    data = toy
+    out = tmp_path_factory.mktemp("scale")
+    jobs = ["stages", "encode", "grads-ddp", "grads-fsdp", "train-fsdp", "lora-fsdp", "ddp-token-assorted", "ddp-coconut",
             "ddp-icot", "killed-fsdp"]
     first = torchrun_script([str(TESTS / "scale_jobs.py"), str(data), str(out), *jobs], timeout=600)
     # The last job kills both processes (SIGKILL) right after the state of step KILL_AT is committed.
@@ -172,3 +176,87 @@ def test_under_torchrun_only_the_main_process_prepares_a_stage_folder(launched):
     # A stale folder is removed once and remade, never raced on; the main-only stage ran on rank 0 alone,
     # the distributed one on both, and each folder's marker was written once, by the main process.
     assert record == {"alone": ["0"], "everyone": ["0", "1"], "stale_gone": True, "cached_on_both": [True, True]}
+
+
+@pytest.mark.slow
+def test_codes_encoded_in_shares_by_two_processes_are_those_of_one(launched, tmp_path):
+    from token_assorted.latents import encode_codes_file, from_codes_file
+    from token_assorted.vqvae.store import load_vqvae
+
+    data, out, _ = launched
+    one = tmp_path / "codes-1.safetensors"
+    encode_codes_file(load_vqvae(random_vqvae(tmp_path / "vq", data)), stage2_toy.ToyTask(), data / "train.jsonl", one)
+    n = len(stage2_toy.ToyTask().load(data / "train.jsonl"))
+    single, shared = from_codes_file(one, n), from_codes_file(out / "codes-2.safetensors", n)
+    assert shared.codes == single.codes and len(single.codes) == n and all(single.codes)
+    assert torch.equal(shared.codebook, single.codebook)
+
+
+# --------------------------------------------------------------------------- memory levers
+def test_train_help_lists_the_scale_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--sharding", "--gradient-checkpointing", "--weights-dtype", "--fused-adamw", "--pad-vocab-to",
+                 "--liger-kernel"):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize("flags, names", [(["--liger-kernel"], ["liger"]),
+                                          (["--sharding", "zero3"], ["sharding", "ddp, fsdp"]),
+                                          (["--strategy", "coconut", "--gradient-checkpointing"], ["coconut",
+                                                                                                  "gradient_checkpointing"])])
+def test_scale_options_that_cannot_run_are_refused_in_one_line(toy, tmp_path, capsys, flags, names):
+    code = cli_main(train_argv(toy, tmp_path / "o", *flags))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert all(name in err for name in names), err
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(toy, tmp_path, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    calls = {"n": 0}
+    forward = modeling_llama.LlamaMLP.forward  # inside a layer (the layer's own forward is what is checkpointed)
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    plain, _ = step_gradient(toy, tmp_path / "a", 1)
+    once, calls["n"] = calls["n"], 0
+    recomputed, _ = step_gradient(toy, tmp_path / "b", 1, gradient_checkpointing=True)
+    assert calls["n"] == 2 * once  # each layer ran again in backward: checkpointing is on
+    assert plain.keys() == recomputed.keys()
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-6, atol=1e-8)
+
+
+def test_bf16_weights_padded_rows_and_fused_adamw_train_and_save_in_their_dtype(toy, tmp_path):
+    from transformers import GenerationConfig
+
+    from token_assorted.generation import mask_unused
+    from token_assorted.tokenizer import load_tokenizer
+
+    out = tmp_path / "m"
+    assert cli_main(train_argv(toy, out, "--weights-dtype", "bfloat16", "--pad-vocab-to", "64", "--fused-adamw",
+                               "--gradient-checkpointing")) == 0
+    saved = load_file(str(out / "model.safetensors"))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.bfloat16}  # saved as trained
+    model = AutoModelForCausalLM.from_pretrained(str(out))  # plain transformers, its generation_config.json
+    tokenizer = load_tokenizer(out)
+    rows = model.get_input_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and rows > len(tokenizer)
+    unused = list(range(len(tokenizer), rows))
+    assert GenerationConfig.from_pretrained(str(out)).suppress_tokens == unused
+    with torch.no_grad():  # make the padding rows the likeliest tokens: they must still never come out
+        model.get_output_embeddings().weight[unused] = 50 * model.get_output_embeddings().weight[:len(tokenizer)].abs().max()
+    prompt = torch.tensor([[tokenizer.bos_token_id or 0, 5, 6]])
+    generated = model.generate(prompt, max_new_tokens=4, do_sample=False, output_scores=True,
+                               return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    assert not set(generated.sequences[0, 3:].tolist()) & set(unused)
+    assert all(bool(torch.isinf(scores[:, unused]).all()) for scores in generated.scores)
+    logits = torch.zeros(2, rows)  # loops that pick tokens themselves (a Coconut model's) mask them too
+    assert bool(torch.isinf(mask_unused(model, logits)[:, unused]).all()) and bool((logits == 0).all())

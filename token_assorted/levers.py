@@ -54,6 +54,11 @@ def apply_levers(model: Any, config: Any) -> Any:
         # Non-reentrant: works with frozen inputs (LoRA) and with FSDP, and needs no input gradients.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        # transformers recomputes only layers in training mode, and a pretrained model loads in eval
+        # mode: its decoder layers are switched (Llama's dropout is 0; a GPT-2's would come on).
+        for module in model.modules():
+            if getattr(module, "gradient_checkpointing", False) is True:
+                module.train()
     if config.liger_kernel:
         apply_liger(model)
     return model

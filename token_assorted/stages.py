@@ -96,16 +96,20 @@ def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log
         path.mkdir(parents=True)
         log(f"[{name}] running -> {path}")
     started = time.perf_counter()
-    if state is not None and not everyone and not main:
+    alone = state is not None and not everyone
+    if alone and not main:
         return _wait_for_marker(path, key, name)
-    barrier()  # the folder exists, clean, before any process writes into it
+    if not alone:
+        barrier()  # the folder exists, clean, before any process writes into it
     build(path)
-    barrier()
+    if not alone:
+        barrier()
     seconds = time.perf_counter() - started
     if main:
         atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
         log(f"[{name}] done in {seconds:.1f} s")
-    barrier()
+    if not alone:
+        barrier()
     return StageResult(path, key, seconds, False)
 
 

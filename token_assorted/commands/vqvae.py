@@ -1,7 +1,7 @@
 """`token-assorted vqvae train|encode|decode|evaluate`: stage 1 from the command line.
 
     vqvae train    --task T --data TRAIN --valid VALID --out DIR [options | --config FILE.yaml] [--resume]
-    vqvae encode   --vqvae DIR --data FILE --task T --out CODES.json [--search-rerank N] [--encode-candidates N]
+    vqvae encode   --vqvae DIR --data FILE --task T --out CODES.safetensors [--search-rerank N] [--encode-candidates N]
     vqvae decode   --vqvae DIR --prompt TEXT --codes 12,7,40
     vqvae evaluate --vqvae DIR --data FILE [--task T] [--search-rerank N] [--encode-candidates N] [--out METRICS.json]
 
@@ -48,8 +48,8 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
     parser.add_argument("--data", required=True, metavar="FILE", help="examples to encode")
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--out", required=True, metavar="CODES.json",
-                        help="output: the codes file (one code list per example, the codebook, the tokenizer's "
+    parser.add_argument("--out", required=True, metavar="CODES.safetensors",
+                        help="output: the codes file (every example's codes, the codebook, the tokenizer's "
                              "and the VQ-VAE's paths; token_assorted/latents.py)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
@@ -132,10 +132,15 @@ def _encode(args: argparse.Namespace) -> int:
     from ..terminal import printable
     from ..vqvae import load_vqvae
 
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
+    from ..devices import is_main_process, work_device
+
+    # A GPU when there is one (under torchrun: each process's own, encoding its share of the traces).
+    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates,
+                        device=str(work_device()))
     task = _task_of(args, loaded)
     summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
-    print(printable(summary), file=sys.stderr)
+    if is_main_process():
+        print(printable(summary), file=sys.stderr)
     return 0
 
 
