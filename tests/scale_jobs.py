@@ -75,6 +75,12 @@ def random_vqvae(directory: Path, data: Path) -> Path:
     model = VQVAE(VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id, chunk_size=4, compression=4,
                               codebook_size=16, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
                               prompt_layers=0, codebook_dim=8, max_prompt_len=32))
+    with torch.no_grad():  # the codebook is initialised lazily from the first batch: give it random codes now
+        for module in model.modules():
+            if hasattr(module, "initted") and hasattr(module, "embed"):
+                module.embed.copy_(torch.randn_like(module.embed))
+                module.embed_avg.copy_(module.embed)
+                module.initted.fill_(True)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(directory / "tokenizer"))
     save_vqvae(directory, model, {"train": {"max_trace_len": 64}, "task": "toy", "chat_template": False,
