@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from token_assorted.io import read_json
-from token_assorted.latents import LatentCodes, from_codes_file, write_codes_file
+from token_assorted.core.io import read_json
+from token_assorted.vqvae.codes import LatentCodes, from_codes_file, write_codes_file
 
 
 def best_of(repeats: int, action) -> tuple[float, object]:

@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from token_assorted.encoding import encode_prompt
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import default_max_new_tokens
-from token_assorted.generation import _cut_at_eos, generate_ids
-from token_assorted.model_dir import load_model_dir, resolve_task
+from token_assorted.data.encoding import encode_prompt
+from token_assorted.generation.config import EvalConfig
+from token_assorted.generation.scoring import default_max_new_tokens
+from token_assorted.generation.generate import _cut_at_eos, generate_ids
+from token_assorted.lm.model_dir import load_model_dir, resolve_task
 
 
 def continuous(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:

@@ -40,11 +40,11 @@ def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp",
     import torch
     from torch.distributed.tensor import DTensor
 
-    from token_assorted.devices import make_accelerator
-    from token_assorted.train import LMStage, validation_metrics
-    from token_assorted.train_config import TrainConfig
-    from token_assorted.train_setup import setup
-    from token_assorted.training import Fit
+    from token_assorted.core.devices import make_accelerator
+    from token_assorted.lm.train import LMStage, validation_metrics
+    from token_assorted.lm.config import TrainConfig
+    from token_assorted.lm.setup import setup
+    from token_assorted.training.fit import Fit
 
     config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.safetensors"), out=str(out),
                          epochs=1, batch_size=batch_size, grad_accum=grad_accum, progress=False, sharding=sharding,
@@ -65,7 +65,7 @@ def random_vqvae(directory: Path, data: Path) -> Path:
     """An untrained VQ-VAE folder over the toy's tokenizer (seeded): encoding is deterministic all the same."""
     import torch
 
-    from token_assorted.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from token_assorted.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from token_assorted.vqvae.config import VQVAEConfig
     from token_assorted.vqvae.model import VQVAE
     from token_assorted.vqvae.store import save_vqvae
@@ -91,7 +91,7 @@ def random_vqvae(directory: Path, data: Path) -> Path:
 def encode_job(data: Path, out: Path) -> None:
     """`vqvae encode` of the toy's traces, each process encoding its share."""
     from token_assorted.cli import main as cli
-    from token_assorted.devices import barrier, is_main_process
+    from token_assorted.core.devices import barrier, is_main_process
 
     if is_main_process():
         random_vqvae(out / "vq", data)
@@ -106,8 +106,8 @@ def stages_job(out: Path) -> None:
 
     import torch.distributed as dist
 
-    from token_assorted.devices import barrier, is_main_process
-    from token_assorted.stages import run_stage
+    from token_assorted.core.devices import barrier, is_main_process
+    from token_assorted.pipeline.stages import run_stage
 
     rank = os.environ["RANK"]
     if is_main_process():
@@ -137,7 +137,7 @@ def main(data: Path, out: Path, jobs: list[str]) -> None:
     from safetensors.torch import save_file
 
     from token_assorted.cli import main as cli
-    from token_assorted.training import Fit
+    from token_assorted.training.fit import Fit
 
     rank = int(os.environ.get("RANK", "0"))
     for job in jobs:

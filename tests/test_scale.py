@@ -14,7 +14,7 @@ import stage2_toy
 from launch import torchrun_script
 from scale_jobs import KILL_AT, random_vqvae, step_gradient, train_argv
 from token_assorted.cli import main as cli_main
-from token_assorted.lora import merged_state
+from token_assorted.lm.lora import merged_state
 
 TESTS = Path(__file__).resolve().parent
 
@@ -153,7 +153,7 @@ def test_each_training_worker_takes_a_gpu_of_its_own(monkeypatch):
     import multiprocessing
     import os
 
-    from token_assorted.pipeline import _take_gpu
+    from token_assorted.pipeline.run import _take_gpu
 
     queue = multiprocessing.get_context("spawn").Queue()
     for gpu in (0, 1, 2):
@@ -164,7 +164,7 @@ def test_each_training_worker_takes_a_gpu_of_its_own(monkeypatch):
         _take_gpu(queue)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["0", "1", "2"]
-    from token_assorted.pipeline import worker_count
+    from token_assorted.pipeline.run import worker_count
 
     assert worker_count(1, 4, 6) == 4 and worker_count(1, 0, 6) == 1 and worker_count(3, 2, 2) == 2
 
@@ -180,7 +180,7 @@ def test_under_torchrun_only_the_main_process_prepares_a_stage_folder(launched):
 
 @pytest.mark.slow
 def test_codes_encoded_in_shares_by_two_processes_are_those_of_one(launched, tmp_path):
-    from token_assorted.latents import encode_codes_file, from_codes_file
+    from token_assorted.vqvae.codes import encode_codes_file, from_codes_file
     from token_assorted.vqvae.store import load_vqvae
 
     data, out, _ = launched
@@ -237,8 +237,8 @@ def test_gradient_checkpointing_gives_the_same_gradient(toy, tmp_path, monkeypat
 def test_bf16_weights_padded_rows_and_fused_adamw_train_and_save_in_their_dtype(toy, tmp_path):
     from transformers import GenerationConfig
 
-    from token_assorted.generation import mask_unused
-    from token_assorted.tokenizer import load_tokenizer
+    from token_assorted.generation.generate import mask_unused
+    from token_assorted.data.tokenizer import load_tokenizer
 
     out = tmp_path / "m"
     assert cli_main(train_argv(toy, out, "--weights-dtype", "bfloat16", "--pad-vocab-to", "64", "--fused-adamw",

@@ -52,12 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..models import is_preset
-    from ..outdir import claimed, run_lock
-    from ..config import parse_overrides
-    from ..pipeline import run_pipeline
-    from ..preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset
+    from ..core.config import parse_overrides
+    from ..core.errors import ConfigError
+    from ..core.outdir import claimed, run_lock
+    from ..lm.models import is_preset
+    from ..pipeline.preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset
+    from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
     labels = {}  # how the user gave each override, for errors that only it causes
@@ -102,7 +102,7 @@ def run_command(args: argparse.Namespace) -> int:
     # A user's own folder is never written over, and a second run into the same folder is
     # refused while the first holds the lock.
     # Under torchrun the main process claims and locks; the others follow it (pipeline.py).
-    from ..devices import is_main_process
+    from ..core.devices import is_main_process
 
     guard = (claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out)) \
         if is_main_process() else (contextlib.nullcontext(), contextlib.nullcontext())
