@@ -11,11 +11,12 @@ peft wrapper is the root, so `generate` (which peft hands to it) gathers the wei
 Everything that reads the whole model is a collective here, run on every rank:
 
 - the resume state (`save_sharded` / `load_sharded`): `torch.distributed.checkpoint` writes each
-  rank's shards of weights and optimizer into `step-N/sharded/`, streamed tensor by tensor (no
-  rank holds the full state), and reads them back exactly; the step folder is committed by the
-  pointer switch of `checkpoint.py`. Its metadata file is a pickle: it is read by an unpickler
-  that admits only the checkpoint's own record classes, and non-tensor entries with
-  `weights_only=True`, so a tampered state cannot run code;
+  rank's shards of weights and optimizer into `step-N/sharded/` as safetensors files (its
+  Hugging Face storage: each shard's offsets in the file's JSON header), tensor by tensor (no rank
+  holds the full state), and reads them back exactly; the optimizer's plain settings (learning
+  rates, betas) go to a JSON file. No pickle anywhere (DCP's default format keeps its metadata
+  in one, and its non-tensor entries too). The step folder is committed by the pointer switch of
+  `checkpoint.py`;
 - the final model (`full_state`): every rank takes part in the gather, rank 0 receives the
   whole state on the CPU and writes one plain Hugging Face folder (`model_dir.save_model_dir`);
 - the finiteness check before a save (`all_finite`).
@@ -25,8 +26,6 @@ Without a launcher (one process) a process group of one is made, so the same pat
 
 from __future__ import annotations
 
-import io
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from ..core.errors import CheckpointError
 
 SHARDINGS = ("ddp", "fsdp")
 SHARDED_DIR = "sharded"  # inside a step folder: the DCP files of every rank
+SETTINGS = "optimizer_settings.json"  # the optimizer's plain values (the same on every rank)
 
 
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,100 +118,91 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- the resume state
+def _flat_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This rank's tensors (weight and optimizer shards, step counts) and the optimizer's plain settings."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer,
+                                                  options=StateDictOptions(flatten_optimizer_state_dict=True))
+    tensors = {f"model.{key}": value for key, value in model_state.items()}
+    tensors.update({f"optimizer.{key}": value for key, value in optimizer_state.items()
+                    if isinstance(value, torch.Tensor)})
+    settings = {key: value for key, value in optimizer_state.items() if not isinstance(value, torch.Tensor)}
+    return tensors, settings
+
+
+def _unique(tensors: dict[str, Any]) -> dict[str, Any]:
+    """One name per storage: tied embeddings are one tensor under two names (safetensors refuses both)."""
+    from torch.distributed.tensor import DTensor
+
+    seen, unique = set(), {}
+    for key, value in tensors.items():
+        local = value.to_local() if isinstance(value, DTensor) else value
+        pointer = (local.data_ptr(), local.shape, local.dtype) if local.numel() else None
+        if pointer is None or pointer not in seen:
+            unique[key] = value
+            if pointer is not None:
+                seen.add(pointer)
+    return unique
+
+
 def save_sharded(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Every rank writes its shards of weights and optimizer state to `directory/sharded/` (fsynced)."""
+    """Every rank writes its shards of weights and optimizer state to `directory/sharded/` (safetensors,
+    tensor by tensor); the main one also the optimizer's settings (learning rates, betas: JSON)."""
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    from ..core.io import writing
+    from ..core.io import atomic_write_json, writing
 
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    with writing(directory / SHARDED_DIR):
-        dcp.save({"model": model_state, "optimizer": optimizer_state},
-                 storage_writer=dcp.FileSystemWriter(directory / SHARDED_DIR, sync_files=True))
+    folder = directory / SHARDED_DIR
+    tensors, settings = _flat_state(model, optimizer)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        dcp.save(_unique(tensors), storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+        if dist.get_rank() == 0:
+            atomic_write_json(folder / SETTINGS, settings)
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    import os
+
+    for path in folder.glob("*.safetensors"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_sharded(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Read this rank's shards back into `model` and `optimizer` (a collective)."""
+    """Read the shards back into `model` and `optimizer` (a collective; resharded if the world changed)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    from ..core.io import read_json
 
     folder = directory / SHARDED_DIR
-    if not (folder / ".metadata").is_file():
-        raise CheckpointError(f"{directory}: no sharded state ({SHARDED_DIR}/.metadata); it was saved by "
+    if not (folder / SETTINGS).is_file():
+        raise CheckpointError(f"{directory}: no sharded state ({SHARDED_DIR}/{SETTINGS}); it was saved by "
                               f"--sharding ddp: resume with the sharding it was trained with")
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optimizer": optimizer_state}
+    tensors, settings = _flat_state(model, optimizer)
+    saved = read_json(folder / SETTINGS)
+    if not isinstance(saved, dict) or set(saved) != set(settings):
+        raise CheckpointError(f"{folder / SETTINGS}: the optimizer settings are not those of this model")
     try:
-        dcp.load(state, storage_reader=_SafeReader(folder), planner=_SafeLoadPlanner())
-    except CheckpointError:
-        raise
+        # In place: the tied name shares its storage with the one loaded.
+        dcp.load(_unique(tensors), storage_reader=HuggingFaceStorageReader(str(folder)))  # safetensors headers: JSON
     except Exception as exc:  # noqa: BLE001 - a shape or key mismatch, a damaged file
         reason = str(exc).strip().splitlines()
         raise CheckpointError(f"{folder}: cannot restore the sharded state: "
-                              f"{reason[-1] if reason else type(exc).__name__}") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Only what a DCP metadata file is made of: its record classes, torch sizes, dtypes and
-    layouts, and paths. Anything else (a function that runs code) is refused unread."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if _admitted(module, name):
-            return super().find_class(module, name)
-        raise CheckpointError(f"sharded state metadata refers to {module}.{name}; refused (not a checkpoint record)")
-
-
-def _admitted(module: str, name: str) -> bool:
-    if module == "torch.distributed.checkpoint.metadata":
-        return not name.startswith("_") or name == "_MEM_FORMAT_ENCODING"
-    if module == "torch":
-        return name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)
-    return (module, name) in {("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-                              ("torch.serialization", "_get_layout"),  # a lookup among torch.layout values
-                              ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),
-                              ("collections", "OrderedDict")}
-
-
-def _reader_class():
-    import torch.distributed.checkpoint as dcp
-
-    return dcp.FileSystemReader
-
-
-class _SafeReader(_reader_class()):  # type: ignore[misc]
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
-        rank = kwargs.get("rank")
-        path = self._get_metadata_path(rank)
-        with self.fs.create_stream(path, "rb") as stream:
-            metadata = _MetadataUnpickler(stream).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-def _planner_class():
-    from torch.distributed.checkpoint import DefaultLoadPlanner
-
-    return DefaultLoadPlanner
-
-
-class _SafeLoadPlanner(_planner_class()):  # type: ignore[misc]
-    """The default planner, except that non-tensor entries (step counts, param groups) load weights-only."""
-
-    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        try:
-            loaded = torch.load(value, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - refused: not plain numbers and containers
-            raise CheckpointError(f"sharded state entry {read_item.dest_index.fqn}: not plain data, refused "
-                                  f"({str(exc).splitlines()[0][:120]})") from None
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._traverse import set_element
-
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = loaded
+                              f"{reason[-1][:200] if reason else type(exc).__name__}") from None
+    # JSON has no tuples: the betas come back as lists.
+    settings = {key: tuple(saved[key]) if isinstance(value, tuple) else saved[key] for key, value in settings.items()}
+    model_state = {key.removeprefix("model."): value for key, value in tensors.items() if key.startswith("model.")}
+    optimizer_state = {key.removeprefix("optimizer."): value for key, value in tensors.items()
+                       if key.startswith("optimizer.")} | settings
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(flatten_optimizer_state_dict=True))
