@@ -28,7 +28,7 @@ import torch
 
 from ...data.encoding import EncodedExample, encode_example
 from ...data.latent_tokens import LatentVocab
-from ..mixing import IGNORE_INDEX, STRATEGY_NAMES, Strategy, build_sequence, collate, make_strategy, max_sequence_length
+from ..mixing import IGNORE_INDEX, Strategy, build_sequence, collate, make_strategy, max_sequence_length
 
 Generate = Callable[..., Any]  # evaluate.generate_ids's signature: (model, tokenizer, prompts, config, ...)
 
