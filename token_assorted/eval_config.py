@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .config import Bound, above, at_least
+from .config import Bound, above, at_least, within
+
+MAX_NEW_TOKENS = 32768  # a generation budget beyond any model here (and checked against the model's positions)
 
 
 @dataclass
@@ -31,6 +33,6 @@ class EvalConfig:
     noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "batch_size": at_least(1), "max_new_tokens": at_least(1), "samples": at_least(0), "top_k": at_least(1),
+        "batch_size": at_least(1), "max_new_tokens": within(1, MAX_NEW_TOKENS), "samples": at_least(0), "top_k": at_least(1),
         "temperature": above(0), "seed": at_least(0), "limit": at_least(1), "intervene_seed": at_least(0),
         "constant_code": at_least(0), "noise_scale": at_least(0)}

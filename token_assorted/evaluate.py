@@ -35,7 +35,7 @@ from .devices import check_precision
 from .encoding import encode_example, encode_prompt
 from .eval_config import EvalConfig
 from .errors import ConfigError
-from .generation import Generated, check_context, generate_ids
+from .generation import Generated, check_context, generate_ids, position_limit
 from .interventions import (check_dial_limit, check_probe_settings, model_layout, parse_latent_chunks,
                             probe_processors, trained_max_chunks)
 from .io import atomic_write_json, atomic_write_jsonl
@@ -160,7 +160,11 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
     if config.max_new_tokens is None:
-        config = replace(config, max_new_tokens=default_max_new_tokens(tokenizer, task, examples[:500]))
+        budget = default_max_new_tokens(tokenizer, task, examples[:500])
+        built = getattr(model.config, "max_position_embeddings", None)  # one very long reference must not
+        if isinstance(built, int) and built > 0:  # give every question a budget beyond the model's positions
+            budget = min(budget, built)
+        config = replace(config, max_new_tokens=budget)
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
     if generate is not None:
@@ -240,10 +244,33 @@ def predictions_path(results_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.predictions.jsonl")
 
 
-def save_result(result: EvalResult, results_path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the summary JSON and the predictions JSONL beside it (both atomic)."""
+def save_result(result: EvalResult, results_path: str | Path, extra: dict[str, Any] | None = None,
+                predictions: bool = True) -> Path | None:
+    """Write the summary JSON and (unless told not to) the predictions JSONL beside it (both atomic)."""
     results_path = Path(results_path)
     atomic_write_json(results_path, {**result.summary(), **(extra or {})})
+    if not predictions:
+        return None
     preds = predictions_path(results_path)
     atomic_write_jsonl(preds, (asdict(p) for p in result.predictions))
     return preds
+
+
+def fit_to_model(loaded: LoadedModel, task: Task, examples: list[Example]) -> tuple[list[Example], int, int | None]:
+    """The examples a model can take, as training took them: question, trace and solution within the
+    `max_length` it was trained with (and its position table); the rest are dropped and counted, so one
+    5,000-step reference neither sets the generation budget nor reaches the model."""
+    settings = loaded.meta.get("config")
+    limit = settings.get("max_length") if isinstance(settings, dict) else None
+    positions = position_limit(loaded.model)
+    if positions is not None:
+        limit = min(limit, positions) if isinstance(limit, int) else positions
+    if not isinstance(limit, int) or limit < 1:
+        return examples, 0, None
+    encoded = (encode_example(loaded.tokenizer, task, ex, loaded.chat_template) for ex in examples)
+    kept = [ex for ex, enc in zip(examples, encoded)
+            if len(enc.prompt_ids) + len(enc.trace_ids) + len(enc.solution_ids) <= limit]
+    if not kept and examples:
+        raise ConfigError(f"every example is longer than the model takes ({limit} tokens: the max_length it was "
+                          f"trained with)")
+    return kept, len(examples) - len(kept), limit

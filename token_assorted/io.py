@@ -32,6 +32,17 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a directory; expected an output file name")
+    special = special_file(path)
+    if special is not None:
+        # /dev/null, a pipe: written in place (a rename would replace the device by a file).
+        if special not in ("character device", "pipe"):
+            raise DataError(path, f"is a {special}; refusing to write an output there")
+        with writing(path), open(path, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+        return
+    from .outdir import note_write  # the record of our files in a claimed output folder (outdir.py)
+
+    note_write(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,6 +83,17 @@ def writing(path: str | Path) -> Iterator[None]:
         if reason is None:
             raise
         raise WriteError(path, reason) from exc
+
+
+def special_file(path: str | Path) -> str | None:
+    """What an existing path is when it is not a regular file or a folder (a device, a pipe)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISCHR, "character device"), (stat.S_ISFIFO, "pipe"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 def os_reason(exc: OSError) -> str:
@@ -142,6 +164,10 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 file, turning every failure into a DataError that names the file."""
     path = Path(path)
+    special = special_file(path)
+    if special in ("character device", "block device", "socket"):
+        # /dev/zero would be read until memory runs out; a pipe (`<(cat file)`) is read to its end.
+        raise DataError(path, f"is a {special}, not a file; expected a data file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

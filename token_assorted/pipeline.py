@@ -22,6 +22,7 @@ from .environment import environment
 from .io import read_json
 from .mixing import CODE_STRATEGIES
 from .model_dir import MODEL_META
+from .outdir import adopt
 from .preset import PipelineConfig, check_data_files
 from .probes import summarize
 from .stages import (StageResult, codes_stage, data_stage, eval_stage, method_dir_name, probe_stage, tokenizer_stage,
@@ -50,6 +51,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     check_data_files(config, preset_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    adopt(out)  # every file the stages write is recorded as ours (outdir.py); `run` claimed the folder first
     started = time.perf_counter()
     data = data_stage(config, out, log)
     tokenizer = tokenizer_stage(config, out, data, log)
@@ -84,6 +86,7 @@ def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, 
     import torch
 
     torch.set_num_threads(1)
+    adopt(out)  # a fresh interpreter: record this worker's files in the run's manifest too
     config = dataclasses.replace(config, train={**config.train, "progress": False})
     return train_stage(config, out, method, seed_index, data, codes, print)
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .claims import ClaimThresholds
-from .config import Bound, at_least, check_types, from_mapping, load_yaml, parse_with_overrides, with_overrides
+from .config import (Bound, at_least, check_types, from_mapping, load_yaml, parse_with_overrides, short_repr, within,
+                     with_overrides)
 from .devices import check_precision
 from .errors import ConfigError
 from .eval_config import EvalConfig
@@ -81,7 +82,7 @@ class PipelineConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     parallel: int = 1  # models trained at once in worker processes of one thread each (CPU: cores)
 
-    LIMITS: ClassVar[dict[str, Bound]] = {"seeds": at_least(1), "explain_samples": at_least(0),
+    LIMITS: ClassVar[dict[str, Bound]] = {"seeds": within(1, 100), "explain_samples": at_least(0),
                                           "threads": at_least(0), "parallel": at_least(1)}
 
 
@@ -192,10 +193,23 @@ def check_preset(config: PipelineConfig, source: str = "preset") -> None:
 
 def _check_data(config: PipelineConfig, task: Task, source: str) -> None:
     options = task.generator_options()
-    unknown = sorted(set(config.data.options) - set(options))
+    unknown = sorted(map(str, set(config.data.options) - set(options)))
     if unknown:
         raise ConfigError(f"{source}: unknown {config.task} generator option(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(options) or 'none'}")
+    for name, value in config.data.options.items():  # `nodes: six` fails here, not inside the generator
+        kind, default = options[name][0], options[name][1]
+        if value is None and default is None:
+            ok = True  # "the generator's own default"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"{source}: data.options.{name}: expected {'a number' if kind is float else kind.__name__}, "
+                              f"got {short_repr(value)}")
     if task.has_generator and not config.data.files:  # with files, 0 means "all of it"
         for split in ("train", "valid", "test"):
             if getattr(config.data, split) < 1:

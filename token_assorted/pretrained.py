@@ -97,9 +97,13 @@ def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
 
         if not path.is_file():
             raise CheckpointError(f"{path}: GGUF file not found")
-        return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                   trust_remote_code=False))
-    return ensure_special_tokens(load_tokenizer(path))
+        check_gguf(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001 - the gguf reader fails in many ways on a damaged file
+            raise CheckpointError(f"{path}: cannot read its tokenizer: {type(exc).__name__}: {exc}") from None
+        return ensure_special_tokens(tokenizer, path)
+    return ensure_special_tokens(load_tokenizer(path), path)
 
 
 def task_tokenizer(spec: str, task: Any, examples: Sequence[Any]) -> PreTrainedTokenizerBase:
@@ -109,6 +113,21 @@ def task_tokenizer(spec: str, task: Any, examples: Sequence[Any]) -> PreTrainedT
         return resolve_tokenizer(spec)
     texts = [task.prompt_text(e) + task.trace_text(e) + task.solution_text(e) for e in examples]
     return build_task_tokenizer(texts, task.lexicon())
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a .gguf file that is not one (read its first bytes only), and say what reading one needs."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise CheckpointError(f"{path}: not a GGUF file (it does not begin with the bytes GGUF)")
+    require_gguf_support()
 
 
 def require_gguf_support() -> None:
@@ -219,7 +238,7 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a model is a directory or a .gguf file")
-        require_gguf_support()
+        check_gguf(path)
         from transformers import GgufConfig
 
         # Dense float weights: packed GGUF blocks (kept when a GGUF matmul kernel is
@@ -238,8 +257,12 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
                                                      **options)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: cannot load the model: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged .gguf fails inside the gguf reader in many ways
+        if path.is_dir():
+            raise
+        raise CheckpointError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from None
     forget_gguf_origin(model)
-    tokenizer = ensure_special_tokens(tokenizer)
+    tokenizer = ensure_special_tokens(tokenizer, path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

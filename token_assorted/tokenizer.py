@@ -52,13 +52,25 @@ def build_word_tokenizer(texts: Iterable[str], min_frequency: int = 1) -> PreTra
     return tokenizer
 
 
-def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-    """Give a pretrained tokenizer the pad/eos tokens the pipeline relies on."""
+def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast, source: str | Path = "the tokenizer"
+                          ) -> PreTrainedTokenizerFast:
+    """Give a pretrained tokenizer the pad/eos tokens the pipeline relies on (its ids checked first)."""
+    check_contiguous_ids(tokenizer, source)
     if tokenizer.eos_token is None:
-        raise CheckpointError("the tokenizer has no end-of-sequence token; generation cannot stop")
+        raise CheckpointError(f"{source}: the tokenizer has no end-of-sequence token; generation cannot stop")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_contiguous_ids(tokenizer: PreTrainedTokenizerFast, source: str | Path = "the tokenizer") -> None:
+    """Refuse a tokenizer whose ids do not run 0 .. len-1: embeddings have len(tokenizer) rows, and
+    the latent tokens added after the vocabulary would take ids it already uses."""
+    largest = max(tokenizer.get_vocab().values(), default=-1)
+    if largest >= len(tokenizer):
+        raise CheckpointError(f"{source}: token ids have gaps (the largest id is {largest}, but the tokenizer holds "
+                              f"{len(tokenizer)} tokens); its ids must run from 0 to {len(tokenizer) - 1}, so renumber "
+                              f"its vocabulary")
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,15 @@ def _latent_ids(tokenizer: PreTrainedTokenizerFast) -> LatentVocab | None:
     if [vocab[latent_token(z)] for z in range(size)] != list(range(first, first + size)):
         raise CheckpointError("the tokenizer's latent token ids are not contiguous")
     return LatentVocab(size, vocab[LATENT_BEGIN], vocab[LATENT_END], first)
+
+
+def latent_vocab_of(tokenizer: PreTrainedTokenizerFast) -> LatentVocab | None:
+    """The latent vocabulary a tokenizer holds (its <pause> token included), or None."""
+    vocab = _latent_ids(tokenizer)
+    if vocab is None:
+        return None
+    pause = tokenizer.get_vocab().get(PAUSE)
+    return dataclasses.replace(vocab, pause_id=pause) if pause is not None else vocab
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

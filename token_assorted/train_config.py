@@ -76,7 +76,7 @@ class TrainConfig:
         "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
         "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
         "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
-        "max_new_tokens": at_least(1), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
+        "max_new_tokens": within(1, 32768), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
         "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
         "coconut_epochs_per_stage": at_least(1),
         "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": at_least(1), "icot_smoothing_lambda": above(0),
