@@ -91,6 +91,17 @@ def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, 
     return train_stage(config, out, method, seed_index, data, codes, print)
 
 
+def _worker_start() -> None:
+    """A training worker's set-up: tqdm's lock a thread lock, not a multiprocessing one. A worker ended
+    by SIGTERM (the run interrupted) cannot release a multiprocessing semaphore, and the resource
+    tracker then warns about "leaked semaphore objects" after the run's one-line message."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], data: StageResult,
                codes: StageResult, log: Callable[[str], None]) -> list[StageResult]:
     """Train every (method, seed); with `parallel` > 1, in that many worker processes at once."""
@@ -103,7 +114,7 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
     # Leaving the `with` block terminates the workers, also when the run is interrupted or
     # killed with SIGTERM (the CLI turns it into KeyboardInterrupt): no training is left
     # running without its parent, and each resumes from its last checkpoint on the next run.
-    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs))) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs)), initializer=_worker_start) as pool:
         pending = [pool.apply_async(_train_job, (config, out, m, k, data, codes)) for m, k in jobs]
         results = [result.get() for result in pending]
         # Let the workers exit on their own: terminating them (what leaving the block does)

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import from_mapping, load_yaml
-    from ..outdir import check_outputs, claimed
+    from ..outdir import check_outputs, claimed, remove_ours
     from ..tasks import check_data_task, get_task
     from ..train import refuse_trained_model, train_lm
     from ..train_config import TrainConfig
@@ -55,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
         check_data_task(get_task(config.task, **config.task_options), config.data)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
     with claimed(config.out, "train", force=args.force) if config.out and main_process else contextlib.nullcontext():
-        if not config.resume and not args.force and main_process and config.out:
-            refuse_trained_model(Path(config.out))
+        if not config.resume and main_process and config.out:
+            if args.force:  # start over: the saved state of ours goes (a file we did not write stays)
+                remove_ours(Path(config.out) / "state")
+            else:
+                refuse_trained_model(Path(config.out))
         out = train_lm(config)
     if main_process:
         print(f"model saved to {out}")
