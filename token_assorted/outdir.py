@@ -305,13 +305,15 @@ def claimed(out: str | Path, kind: str, *, force: bool = False, **info: object) 
 
 
 def _remove_if_only_bookkeeping(out: Path) -> None:
-    """Remove a folder we created if it holds nothing but our markers, manifest and lock."""
+    """Remove a folder we created if it holds nothing but our markers, manifest, lock and empty folders."""
     with contextlib.suppress(OSError):
-        entries = list(out.iterdir())
-        if all(p.name.startswith(PREFIX) and p.is_file() for p in entries):
-            for path in entries:
-                path.unlink()
-            out.rmdir()
+        walked = list(os.walk(out, topdown=False))
+        if any(not name.startswith(PREFIX) for _, _, files in walked for name in files):
+            return
+        for directory, _, files in walked:
+            for name in files:
+                os.unlink(os.path.join(directory, name))
+            os.rmdir(directory)
 
 
 # --------------------------------------------------------------------------- locks
