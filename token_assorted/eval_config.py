@@ -33,6 +33,6 @@ class EvalConfig:
     noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "batch_size": at_least(1), "max_new_tokens": within(1, MAX_NEW_TOKENS), "samples": at_least(0), "top_k": at_least(1),
+        "batch_size": at_least(1), "max_new_tokens": within(1, MAX_NEW_TOKENS), "samples": within(0, 1000), "top_k": at_least(1),
         "temperature": above(0), "seed": at_least(0), "limit": at_least(1), "intervene_seed": at_least(0),
         "constant_code": at_least(0), "noise_scale": at_least(0)}

@@ -19,11 +19,16 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import DataError, WriteError
+
+
+# Called with each path `atomic_open` is about to write, before it writes: outdir.py adds its record
+# of our files here (it imports this module, so this module cannot import it).
+WRITE_OBSERVERS: list[Callable[[Path], None]] = []
 
 
 @contextlib.contextmanager
@@ -40,9 +45,8 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
         with writing(path), open(path, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
         return
-    from .outdir import note_write  # the record of our files in a claimed output folder (outdir.py)
-
-    note_write(path)
+    for observe in WRITE_OBSERVERS:  # outdir.py records the files of a claimed output folder
+        observe(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

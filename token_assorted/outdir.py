@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import OutputDirError
-from .io import atomic_write_json, read_json, writing
+from .io import WRITE_OBSERVERS, atomic_write_json, read_json, writing
 
 try:
     import fcntl
@@ -130,9 +130,10 @@ def release(out: str | Path) -> None:
 
 
 def _recorder_of(path: Path) -> tuple[_Recorder, str] | None:
+    """The claimed folder `path` lies in (or is), and `path` relative to it."""
     absolute = Path(os.path.abspath(path))
     for root, recorder in _ACTIVE.items():
-        if absolute != root and absolute.is_relative_to(root):
+        if absolute.is_relative_to(root):
             return recorder, absolute.relative_to(root).as_posix()
     return None
 
@@ -141,9 +142,12 @@ def note_write(path: str | Path, *, folder: bool = False, pattern: str | None = 
     """Record, before writing it, that `path` is ours (a file; with `folder`, a folder we create and all
     in it; with `pattern`, the names `path/pattern`). Outside any claimed folder this does nothing."""
     found = _recorder_of(Path(path) / pattern if pattern else Path(path))
-    if found is not None:
+    if found is not None and found[1] != ".":
         recorder, relative = found
         recorder.add(relative + "/" if folder else relative)
+
+
+WRITE_OBSERVERS.append(note_write)  # every atomic write is recorded before it happens
 
 
 def is_ours(path: str | Path) -> bool | None:

@@ -73,7 +73,7 @@ class TrainConfig:
     # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
     LIMITS: ClassVar[dict[str, Bound]] = {
         "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
-        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": within(2, 131072),
         "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
         "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
         "max_new_tokens": within(1, 32768), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
