@@ -260,3 +260,50 @@ def test_a_long_prompt_gives_no_transformers_reminder(tiny_lm, pronto, capfd):
     long = " ".join((words * (600 // len(words) + 1))[:500])
     assert main(["explain", "--model", str(tiny_lm), "--question", long, "--max-new-tokens", "30"]) == 0
     assert "friendly reminder" not in capfd.readouterr().err
+
+
+# --- the new-user probe of issue 34 (RELIABILITY.md, "Probe of issue 34") -----------------------------
+@pytest.mark.parametrize("argv, names", [
+    (["data", "generate", "prosqa", "--n", "1000000000", "--out", "x.jsonl"], ["--n", "[1, 10000000]"]),
+    (["train", "--task", "prontoqa", "--data", "d.jsonl", "--model", "gpt2-tiny", "--max-length", "100000000"],
+     ["max_length", "[2, 131072]"]),
+    (["vqvae", "train", "--task", "prontoqa", "--data", "d.jsonl", "--out", "vq", "--codebook-size", "100000000"],
+     ["codebook_size", "[2, 65536]"]),
+    (["run", "--preset", "tiny", "--set", "train.lora={r: 0}"], ["--set train.lora", ": train.lora: r must be"]),
+    (["run", "--preset", "/dev/zero"], ["/dev/zero", "character device"]),
+    (["train", "--task", "prontoqa", "--data", "d.jsonl", "--out", "/dev/null"], ["/dev/null", "not a folder"]),
+])
+def test_what_the_probe_found_is_refused_in_one_line(argv, names, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[1:2] == ["--preset"] and not Path("/dev/zero").exists() or argv[-1] == "/dev/null" and \
+            not Path("/dev/null").is_char_device():
+        pytest.skip("needs /dev/zero and /dev/null")
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    line = one_line(capsys, code, *names)
+    assert "train.train." not in line and list(tmp_path.iterdir()) == []
+
+
+def test_a_data_file_given_as_a_pipe_is_read_once(pronto, capsys):
+    read, write = os.pipe()
+    os.write(write, pronto.read_bytes())  # 8 short records fit in the pipe's buffer
+    os.close(write)
+    try:
+        assert main(["data", "stats", f"/dev/fd/{read}"]) == 0  # the task is inferred, then the file is read
+    finally:
+        os.close(read)
+    assert json.loads(capsys.readouterr().out)["count"] == 8
+
+
+def test_eval_into_a_folder_that_does_not_exist_yet(tiny_lm, pronto, tmp_path):
+    out = tmp_path / "new" / "folder" / "r.json"
+    assert main(["eval", "--model", str(tiny_lm), "--data", str(pronto), "--out", str(out), "--max-new-tokens",
+                 "2"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r.json", "r.predictions.jsonl"]  # no lock left
+
+
+def test_decoding_no_codes_is_refused(tiny_vqvae, capsys):
+    one_line(capsys, main(["vqvae", "decode", "--vqvae", str(tiny_vqvae), "--prompt", "x", "--codes", " , "]),
+             "no codes given")

@@ -19,9 +19,9 @@ import os
 import signal
 import sys
 import threading
-import typing
 
 from . import __version__
+from .commands import OneLineParser
 from .errors import TokenAssortedError
 from .io import library_os_reason, os_reason
 from .terminal import one_line
@@ -31,14 +31,6 @@ DEBUG_VARIABLE = "TOKEN_ASSORTED_DEBUG"
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 COMMANDS = ("data", "vqvae", "train", "eval", "explain", "run")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with a one-line error (`token-assorted train: error: argument --lr: ...`), exit 2,
-    instead of the usage block; every subcommand's parser is one too (add_subparsers takes the class)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

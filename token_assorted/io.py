@@ -172,6 +172,9 @@ def read_text(path: str | Path) -> str:
     if special in ("character device", "block device", "socket"):
         # /dev/zero would be read until memory runs out; a pipe (`<(cat file)`) is read to its end.
         raise DataError(path, f"is a {special}, not a file; expected a data file")
+    pipe = (str(path), os.stat(path).st_ino) if special == "pipe" else None
+    if pipe in _PIPES_READ:
+        return _PIPES_READ[pipe]  # a pipe gives its bytes once; readers that look twice get them again
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -181,10 +184,16 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc.strerror}") from None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(path, f"not valid UTF-8 (byte {exc.start})", line=line) from None
+    if pipe is not None:
+        _PIPES_READ[pipe] = text
+    return text
+
+
+_PIPES_READ: dict[tuple[str, int] | None, str] = {}  # `data stats <(cat FILE)`: the pipe's text, for the second reader
 
 
 class _Refused(ValueError):

@@ -251,7 +251,7 @@ def claim(out: str | Path, kind: str, *, force: bool = False, **info: object) ->
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputDirError(f"{out}: is a file; --out must be a folder")
+        raise OutputDirError(f"{out}: is not a folder; --out must be a folder")
     enclosing = _enclosing(out)
     if enclosing is not None and not force:
         raise OutputDirError(f"{out}: lies inside the token-assorted {enclosing[1]} folder {enclosing[0]}, whose "
@@ -292,7 +292,7 @@ def claimed(out: str | Path, kind: str, *, force: bool = False, **info: object) 
     out = Path(out)
     existed = out.exists()
     if existed and not out.is_dir():
-        raise OutputDirError(f"{out}: is a file; --out must be a folder")
+        raise OutputDirError(f"{out}: is not a folder; --out must be a folder")
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     try:
@@ -339,6 +339,8 @@ def file_lock(path: str | Path) -> Iterator[None]:
     if path.exists() and not path.is_file():
         yield
         return
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the write itself would
     with _held(path.with_name(f".{path.name}.lock"), f"{path}: another token-assorted command is writing it",
                remove=True):
         yield

@@ -133,7 +133,7 @@ def preset_names() -> list[str]:
 def preset_path(spec: str | Path) -> Path:
     """A shipped preset by name, or a YAML file path."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if path.suffix in (".yaml", ".yml") or path.exists():  # a device or a folder: read_text names what it is
         return path
     candidate = resources.files("token_assorted.presets") / f"{spec}.yaml"
     if not candidate.is_file():

@@ -119,4 +119,6 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         if config.lora is not None:
             check_lora(config.lora)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {prefix}{exc}" if prefix else str(exc)) from None
+        # A message that names its option already (train.lora: ...) is not prefixed twice.
+        message = str(exc).removeprefix("train.") if prefix else str(exc)
+        raise ConfigError(f"{source}: {prefix}{message}" if prefix else message) from None

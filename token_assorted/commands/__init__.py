@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import typing
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (`token-assorted train: error: argument --lr: ...`), exit 2,
+    instead of the usage block; every subcommand's parser is one too (add_subparsers takes the class)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        from ..terminal import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _integer(text: str) -> int:

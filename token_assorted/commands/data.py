@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from . import add_task_flags, bounded_int, non_negative_int, task_options_from_args
+from . import OneLineParser, add_task_flags, bounded_int, non_negative_int, task_options_from_args
 from ..io import read_records
 from ..schema import Example, save_examples
 from ..terminal import printable
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- generate ----------------------------------------------------------------------------
 def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -> argparse.ArgumentParser:
     """The parser of `data generate TASK ...`: common flags plus one flag per task option."""
-    parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
+    parser = OneLineParser(prog=f"token-assorted data generate {task_name}",
                                      description=f"Generate {task_name} examples as JSONL.")
     parser.add_argument("--n", type=bounded_int(1, MAX_EXAMPLES), required=True,
                         help=f"number of examples (at most {MAX_EXAMPLES:,})")

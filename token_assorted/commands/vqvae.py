@@ -162,6 +162,8 @@ def _decode(args: argparse.Namespace) -> int:
     per_chunk, chunk_size = loaded.config.latents_per_chunk, loaded.config.chunk_size
     most = -(-trace_limit(args.vqvae) // chunk_size) * per_chunk
     parts = [part for part in args.codes.replace(" ", "").split(",") if part] if len(args.codes) <= 20 * most else None
+    if parts is not None and not parts:
+        raise ConfigError("--codes: no codes given; pass comma-separated codebook indices, e.g. 12,7,40")
     if parts is None or len(parts) > most:
         raise ConfigError(f"--codes: at most {most} codes ({most // per_chunk} chunks of {chunk_size} tokens, the "
                           f"VQ-VAE's max_trace_len), got {len(parts) if parts is not None else 'far more'}")
