@@ -602,6 +602,7 @@ def test_sigterm_on_run_ends_its_parallel_training_workers(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
+    assert "leaked semaphore" not in err and "run the same command again" in err, err  # issue 34
     deadline = time.time() + 20
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.1)
