@@ -87,7 +87,7 @@ def with_long(pronto, tmp_path_factory) -> Path:
 
 
 def test_eval_skips_examples_longer_than_the_model_takes(with_long, tiny_lm, tmp_path, capsys, monkeypatch):
-    import token_assorted.evaluate as evaluate
+    import token_assorted.generation.scoring as evaluate
 
     budgets = []
     real = evaluate.generate_ids
@@ -212,7 +212,7 @@ def test_a_codes_file_naming_another_tokenizer_is_refused(recorded, toy, tiny_vq
 
 
 def test_latent_tokens_count_when_the_metadata_lost_their_record(tiny_lm, tmp_path):
-    from token_assorted.model_dir import load_model_dir
+    from token_assorted.lm.model_dir import load_model_dir
 
     model = tmp_path / "model"
     shutil.copytree(tiny_lm, model, ignore=shutil.ignore_patterns("state", "logs"))
@@ -225,12 +225,12 @@ def test_latent_tokens_count_when_the_metadata_lost_their_record(tiny_lm, tmp_pa
 
 # --- numbers as people write them --------------------------------------------------------------------
 def test_yaml_1_2_numbers_are_numbers(toy, tmp_path):
-    from token_assorted.config import from_mapping, load_yaml
-    from token_assorted.preset import load_preset
-    from token_assorted.train_config import TrainConfig
+    from token_assorted.core.config import from_mapping, load_yaml
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.lm.config import TrainConfig
 
     assert load_preset("tiny", {"train.lr": 3e-4}).train["lr"] == 3e-4
-    from token_assorted.config import parse_overrides
+    from token_assorted.core.config import parse_overrides
 
     assert parse_overrides(["train.lr=3e-4", "data.train=1e3"]) == {"train.lr": 3e-4, "data.train": 1000.0}
     assert load_preset("tiny", parse_overrides(["data.train=1e3"])).data.train == 1000

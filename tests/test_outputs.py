@@ -59,7 +59,7 @@ def test_train_refuses_a_model_folder_it_did_not_mark_and_one_it_trained(tiny_lm
 
 
 def test_a_folder_inside_one_of_ours_is_refused(tmp_path, capsys):
-    from token_assorted.outdir import claim, release
+    from token_assorted.core.outdir import claim, release
 
     claim(tmp_path / "run", "run")
     release(tmp_path / "run")
@@ -69,10 +69,10 @@ def test_a_folder_inside_one_of_ours_is_refused(tmp_path, capsys):
 
 # --- 2. --force adds our files, never deletes a user's ----------------------------------------------
 def test_a_stale_stage_is_cleared_of_our_files_only(tmp_path):
-    from token_assorted.errors import OutputDirError
-    from token_assorted.io import atomic_write_text
-    from token_assorted.outdir import claim, release
-    from token_assorted.stages import run_stage
+    from token_assorted.core.errors import OutputDirError
+    from token_assorted.core.io import atomic_write_text
+    from token_assorted.core.outdir import claim, release
+    from token_assorted.pipeline.stages import run_stage
 
     def build(path: Path) -> None:
         atomic_write_text(path / "ours.txt", "computed")
@@ -180,7 +180,7 @@ LOCKED = {
 @pytest.mark.parametrize("command", list(LOCKED))
 def test_every_writing_command_is_refused_while_another_holds_its_output(command, toy, pronto, tiny_vqvae, tiny_lm,
                                                                          tmp_path, capsys):
-    from token_assorted.outdir import file_lock, folder_lock
+    from token_assorted.core.outdir import file_lock, folder_lock
 
     out = tmp_path / ("out" if command in ("train", "vqvae train", "run") else "out.json")
     argv, kind = LOCKED[command]({"toy": toy, "pronto": pronto, "vq": tiny_vqvae, "lm": tiny_lm}, out)
@@ -194,7 +194,7 @@ def test_every_writing_command_is_refused_while_another_holds_its_output(command
 # --- interrupts, and what a rerun does ------------------------------------------------------------------
 def _interrupt_at(monkeypatch, step: int, where: str) -> None:
     """Make the training skeleton stop after `step` steps in an output folder named `where`, as Ctrl-C does."""
-    import token_assorted.training as training
+    import token_assorted.training.fit as training
 
     real = training.Fit.agree
     hit = []
@@ -255,7 +255,7 @@ def test_train_resume_refuses_any_setting_that_changes_the_result(change, free, 
 
 
 def test_checkpoint_files_get_the_mode_of_every_other_output(toy, tmp_path):
-    from token_assorted.io import new_file_mode
+    from token_assorted.core.io import new_file_mode
 
     out = tmp_path / "lm"
     assert main(toy_train(toy, out)) == 0

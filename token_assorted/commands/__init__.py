@@ -11,7 +11,7 @@ class OneLineParser(argparse.ArgumentParser):
     instead of the usage block; every subcommand's parser is one too (add_subparsers takes the class)."""
 
     def error(self, message: str) -> typing.NoReturn:
-        from ..terminal import one_line
+        from ..core.terminal import one_line
 
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
@@ -62,7 +62,7 @@ def parse_fields(text: str) -> dict[str, str]:
 
 def add_task_flags(parser: argparse.ArgumentParser) -> None:
     """--fields, --answer-match and --step-split: the options of the generic task `qa`."""
-    from ..tasks.qa import ANSWER_MATCHES, FIELD_ROLES, STEP_SPLITS
+    from ..data.tasks.qa import ANSWER_MATCHES, FIELD_ROLES, STEP_SPLITS
 
     group = parser.add_argument_group("generic task options (--task qa); recorded with the model")
     group.add_argument("--fields", type=parse_fields, default=None, metavar="OURS=YOURS,...",

@@ -23,7 +23,7 @@ from .flags import add_config_flags, given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..eval_config import EvalConfig
+    from ..generation.config import EvalConfig
 
     parser = subparsers.add_parser("eval", help="evaluate a trained model on a data file",
                                    description=__doc__)
@@ -40,16 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import sys
 
-    from ..config import from_mapping
-    from ..eval_config import EvalConfig
-    from ..evaluate import evaluate_loaded, fit_to_model, predictions_path, save_result
-    from ..generation import shipped_settings
-    from ..interventions import check_probe_options
-    from ..io import special_file
-    from ..model_dir import load_model_dir, resolve_task
-    from ..outdir import check_outputs, file_lock
-    from ..tasks import check_data_task
-    from ..terminal import printable
+    from ..core.config import from_mapping
+    from ..core.io import special_file
+    from ..core.outdir import check_outputs, file_lock
+    from ..core.terminal import printable
+    from ..data.tasks import check_data_task
+    from ..evaluation.evaluate import evaluate_loaded, fit_to_model, predictions_path, save_result
+    from ..generation.config import EvalConfig
+    from ..generation.generate import shipped_settings
+    from ..generation.interventions import check_probe_options
+    from ..lm.model_dir import load_model_dir, resolve_task
 
     config = from_mapping(EvalConfig, given(args, EvalConfig), "command line")
     check_probe_options(config)  # before any weights are read
@@ -71,7 +71,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"skipped {skipped} examples longer than the model takes ({limit} tokens as question, trace and "
               f"solution: max_length)", file=sys.stderr)
     with file_lock(args.out):
-        result = evaluate_loaded(loaded, task, examples, config, args.model)
+        result = evaluate_loaded(loaded, task, examples, config)
         probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
                   if getattr(config, key) is not None}
         if config.intervene == "noise":

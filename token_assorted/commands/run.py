@@ -58,13 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..models import is_preset
-    from ..config import parse_overrides
-    from ..outdir import check_outputs, claimed
-    from ..pipeline import run_pipeline
-    from ..preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset, preset_path
-    from ..resources import check_resources, run_inputs
+    from ..core.config import parse_overrides
+    from ..core.errors import ConfigError
+    from ..core.outdir import check_outputs, claimed
+    from ..lm.models import is_preset
+    from ..pipeline.preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset, preset_path
+    from ..pipeline.resources import check_resources, run_inputs
+    from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
     labels = {}  # how the user gave each override, for errors that only it causes

@@ -17,7 +17,7 @@ from .flags import add_config_flags, given, merge
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..train_config import TrainConfig
+    from ..lm.config import TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="stage 2: train an LM on mixed latent/text traces (or a baseline)",
@@ -33,11 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import from_mapping, load_yaml
-    from ..outdir import check_outputs, claimed, remove_ours
-    from ..tasks import check_data_task, get_task
-    from ..train import refuse_trained_model, train_lm
-    from ..train_config import TrainConfig
+    from ..core.config import from_mapping, load_yaml
+    from ..core.outdir import check_outputs, claimed, remove_ours
+    from ..data.tasks import check_data_task, get_task
+    from ..lm.config import TrainConfig
+    from ..lm.train import refuse_trained_model, train_lm
 
     mapping = load_yaml(args.config) if args.config else {}
     if args.config:
