@@ -123,7 +123,7 @@ def test_an_empty_preset_is_refused(text, tmp_path, capsys):
 
 @pytest.mark.parametrize("yaml_text, names", [
     ("train:\n  epochs: -1\n", ["train.epochs: must be >= 1, got -1"]),
-    ("vqvae:\n  codebook_size: 0\n", ["vqvae.codebook_size: must be >= 2, got 0"]),
+    ("vqvae:\n  codebook_size: 0\n", ["vqvae.codebook_size: must be in [2, 65536], got 0"]),
     ("data:\n  train: 0\n", ["data.train: must be >= 1"]),
     ("vqvae:\n  chunk_size: 6\n  compression: 4\n", ["vqvae.chunk_size", "compression r=4"]),
     ("vqvae:\n  d_model: 32\n  heads: 3\n", ["vqvae.d_model", "heads=3"]),
