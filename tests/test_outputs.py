@@ -33,8 +33,8 @@ def digest(folder: Path) -> dict[str, str]:
 # --- 1. a folder is ours only if its marker says so -------------------------------------------
 def test_run_refuses_a_folder_holding_a_model_of_ours_beside_a_users_files(tmp_path, capsys):
     out = tmp_path / "study"
-    (out / "models" / "cot").mkdir(parents=True)
-    (out / "models" / "cot" / ".complete.json").write_text('{"hash": "x"}')  # looks like one of our runs
+    (out / "model").mkdir(parents=True)
+    (out / "model" / ".complete.json").write_text('{"hash": "x"}')  # a finished stage's marker: looks like a run
     (out / "data").mkdir()
     (out / "data" / "survey.csv").write_text("id,answer\n1,yes\n")
     (out / "report.md").write_text("my own report")
