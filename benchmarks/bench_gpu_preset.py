@@ -78,7 +78,7 @@ SMOKE = {
     "vqvae.valid_every": 2, "vqvae.warmup_steps": 1, "vqvae.d_model": 32, "vqvae.heads": 2,
     "vqvae.encoder_layers": 1, "vqvae.decoder_layers": 1, "vqvae.prompt_layers": 1, "vqvae.codebook_dim": 8,
     "vqvae.search_candidates": 4, "vqvae.search_explore": 1, "vqvae.search_rerank": 2, "vqvae.progress": False,
-    "train.model": "gpt2-tiny", "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2,
+    "train.model": "scratch-gpt2-tiny", "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2,
     "train.progress": False, "eval.batch_size": 4, "eval.max_new_tokens": 24, "explain_samples": 1, "threads": 2,
 }
 SMOKE_MAZE = {"eval.samples": 2}

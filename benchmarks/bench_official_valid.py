@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="work and run directory")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per method")
     parser.add_argument("--vqvae-steps", type=int, default=300)
-    parser.add_argument("--model", default="tiny", help="model preset (token_assorted.models.PRESETS)")
+    parser.add_argument("--model", default="scratch-tiny", help="model preset (token_assorted.models.PRESETS)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--valid", type=int, default=100, help="generated valid examples (model selection)")
