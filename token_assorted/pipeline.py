@@ -22,7 +22,7 @@ from .environment import environment
 from .io import read_json
 from .mixing import CODE_STRATEGIES
 from .model_dir import MODEL_META
-from .preset import PipelineConfig, check_data_files
+from .preset import PipelineConfig, check_data_files, check_models
 from .probes import summarize
 from .stages import (StageResult, codes_stage, data_stage, eval_stage, method_dir_name, probe_stage, tokenizer_stage,
                      train_stage, vqvae_stage)
@@ -48,6 +48,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     check_data_files(config, preset_name)
+    check_models(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -125,6 +126,9 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
+    for m, rs in runs.items():  # which rule checked the answers (an eval cached before it was recorded: none)
+        if isinstance(rs[0].get("answer_rules"), dict):
+            extras.setdefault(DISPLAY_NAMES.get(m, m), {})["answer_rules"] = rs[0]["answer_rules"]
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
