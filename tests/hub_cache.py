@@ -2,6 +2,7 @@
 
 `save_official_gpt2` writes a GPT-2 folder the way `openai-community/gpt2` is laid out: weights
 without the `transformer.` prefix and without `lm_head.weight` (tied to the input embedding),
+plus each layer's `attn.bias` causal mask (a buffer transformers ignores on load),
 a byte-level BPE tokenizer (`vocab.json`, `merges.txt`, `tokenizer.json`) whose only special
 token is `<|endoftext|>`, and a `tokenizer_config.json` that names no class (transformers
 picks GPT-2's from `config.json`). `save_official_llama` writes one as `meta-llama/Llama-3.2-1B`
@@ -53,6 +54,8 @@ def save_official_gpt2(directory: Path, texts: list[str], width: int = 48, seed:
     model = GPT2LMHeadModel(config)
     state = {name.removeprefix("transformer."): tensor.contiguous() for name, tensor in model.state_dict().items()
              if name != "lm_head.weight"}
+    for layer in range(config.n_layer):  # the causal-mask buffers the official file still stores
+        state[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(1024, 1024)).view(1, 1, 1024, 1024)
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(directory))
     core.save(str(directory / "tokenizer.json"))
