@@ -8,10 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_assorted.answers import (answers_match, check_math_answer, extract_answer, last_boxed, normalize_answer,
-                                    numbers_equal, parse_number)
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tasks.answers import (
+    answers_match,
+    check_math_answer,
+    extract_answer,
+    last_boxed,
+    normalize_answer,
+    numbers_equal,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

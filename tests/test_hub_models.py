@@ -16,13 +16,14 @@ import torch
 from hub_cache import REVISION, fill_cache, save_official_gpt2, save_official_llama
 from safetensors.torch import load_file, save_file
 
-from token_assorted import hub_models
 from token_assorted.cli import main
-from token_assorted.errors import CheckpointError
-from token_assorted.pretrained import load_pretrained_lm, resolve_tokenizer
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
-from token_assorted.weights import check_model_folder
+from token_assorted.core import model_source
+from token_assorted.core.errors import CheckpointError
+from token_assorted.core.weights import check_model_folder
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import resolve_tokenizer
+from token_assorted.lm.pretrained import load_pretrained_lm
 
 TEXTS = ["Tom is a wumpus. Every wumpus is a lempus. Is Tom a lempus or a gorpus? Tom is a lempus."] * 8
 OTHER = "f" * 40  # a second commit of the same repository
@@ -91,7 +92,7 @@ def test_what_transformers_would_not_load_faithfully_is_still_refused(folders, t
 
 # --------------------------------------------------------------------------- Hub ids
 def test_a_cached_id_resolves_offline_and_revision_is_honoured(cache):
-    assert hub_models.resolve_hub_model("openai-community/gpt2") == \
+    assert model_source.resolve_hub_model("openai-community/gpt2") == \
         cache / "models--openai-community--gpt2" / "snapshots" / REVISION
     assert load_pretrained_lm("openai-community/gpt2")[0].config.n_embd == 48
     assert load_pretrained_lm(f"openai-community/gpt2@{OTHER}")[0].config.n_embd == 32
@@ -127,7 +128,7 @@ def test_downloads_ask_only_for_safe_files(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.snapshot_download", refuse)
     with pytest.raises(CheckpointError, match="meta-llama/Llama-3.2-1B@v1: .*cannot be downloaded.*Connection refused"):
-        hub_models.resolve_hub_model("meta-llama/Llama-3.2-1B@v1")
+        model_source.resolve_hub_model("meta-llama/Llama-3.2-1B@v1")
     (repo, options), = calls
     assert repo == "meta-llama/Llama-3.2-1B" and options["revision"] == "v1" and not options["local_files_only"]
     assert not any(p.endswith((".bin", ".pt", ".pth", ".py", "*")) for p in options["allow_patterns"])
@@ -147,6 +148,6 @@ def test_a_cached_snapshot_gets_every_check_of_a_folder(cache):
 def test_local_paths_are_not_hub_ids(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "name").mkdir(parents=True)
-    assert hub_models.parse_hub_id("org/name") is None  # an existing folder wins
-    assert hub_models.parse_hub_id("org/other@main") == ("org/other", "main")
-    assert not any(map(hub_models.is_hub_id, ["runs/x/models/cot", "./a/b", "/abs/path", "m.gguf", "gpt2"]))
+    assert model_source.parse_hub_id("org/name") is None  # an existing folder wins
+    assert model_source.parse_hub_id("org/other@main") == ("org/other", "main")
+    assert not any(map(model_source.is_hub_id, ["runs/x/models/cot", "./a/b", "/abs/path", "m.gguf", "gpt2"]))

@@ -18,10 +18,10 @@ from hub_cache import fill_cache, save_official_gpt2, save_official_llama
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from token_assorted.cli import build_parser, main
-from token_assorted.io import read_json
-from token_assorted.preset import load_preset, preset_names
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import tokenizer_fingerprint
+from token_assorted.core.io import read_json
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import tokenizer_fingerprint
+from token_assorted.pipeline.preset import load_preset, preset_names
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # What makes a run seconds long: a few examples, two VQ-VAE steps of a narrow VQ-VAE, one epoch,

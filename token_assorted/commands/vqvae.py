@@ -17,9 +17,10 @@ import contextlib
 import os
 import sys
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import add_task_flags, positive_int, task_options_from_args
 from .flags import add_config_flags, given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("vqvae", help="stage 1: train the VQ-VAE, encode traces, decode codes",
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-    from ..vqvae.options import VQVAETrainConfig  # no torch import: keeps --help fast
+    from ..vqvae.options import VQVAETrainConfig
 
     parser = commands.add_parser("train", help="train a VQ-VAE on a task's traces")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names, with _)")
@@ -50,7 +51,7 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
     parser.add_argument("--out", required=True, metavar="CODES.json",
                         help="output: the codes file (one code list per example, the codebook, the tokenizer's "
-                             "and the VQ-VAE's paths; token_assorted/latents.py)")
+                             "and the VQ-VAE's paths; token_assorted/vqvae/codes.py)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
@@ -92,7 +93,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """Defaults <- --config YAML <- command-line flags."""
-    from ..config import from_mapping, load_yaml, replace
+    from ..core.config import from_mapping, load_yaml, replace
     from ..vqvae.options import VQVAETrainConfig
 
     config = VQVAETrainConfig()
@@ -105,7 +106,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 def _task_of(args: argparse.Namespace, loaded):
     """The task given (or the VQ-VAE's), with the VQ-VAE's recorded task options under the flags."""
-    from ..tasks import get_task
+    from ..data.tasks import get_task
 
     name = args.task or loaded.task
     recorded = loaded.task_options if name == loaded.task else {}
@@ -113,7 +114,7 @@ def _task_of(args: argparse.Namespace, loaded):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..outdir import claimed
+    from ..core.outdir import claimed
     from ..vqvae import train_vqvae
 
     config = train_config_from_args(args)
@@ -128,9 +129,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from ..latents import encode_codes_file
-    from ..terminal import printable
+    from ..core.terminal import printable
     from ..vqvae import load_vqvae
+    from ..vqvae.codes import encode_codes_file
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
@@ -140,7 +141,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from ..terminal import printable
+    from ..core.terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
 
     try:
@@ -156,7 +157,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..io import atomic_write_json
+    from ..core.io import atomic_write_json
     from ..vqvae import evaluate_reconstruction, load_vqvae
 
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)

@@ -7,8 +7,8 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from ..config import Bound, above, at_least, check_limits, within
-from ..errors import ConfigError
+from ..core.config import Bound, above, at_least, check_limits, within
+from ..core.errors import ConfigError
 
 ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
