@@ -76,6 +76,17 @@ def test_prefixed_and_tied_layouts_load_too(folders, tmp_path):
     check_model_folder(folders["llama"])  # model.-prefixed, tied head stored once
 
 
+def test_a_layout_transformers_converts_on_load_is_accepted(tmp_path):
+    # Mixtral saves its experts one by one (block_sparse_moe.experts.0.w1 ...); transformers merges
+    # them into mlp.experts.gate_up_proj when it loads, so the names differ from the model's.
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=64, num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
+    MixtralForCausalLM(config).save_pretrained(str(tmp_path))
+    check_model_folder(tmp_path)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda s: {k: v for k, v in s.items() if k != "h.1.mlp.c_fc.weight"}, "lack 'transformer.h.1.mlp.c_fc.weight'"),
     (lambda s: {**s, "h.0.attn.extra": torch.zeros(2)}, "unexpected weight 'h.0.attn.extra'"),
