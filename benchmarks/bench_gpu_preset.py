@@ -65,7 +65,7 @@ PAPER = {
 }
 GPU_BUDGET = {
     "vqvae.steps": 500, "vqvae.valid_every": 250, "vqvae.progress": False,
-    "train.epochs": 100, "train.max_steps": 150, "train.eval_limit": 100, "train.progress": False,
+    "train.epochs": 100, "train.max_steps": 150, "train.validation.limit": 100, "train.progress": False,
     "eval.limit": 300, "explain_samples": 2,
 }
 # Small-preset mazes: traces up to ~580 words (BENCHMARKS.md, "Keys-Finding Maze generator").

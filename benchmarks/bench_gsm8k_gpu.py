@@ -40,8 +40,8 @@ METHODS = ["cot", "token-assorted"]
 GPU_OVERRIDES = {
     "methods": METHODS, "data.valid": 100, "data.train": 0, "data.test": 0,
     "vqvae.steps": 500, "vqvae.batch_size": 64, "vqvae.valid_every": 250, "vqvae.progress": False,
-    "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-4, "train.eval_limit": 64,
-    "train.eval_batch_size": 64, "train.progress": False,
+    "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-4, "train.validation.limit": 64,
+    "train.validation.batch_size": 64, "train.progress": False,
     "eval.batch_size": 512, "explain_samples": 2,
 }
 # --smoke: the same path on a handful of questions, seconds per stage on a CPU.

@@ -16,7 +16,7 @@ from token_assorted.core.errors import ConfigError
 from token_assorted.data.schema import Example
 from token_assorted.data.tokenizer import load_tokenizer
 from token_assorted.evaluation.evaluate import evaluate_dir
-from token_assorted.generation.config import EvalConfig
+from token_assorted.generation.config import EvalConfig, GenerationConfig
 from token_assorted.generation.thoughts import generate_thoughts, intervention, noise_direction
 from token_assorted.lm.config import TrainConfig
 from token_assorted.lm.methods.coconut import (
@@ -59,7 +59,7 @@ def config(data, out, **overrides) -> TrainConfig:
 def trained(data, tmp_path_factory):
     """A toy Coconut model trained through its curriculum (CoT, then stages 1-3)."""
     out = tmp_path_factory.mktemp("coconut") / "model"
-    return train_lm(config(data, out, valid=str(data["valid"]), eval_limit=4))
+    return train_lm(config(data, out, valid=str(data["valid"]), validation=GenerationConfig(limit=4)))
 
 
 # --------------------------------------------------------------------------- sequences

@@ -18,8 +18,8 @@ from test_vqvae import (
     random_batch,
     spread_search_model,
     tiny_config,
-    toy_examples,  # noqa: F401 (toy_file: a fixture)
-    toy_file,
+    toy_examples,
+    toy_file,  # noqa: F401 (a fixture)
 )
 
 import token_assorted.vqvae.search as search

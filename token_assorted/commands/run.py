@@ -78,8 +78,9 @@ def run_command(args: argparse.Namespace) -> int:
     from ..core.config import parse_overrides
     from ..core.errors import ConfigError
     from ..core.outdir import claimed, run_lock
+    from ..lm.methods import names_of
     from ..lm.models import is_preset
-    from ..pipeline.preset import ABLATIONS, CONTROLS, PEERS, check_data_files, check_models, load_preset
+    from ..pipeline.preset import check_data_files, check_models, load_preset
     from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
@@ -111,12 +112,12 @@ def run_command(args: argparse.Namespace) -> int:
         overrides[f"data.task_options.{name}"] = value
         labels[f"data.task_options.{name}"] = f"--{name.replace('_', '-')}"
     config = load_preset(args.preset, overrides, labels)
-    known = (*ABLATIONS, *CONTROLS)
+    known, peers = (*names_of("ablation"), *names_of("control")), names_of("peer")
     extra = list(known) if "all" in args.strategies else args.strategies
     for name in extra:
-        if name not in (*known, *PEERS) and name not in config.methods:
+        if name not in (*known, *peers) and name not in config.methods:
             raise ConfigError(f"--strategies: unknown method {name!r}; choose from "
-                              f"{', '.join((*known, *PEERS))} or all ({', '.join(known)})")
+                              f"{', '.join((*known, *peers))} or all ({', '.join(known)})")
         if name not in config.methods:
             config.methods.append(name)
     preset_name = Path(args.preset).stem

@@ -26,13 +26,10 @@ from ..evaluation.claims import ClaimThresholds
 from ..evaluation.probes import ProbeSettings, check_settings
 from ..generation.config import EvalConfig
 from ..lm.config import TrainConfig, check_config
-from ..lm.methods import METHOD_NAMES
+from ..lm.methods import METHOD_NAMES, names_of
 from ..vqvae.options import VQVAETrainConfig, check_options
 
-BASE_METHODS = ("sol-only", "cot", "token-assorted")
-ABLATIONS = ("all-replace", "curriculum", "poisson")
-CONTROLS = ("pause",)  # Token Assorted's shape with content-free latent tokens
-PEERS = ("coconut", "icot")  # the field's other latent-reasoning methods (train_config.PEERS)
+BASE_METHODS = (*names_of("baseline"), *names_of("method"))  # every run: Sol-Only, CoT, Token Assorted
 # Keys the pipeline sets itself in the stage configs (a preset may not).
 VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
 TRAIN_OWNED = ("task", "task_options", "data", "valid", "out", "strategy", "vqvae", "codes", "seed")

@@ -141,8 +141,6 @@ def data_stage(config: PipelineConfig, out: Path, log: Log) -> StageResult:
             log(f"  {split}: {len(examples)} examples")
 
     settings = dataclasses.asdict(config.data)
-    if not settings["task_options"]:
-        del settings["task_options"]  # so runs without task options keep the cache keys they had
     # Content hashes of the data files: an edited file recomputes the stages that read it.
     files = {split: fingerprint(path) for split, path in sorted(config.data.files.items()) if path}
     return run_stage(out / "data", config_hash("data", config.task, settings, files), build, "data", log)
