@@ -28,7 +28,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # one method, the probes' cheapest intervention and no dial.
 SHRINK = ["data.valid=4", "data.test=4", "vqvae.steps=2", "vqvae.valid_every=2", "vqvae.batch_size=8",
           "vqvae.d_model=32", "vqvae.heads=2", "vqvae.encoder_layers=1", "vqvae.decoder_layers=1",
-          "vqvae.prompt_layers=1", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=4",
+          "vqvae.prompt_layers=1", "train.epochs=1", "train.batch_size=8", "train.validation.batch_size=4",
           "methods=[token-assorted]", "eval.batch_size=4", "probes.interventions=[constant]", "probes.dial=false",
           "explain_samples=0", "threads=1", "method_overrides.icot.icot_final_epochs=1"]
 
@@ -98,7 +98,7 @@ def test_math_llama_runs_every_stage_on_the_cached_llama(hub, tmp_path):
     out = tmp_path / "run"
     code = main(["run", "--preset", "math-llama", "--train", str(train), "--test", str(test), "--out", str(out),
                  *_sets("data.train=16", "vqvae.chunk_size=8", "vqvae.compression=8", "vqvae.codebook_size=16",
-                        "train.max_new_tokens=16", "eval.max_new_tokens=16", *SHRINK)])
+                        "train.validation.max_new_tokens=16", "eval.max_new_tokens=16", *SHRINK)])
     assert code == 0
     config = json.loads((out / "models" / "token-assorted" / "config.json").read_text())
     assert (config["model_type"], config["hidden_size"]) == ("llama", 40)
