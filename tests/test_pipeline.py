@@ -75,7 +75,7 @@ def test_every_shipped_preset_states_only_what_differs_from_the_defaults(name):
 
 
 def test_shipped_presets_include_the_documented_ones():
-    assert {"cpu", "paper", "gpu", "tiny"} <= set(preset_names())
+    assert {"cpu", "tiny", "prosqa-gpt2", "prontoqa-gpt2", "maze", "math-llama", "prosqa-scratch-gpt2"} <= set(preset_names())
 
 
 def test_preset_typos_are_config_errors(tmp_path):

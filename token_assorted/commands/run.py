@@ -18,14 +18,36 @@ from . import add_task_flags, positive_int, task_options_from_args
 MAX_SEEDS = 100  # preset.PipelineConfig's limit, checked by argparse already
 
 
+PRESET_PACKAGE = "token_assorted.pipeline.presets"
+
+
+def preset_lines() -> str:
+    """Every shipped preset with its `description`, for --help (read as plain YAML: no torch import)."""
+    from importlib import resources
+
+    import yaml
+
+    entries = sorted((p for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml")),
+                     key=lambda p: p.name[:-5])
+    lines = []
+    for entry in entries:
+        try:
+            description = (yaml.safe_load(entry.read_text(encoding="utf-8")) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(unreadable)"
+        lines.append(f"  {entry.name[:-5]:<22} {description}")
+    return "\n".join(lines)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="the full experiment: data, VQ-VAE, 3 methods, eval, report",
-                                   description=__doc__)
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="presets (--preset NAME; README.md, \"Presets\"):\n" + preset_lines())
     parser.add_argument("--task", default=None,
                         help="task (default: the preset's, prosqa for cpu); qa: your own data (--fields ...)")
     parser.add_argument("--preset", default="cpu",
-                        help="a shipped preset (cpu: default, 2 CPU cores, ~15 min; paper: official task "
-                             "sizes; gpu: GPT-2 size at paper scale; tiny: seconds, for tests) or a YAML file")
+                        help="a shipped preset (listed below; cpu: the default, 2 CPU cores, ~15 min; the paper's "
+                             "own setups: prosqa-gpt2, prontoqa-gpt2, maze, math-llama) or a YAML file")
     parser.add_argument("--strategies", nargs="*", default=[], metavar="NAME",
                         help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
                              "curriculum, poisson, the control pause (Token Assorted with <pause> in place of its "
@@ -44,9 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding train.jsonl and test.jsonl (and valid.jsonl); "
                              "the same as --train/--valid/--test for the files it holds")
-    parser.add_argument("--model", default=None, metavar="PATH",
-                        help="the LM of every method: a local Hugging Face model folder, a .gguf file or a preset "
-                             "name; a pretrained model's tokenizer is the VQ-VAE's too")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the LM of every method: a Hub id ORG/NAME[@REVISION] (from the HF cache; downloaded "
+                             "only with HF_HUB_OFFLINE=0), a local Hugging Face model folder, a .gguf file or a "
+                             "random-init size (scratch-tiny, scratch-gpt2, ...); a pretrained model's tokenizer is "
+                             "the VQ-VAE's too")
     add_task_flags(parser)
     parser.add_argument("--force", action="store_true",
                         help="write into --out even if it holds files that are not those of a run of ours "
@@ -63,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
     from ..core.outdir import check_outputs, claimed
     from ..lm.methods import names_of
     from ..lm.models import is_preset
-    from ..pipeline.preset import check_data_files, load_preset, preset_path
+    from ..pipeline.preset import check_data_files, check_models, load_preset, preset_path
     from ..pipeline.resources import check_resources, run_inputs
     from ..pipeline.run import run_pipeline
 
@@ -107,6 +131,7 @@ def run_command(args: argparse.Namespace) -> int:
     preset_name = Path(args.preset).stem
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
     check_data_files(config, preset_name)
+    check_models(config)  # a Hub id neither cached nor downloadable: one line, before any stage
     # Everything the preset names (models, tokenizers, devices, LoRA targets) before any stage runs.
     check_resources(config, str(preset_path(args.preset)), {**{key: f"--set {key}={value}" for key, value in
                                                                parse_overrides(args.overrides).items()}, **labels})

@@ -34,7 +34,7 @@ class TrainConfig:
     strategy: str = "token-assorted"  # a chunk strategy (token-assorted, cot, sol-only, ...), coconut or icot
     vqvae: str | None = None  # stage-1 folder: its tokenizer and codebook, the codes computed in memory
     codes: str | None = None  # instead of vqvae: a codes file (`vqvae encode`, vqvae/codes.py)
-    model: str = "tiny"  # tiny | small | base | gpt2 | gpt2-tiny | a local HF model dir | FILE.gguf
+    model: str = "scratch-tiny"  # scratch-tiny/-small/-base/-gpt2/-gpt2-tiny, a model folder, FILE.gguf or ORG/NAME[@REV]
     tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
     embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
@@ -95,9 +95,10 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         raise ConfigError(f"{source}: {prefix}batch_size: {config.batch_size} is not divisible by "
                           f"grad_accum={config.grad_accum}")
     from .methods import METHODS, method_for
-    from .models import EMBEDDING_INITS
+    from .models import EMBEDDING_INITS, check_model_spec
 
     try:
+        check_model_spec(config.model)  # a former preset name (gpt2, tiny): what it is called now
         method = method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
         if METHODS[config.strategy].layout and not (config.vqvae or config.codes or have_latents):
             raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "

@@ -228,6 +228,23 @@ def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, s
     check_types(cls, section, source, prefix)
 
 
+def model_specs(config: PipelineConfig) -> list[str]:
+    """Every model and tokenizer a preset names (train.model, each method's, vqvae.tokenizer), once each."""
+    specs = [config.train.get("model"), *(section.get("model") for section in config.method_overrides.values()),
+             config.vqvae.get("tokenizer")]
+    return list(dict.fromkeys(str(spec) for spec in specs if spec))
+
+
+def check_models(config: PipelineConfig) -> None:
+    """Make every Hub id the preset names available now (cached, or downloaded when allowed), so that
+    one that is neither fails in one line before the first stage rather than after the VQ-VAE."""
+    from ..core.model_source import is_hub_id, resolve_hub_model
+
+    for spec in model_specs(config):
+        if is_hub_id(spec):
+            resolve_hub_model(spec)
+
+
 def check_data_files(config: PipelineConfig, source: str = "preset") -> None:
     """Data files, when given, name existing train and test files; tasks with no generator need them."""
     from ..data.sources import exists

@@ -24,7 +24,7 @@ from ..evaluation.claims import check_claims, claims_lines
 from ..evaluation.probes import summarize
 from ..lm.methods import METHODS, display_name
 from ..lm.model_dir import MODEL_META
-from .preset import PipelineConfig, check_data_files
+from .preset import PipelineConfig, check_data_files, check_models
 from .stages import (
     StageResult,
     codes_stage,
@@ -54,6 +54,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     check_data_files(config, preset_name)
+    check_models(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     adopt(out)  # every file the stages write is recorded as ours (outdir.py); `run` claimed the folder first
@@ -144,6 +145,9 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     extras = {display_name(m): summarize(per_seed) for m, per_seed in probes.items()}
+    for m, rs in runs.items():  # which rule checked the answers (an eval cached before it was recorded: none)
+        if isinstance(rs[0].get("answer_rules"), dict):
+            extras.setdefault(display_name(m), {})["answer_rules"] = rs[0]["answer_rules"]
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]

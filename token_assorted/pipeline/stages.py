@@ -107,6 +107,14 @@ def _run_stage(path: Path, key: str, build: Callable[..., Any], name: str, log: 
     return StageResult(path, key, seconds, False)
 
 
+def hub_revisions(specs: list[str]) -> list[str]:
+    """The commit each Hub id among `specs` resolves to now: a moved branch recomputes the stages that
+    read it (nothing for other specs, so other runs keep their cache keys)."""
+    from ..core.model_source import hub_revision, is_hub_id, resolve_hub_model
+
+    return [f"{spec}={hub_revision(resolve_hub_model(spec))}" for spec in specs if is_hub_id(spec)]
+
+
 def _clear(path: Path, name: str) -> None:
     """Remove the files of ours in a stale or unfinished stage folder; refuse when a user's file is there."""
     from ..core.errors import OutputDirError
@@ -196,7 +204,8 @@ def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: L
         save_pretrained_into(tokenizer, path)
         log(f"  {len(tokenizer)} tokens ({spec})")
 
-    return run_stage(out / "tokenizer", config_hash("tokenizer", spec, data.hash), build, "tokenizer", log)
+    key = config_hash("tokenizer", spec, data.hash, *hub_revisions([spec]))
+    return run_stage(out / "tokenizer", key, build, "tokenizer", log)
 
 
 def vqvae_stage(config: PipelineConfig, out: Path, data: StageResult, tokenizer: StageResult,
@@ -240,7 +249,9 @@ def train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int,
         train_lm(dataclasses.replace(stage, resume=resume))
 
     name = method_dir_name(method, seed_index)
-    key = config_hash("train", method, seed_index, train_settings(config, method), data.hash, codes.hash)
+    settings = train_settings(config, method)
+    key = config_hash("train", method, seed_index, settings, data.hash, codes.hash,
+                      *hub_revisions([str(settings.get("model", ""))]))
     return run_stage(out / "models" / name, key, build, f"train {name}", log, resumable=True)
 
 

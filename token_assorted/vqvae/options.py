@@ -36,7 +36,7 @@ class VQVAETrainConfig:
     valid_every: int = 250  # validate, checkpoint and save resume state every N steps
     log_every: int = 10  # log the training loss every N steps
     seed: int = 0  # random seed (weights and data order)
-    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir or .gguf file
+    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir, .gguf file or Hub id
     chat_template: bool = False  # render prompts with the tokenizer's chat template
     resume: bool = False  # continue the interrupted run in --out (same options required)
     d_model: int = 128  # transformer width
