@@ -20,18 +20,20 @@ from .preset import PipelineConfig, tokenizer_spec, train_settings
 
 def run_inputs(config: PipelineConfig) -> dict[str, str]:
     """What a run reads from outside its folder: data files, model and tokenizer paths."""
+    from ..core.model_source import is_hub_id
     from ..lm.models import is_preset
 
+    def local(spec: object) -> bool:  # a preset name or a Hub id is no file of the user's
+        return isinstance(spec, str) and bool(spec) and not is_preset(spec) and not is_hub_id(spec)
+
     inputs = {f"data.files.{split}": path for split, path in config.data.files.items() if path}
-    if tokenizer_spec(config) != "word":
+    if tokenizer_spec(config) != "word" and local(tokenizer_spec(config)):
         inputs["vqvae.tokenizer"] = tokenizer_spec(config)
     for method in _methods(config):
         settings = train_settings(config, method)
-        model, tokenizer = settings.get("model"), settings.get("tokenizer")
-        if isinstance(model, str) and not is_preset(model):
-            inputs[f"train.model ({method})"] = model
-        if isinstance(tokenizer, str):
-            inputs[f"train.tokenizer ({method})"] = tokenizer
+        for key in ("model", "tokenizer"):
+            if local(settings.get(key)):
+                inputs[f"train.{key} ({method})"] = settings[key]
     return inputs
 
 
