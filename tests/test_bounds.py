@@ -161,7 +161,7 @@ def test_argparse_errors_are_one_line(capsys):
     (["--set", "train.model=nosuch"], ["--set train.model=nosuch", "no such model"]),
     (["--set", "vqvae.device=tpu"], ["vqvae.device", "unknown device 'tpu'"]),
     (["--set", "vqvae.tokenizer=/missing"], ["vqvae.tokenizer", "/missing"]),
-    (["--set", "train.lora={target_modules: [nope]}"], ["train.lora", "'nope' is not a module of tiny"]),
+    (["--set", "train.lora={target_modules: [nope]}"], ["train.lora", "'nope' is not a module of scratch-tiny"]),
     (["--model", "/nonexistent"], ["--model /nonexistent", "no such model"]),
 ])
 def test_what_a_preset_names_is_checked_before_the_first_stage(extra, names, tmp_path, capsys):
