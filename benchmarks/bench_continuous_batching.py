@@ -17,8 +17,8 @@ import torch
 
 from token_assorted.data.encoding import encode_prompt
 from token_assorted.generation.config import EvalConfig
-from token_assorted.generation.scoring import default_max_new_tokens
 from token_assorted.generation.generate import _cut_at_eos, generate_ids
+from token_assorted.generation.scoring import default_max_new_tokens
 from token_assorted.lm.model_dir import load_model_dir, resolve_task
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         print(json.dumps({"engine": "generate_batch (continuous batching)", "seconds": round(seconds, 2),
                           "tokens_per_second": round(sum(map(len, answers)) / seconds, 1), "same_answers": same,
                           **common}))
-    except Exception as exc:  # noqa: BLE001 - the engine may refuse this device: say so
+    except Exception as exc:
         print(json.dumps({"engine": "generate_batch (continuous batching)", "error": f"{type(exc).__name__}: {exc}"[:300],
                           **common}))
 

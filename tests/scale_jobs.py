@@ -21,7 +21,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-import stage2_toy  # noqa: E402
+import stage2_toy
 
 stage2_toy.register()
 
@@ -37,13 +37,12 @@ def train_argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 def step_gradient(data: Path, out: Path, grad_accum: int, sharding: str = "ddp", batch_size: int = 8, **options):
     """The gradient of the first optimizer step of the toy run, by parameter name (rank 0: the whole)."""
-    import torch
     from torch.distributed.tensor import DTensor
 
     from token_assorted.core.devices import make_accelerator
-    from token_assorted.lm.train import LMStage, validation_metrics
     from token_assorted.lm.config import TrainConfig
     from token_assorted.lm.setup import setup
+    from token_assorted.lm.train import LMStage, validation_metrics
     from token_assorted.training.fit import Fit
 
     config = TrainConfig(task="toy", data=str(data / "train.jsonl"), codes=str(data / "codes.safetensors"), out=str(out),
@@ -119,14 +118,14 @@ def stages_job(out: Path) -> None:
         with open(path / "ranks.txt", "a") as handle:
             handle.write(rank + "\n")
 
-    silent = lambda line: None  # noqa: E731
+    silent = lambda line: None
     run_stage(out / "alone", "k1", build, "alone", silent)
     run_stage(out / "everyone", "k2", build, "everyone", silent, everyone=True)
     cached = [run_stage(out / "alone", "k1", build, "alone", silent).cached]
     gathered = [None, None]
     dist.all_gather_object(gathered, cached[0])
     if is_main_process():
-        read = lambda name: sorted((out / name / "ranks.txt").read_text().split())  # noqa: E731
+        read = lambda name: sorted((out / name / "ranks.txt").read_text().split())
         (out / "stages.json").write_text(json.dumps({
             "alone": read("alone"), "everyone": read("everyone"),
             "stale_gone": not (out / "alone" / "stale.txt").exists(), "cached_on_both": gathered}))

@@ -140,7 +140,7 @@ def test_training_refuses_a_vqvae_of_another_tokenizer(math_run, tmp_path):
 
 
 def test_math_preset_has_the_paper_settings():
-    config = load_preset("math")
+    config = load_preset("math-smollm2")
     assert config.task == "gsm8k"
     assert config.train["m_values"] == PAPER_M and config.train["model"] == "smollm2-135m"
     vqvae = vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER)
@@ -152,13 +152,13 @@ def test_math_preset_has_the_paper_settings():
 
 
 def test_gsm8k_run_without_files_explains_what_to_pass(capsys):
-    assert main(["run", "--preset", "math", "--out", "/nonexistent/never-created"]) == 2
+    assert main(["run", "--preset", "math-smollm2", "--out", "/nonexistent/never-created"]) == 2
     assert "--train FILE --test FILE" in capsys.readouterr().err
 
 
 def test_missing_data_file_is_a_one_line_error(tmp_path, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", gsm8k_records(3))
-    code = main(["run", "--preset", "math", "--train", str(train), "--test", str(tmp_path / "nope.jsonl"),
+    code = main(["run", "--preset", "math-smollm2", "--train", str(train), "--test", str(tmp_path / "nope.jsonl"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "nope.jsonl not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -187,5 +187,5 @@ def test_tiny_tokenizer_round_trips_math_text():
 
 def test_data_dir_needs_train_and_test(tmp_path, capsys):
     write_jsonl(tmp_path / "train.jsonl", gsm8k_records(3))
-    code = main(["run", "--preset", "math", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    code = main(["run", "--preset", "math-smollm2", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
     assert code == 2 and "expected train.jsonl and test.jsonl" in capsys.readouterr().err

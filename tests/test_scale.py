@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import stage2_toy
 import torch
+from launch import torchrun_script
 from safetensors.torch import load_file
+from scale_jobs import KILL_AT, random_vqvae, step_gradient, train_argv
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-import stage2_toy
-from launch import torchrun_script
-from scale_jobs import KILL_AT, random_vqvae, step_gradient, train_argv
 from token_assorted.cli import main as cli_main
 from token_assorted.lm.lora import merged_state
 
@@ -153,7 +153,7 @@ def test_each_training_worker_takes_a_gpu_of_its_own(monkeypatch):
     import multiprocessing
     import os
 
-    from token_assorted.pipeline.run import _take_gpu
+    from token_assorted.pipeline.run import _worker_start
 
     queue = multiprocessing.get_context("spawn").Queue()
     for gpu in (0, 1, 2):
@@ -161,7 +161,7 @@ def test_each_training_worker_takes_a_gpu_of_its_own(monkeypatch):
     seen = []
     for _ in range(3):
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        _take_gpu(queue)
+        _worker_start(queue)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["0", "1", "2"]
     from token_assorted.pipeline.run import worker_count
@@ -237,8 +237,8 @@ def test_gradient_checkpointing_gives_the_same_gradient(toy, tmp_path, monkeypat
 def test_bf16_weights_padded_rows_and_fused_adamw_train_and_save_in_their_dtype(toy, tmp_path):
     from transformers import GenerationConfig
 
-    from token_assorted.generation.generate import mask_unused
     from token_assorted.data.tokenizer import load_tokenizer
+    from token_assorted.generation.generate import mask_unused
 
     out = tmp_path / "m"
     assert cli_main(train_argv(toy, out, "--weights-dtype", "bfloat16", "--pad-vocab-to", "64", "--fused-adamw",

@@ -25,9 +25,9 @@ from test_vqvae import (
 import token_assorted.vqvae.search as search
 from token_assorted.cli import main
 from token_assorted.core.errors import ConfigError
-from token_assorted.vqvae.codes import from_codes_file
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
+from token_assorted.vqvae.codes import from_codes_file
 from token_assorted.vqvae.decoding import greedy_tokens
 from token_assorted.vqvae.mixture import target_log_probs
 from token_assorted.vqvae.options import check_options

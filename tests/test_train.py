@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import stage2_toy
 import torch
 from safetensors.torch import load_file
 
-import stage2_toy
 from token_assorted.cli import main
 from token_assorted.core.errors import ConfigError
 from token_assorted.generation.config import GenerationConfig

@@ -16,8 +16,8 @@ import pytest
 import torch
 from launch import torchrun
 from safetensors.torch import load_file
-
 from stage2_toy import read_codes_record
+
 from token_assorted.cli import main
 from token_assorted.core.errors import CheckpointError, ConfigError
 from token_assorted.data.encoding import encode_example

@@ -14,22 +14,47 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from . import add_task_flags, task_options_from_args
+from . import add_task_flags, positive_int, task_options_from_args
+
+MAX_SEEDS = 100  # preset.PipelineConfig's limit, checked by argparse already
+
+
+PRESET_PACKAGE = "token_assorted.pipeline.presets"
+
+
+def preset_lines() -> str:
+    """Every shipped preset with its `description`, for --help (read as plain YAML: no torch import)."""
+    from importlib import resources
+
+    import yaml
+
+    entries = sorted((p for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml")),
+                     key=lambda p: p.name[:-5])
+    lines = []
+    for entry in entries:
+        try:
+            description = (yaml.safe_load(entry.read_text(encoding="utf-8")) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(unreadable)"
+        lines.append(f"  {entry.name[:-5]:<22} {description}")
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="the full experiment: data, VQ-VAE, 3 methods, eval, report",
-                                   description=__doc__)
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="presets (--preset NAME; README.md, \"Presets\"):\n" + preset_lines())
     parser.add_argument("--task", default=None,
                         help="task (default: the preset's, prosqa for cpu); qa: your own data (--fields ...)")
     parser.add_argument("--preset", default="cpu",
-                        help="a shipped preset (cpu: default, 2 CPU cores, ~15 min; paper: official task "
-                             "sizes; gpu: GPT-2 size at paper scale; tiny: seconds, for tests) or a YAML file")
+                        help="a shipped preset (listed below; cpu: the default, 2 CPU cores, ~15 min; the paper's "
+                             "own setups: prosqa-gpt2, prontoqa-gpt2, maze, math-llama) or a YAML file")
     parser.add_argument("--strategies", nargs="*", default=[], metavar="NAME",
                         help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
                              "curriculum, poisson, the control pause (Token Assorted with <pause> in place of its "
                              "codes), 'all' (those four), and the other latent-reasoning methods coconut and icot")
-    parser.add_argument("--seeds", type=int, default=None, help="repeat each method with N seeds (mean ± std)")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help=f"repeat each method with N seeds (mean ± std), at most {MAX_SEEDS}")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set train.epochs=3 --set data.train=500")
@@ -42,22 +67,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding train.jsonl and test.jsonl (and valid.jsonl); "
                              "the same as --train/--valid/--test for the files it holds")
-    parser.add_argument("--model", default=None, metavar="PATH",
-                        help="the LM of every method: a local Hugging Face model folder, a .gguf file or a preset "
-                             "name; a pretrained model's tokenizer is the VQ-VAE's too")
+    parser.add_argument("--model", default=None, metavar="MODEL",
+                        help="the LM of every method: a Hub id ORG/NAME[@REVISION] (from the HF cache; downloaded "
+                             "only with HF_HUB_OFFLINE=0), a local Hugging Face model folder, a .gguf file or a "
+                             "random-init size (scratch-tiny, scratch-gpt2, ...); a pretrained model's tokenizer is "
+                             "the VQ-VAE's too")
     add_task_flags(parser)
     parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is a non-empty folder that is not a run of ours")
+                        help="write into --out even if it holds files that are not those of a run of ours "
+                             "(ours are written over; a file we did not write is never deleted)")
+    parser.add_argument("--resume", action="store_true",
+                        help="accepted for symmetry with train: a rerun with the same --out always resumes "
+                             "(finished stages are reused, training continues from its last checkpoint)")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..core.config import parse_overrides
+    from ..core.devices import is_main_process
     from ..core.errors import ConfigError
-    from ..core.outdir import claimed, run_lock
+    from ..core.outdir import check_outputs, claimed
     from ..lm.methods import names_of
     from ..lm.models import is_preset
-    from ..pipeline.preset import check_data_files, load_preset
+    from ..pipeline.preset import check_data_files, check_models, load_preset, preset_path
+    from ..pipeline.resources import check_resources, run_inputs
     from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
@@ -100,13 +133,15 @@ def run_command(args: argparse.Namespace) -> int:
     preset_name = Path(args.preset).stem
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
     check_data_files(config, preset_name)
-    # A user's own folder is never written over, and a second run into the same folder is
-    # refused while the first holds the lock.
-    # Under torchrun the main process claims and locks; the others follow it (pipeline.py).
-    from ..core.devices import is_main_process
-
-    guard = (claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out)) \
-        if is_main_process() else (contextlib.nullcontext(), contextlib.nullcontext())
-    with guard[0], guard[1]:
+    check_models(config)  # a Hub id neither cached nor downloadable: one line, before any stage
+    # Everything the preset names (models, tokenizers, devices, LoRA targets) before any stage runs.
+    check_resources(config, str(preset_path(args.preset)), {**{key: f"--set {key}={value}" for key, value in
+                                                               parse_overrides(args.overrides).items()}, **labels})
+    check_outputs({"--out": out}, run_inputs(config), folders=["--out"])
+    # A user's own folder is never written over, and a second command writing into the same
+    # folder is refused while the first holds its lock. Under torchrun the main process claims
+    # and locks; the others follow it (pipeline/run.py).
+    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task) if is_main_process() \
+            else contextlib.nullcontext():
         run_pipeline(config, out, preset_name)
     return 0

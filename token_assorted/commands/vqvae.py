@@ -40,7 +40,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     add_task_flags(parser)  # [qa] task_options come from --fields, --answer-match, --step-split
     add_config_flags(parser, VQVAETrainConfig, skip=("task_options",))
     parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is a non-empty folder that is not a VQ-VAE run")
+                        help="write into --out even if it holds files that are not those of a VQ-VAE run of ours "
+                             "(ours are written over; a file we did not write is never deleted)")
     parser.set_defaults(func=_train)
 
 
@@ -114,12 +115,18 @@ def _task_of(args: argparse.Namespace, loaded):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..core.outdir import claimed
+    from ..core.outdir import check_outputs, claimed
+    from ..data.tasks import check_data_task, get_task
     from ..vqvae import train_vqvae
 
     config = train_config_from_args(args)
     if not config.out:
         raise ConfigError("vqvae train: --out is required")
+    args.resolved_out = config.out  # for the interrupt message (cli.py)
+    check_outputs({"--out": config.out}, {"--data": config.data, "--valid": config.valid,
+                                          "--tokenizer": None if config.tokenizer == "word" else config.tokenizer},
+                  folders=["--out"])
+    check_data_task(get_task(config.task, **config.task_options), config.data)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
     with claimed(config.out, "vqvae", force=args.force) if main_process else contextlib.nullcontext():
         out = train_vqvae(config)
@@ -129,17 +136,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from ..core.devices import is_main_process, work_device
+    from ..core.outdir import check_outputs, file_lock
     from ..core.terminal import printable
+    from ..data.tasks import check_data_task
     from ..vqvae import load_vqvae
     from ..vqvae.codes import encode_codes_file
 
-    from ..core.devices import is_main_process, work_device
-
+    check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
     # A GPU when there is one (under torchrun: each process's own, encoding its share of the traces).
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates,
                         device=str(work_device()))
     task = _task_of(args, loaded)
-    summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
+    check_data_task(task, args.data)
+    # Under torchrun every rank encodes its share; the main one gathers and writes the file.
+    with file_lock(args.out) if is_main_process() else contextlib.nullcontext():
+        summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
     if is_main_process():
         print(printable(summary), file=sys.stderr)
     return 0
@@ -148,12 +160,23 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from ..core.terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
+    from ..vqvae.store import trace_limit
 
-    try:
-        codes = [int(part) for part in args.codes.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
+    # At most the codes of the longest trace the VQ-VAE takes, counted before any is read: 20,000
+    # codes would ask the decoder for gigabytes.
+    per_chunk, chunk_size = loaded.config.latents_per_chunk, loaded.config.chunk_size
+    most = -(-trace_limit(args.vqvae) // chunk_size) * per_chunk
+    parts = [part for part in args.codes.replace(" ", "").split(",") if part] if len(args.codes) <= 20 * most else None
+    if parts is not None and not parts:
+        raise ConfigError("--codes: no codes given; pass comma-separated codebook indices, e.g. 12,7,40")
+    if parts is None or len(parts) > most:
+        raise ConfigError(f"--codes: at most {most} codes ({most // per_chunk} chunks of {chunk_size} tokens, the "
+                          f"VQ-VAE's max_trace_len), got {len(parts) if parts is not None else 'far more'}")
+    try:
+        codes = [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"--codes must be comma-separated integers, got {printable(args.codes[:80])!r}") from None
     task = _task_of(args, loaded)
     print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes)))
     return 0
@@ -163,14 +186,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from ..core.io import atomic_write_json
-    from ..vqvae import evaluate_reconstruction, load_vqvae
+    from ..core.outdir import check_outputs, file_lock
+    from ..data.tasks import check_data_task
+    from ..vqvae import load_vqvae
+    from ..vqvae.metrics import reconstruction_metrics
+    from ..vqvae.store import chunk_traces, trace_limit
 
+    if args.out:
+        check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
-    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size)
+    check_data_task(task, args.data)
+    # Traces longer than the VQ-VAE takes are skipped and counted, as training and encoding do:
+    # one 5,000-step trace would ask the encoder for hundreds of GB.
+    limit = trace_limit(args.vqvae)
+    items = chunk_traces(loaded, task, task.load(args.data))
+    kept = [item for item in items if item.trace_length <= limit]
+    if not kept:
+        raise ConfigError(f"{args.data}: every trace is longer than the VQ-VAE's max_trace_len={limit} tokens")
+    metrics = reconstruction_metrics(loaded.model, kept, args.batch_size)
     result = {"data": args.data, "search_rerank": loaded.config.search_rerank,
-              "encode_candidates": loaded.config.encode_candidates, **metrics}
+              "encode_candidates": loaded.config.encode_candidates, **metrics,
+              **({"skipped_too_long": len(items) - len(kept)} if len(kept) < len(items) else {})}
+    if len(kept) < len(items):
+        print(f"vqvae evaluate: skipped {len(items) - len(kept)} examples whose trace is longer than "
+              f"max_trace_len={limit} tokens", file=sys.stderr)
     if args.out:
-        atomic_write_json(args.out, result)
+        with file_lock(args.out):
+            atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0

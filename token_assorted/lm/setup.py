@@ -25,7 +25,7 @@ from .levers import apply_levers, pad_vocabulary
 from .lora import apply_lora
 from .methods.base import Method
 from .mixing import Strategy, check_codes, max_latent_chunks
-from .models import add_pause_row, build_scratch_model, extend_vocabulary, is_preset
+from .models import add_pause_row, build_scratch_model, check_model_spec, extend_vocabulary, is_preset
 from .pretrained import load_pretrained_lm
 
 
@@ -57,6 +57,7 @@ def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], laten
 
 
 def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
+    check_model_spec(config.model)
     if is_preset(config.model):
         tokenizer = _text_tokenizer(config, task, train, latents)
         return build_scratch_model(config.model, tokenizer, config.max_length, config.seed), tokenizer

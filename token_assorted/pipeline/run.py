@@ -20,11 +20,12 @@ from typing import Any
 from ..core.devices import is_main_process, launched
 from ..core.environment import environment
 from ..core.io import read_json
+from ..core.outdir import adopt
 from ..evaluation.claims import check_claims, claims_lines
 from ..evaluation.probes import summarize
 from ..lm.methods import METHODS, display_name
 from ..lm.model_dir import MODEL_META
-from .preset import PipelineConfig, check_data_files
+from .preset import PipelineConfig, check_data_files, check_models
 from .stages import (
     StageResult,
     codes_stage,
@@ -56,8 +57,11 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     if not is_main_process():
         log = _quiet  # one voice: the main process's
     check_data_files(config, preset_name)
+    check_models(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():  # the others write only inside folders the main process recorded as ours
+        adopt(out)  # every file the stages write is recorded as ours (outdir.py); `run` claimed the folder first
     started = time.perf_counter()
     data = data_stage(config, out, log)
     tokenizer = tokenizer_stage(config, out, data, log)
@@ -92,21 +96,30 @@ def _quiet(line: str) -> None:
     """The log of a process other than the main one under torchrun."""
 
 
-def _take_gpu(gpus: Any) -> None:
-    """A training worker's GPU, before it touches CUDA: one per worker, taken from the queue."""
-    import os
-
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
-
-
 def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, data: StageResult,
                codes: StageResult) -> StageResult:
     """One training in a worker process: one intra-op thread, no progress bar (lines only)."""
     import torch
 
     torch.set_num_threads(1)
+    adopt(out)  # a fresh interpreter: record this worker's files in the run's manifest too
     config = dataclasses.replace(config, train={**config.train, "progress": False})
     return train_stage(config, out, method, seed_index, data, codes, print)
+
+
+def _worker_start(gpus: Any = None) -> None:
+    """A training worker's set-up: its GPU, before it touches CUDA (one per worker, taken from the
+    `gpus` queue), and tqdm's lock a thread lock, not a multiprocessing one. A worker ended by
+    SIGTERM (the run interrupted) cannot release a multiprocessing semaphore, and the resource
+    tracker then warns about "leaked semaphore objects" after the run's one-line message."""
+    import os
+    import threading
+
+    from tqdm import tqdm
+
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], data: StageResult,
@@ -125,17 +138,16 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
 
     context = multiprocessing.get_context("spawn")
     log(f"training {len(jobs)} models in {workers} processes" + (f" on {gpus} GPUs" if gpus > 1 else ""))
-    pinned = {}
+    queue = None
     if gpus > 1:  # worker w takes GPU w mod N; more workers than GPUs share them in turn
         queue = context.Queue()  # handed to each worker as it starts
         for worker in range(workers):
             queue.put(worker % gpus)
-        pinned = {"initializer": _take_gpu, "initargs": (queue,)}
     # spawn: a fresh interpreter per worker (no forked torch thread pools or tokenizer locks).
     # Leaving the `with` block terminates the workers, also when the run is interrupted or
     # killed with SIGTERM (the CLI turns it into KeyboardInterrupt): no training is left
     # running without its parent, and each resumes from its last checkpoint on the next run.
-    with context.Pool(workers, **pinned) as pool:
+    with context.Pool(workers, initializer=_worker_start, initargs=(queue,)) as pool:
         pending = [pool.apply_async(_train_job, (config, out, m, k, data, codes)) for m, k in jobs]
         results = [result.get() for result in pending]
         # Let the workers exit on their own: terminating them (what leaving the block does)
@@ -171,6 +183,9 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
     extras = {display_name(m): summarize(per_seed) for m, per_seed in probes.items()}
+    for m, rs in runs.items():  # which rule checked the answers (an eval cached before it was recorded: none)
+        if isinstance(rs[0].get("answer_rules"), dict):
+            extras.setdefault(display_name(m), {})["answer_rules"] = rs[0]["answer_rules"]
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]

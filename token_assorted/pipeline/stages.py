@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from .preset import PipelineConfig, eval_config, tokenizer_spec, train_config, t
 
 MARKER = ".complete.json"
 CODES_FILE = "train.safetensors"
+STARTED = ".stage.json"  # the hash of a stage begun and not finished: a rerun continues it
 Log = Callable[[str], None]
 
 
@@ -57,54 +57,86 @@ class StageResult:
     cached: bool
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
+def _read_json_object(path: Path) -> dict[str, Any] | None:
     try:
-        data = read_json(path / MARKER)
+        data = read_json(path)
     except Exception:  # missing or damaged: the stage is simply not done
         return None
     return data if isinstance(data, dict) else None
 
 
-def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log: Log = print,
-              everyone: bool = False) -> StageResult:
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    return _read_json_object(path / MARKER)
+
+
+def run_stage(path: Path, key: str, build: Callable[..., Any], name: str, log: Log = print,
+              resumable: bool = False, everyone: bool = False) -> StageResult:
     """Run `build(path)` unless `path` holds a completion marker with hash `key`.
+
+    A stage that was started with the same `key` and not finished (a run interrupted or killed)
+    is continued: a `resumable` stage (training) gets `build(path, resume=True)` when it saved a
+    resume state, and resumes from it. Otherwise the folder's files of ours (outdir.py's record)
+    are removed first, so no file of an older run survives; a file we did not write is never
+    deleted: the stage is refused while one is there.
 
     `everyone`: under torchrun every process calls `build` (a distributed stage); otherwise the
     main process alone builds and the others wait for its marker.
     """
+    from ..core.devices import is_main_process
+    from ..core.outdir import adopt, is_ours, release
+
+    # Outside a claimed folder (a library call) the stage records its own files; only the main
+    # process keeps the record (the others write only inside folders it recorded as ours).
+    own = is_main_process() and is_ours(path) is None
+    if own:
+        path.mkdir(parents=True, exist_ok=True)
+        adopt(path)
+    try:
+        return _run_stage(path, key, build, name, log, resumable, everyone)
+    finally:
+        if own:
+            release(path)
+
+
+def _run_stage(path: Path, key: str, build: Callable[..., Any], name: str, log: Log, resumable: bool,
+               everyone: bool) -> StageResult:
     from ..core.devices import barrier, process_state
 
     state = process_state()
     main = state is None or state.is_main_process
     marker = _read_marker(path)
     cached = marker is not None and marker.get("hash") == key
+    started = _read_json_object(path / STARTED)
+    resume = (not cached and resumable and marker is None and started is not None and started.get("hash") == key
+              and (path / "state" / "latest.json").is_file())
     if state is not None:  # the main process's view decides for all
         import torch.distributed as dist
 
-        decision = [cached]
+        decision = [cached, resume]
         dist.broadcast_object_list(decision, src=0)
-        cached = decision[0]
+        cached, resume = decision
     if cached:
         marker = marker or _read_marker(path) or {}
         if main:
             log(f"[{name}] cached (took {marker.get('seconds', 0):.0f} s): {path}")
         return StageResult(path, key, float(marker.get("seconds", 0.0)), True)
     if main:
-        if path.exists():
-            # Stale or unfinished: start clean so no file of an older run survives.
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        log(f"[{name}] running -> {path}")
-    started = time.perf_counter()
+        if not resume:
+            _clear(path, name)
+            path.mkdir(parents=True, exist_ok=True)
+            if resumable:  # what a rerun continues from (the other stages are simply computed again)
+                atomic_write_json(path / STARTED, {"hash": key, "started": time.time()})
+        log(f"[{name}] {'resuming' if resume else 'running'} -> {path}")
+    begun = time.perf_counter()
     alone = state is not None and not everyone
     if alone and not main:
         return _wait_for_marker(path, key, name)
     if not alone:
         barrier()  # the folder exists, clean, before any process writes into it
-    build(path)
+    build(path, resume=resume) if resumable else build(path)
     if not alone:
         barrier()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - begun
     if main:
         atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
         log(f"[{name}] done in {seconds:.1f} s")
@@ -121,6 +153,28 @@ def _wait_for_marker(path: Path, key: str, name: str, poll: float = 1.0) -> Stag
         if marker is not None and marker.get("hash") == key:
             return StageResult(path, key, float(marker.get("seconds", 0.0)), False)
         time.sleep(poll)
+
+
+def hub_revisions(specs: list[str]) -> list[str]:
+    """The commit each Hub id among `specs` resolves to now: a moved branch recomputes the stages that
+    read it (nothing for other specs, so other runs keep their cache keys)."""
+    from ..core.model_source import hub_revision, is_hub_id, resolve_hub_model
+
+    return [f"{spec}={hub_revision(resolve_hub_model(spec))}" for spec in specs if is_hub_id(spec)]
+
+
+def _clear(path: Path, name: str) -> None:
+    """Remove the files of ours in a stale or unfinished stage folder; refuse when a user's file is there."""
+    from ..core.errors import OutputDirError
+    from ..core.outdir import not_ours, remove_ours
+
+    left = [entry for entry in not_ours(path) if not Path(entry).name.startswith(".token-assorted")]
+    if not left:
+        remove_ours(path)
+    else:
+        shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+        raise OutputDirError(f"[{name}] {path}: must be computed again, but holds files token-assorted did not write "
+                             f"({shown}); they are never deleted: move them out of {path} and run again")
 
 
 def _task(config: PipelineConfig) -> Task:
@@ -187,6 +241,7 @@ def data_stage(config: PipelineConfig, out: Path, log: Log) -> StageResult:
 # --------------------------------------------------------------------------- stage 1
 def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: Log) -> StageResult:
     """The text tokenizer every later stage reads: the training data's words, or a pretrained model's."""
+    from ..core.outdir import save_pretrained_into
     from ..data.tokenizer import task_tokenizer
 
     spec = tokenizer_spec(config)
@@ -194,22 +249,24 @@ def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: L
     def build(path: Path) -> None:
         task = _task(config)
         tokenizer = task_tokenizer(spec, task, task.load(data.path / "train.jsonl"))
-        tokenizer.save_pretrained(str(path))
+        save_pretrained_into(tokenizer, path)
         log(f"  {len(tokenizer)} tokens ({spec})")
 
-    return run_stage(out / "tokenizer", config_hash("tokenizer", spec, data.hash), build, "tokenizer", log)
+    key = config_hash("tokenizer", spec, data.hash, *hub_revisions([spec]))
+    return run_stage(out / "tokenizer", key, build, "tokenizer", log)
 
 
 def vqvae_stage(config: PipelineConfig, out: Path, data: StageResult, tokenizer: StageResult,
                 log: Log) -> StageResult:
     from ..vqvae import train_vqvae
 
-    def build(path: Path) -> None:
-        train_vqvae(vqvae_config(config, data.path, tokenizer.path, path, "preset.vqvae"))
+    def build(path: Path, resume: bool = False) -> None:
+        stage = vqvae_config(config, data.path, tokenizer.path, path, "preset.vqvae")
+        train_vqvae(dataclasses.replace(stage, resume=resume))
 
     settings = {key: value for key, value in config.vqvae.items() if key != "tokenizer"}  # the tokenizer stage's
     key = config_hash("vqvae", settings, data.hash, tokenizer.hash)
-    return run_stage(out / "vqvae", key, build, "vqvae", log, everyone=True)
+    return run_stage(out / "vqvae", key, build, "vqvae", log, resumable=True, everyone=True)
 
 
 def codes_stage(config: PipelineConfig, out: Path, data: StageResult, vqvae: StageResult, log: Log) -> StageResult:
@@ -240,13 +297,17 @@ def train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int,
                 codes: StageResult, log: Log) -> StageResult:
     from ..lm.train import train_lm
 
-    def build(path: Path) -> None:
-        train_lm(train_config(config, method, seed_index, data.path, codes.path / CODES_FILE, path,
-                              f"preset.train ({method})"))
+    def build(path: Path, resume: bool = False) -> None:
+        stage = train_config(config, method, seed_index, data.path, codes.path / CODES_FILE, path,
+                             f"preset.train ({method})")
+        train_lm(dataclasses.replace(stage, resume=resume))
 
     name = method_dir_name(method, seed_index)
-    key = config_hash("train", method, seed_index, train_settings(config, method), data.hash, codes.hash)
-    return run_stage(out / "models" / name, key, build, f"train {name}", log, everyone=True)
+    settings = train_settings(config, method)
+    key = config_hash("train", method, seed_index, settings, data.hash, codes.hash,
+                      *hub_revisions([str(settings.get("model", ""))]))
+    return run_stage(out / "models" / name, key, build, f"train {name}", log, resumable=True,
+                     everyone=True)
 
 
 def eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult, data: StageResult,

@@ -18,11 +18,11 @@ The data order is not stored: it is a function of (seed, epoch), so epoch and st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,19 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from ..core.errors import CheckpointError
-from ..core.io import atomic_write_json, read_json, writing
+from ..core.io import atomic_write_json, new_file_mode, read_json, writing
+from ..core.outdir import note_write
 from ..core.weights import check_state_files
 
 STATE_DIR = "state"
 POINTER = "latest.json"
 STEP_NAME = re.compile(r"step-\d{8}")
+# What a save writes into a step folder (and the temp files of its atomic writes).
+STATE_FILE = re.compile(r"(model\.safetensors|optimizer\.pt|scheduler\.pt|trainer\.json|rng_rank\d+\.pt"
+                        r"|\.trainer\.json\.\w+\.tmp)")
+# What torch.distributed.checkpoint's safetensors writer and `sharding.save_sharded` write into `sharded/`.
+SHARDED_FILE = re.compile(r"([\w.-]+\.safetensors|model\.safetensors\.index\.json|optimizer_settings\.json"
+                          r"|\.optimizer_settings\.json\.\w+\.tmp)")
 
 
 def state_root(out: str | Path) -> Path:
@@ -94,6 +101,7 @@ def save_main_files(directory: Path, model: torch.nn.Module, optimizer: torch.op
     """Weights, optimizer, scheduler and the trainer record: the main process writes them, except
     that with FSDP every process writes its own shards of weights and optimizer (`sharding.py`)."""
     if main:
+        note_write(directory, folder=True)  # a fresh step folder: everything in it is ours (outdir.py)
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
     if sharded:
@@ -106,6 +114,8 @@ def save_main_files(directory: Path, model: torch.nn.Module, optimizer: torch.op
     if not sharded:
         with writing(directory / "model.safetensors"):
             save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
+            # safetensors creates its file 0600; every other output gets the usual mode.
+            os.chmod(directory / "model.safetensors", new_file_mode())
         _save_torch(optimizer.state_dict(), directory / "optimizer.pt")
         names += ["model.safetensors", "optimizer.pt"]
     _save_torch(scheduler.state_dict(), directory / "scheduler.pt")
@@ -118,8 +128,26 @@ def commit(out: str | Path, directory: Path) -> None:
     """Point `latest.json` at `directory` (atomic), then drop older step directories."""
     atomic_write_json(state_root(out) / POINTER, {"dir": directory.name})
     for old in state_root(out).glob("step-*"):
-        if old.is_dir() and old.name != directory.name:
-            shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink() and STEP_NAME.fullmatch(old.name) and old.name != directory.name:
+            _prune(old)
+
+
+def _prune(directory: Path) -> None:
+    """Delete an older step folder: the files a save writes there, and the folder once empty
+    (a file of anyone else's stays, and so does the folder holding it)."""
+    sharded = directory / "sharded"  # FSDP: every rank's DCP files (sharding.SHARDED_DIR)
+    if sharded.is_dir() and not sharded.is_symlink():
+        _remove_matching(sharded, SHARDED_FILE)
+    _remove_matching(directory, STATE_FILE)
+
+
+def _remove_matching(directory: Path, names: re.Pattern[str]) -> None:
+    for path in directory.iterdir():
+        if path.is_file() and not path.is_symlink() and names.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def latest_state(out: str | Path) -> Path | None:

@@ -10,8 +10,8 @@ by `vqvae encode` and by the pipeline's codes stage (`write_codes_file`), as one
     codebook  float32 (K, d), optional        the decoder's vectors
     metadata  {"format": "token-assorted-codes/2", "header": JSON of {"chunk_size": L,
               "latents_per_chunk": L/r, "codebook_size": K, "n_examples": n, "tokenizer": DIR,
-              "vqvae": DIR (relative to the file's folder), "data": FILE, "data_fingerprint": HASH,
-              "skipped": [i, ...]}}
+              "tokenizer_fingerprint": HASH, "vqvae": DIR (relative to the file's folder), "data": FILE,
+              "data_fingerprint": HASH, "skipped": [i, ...]}}
 
 Binary and flat, it stays small and loads fast at MetaMathQA's 395k traces, where the first
 format (indented JSON, `token-assorted-codes/1`) took 60-70 MB and seconds to parse; that
@@ -33,8 +33,10 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError, DataError
+from ..core.io import read_json
 from ..data.schema import Example
 from ..data.tasks import Task
+from ..data.tokenizer import tokenizer_fingerprint
 
 FORMAT = "token-assorted-codes/2"
 RETIRED = "token-assorted-codes/1"  # indented JSON: refused
@@ -102,9 +104,8 @@ def encode_codes_file(loaded: Any, task: Task, data: str | Path, path: str | Pat
     Traces longer than `max_trace_len` tokens (default: the VQ-VAE's own limit) are skipped
     before encoding: one very long trace would ask the encoder for hundreds of GB.
     """
-    from .store import chunk_traces, encode_chunked, trace_limit
-
     from ..core.devices import barrier, process_state
+    from .store import chunk_traces, encode_chunked, trace_limit
 
     examples = task.load(data)
     items = chunk_traces(loaded, task, examples)
@@ -157,6 +158,8 @@ def write_codes_file(path: str | Path, latents: LatentCodes, data: str | Path, s
               "tokenizer": os.path.relpath(Path(tokenizer_dir).resolve(), here) if tokenizer_dir else
               os.path.relpath((vqvae / "tokenizer").resolve(), here) if vqvae else None,
               "vqvae": os.path.relpath(vqvae.resolve(), here) if vqvae else None,
+              "tokenizer_fingerprint": tokenizer_fingerprint(latents.tokenizer) if latents.tokenizer is not None
+              else None,
               "data": str(data), "data_fingerprint": fingerprint(data), "skipped": skipped}
     with atomic_open(path, "wb", encoding=None) as handle:
         handle.write(safetensors_bytes(tensors, metadata={"format": FORMAT, "header": json.dumps(header)}))
@@ -220,6 +223,8 @@ def from_codes_file(path: Path, n_examples: int, data: str | Path | None = None)
         tokenizer = load_tokenizer(path.parent / header["tokenizer"])
     if header.get("vqvae"):
         vqvae = os.path.normpath(path.parent / header["vqvae"])
+    if tokenizer is not None:
+        _check_codes_tokenizer(path, header, tokenizer, vqvae)
     codebook = _codebook(path, tensors["codebook"]) if "codebook" in tensors else None
     return LatentCodes(*sizes, codes, codebook, tokenizer, vqvae)
 
@@ -283,6 +288,22 @@ def _code_lists(path: Path, tensors: dict[str, torch.Tensor], n_examples: int, c
     finally:
         if paused:
             gc.enable()
+
+
+def _check_codes_tokenizer(path: Path, record: dict[str, Any], tokenizer: Any, vqvae: str | None) -> None:
+    """The tokenizer a codes file names must be the one its codes were computed with: another one
+    reads every trace as <unk> and trains on them without a word. Checked against the fingerprint
+    the file records, or (files written before it did) the one its VQ-VAE's config.json records."""
+    expected = record.get("tokenizer_fingerprint")
+    source = "the codes file"
+    if expected is None and vqvae is not None and (Path(vqvae) / "config.json").is_file():
+        info = read_json(Path(vqvae) / "config.json")
+        expected = info.get("tokenizer_fingerprint") if isinstance(info, dict) else None
+        source = f"its VQ-VAE {vqvae}"
+    if expected is not None and expected != tokenizer_fingerprint(tokenizer):
+        raise DataError(path, f"names the tokenizer {record['tokenizer']}, which is not the one its codes were "
+                              f"computed with (as {source} records); encode the data again with `token-assorted "
+                              f"vqvae encode`", field="tokenizer")
 
 
 def _is_int(value: Any) -> bool:
