@@ -106,12 +106,16 @@ def stages_job(out: Path) -> None:
     import torch.distributed as dist
 
     from token_assorted.core.devices import barrier, is_main_process
+    from token_assorted.core.outdir import adopt, note_write, release
     from token_assorted.pipeline.stages import run_stage
 
     rank = os.environ["RANK"]
-    if is_main_process():
+    if is_main_process():  # a file of an older run, recorded as ours (a user's file would never be removed)
         (out / "alone").mkdir()
+        adopt(out / "alone")
+        note_write(out / "alone" / "stale.txt")
         (out / "alone" / "stale.txt").write_text("from an older run")
+        release(out / "alone")
     barrier()
 
     def build(path: Path) -> None:

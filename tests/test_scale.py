@@ -124,6 +124,8 @@ def test_a_fsdp_run_killed_after_a_checkpoint_resumes_to_the_same_weights(launch
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     assert _meta(out / "train")["history"] == _meta(out / "killed")["history"]
+    for name in ("train", "killed"):  # older step folders pruned, every rank's shard files with them
+        assert [p.name for p in (out / name / "state").glob("step-*")] == ["step-00000008"], name
 
 
 @pytest.mark.slow
