@@ -22,6 +22,7 @@ import pytest
 from token_assorted.cli import main
 
 from conftest import VQ_TINY, one_line, tiny_lm_argv, toy_train
+from stage2_toy import read_codes_record, write_codes_record
 
 # "Billion laughs": 10^9 values from 90 aliases, as the lines of a mapping.
 BOMB = ["a: &a [" + ", ".join(["x"] * 10) + "]"] + [f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]"
@@ -200,16 +201,16 @@ def test_eval_refuses_data_of_another_task(tiny_lm, tiny_vqvae, tmp_path, capsys
 
 @pytest.mark.parametrize("recorded", ["fingerprint", "its VQ-VAE's"])
 def test_a_codes_file_naming_another_tokenizer_is_refused(recorded, toy, tiny_vqvae, pronto, tmp_path, capsys):
-    codes = tmp_path / "codes.json"
+    codes = tmp_path / "codes.safetensors"
     assert main(["vqvae", "encode", "--vqvae", str(tiny_vqvae), "--data", str(pronto), "--out", str(codes)]) == 0
-    record = json.loads(codes.read_text())
+    record = read_codes_record(codes)
     record["tokenizer"] = os.path.relpath(toy["tokenizer"], tmp_path)  # the toy task's word list
     if recorded != "fingerprint":
         record.pop("tokenizer_fingerprint")  # a file written before the record: the VQ-VAE's is used
-    codes.write_text(json.dumps(record))
+    write_codes_record(codes, record)
     code = main(["train", "--task", "prontoqa", "--data", str(pronto), "--codes", str(codes), "--out",
                  str(tmp_path / "lm"), "--epochs", "1", "--batch-size", "4", "--no-progress"])
-    one_line(capsys, code, "codes.json", "'tokenizer'", "not the one its codes were computed with")
+    one_line(capsys, code, "codes.safetensors", "'tokenizer'", "not the one its codes were computed with")
 
 
 def test_latent_tokens_count_when_the_metadata_lost_their_record(tiny_lm, tmp_path):
