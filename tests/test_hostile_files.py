@@ -20,7 +20,7 @@ import pytest
 from token_assorted.cli import main
 
 VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--batch-size", "4", "--steps", "2", "--valid-every", "2",
-              "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
+              "--warmup", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
               "--decoder-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu",
               "--no-progress"]
 GOOD = {"question": "True or false: Sam is hot.", "steps": ["Sam is a cat.", "Cats are hot."], "answer": "True"}

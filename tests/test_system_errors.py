@@ -34,7 +34,7 @@ if str(TESTS) not in sys.path:
 import stage2_toy  # noqa: E402
 
 VQ_TINY = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4", "--steps", "2",
-           "--valid-every", "2", "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
+           "--valid-every", "2", "--warmup", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
            "--decoder-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu",
            "--no-progress"]
 

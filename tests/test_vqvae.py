@@ -25,13 +25,10 @@ from token_assorted.schema import Example, save_examples
 from token_assorted.tasks import get_task
 from token_assorted.tasks.base import normalize_text
 from token_assorted.tokenizer import build_word_tokenizer
-from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
+from token_assorted.vqvae import (VQVAE, TextVocab, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
                                   evaluate_reconstruction, load_vqvae, split_trace, train_vqvae)
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
-from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
-                                          target_log_probs)
-from token_assorted.vqvae.quantizer import nearest_codes
 from token_assorted.vqvae.search import token_log_likelihoods
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]
@@ -56,7 +53,7 @@ TINY = dict(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, prompt_laye
 
 def tiny_config(data: Path, out: Path, **overrides) -> VQVAETrainConfig:
     options = dict(task="prosqa", data=str(data), valid=str(data), out=str(out), chunk_size=4, compression=4,
-                   codebook_size=8, steps=250, batch_size=8, lr=5e-3, warmup_steps=10, valid_every=50,
+                   codebook_size=8, steps=250, batch_size=8, lr=5e-3, warmup=10, valid_every=50,
                    dead_code_threshold=0.1, progress=False, **TINY)
     options.update(overrides)
     return VQVAETrainConfig(**options)
@@ -75,10 +72,23 @@ def trained(toy_file, tmp_path_factory) -> Path:
     return train_vqvae(tiny_config(toy_file, tmp_path_factory.mktemp("vq") / "run"))
 
 
-def tiny_model(**overrides) -> VQVAE:
+def tiny_model(output_size: int = 0, **overrides) -> VQVAE:
     torch.manual_seed(0)
-    return VQVAE(VQVAEConfig(**{**dict(vocab_size=40, pad_id=0, chunk_size=4, compression=2, codebook_size=8,
-                                       dead_code_threshold=0.5), **TINY, **overrides}))
+    return VQVAE(VQVAEConfig(**{**dict(chunk_size=4, compression=2, codebook_size=8, dead_code_threshold=0.5),
+                                **TINY, **overrides}), TextVocab(40, 0, output_size))
+
+
+# The output distribution of a model's decoder states (copy_head.py), by the model's own parts.
+def log_probs(model: VQVAE, *args, **kwargs) -> torch.Tensor:
+    return model.copy_head.log_probs(model.tokens, *args, **kwargs)
+
+
+def target_log_probs(model: VQVAE, *args, **kwargs) -> torch.Tensor:
+    return model.copy_head.target_log_probs(model.tokens, *args, **kwargs)
+
+
+def predict(model: VQVAE, *args, **kwargs) -> torch.Tensor:
+    return model.copy_head.predict(model.tokens, *args, **kwargs)
 
 
 def random_batch(batch: int = 3, chunks: int = 2, chunk_size: int = 4):
@@ -127,7 +137,7 @@ def test_forward_shapes(autoregressive):
 def decoder_states(model: VQVAE, prompt, pad, chunk_ids, present):
     """Teacher-forced decoder states of a batch, and the prompt memory they read."""
     memory = model.encode_prompt(prompt, pad)
-    quantized = nearest_codes(model.quantizer, model.encode(chunk_ids, memory, pad)[present])[0]
+    quantized = model.quantizer(model.encode(chunk_ids, memory, pad)[present])[0]
     grid = torch.zeros(*present.shape, model.config.latents_per_chunk, model.config.d_model)
     grid[present] = quantized
     return model.decode(grid, memory, pad, chunk_ids), memory
@@ -143,7 +153,7 @@ def test_copy_head_gives_a_distribution_summing_to_one():
     output.loss.backward()  # ids absent from the prompt have log 0 = -inf; their gradient must not be NaN
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert all(torch.isfinite(g).all() for g in grads)
-    assert model.copy_gate.weight.grad.abs().sum() > 0 and model.copy_key.weight.grad.abs().sum() > 0
+    assert model.copy_head.gate.weight.grad.abs().sum() > 0 and model.copy_head.key.weight.grad.abs().sum() > 0
 
 
 def test_copy_head_puts_the_copied_mass_on_the_prompt_tokens():
@@ -153,15 +163,15 @@ def test_copy_head_puts_the_copied_mass_on_the_prompt_tokens():
     memory = model.encode_prompt(prompt, pad)
     hidden = torch.randn(1, 2, 4, 32)  # (B, N, L, D) any decoder states
     with torch.no_grad():
-        model.copy_gate.weight.zero_()
-        model.copy_gate.bias.fill_(-60.0)  # p_gen ~ 0: copy only
+        model.copy_head.gate.weight.zero_()
+        model.copy_head.gate.bias.fill_(-60.0)  # p_gen ~ 0: copy only
         copied = log_probs(model, hidden, memory, pad, prompt).exp()  # (1, 2, 4, V)
-        model.copy_gate.bias.fill_(60.0)  # p_gen ~ 1: vocabulary head only
+        model.copy_head.gate.bias.fill_(60.0)  # p_gen ~ 1: vocabulary head only
         generated = log_probs(model, hidden, memory, pad, prompt)
     assert torch.allclose(copied[..., [7, 9, 11]].sum(-1), torch.ones(1, 2, 4), atol=1e-5)
     assert copied[..., 3].max() < 1e-6 and copied[..., 20].max() < 1e-6  # padding and absent ids get nothing
     assert copied[..., 7].min() > 0  # both positions of id 7 add to its mass
-    assert torch.allclose(generated, torch.log_softmax(logits(model, hidden), -1), atol=1e-4)
+    assert torch.allclose(generated, torch.log_softmax(model.tokens.logits(hidden), -1), atol=1e-4)
 
 
 def test_gradients_reach_encoder_through_straight_through():
@@ -172,7 +182,7 @@ def test_gradients_reach_encoder_through_straight_through():
     for name, parameter in model.encoder.named_parameters():
         if "linear2.weight" in name:
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    assert model.latent_queries.grad.abs().sum() > 0
+    assert model.encoder.latent_queries.grad.abs().sum() > 0
 
 
 # --- training, saving, loading ---------------------------------------------------------
@@ -228,26 +238,22 @@ def test_mismatched_checkpoint_is_refused(trained, toy_file, tmp_path):
         load_vqvae(tmp_path)
 
 
-def test_a_config_naming_removed_options_loads_only_with_their_kept_values(trained, toy_file, tmp_path):
-    # Runs saved before the options were removed name them: with the values the code still
-    # computes they load (and resume), with any other value they are refused.
+def test_a_folder_of_an_older_format_is_refused_in_one_line(trained, toy_file, tmp_path, capsys):
     old = tmp_path / "old"
-    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("codes", "logs"))
+    shutil.copytree(trained, old, ignore=shutil.ignore_patterns("logs"))
     info = json.loads((old / "config.json").read_text())
-    kept = {"tie_embeddings": True, "copy_head": True, "word_dropout": 0.0, "rotation_trick": False,
-            "prefix_rank": 0}
-    (old / "config.json").write_text(json.dumps({**info, "model": {**info["model"], **kept},
-                                                 "train": {**info["train"], **kept}}))
-    assert encode_examples(load_vqvae(old), TASK, toy_examples()) == encode_examples(load_vqvae(trained), TASK,
-                                                                                      toy_examples())
-    train_vqvae(tiny_config(toy_file, old, resume=True))  # already finished: nothing differs
-    for name, value in (("word_dropout", 0.3), ("copy_head", False), ("prefix_rank", 8)):
-        (old / "config.json").write_text(json.dumps({**info, "model": {**info["model"], name: value},
-                                                     "train": {**info["train"], name: value}}))
-        with pytest.raises(CheckpointError, match=f"{name}={value!r}"):
-            load_vqvae(old)
-        with pytest.raises(CheckpointError, match=f"{name}={value!r}"):
-            train_vqvae(tiny_config(toy_file, old, resume=True))
+    (old / "config.json").write_text(json.dumps({**info, "format": "token-assorted-vqvae/1"}))
+    refusal = f"{old}: a VQ-VAE saved by an older token-assorted (format token-assorted-vqvae/1; this one reads "
+    with pytest.raises(CheckpointError, match="retrain it") as caught:
+        load_vqvae(old)
+    assert str(caught.value).startswith(refusal)
+    with pytest.raises(CheckpointError, match="older token-assorted"):
+        train_vqvae(tiny_config(toy_file, old, resume=True))
+    assert main(["vqvae", "decode", "--vqvae", str(old), "--prompt", "x", "--codes", "1"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0  # one line
+    (old / "config.json").write_text(json.dumps({key: value for key, value in info.items() if key != "vocab"}))
+    with pytest.raises(CheckpointError, match="not a token-assorted VQ-VAE config"):
+        load_vqvae(old)
 
 
 def test_fresh_run_refuses_an_existing_directory(trained, toy_file):
@@ -277,7 +283,7 @@ def test_cli_train_encode_decode_round_trip(toy_file, tmp_path, capsys):
     out = tmp_path / "cli"
     options = tmp_path / "options.yaml"
     options.write_text("d_model: 32\nheads: 2\nencoder_layers: 1\ndecoder_layers: 1\ncodebook_dim: 8\n"
-                       "max_prompt_len: 64\nwarmup_steps: 10\ndead_code_threshold: 0.1\n")
+                       "max_prompt_len: 64\nwarmup: 10\ndead_code_threshold: 0.1\n")
     code = main(["vqvae", "train", "--task", "prosqa", "--data", str(toy_file), "--valid", str(toy_file),
                  "--out", str(out), "--config", str(options), "--chunk-size", "4", "--compression", "4",
                  "--codebook-size", "8", "--steps", "250", "--batch-size", "8", "--lr", "5e-3",
@@ -356,7 +362,7 @@ def test_cli_evaluate_writes_the_metrics(ar_trained, toy_file, tmp_path, capsys)
 
 def reference_greedy(model: VQVAE, quantized, memory, pad, prompt) -> torch.Tensor:
     """Greedy decoding the slow way: the whole teacher-forced decoder once per position."""
-    tokens = torch.full((*quantized.shape[:2], model.config.chunk_size), model.config.pad_id)
+    tokens = torch.full((*quantized.shape[:2], model.config.chunk_size), model.vocab.pad_id)
     for position in range(model.config.chunk_size):
         hidden = model.decode(quantized, memory, pad, tokens)[:, :, position:position + 1]
         prefix = model.prefix_of(tokens[:, :, :position + 1])
@@ -414,7 +420,7 @@ def output_vocab_model(**overrides) -> tuple[VQVAE, tuple]:
     """A tiny model whose head scores only the batch's chunk ids; some prompt ids lie outside them."""
     batch = random_batch()
     ids = sorted(set(batch[2][batch[3]].flatten().tolist()) | {0})
-    model = tiny_model(output_vocab_size=len(ids), **overrides)
+    model = tiny_model(output_size=len(ids), **overrides)
     model.set_output_vocab(ids)
     assert set(batch[0][~batch[1]].tolist()) - set(ids), "the test needs prompt ids outside the vocabulary"
     return model, batch
@@ -432,18 +438,18 @@ def test_loss_and_predictions_agree_with_the_whole_distribution(restricted):
         assert torch.allclose(picked, whole[present].gather(-1, targets[..., None])[..., 0], atol=1e-5)
         assert torch.equal(predict(model, hidden, memory, pad, prompt), whole.argmax(-1))
         # Copying only: the best token is a prompt token, even one outside the output vocabulary.
-        model.copy_gate.bias.fill_(-60.0)
+        model.copy_head.gate.bias.fill_(-60.0)
         whole = log_probs(model, hidden, memory, pad, prompt)
         predicted = predict(model, hidden, memory, pad, prompt)
         assert torch.equal(predicted, whole.argmax(-1))
         if restricted:
-            assert (slots_of(model, predicted) < 0).any()
+            assert (model.tokens.slots_of(predicted) < 0).any()
 
 
 def test_an_output_vocabulary_of_every_id_changes_nothing():
     batch = random_batch()
     a = tiny_model()(*batch)  # the seed is set before each model is built, so k-means init matches too
-    everything = tiny_model(output_vocab_size=40)
+    everything = tiny_model(output_size=40)
     everything.set_output_vocab(range(40))
     b = everything(*batch)
     assert torch.allclose(a.recon_loss, b.recon_loss) and torch.equal(a.predictions, b.predictions)
@@ -451,10 +457,10 @@ def test_an_output_vocabulary_of_every_id_changes_nothing():
 
 def test_a_target_the_decoder_cannot_write_gets_a_finite_capped_loss():
     model, (prompt, pad, chunk_ids, present) = output_vocab_model()
-    absent = min(set(range(40)) - set(model.output_ids.tolist()) - set(prompt.flatten().tolist()))
+    absent = min(set(range(40)) - set(model.tokens.output_ids.tolist()) - set(prompt.flatten().tolist()))
     chunk_ids = chunk_ids.clone()
     chunk_ids[0, 0, 0] = absent  # an id neither the head nor the copy head can write
-    assert slots_of(model, chunk_ids[0, 0, :1]).item() == -1
+    assert model.tokens.slots_of(chunk_ids[0, 0, :1]).item() == -1
     hidden, memory = decoder_states(model, prompt, pad, chunk_ids, present)
     picked = target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present)
     assert picked[0, 0].item() == -30.0 and (picked[0, 1:] > -30).all()  # capped at the floor
@@ -465,11 +471,11 @@ def test_a_target_the_decoder_cannot_write_gets_a_finite_capped_loss():
 
 
 def test_output_vocabulary_of_the_wrong_size_is_refused():
-    model = tiny_model(output_vocab_size=5)
-    with pytest.raises(ValueError, match="output_vocab_size=5"):
+    model = tiny_model(output_size=5)
+    with pytest.raises(ValueError, match="output_size=5"):
         model.set_output_vocab([1, 2, 3])
-    with pytest.raises(ValueError, match="output_vocab_size"):
-        VQVAEConfig(vocab_size=10, pad_id=0, output_vocab_size=11)
+    with pytest.raises(ValueError, match="output vocabulary of 11 ids"):
+        TextVocab(10, 0, 11)
 
 
 def test_data_output_vocab_is_the_trace_ids_and_survives_save_load_and_resume(toy_file, tmp_path):
@@ -477,9 +483,9 @@ def test_data_output_vocab_is_the_trace_ids_and_survives_save_load_and_resume(to
     whole = train_vqvae(tiny_config(toy_file, tmp_path / "whole", **short))
     loaded = load_vqvae(whole)
     items = chunk_examples(loaded.tokenizer, TASK, TASK.load(str(toy_file)), 4)
-    expected = sorted({t for item in items for chunk in item.chunks for t in chunk} | {loaded.config.pad_id})
-    assert loaded.model.output_ids.tolist() == expected
-    assert loaded.config.output_vocab_size == len(expected) < len(loaded.tokenizer)
+    expected = sorted({t for item in items for chunk in item.chunks for t in chunk} | {loaded.model.vocab.pad_id})
+    assert loaded.model.tokens.output_ids.tolist() == expected
+    assert loaded.model.vocab.output_size == len(expected) < len(loaded.tokenizer)
     parted = tmp_path / "parted"
     train_vqvae(tiny_config(toy_file, parted, stop_at=6, **short))
     train_vqvae(tiny_config(toy_file, parted, resume=True, **short))
@@ -501,7 +507,7 @@ def code_log_likelihoods(model: VQVAE, prompt, pad, chunk_ids, present) -> torch
         memory = model.encode_prompt(prompt, pad)
         rows = []
         for code in range(model.config.codebook_size):
-            grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
+            grid = model.quantizer.vectors(torch.full(present.shape, code))[:, :, None]
             hidden = model.decode(grid, memory, pad, chunk_ids)
             prefix = model.prefix_of(chunk_ids)
             rows.append(target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present,
@@ -529,7 +535,7 @@ def test_search_gives_each_chunk_the_code_its_decoding_fits_best(autoregressive,
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
         owner, index = present.nonzero().unbind(1)
-        side = chunk_side(model, memory[owner], pad[owner], prompt[owner], chunk_ids[present])
+        side = model.copy_head.chunk_side(model.tokens, memory[owner], pad[owner], prompt[owner], chunk_ids[present])
         batched = token_log_likelihoods(model, chunk_ids[present], index, model.memory_kv(memory, pad).select(owner),
                                         side).sum(-1)  # (C, K)
     assert torch.allclose(batched.T, likelihoods, atol=1e-4)
@@ -574,7 +580,7 @@ def test_search_in_training_picks_among_the_candidates_and_trains_encoder_and_co
     output.loss.backward()
     assert model.quantizer.codebook.grad[chosen].abs().sum() > 0  # the decoder's gradient reaches the codes read
     assert model.quantizer.classifier.weight.grad.abs().sum() > 0  # the encoder learns to predict them
-    assert model.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
+    assert model.encoder.transformer.layers[0].linear1.weight.grad.abs().sum() > 0
 
 
 def test_search_reseeds_a_code_no_chunk_chooses():
@@ -597,7 +603,7 @@ def test_search_options_are_checked(toy_file, tmp_path):
         tiny_model(**{**SEARCH, "search_candidates": 9})  # more candidates than K = 8
     with pytest.raises(ConfigError, match="one latent per chunk"):
         train_vqvae(tiny_config(toy_file, tmp_path / "a", assignment="search", compression=2))
-    with pytest.raises(ConfigError, match="assignment must be one of"):
+    with pytest.raises(ConfigError, match="assignment: must be one of"):
         train_vqvae(tiny_config(toy_file, tmp_path / "b", assignment="closest"))
 
 
@@ -612,7 +618,7 @@ def test_two_processes_train_one_vqvae(toy_file, tmp_path, assignment):
               "--dead-code-threshold", "1.0"] if assignment == "search" else []
     result = torchrun(tmp_path, ["vqvae", "train", "--task", "prosqa", "--data", str(toy_file), "--out", str(out),
                                  "--chunk-size", "4", "--compression", "4", "--codebook-size", "8", "--lr", "5e-3",
-                                 "--warmup-steps", "10", "--no-progress", "--d-model", "32", "--heads", "2",
+                                 "--warmup", "10", "--no-progress", "--d-model", "32", "--heads", "2",
                                  "--encoder-layers", "1", "--decoder-layers", "1", "--codebook-dim", "8",
                                  "--max-prompt-len", "64", *options, *search])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -645,12 +651,12 @@ def test_prefix_features_read_only_the_tokens_before_each_position():
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     changed = ids.clone()
     changed[0, 2] = 30
-    before, after = model.prefix_features(ids), model.prefix_features(changed)
+    before, after = model.tokens.prefix_features(ids), model.tokens.prefix_features(changed)
     assert torch.equal(before[0, :3], after[0, :3])  # positions 0..2 do not read token 2
     assert not torch.allclose(before[0, 3], after[0, 3]) and not torch.allclose(before[0, 4], after[0, 4])
     assert torch.equal(before[0, 0], torch.zeros(32))  # nothing precedes position 0
     # What the autoregressive decoder reads at position i, without its learned position query.
-    assert torch.allclose(before[0, 1], model.token_embedding.weight[5])
+    assert torch.allclose(before[0, 1], model.tokens.table.weight[5])
 
 
 def test_copy_prefix_copies_the_word_whose_predecessors_match_the_chunks():
@@ -659,13 +665,14 @@ def test_copy_prefix_copies_the_word_whose_predecessors_match_the_chunks():
     pad = torch.zeros_like(prompt, dtype=torch.bool)
     chunk_ids = torch.tensor([[[6, 7, 12, 13]]])  # at position 2 the chunk has just written "6 7"
     with torch.no_grad():
-        model.token_embedding.weight.normal_()  # distinct words
-        model.copy_query.weight.zero_(), model.copy_key.weight.zero_()  # only the prefix pair decides
-        model.prefix_query.weight.copy_(torch.eye(32) * 8), model.prefix_key.weight.copy_(torch.eye(32))
-        model.copy_gate.weight.zero_(), model.copy_gate.bias.fill_(-60.0)  # copy only
+        head = model.copy_head
+        model.tokens.table.weight.normal_()  # distinct words
+        head.query.weight.zero_(), head.key.weight.zero_()  # only the prefix pair decides
+        head.prefix_query.weight.copy_(torch.eye(32) * 8), head.prefix_key.weight.copy_(torch.eye(32))
+        head.gate.weight.zero_(), head.gate.bias.fill_(-60.0)  # copy only
         memory = model.encode_prompt(prompt, pad)
         hidden = model.decode(torch.randn(1, 1, 1, 32), memory, pad, chunk_ids)
-        prefix = model.prefix_features(chunk_ids)
+        prefix = model.tokens.prefix_features(chunk_ids)
         copied = log_probs(model, hidden, memory, pad, prompt, prefix=prefix).exp()  # (1, 1, 4, V)
         assert copied[0, 0, 2, 8] > 0.9  # in the prompt, "6 7" precede 8
         present = torch.ones(1, 1, dtype=torch.bool)
@@ -679,7 +686,7 @@ def test_copy_prefix_copies_the_word_whose_predecessors_match_the_chunks():
 
 def test_copy_prefix_options_are_checked(toy_file, tmp_path):
     with pytest.raises(ValueError, match="copy_prefix"):
-        VQVAEConfig(vocab_size=10, pad_id=0, copy_prefix=True, autoregressive=False)
+        VQVAEConfig(copy_prefix=True, autoregressive=False)
     with pytest.raises(ConfigError, match="copy_prefix"):
         train_vqvae(tiny_config(toy_file, tmp_path / "run", copy_prefix=True))
 
@@ -705,15 +712,16 @@ def test_copy_keys_computed_once_give_the_same_distribution_as_per_call():
         memory = model.encode_prompt(prompt, pad)
         hidden = model.decode(torch.randn(3, 2, 1, 32), memory, pad, chunk_ids)
         prefix = model.prefix_of(chunk_ids)
-        keys = copy_keys(model, memory, prompt)
+        keys = model.copy_keys(memory, prompt)
         assert keys.shape == (*prompt.shape, 64)  # copy keys and copy-prefix keys side by side
         assert torch.equal(log_probs(model, hidden, memory, pad, prompt, present, prefix, keys),
                            log_probs(model, hidden, memory, pad, prompt, present, prefix))
         # One product over the concatenation is the sum of the two query/key pairs' scores.
-        attention, _ = copy_head(model, hidden, memory, pad, prompt, prefix, keys)
-        scores = (torch.einsum("bnsd,bpd->bnsp", model.copy_query(hidden), model.copy_key(memory))
-                  + torch.einsum("bnsd,bpd->bnsp", model.prefix_query(model.prefix_norm(prefix)),
-                                 model.prefix_key(model.prefix_norm(model.prefix_features(prompt))))) / 32 ** 0.5
+        head = model.copy_head
+        attention, _ = head.attend(model.tokens, hidden, memory, pad, prompt, prefix, keys)
+        scores = (torch.einsum("bnsd,bpd->bnsp", head.query(hidden), head.key(memory))
+                  + torch.einsum("bnsd,bpd->bnsp", head.prefix_query(head.prefix_norm(prefix)),
+                                 head.prefix_key(head.prefix_norm(model.tokens.prefix_features(prompt))))) / 32 ** 0.5
         expected = scores.masked_fill(pad[:, None, None], float("-inf")).softmax(-1)
         assert torch.allclose(attention, expected, atol=1e-6)
 
@@ -749,7 +757,7 @@ def greedy_errors(model: VQVAE, prompt, pad, chunk_ids, present) -> torch.Tensor
     memory = model.encode_prompt(prompt, pad)
     rows = []
     for code in range(model.config.codebook_size):
-        grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
+        grid = model.quantizer.vectors(torch.full(present.shape, code))[:, :, None]
         decoded = reference_greedy(model, grid, memory, pad, prompt)[present]
         rows.append((decoded != chunk_ids[present]).sum(-1))
     return torch.stack(rows)
@@ -765,7 +773,7 @@ def test_search_rerank_picks_among_the_likeliest_codes_the_one_decoded_best(auto
         plain = model.codes_of(*batch)[:, 0]
         columns = torch.arange(len(plain))
         for n in (3, 8):  # 8 = K: every code is decoded
-            rerank = VQVAE(dataclasses.replace(model.config, search_rerank=n))
+            rerank = VQVAE(dataclasses.replace(model.config, search_rerank=n), model.vocab)
             rerank.load_state_dict(model.state_dict())
             codes = rerank.eval().codes_of(*batch)[:, 0]
             likeliest = likelihoods.topk(n, dim=0).indices  # (n, C)

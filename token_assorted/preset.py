@@ -27,7 +27,7 @@ from .methods import METHOD_NAMES
 from .probes import ProbeSettings, check_settings
 from .tasks import Task, get_task
 from .train_config import TrainConfig, check_config
-from .vqvae.options import VQVAETrainConfig, check_options
+from .vqvae.options import VQVAETrainConfig
 
 BASE_METHODS = ("sol-only", "cot", "token-assorted")
 ABLATIONS = ("all-replace", "curriculum", "poisson")
@@ -171,7 +171,7 @@ def check_preset(config: PipelineConfig, source: str = "preset") -> None:
         if name not in METHOD_NAMES:
             raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
     _check_section(config.vqvae, VQVAE_OWNED, VQVAETrainConfig, source, "vqvae.")
-    check_options(vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER, source), source, "vqvae.")
+    vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER, source)  # built, so checked by its own checks
     _check_section(config.train, TRAIN_OWNED, TrainConfig, source, "train.")
     for name, section in config.method_overrides.items():
         _check_section(section, TRAIN_OWNED, TrainConfig, source, f"method_overrides.{name}.")

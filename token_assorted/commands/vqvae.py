@@ -18,8 +18,9 @@ import os
 import sys
 
 from ..errors import ConfigError
-from . import add_task_flags, positive_int, task_options_from_args
+from . import add_task_flags, task_options_from_args
 from .flags import add_config_flags, given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("vqvae", help="stage 1: train the VQ-VAE, encode traces, decode codes",
@@ -44,50 +45,37 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_encode(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import EncodeOptions
+
     parser = commands.add_parser("encode", help="write the codes file of a data file (what `train --codes` reads)")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--data", required=True, metavar="FILE", help="examples to encode")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--out", required=True, metavar="CODES.json",
-                        help="output: the codes file (one code list per example, the codebook, the tokenizer's "
-                             "and the VQ-VAE's paths; token_assorted/latents.py)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
-    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
-    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
+    add_config_flags(parser, EncodeOptions)
     add_task_flags(parser)
-    parser.add_argument("--max-trace-len", type=positive_int, metavar="N",
-                        help="skip (and count) examples whose trace has more tokens than this, before encoding "
-                             "(default: the VQ-VAE's max_trace_len)")
     parser.set_defaults(func=_encode)
 
 
 def _register_decode(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import DecodeOptions
+
     parser = commands.add_parser("decode", help="print the text a sequence of latent tokens stands for")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
-    parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    add_config_flags(parser, DecodeOptions)
     add_task_flags(parser)
     parser.set_defaults(func=_decode)
 
 
-RERANK_HELP = ("assignment 'search': greedy-decode the N most likely codes of a chunk and keep the one whose "
-               "text misses the fewest tokens (default: the VQ-VAE's saved setting; 0: the most likely code)")
-CANDIDATES_HELP = ("assignment 'search': score only the encoder's N likeliest codes of a chunk (default: the "
-                   "VQ-VAE's saved setting; 0: all K codes, the exact search)")
-
-
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import EncodeOptions
+
     parser = commands.add_parser("evaluate", help="reconstruction accuracy and codebook use of a saved VQ-VAE")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--data", required=True, metavar="FILE", help="examples whose traces to reconstruct")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
-    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
-    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
-    parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
+    add_config_flags(parser, EncodeOptions, skip=("max_trace_len",))
     add_task_flags(parser)
     parser.set_defaults(func=_evaluate)
+
+
+def _options(args: argparse.Namespace, cls: type, source: str):
+    """The subcommand's options from its flags, checked as a config file's would be."""
+    from ..config import from_mapping
+
+    return from_mapping(cls, given(args, cls), source)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -131,10 +119,15 @@ def _encode(args: argparse.Namespace) -> int:
     from ..latents import encode_codes_file
     from ..terminal import printable
     from ..vqvae import load_vqvae
+    from ..vqvae.options import EncodeOptions
 
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
+    options = _options(args, EncodeOptions, "vqvae encode")
+    if not options.out:
+        raise ConfigError("vqvae encode: --out is required (the codes file to write)")
+    loaded = load_vqvae(options.vqvae, search_rerank=options.search_rerank,
+                        encode_candidates=options.encode_candidates)
     task = _task_of(args, loaded)
-    summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
+    summary = encode_codes_file(loaded, task, options.data, options.out, options.max_trace_len, options.batch_size)
     print(printable(summary), file=sys.stderr)
     return 0
 
@@ -142,14 +135,12 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from ..terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
+    from ..vqvae.options import DecodeOptions
 
-    try:
-        codes = [int(part) for part in args.codes.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
-    loaded = load_vqvae(args.vqvae)
+    options = _options(args, DecodeOptions, "vqvae decode")
+    loaded = load_vqvae(options.vqvae)
     task = _task_of(args, loaded)
-    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes)))
+    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, options.prompt), options.codes)))
     return 0
 
 
@@ -158,13 +149,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from ..io import atomic_write_json
     from ..vqvae import evaluate_reconstruction, load_vqvae
+    from ..vqvae.options import EncodeOptions
 
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
+    options = _options(args, EncodeOptions, "vqvae evaluate")
+    loaded = load_vqvae(options.vqvae, search_rerank=options.search_rerank,
+                        encode_candidates=options.encode_candidates)
     task = _task_of(args, loaded)
-    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size)
-    result = {"data": args.data, "search_rerank": loaded.config.search_rerank,
+    metrics = evaluate_reconstruction(loaded, task, task.load(options.data), batch_size=options.batch_size)
+    result = {"data": options.data, "search_rerank": loaded.config.search_rerank,
               "encode_candidates": loaded.config.encode_candidates, **metrics}
-    if args.out:
-        atomic_write_json(args.out, result)
+    if options.out:
+        atomic_write_json(options.out, result)
     print(json.dumps(result, indent=2))
     return 0
