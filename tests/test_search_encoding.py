@@ -1,6 +1,6 @@
 """Encoding with search over the encoder's likeliest codes only (`encode_candidates`).
 
-The tiny models and toy syllogisms are test_vqvae.py's (K = 8 codes, so 8 candidates is the
+The tiny models and toy syllogisms are vqvae_toys.py's (K = 8 codes, so 8 candidates is the
 exact search and 5-7 take two rounds of `search.FIRST_ROUND` = 4 codes then the rest).
 """
 
@@ -11,10 +11,19 @@ import json
 
 import pytest
 import torch
+from test_vqvae import toy_file  # noqa: F401 (a fixture)
+from vqvae_toys import (
+    SEARCH,
+    TASK,
+    code_log_likelihoods,
+    random_batch,
+    spread_search_model,
+    target_log_probs,
+    tiny_config,
+    toy_examples,
+)
 
 import token_assorted.vqvae.search as search
-from test_vqvae import (SEARCH, TASK, code_log_likelihoods, random_batch, spread_search_model, target_log_probs,
-                        tiny_config, toy_examples, toy_file)  # noqa: F401 (toy_file: a fixture)
 from token_assorted.cli import main
 from token_assorted.errors import ConfigError
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae

@@ -89,7 +89,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             continue
         declared = owner[field.name]
         if declared not in groups:
-            groups[declared] = parser.add_argument_group(inspect.getdoc(declared).splitlines()[0])
+            groups[declared] = parser.add_argument_group(inspect.getdoc(declared).splitlines()[0].rstrip("."))
         kinds, dest = _inner(hints[field.name]), prefix + field.name
         help_text = helps[field.name]
         if help_text is not argparse.SUPPRESS:

@@ -12,9 +12,10 @@
     quantizer.py  q: the library VQ codebook (nearest code) or the search's codebook
     decoder.py    ChunkDecoder f_dec: L/r code vectors -> L hidden states (one pass or autoregressive)
     copy_head.py  CopyHead: attention over the prompt, its prefix weights, and the output mixture
+    parts.py      VQVAEParts: owns the parts above, and the passes through them on token ids
     decoding.py   greedy decoding of code vectors into chunk text
     search.py     assignment by search: a chunk's code is the one its decoding fits best
-    model.py      VQVAE: owns the parts and ties them (training pass, codes of chunks, text of codes)
+    model.py      VQVAE: ties them (training pass, codes of chunks, text of codes)
     train.py      train_vqvae: stage 1 on the training skeleton both stages share
     metrics.py    reconstruction accuracy, codebook usage, compression
     store.py      the saved directory: load_vqvae, encode_examples, decode_codes, ...

@@ -13,20 +13,16 @@ Rows are laid out (M, g): g chunks, or g codes of one chunk, that share memory r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
+from .parts import VQVAEParts
 from .prompt import MemoryKV
 from .stack import StepCache, run_grouped
 
-if TYPE_CHECKING:
-    from .model import VQVAE
-
 
 @torch.no_grad()
-def greedy_tokens(model: VQVAE, quantized: Tensor, chunk_index: Tensor, memory: Tensor, memory_pad: Tensor,
+def greedy_tokens(model: VQVAEParts, quantized: Tensor, chunk_index: Tensor, memory: Tensor, memory_pad: Tensor,
                   prompt_ids: Tensor, memory_kv: MemoryKV | None = None, keys: Tensor | None = None) -> Tensor:
     """(M, g, L/r, D) code vectors -> (M, g, L) decoded token ids (pads included).
 
@@ -41,7 +37,7 @@ def greedy_tokens(model: VQVAE, quantized: Tensor, chunk_index: Tensor, memory: 
     return _step_by_step(model, quantized, chunk_index, (memory, memory_pad, prompt_ids), memory_kv, keys)
 
 
-def _step_by_step(model: VQVAE, quantized: Tensor, chunk_index: Tensor, prompt: tuple[Tensor, Tensor, Tensor],
+def _step_by_step(model: VQVAEParts, quantized: Tensor, chunk_index: Tensor, prompt: tuple[Tensor, Tensor, Tensor],
                   memory_kv: MemoryKV, keys: Tensor) -> Tensor:
     """The autoregressive decoder's greedy tokens (M, g, L), one position per step with a cache."""
     decoder, rows, variants, n_latent = model.decoder, *quantized.shape[:3]
@@ -62,7 +58,7 @@ def _step_by_step(model: VQVAE, quantized: Tensor, chunk_index: Tensor, prompt: 
     return tokens
 
 
-def _step_inputs(model: VQVAE, quantized: Tensor, tokens: Tensor, position: int) -> Tensor:
+def _step_inputs(model: VQVAEParts, quantized: Tensor, tokens: Tensor, position: int) -> Tensor:
     """The decoder's new inputs at a step: (M, g, T, D), the code vectors too at position 0."""
     query = model.decoder.output_queries[position].expand(*tokens.shape[:2], 1, -1)  # (M, g, 1, D)
     if position == 0:  # position 0 sees no token

@@ -5,32 +5,23 @@ the whole trace can be replaced). For each chunk, given the prompt P:
 
     chunk --f_enc--> L/r latents --q--> L/r codes --f_dec--> L hidden states --mixture--> L tokens
 
-`VQVAE` ties the parts, each a module that owns its weights: the token embeddings and
-vocabulary head (tokens.py), the prompt memory g(P) (prompt.py), the chunk encoder
-(encoder.py), the quantizer (quantizer.py: the nearest codebook vector, or the codebook of
-the search, search.py), the chunk decoder (decoder.py) and the copy head with its mixture
-(copy_head.py); greedy decoding is decoding.py's. Why each part is what it is, and what was
-measured and dropped: BENCHMARKS.md, "Stage 1".
+`VQVAE` ties the parts (parts.py: each a module that owns its weights): the training pass,
+the codes of chunks (the nearest codebook vector, quantizer.py, or the best-fitting code,
+search.py) and the text of codes (greedy decoding, decoding.py). Why each part is what it is,
+and what was measured and dropped: BENCHMARKS.md, "Stage 1".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .config import VQVAEConfig
-from .copy_head import CopyHead
-from .decoder import ChunkDecoder
 from .decoding import greedy_tokens
-from .encoder import ChunkEncoder
-from .prompt import MemoryKV, PromptMemory
-from .quantizer import build_quantizer
+from .parts import VQVAEParts
 from .search import best_fitting_codes, encoding_candidates, training_codes
-from .tokens import TextVocab, TokenEmbedding
 
 
 @dataclass
@@ -45,56 +36,9 @@ class VQVAEOutput:
         return self.recon_loss + self.vq_loss
 
 
-class VQVAE(nn.Module):
+class VQVAE(VQVAEParts):
     """Chunk encoder, quantizer and prompt-conditioned chunk decoder: training pass, codes and decoding."""
 
-    def __init__(self, config: VQVAEConfig, vocab: TextVocab) -> None:
-        super().__init__()
-        self.config, self.vocab = config, vocab
-        self.tokens = TokenEmbedding(vocab, config.d_model, config.local_context)
-        self.prompt_memory = PromptMemory(config)
-        self.encoder = ChunkEncoder(config)
-        self.quantizer = build_quantizer(config)
-        self.decoder = ChunkDecoder(config)
-        self.copy_head = CopyHead(config.d_model, config.copy_prefix)
-
-    # --- the parts, on token ids ------------------------------------------------------------------
-    def encode_prompt(self, prompt_ids: Tensor, prompt_pad: Tensor) -> Tensor:
-        """g(P): (B, P) ids and pad mask -> (B, P, D) memory the chunks attend to."""
-        return self.prompt_memory(self.tokens.in_context(prompt_ids), prompt_pad)
-
-    def encode(self, chunk_ids: Tensor, memory: Tensor, memory_pad: Tensor) -> Tensor:
-        """f_enc: (B, N, L) chunks -> (B, N, L/r, D) continuous latents."""
-        return self.encoder(self.tokens(chunk_ids), memory, memory_pad)
-
-    def previous(self, chunk_ids: Tensor | None) -> Tensor | None:
-        """What each position of (..., L) chunks reads of the tokens before it: the autoregressive
-        decoder's input and the copy prefix's chunk side, (..., L, D); None for the one-pass decoder."""
-        return self.tokens.prefix_features(chunk_ids) if self.config.autoregressive else None
-
-    def prefix_of(self, chunk_ids: Tensor) -> Tensor | None:
-        """The copy prefix's chunk side of (..., L) chunk tokens, None when the option is off."""
-        return self.tokens.prefix_features(chunk_ids) if self.config.copy_prefix else None
-
-    def decode(self, quantized: Tensor, memory: Tensor, memory_pad: Tensor, chunk_ids: Tensor | None = None,
-               memory_kv: MemoryKV | None = None, chunk_index: Tensor | None = None) -> Tensor:
-        """f_dec, teacher-forced: (B, N, L/r, D) code vectors -> (B, N, L, D) hidden states (the
-        autoregressive decoder reads the chunks' (B, N, L) tokens before each position)."""
-        return self.decoder(quantized, memory, memory_pad, self.previous(chunk_ids), memory_kv, chunk_index)
-
-    def memory_kv(self, memory: Tensor, memory_pad: Tensor) -> MemoryKV:
-        """The decoder's cross-attention keys and values of a (B, P, D) memory, to pass to `decode`."""
-        return self.decoder.memory_kv(memory, memory_pad)
-
-    def copy_keys(self, memory: Tensor, prompt_ids: Tensor) -> Tensor:
-        """The copy head's side of the prompts, to compute once and pass on as `keys`."""
-        return self.copy_head.keys(self.tokens, memory, prompt_ids)
-
-    def set_output_vocab(self, ids: Sequence[int]) -> None:
-        """Restrict the vocabulary head to `ids` (the pad id is always kept)."""
-        self.tokens.set_output_vocab(ids)
-
-    # --- training, codes and decoding ---------------------------------------------------------------
     def forward(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> VQVAEOutput:
         """Reconstruct (B, N, L) chunks; `chunk_present` (B, N) marks real chunks (not batch padding)."""
         memory = self.encode_prompt(prompt_ids, prompt_pad)  # (B, P, D)

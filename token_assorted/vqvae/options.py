@@ -66,10 +66,10 @@ class EncodeOptions:
     task: str = ""  # task name (default: the VQ-VAE's task)
     out: str = ""  # encode: the codes file to write (what `train --codes` reads); evaluate: also the metrics here
     batch_size: int = 64  # examples per batch
-    # None: the VQ-VAE's own setting (they change how a search model picks codes, not its weights).
-    search_rerank: int | None = None  # assignment 'search': greedy-decode the N likeliest codes, keep the best
-    encode_candidates: int | None = None  # assignment 'search': score the encoder's N likeliest codes (0: all K)
-    max_trace_len: int | None = None  # encode: skip (and count) traces longer than this (tokens; None: the VQ-VAE's)
+    # Unset: the VQ-VAE's own settings (they change how a search model picks codes, not its weights).
+    search_rerank: int | None = None  # search: decode the N likeliest codes, keep the best (default: the VQ-VAE's)
+    encode_candidates: int | None = None  # search: score the N likeliest codes, 0: all K (default: the VQ-VAE's)
+    max_trace_len: int | None = None  # encode: skip (and count) longer traces, in tokens (default: the VQ-VAE's)
 
     LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_trace_len": at_least(1)}
 

@@ -32,15 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from typing import TYPE_CHECKING
-
 from .copy_head import ChunkSide
 from .decoding import greedy_tokens
+from .parts import VQVAEParts
 from .prompt import MemoryKV
 from .stack import run_grouped
-
-if TYPE_CHECKING:
-    from .model import VQVAE
 
 SEARCH_SEQUENCES = 256  # training: decoder sequences scored at once (candidates x examples)
 ENCODE_ROWS = 512  # encoding: (chunk, code) pairs scored in one decoder call (more spill out of the caches)
@@ -50,7 +46,7 @@ SURE = math.log(0.51)  # a token given more than half the probability is the arg
 
 
 @torch.no_grad()
-def training_codes(model: VQVAE, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor,
+def training_codes(model: VQVAEParts, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor,
                    memory: Tensor, candidates: Tensor) -> Tensor:
     """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
     batch = prompt_ids.shape[0]
@@ -132,7 +128,7 @@ class _Encoding:
 
 
 @torch.no_grad()
-def best_fitting_codes(model: VQVAE, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
+def best_fitting_codes(model: VQVAEParts, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
                        present: Tensor, memory: Tensor, candidates: Tensor) -> Tensor:
     """(C,) every real chunk's code among its (C, N) candidates (`encoding_candidates`): the most
     likely, or with `search_rerank` the best decoded."""
@@ -160,7 +156,7 @@ def _sure(log_p: Tensor, likeliest: Tensor) -> Tensor:
     return log_p[torch.arange(len(likeliest), device=log_p.device), likeliest].min(-1).values > SURE
 
 
-def _log_likelihoods(model: VQVAE, batch: _Encoding, chunks: Tensor, candidates: Tensor) -> Tensor:
+def _log_likelihoods(model: VQVAEParts, batch: _Encoding, chunks: Tensor, candidates: Tensor) -> Tensor:
     """(c, n, L) the teacher-forced log p of the given chunks' tokens under their (c, n) candidates."""
     log_p = batch.memory.new_empty(*candidates.shape, batch.chunks.shape[1])
     # Chunks in blocks of similar prompt length, each block's prompts cut to its longest: the
@@ -173,7 +169,7 @@ def _log_likelihoods(model: VQVAE, batch: _Encoding, chunks: Tensor, candidates:
     return log_p
 
 
-def _pick(model: VQVAE, batch: _Encoding, candidates: Tensor, log_p: Tensor) -> Tensor:
+def _pick(model: VQVAEParts, batch: _Encoding, candidates: Tensor, log_p: Tensor) -> Tensor:
     """(C,) each chunk's code given its candidates' (C, N, L) token log p (-inf: not scored)."""
     scores, rerank = log_p.sum(-1), model.config.search_rerank  # (C, N)
     likeliest = scores.argmax(-1)  # the first of equal maxima, as in training
@@ -190,7 +186,7 @@ def _pick(model: VQVAE, batch: _Encoding, candidates: Tensor, log_p: Tensor) -> 
     return picked
 
 
-def token_log_likelihoods(model: VQVAE, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
+def token_log_likelihoods(model: VQVAEParts, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
                           side: ChunkSide, candidates: Tensor | None = None) -> Tensor:
     """(C, N, L): the teacher-forced log p of each chunk's L tokens under each of its (C, N)
     candidate codes (default: all K, in code order).
