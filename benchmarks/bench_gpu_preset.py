@@ -54,7 +54,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_official_valid import OFFICIAL_VALID, SHARED, TRAIN_SIZE, official_splits
 
 TASKS = ("prosqa", "prontoqa", "keys-maze")
@@ -147,9 +146,9 @@ def method_rows(task: str, results: dict, timings: dict) -> list[dict]:
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
-    from token_assorted.config import parse_overrides
-    from token_assorted.pipeline import run_pipeline
-    from token_assorted.preset import load_preset
+    from token_assorted.core.config import parse_overrides
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.pipeline.run import run_pipeline
 
     work = args.out / task
     peers = (SMOKE_PEERS if args.smoke else PEER_BUDGET) if args.peers else {}

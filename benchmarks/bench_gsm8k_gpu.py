@@ -88,9 +88,9 @@ def method_rows(results: dict, timings: dict) -> list[dict]:
 
 def main() -> int:
     args = parse_args()
-    from token_assorted.config import parse_overrides
-    from token_assorted.pipeline import run_pipeline
-    from token_assorted.preset import load_preset
+    from token_assorted.core.config import parse_overrides
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.pipeline.run import run_pipeline
 
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA device: this benchmark is sized for one GPU; use --smoke to check it on CPU")

@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import stage2_toy  # noqa: E402
-from token_assorted.mixing import make_strategy  # noqa: E402
-from token_assorted.train_config import TrainConfig  # noqa: E402
-from token_assorted.train_setup import setup  # noqa: E402
+
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.mixing import make_strategy
+from token_assorted.lm.setup import setup
 
 
 def main() -> None:

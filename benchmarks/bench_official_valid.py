@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 OFFICIAL_VALID = {"prosqa": ("prosqa", "prosqa_valid.json"), "prontoqa": ("prontoqa", "prontoqa_valid.json")}
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="work and run directory")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per method")
     parser.add_argument("--vqvae-steps", type=int, default=300)
-    parser.add_argument("--model", default="tiny", help="model preset (token_assorted.models.PRESETS)")
+    parser.add_argument("--model", default="tiny", help="model preset (token_assorted.lm.models.PRESETS)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--valid", type=int, default=100, help="generated valid examples (model selection)")

@@ -8,8 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_assorted.answers import (answers_match, extract_answer, last_boxed, normalize_answer, numbers_equal,
-                                    parse_number)
+from token_assorted.data.tasks.answers import (
+    answers_match,
+    extract_answer,
+    last_boxed,
+    normalize_answer,
+    numbers_equal,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

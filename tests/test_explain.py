@@ -9,10 +9,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.cli import main
-from token_assorted.explain import Explainer, explain_ids, render, split_spans
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import LatentVocab, add_latent_tokens, build_word_tokenizer
+from token_assorted.data.latent_tokens import LatentVocab, add_latent_tokens
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.evaluation.explain import Explainer, explain_ids, render, split_spans
 
 VOCAB = LatentVocab(codebook_size=4, begin_id=10, end_id=11, first_code_id=12)  # codes 12..15
 
@@ -50,7 +51,7 @@ def test_explain_marks_each_span_with_its_decoded_text():
 @pytest.fixture(scope="module")
 def vqvae_and_model(tmp_path_factory):
     """A few-step VQ-VAE on generated ProsQA and a random LM over its tokenizer plus latents."""
-    from token_assorted.schema import save_examples
+    from token_assorted.data.schema import save_examples
     from token_assorted.vqvae import VQVAETrainConfig, load_vqvae, train_vqvae
 
     root = tmp_path_factory.mktemp("explain")
@@ -81,7 +82,7 @@ def vqvae_and_model(tmp_path_factory):
 
 
 def test_explain_decodes_a_known_code_sequence_with_the_vqvae(vqvae_and_model):
-    from token_assorted.encoding import encode_prompt
+    from token_assorted.data.encoding import encode_prompt
     from token_assorted.vqvae import decode_codes, encode_examples
 
     loaded, model_dir, examples = vqvae_and_model

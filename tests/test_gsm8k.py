@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared_file
-from token_assorted.errors import DataError
-from token_assorted.io import read_records
-from token_assorted.tasks.gsm8k import GSM8K, solution_steps
+
+from token_assorted.core.errors import DataError
+from token_assorted.core.io import read_records
+from token_assorted.data.tasks.gsm8k import GSM8K, solution_steps
 
 TASK = GSM8K()
 ORIGINAL = {"question": "Natalia sold clips to 48 friends in April, and half as many in May. How many in all?",

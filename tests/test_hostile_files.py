@@ -156,7 +156,7 @@ def test_a_tokenizer_file_linked_from_outside_the_folder_is_refused(lm, pronto, 
 
 
 def test_links_inside_the_folder_are_fine(lm, tmp_path):
-    from token_assorted.tokenizer import load_tokenizer
+    from token_assorted.data.tokenizer import load_tokenizer
 
     model = model_copy(lm, tmp_path)
     shutil.move(model / "tokenizer.json", model / "real-tokenizer.json")
@@ -246,7 +246,7 @@ def test_duplicated_keys_in_config_files_are_refused(pronto, tmp_path, capsys):
 
 
 def prosqa_record() -> dict:
-    from token_assorted.tasks import get_task
+    from token_assorted.data.tasks import get_task
 
     return get_task("prosqa").generate(1, 0, nodes=10, min_steps=1, max_steps=3)[0].to_dict()
 
@@ -285,7 +285,7 @@ def test_damaged_prosqa_graphs_are_refused_at_load_time(command, damage, tmp_pat
 @pytest.mark.parametrize("change, field", [({"start": [9, 0]}, "start"), ({"walls": [[0, -1]]}, "walls"),
                                            ({"width": 10**9}, "width")])
 def test_maze_cells_outside_the_grid_are_refused(change, field, tmp_path, capsys):
-    from token_assorted.tasks import get_task
+    from token_assorted.data.tasks import get_task
 
     record = get_task("keys-maze").generate(1, 0)[0].to_dict()
     path = tmp_path / "maze.jsonl"

@@ -7,15 +7,15 @@ import json
 
 import numpy as np
 import pytest
-
 import stage2_toy
+
 from token_assorted.cli import main
-from token_assorted.encoding import EncodedExample
-from token_assorted.errors import ConfigError
-from token_assorted.icot import ALL_REMOVED, RemovalSchedule, internalized_sequence, smoothing_offset
-from token_assorted.mixing import IGNORE_INDEX, example_rng
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.encoding import EncodedExample
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.methods.icot import ALL_REMOVED, RemovalSchedule, internalized_sequence, smoothing_offset
+from token_assorted.lm.mixing import IGNORE_INDEX, example_rng
+from token_assorted.lm.train import train_lm
 
 stage2_toy.register()
 EXAMPLE = EncodedExample(prompt_ids=[1, 10, 11], trace_ids=list(range(20, 40)), solution_ids=[30, 2])

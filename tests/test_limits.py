@@ -115,7 +115,7 @@ def test_vqvae_train_refuses_options_out_of_range_up_front(flag, value, names, p
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp_path, capsys, monkeypatch):
     import torch
 
-    from token_assorted.training import Fit
+    from token_assorted.training.fit import Fit
 
     real_step, calls = Fit.train_step, {"n": 0}
 
@@ -138,7 +138,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp
 def test_vqvae_weights_that_are_no_longer_finite_are_never_saved(pronto, tmp_path, capsys, monkeypatch):
     import torch
 
-    from token_assorted.training import Fit
+    from token_assorted.training.fit import Fit
 
     real_step = Fit.train_step
 
@@ -209,7 +209,7 @@ def test_an_error_of_the_preset_itself_still_blames_the_preset(tmp_path, capsys)
 
 
 def test_every_shipped_preset_is_within_its_limits():
-    from token_assorted.preset import load_preset, preset_names
+    from token_assorted.pipeline.preset import load_preset, preset_names
 
     for name in preset_names():
         load_preset(name)  # raises on any limit

@@ -15,15 +15,15 @@ import yaml
 from test_pretrained import build_chat_tokenizer, gsm8k_records, save_tiny_llama, write_jsonl
 
 from token_assorted.cli import main
-from token_assorted.errors import TokenAssortedError
-from token_assorted.io import read_json
-from token_assorted.preset import BASE_METHODS, PipelineConfig, load_preset
-from token_assorted.stages import file_splits
-from token_assorted.pretrained import load_pretrained_lm
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import tokenizer_fingerprint
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import TokenAssortedError
+from token_assorted.core.io import read_json
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import tokenizer_fingerprint
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.pretrained import load_pretrained_lm
+from token_assorted.lm.train import train_lm
+from token_assorted.pipeline.preset import BASE_METHODS, PipelineConfig, load_preset
+from token_assorted.pipeline.stages import file_splits
 
 PAPER_M = [0, 72, 128, 160, 192, 224, 256]
 
@@ -107,8 +107,8 @@ def test_token_assorted_model_has_latent_rows_and_predictions_are_parsed(math_ru
 @pytest.mark.parametrize("strategy", ["coconut", "icot"])
 def test_the_other_latent_methods_train_on_math_with_the_pretrained_model(math_run, tmp_path, strategy):
     """Coconut (two thoughts per step, as for GSM8K) and iCoT on the tiny Llama, chat template on."""
-    from token_assorted.eval_config import EvalConfig
-    from token_assorted.evaluate import evaluate_dir
+    from token_assorted.evaluation.evaluate import evaluate_dir
+    from token_assorted.generation.config import EvalConfig
 
     out = train_lm(TrainConfig(task="gsm8k", data=str(math_run["out"] / "data" / "train.jsonl"),
                                out=str(tmp_path / strategy), strategy=strategy, vqvae=str(math_run["out"] / "vqvae"),

@@ -6,12 +6,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_assorted.encoding import EncodedExample
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.mixing import (IGNORE_INDEX, STRATEGY_NAMES, ChunkLayout, Curriculum, Pause, PoissonReplace,
-                                   TokenAssorted, build_sequence, check_codes, chunks_for_m, make_strategy,
-                                   max_latent_chunks, max_sequence_length, prefix_mask, replace_chunks)
-from token_assorted.tokenizer import LatentVocab
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.data.encoding import EncodedExample
+from token_assorted.data.latent_tokens import ChunkLayout, LatentVocab
+from token_assorted.lm.mixing import (
+    IGNORE_INDEX,
+    STRATEGY_NAMES,
+    Curriculum,
+    Pause,
+    PoissonReplace,
+    TokenAssorted,
+    build_sequence,
+    check_codes,
+    chunks_for_m,
+    make_strategy,
+    max_latent_chunks,
+    max_sequence_length,
+    prefix_mask,
+    replace_chunks,
+)
 
 BO, EO, Z0 = 100, 101, 102  # <boLatent>, <eoLatent>, <latent_0>
 VOCAB = LatentVocab(codebook_size=4, begin_id=BO, end_id=EO, first_code_id=Z0)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.models import PRESETS, build_scratch_model, extend_vocabulary, scratch_config
-from token_assorted.pretrained import load_pretrained_lm
-from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.data.latent_tokens import add_latent_tokens
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.lm.models import PRESETS, build_scratch_model, extend_vocabulary, scratch_config
+from token_assorted.lm.pretrained import load_pretrained_lm
 
 TEXTS = ["alice is a wumpus .", "every wumpus is a yumpus .", "### yes no"]
 

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from token_assorted.cli import main
-from token_assorted.lora import LoraSettings
-from token_assorted.train import LMStage, train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.lora import LoraSettings
+from token_assorted.lm.train import LMStage, train_lm
 
 peft = pytest.importorskip("peft")
 QA = {"task": "qa", "task_options": {"fields": {"question": "problem", "steps": "solution", "answer": "final_answer"},

@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from token_assorted.cli import main
-from token_assorted.environment import describe, environment
-from token_assorted.errors import ConfigError, DataError
-from token_assorted.preset import BASE_METHODS, PipelineConfig, load_preset, preset_names, train_settings
-from token_assorted.probes import summarize
-from token_assorted.stages import config_hash, generate_splits, run_stage
-from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
+from token_assorted.core.environment import describe, environment
+from token_assorted.core.errors import ConfigError, DataError
+from token_assorted.evaluation.probes import summarize
+from token_assorted.evaluation.report import (
+    MethodSummary,
+    build_results,
+    summarize_method,
+    validate_results,
+    write_report,
+)
+from token_assorted.pipeline.preset import BASE_METHODS, PipelineConfig, load_preset, preset_names, train_settings
+from token_assorted.pipeline.stages import config_hash, generate_splits, run_stage
 
 
 @pytest.mark.parametrize("name", preset_names())

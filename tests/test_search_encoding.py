@@ -25,7 +25,7 @@ from vqvae_toys import (
 
 import token_assorted.vqvae.search as search
 from token_assorted.cli import main
-from token_assorted.errors import ConfigError
+from token_assorted.core.errors import ConfigError
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens

@@ -23,12 +23,12 @@ import pytest
 from own_data import qa_records, save_tiny_gpt2, write_jsonl
 
 from token_assorted.cli import main
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import evaluate_dir
-from token_assorted.serving import model_completion_prompt
-from token_assorted.tasks import get_task
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.data.tasks import get_task
+from token_assorted.evaluation.evaluate import evaluate_dir
+from token_assorted.evaluation.serving import model_completion_prompt
+from token_assorted.generation.config import EvalConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.train import train_lm
 
 for package in ("fastapi", "uvicorn", "openai"):
     pytest.importorskip(package, reason=f"`transformers serve` needs {package}: pip install -e '.[serve]'")

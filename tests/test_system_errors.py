@@ -136,7 +136,7 @@ def test_a_folder_without_write_permission_is_one_line(tmp_path, capsys):
 
 
 def test_a_simulated_full_disk_keeps_the_old_file_and_names_it(tmp_path, capsys, monkeypatch):
-    import token_assorted.io as io_module
+    import token_assorted.core.io as io_module
 
     target = tmp_path / "data.jsonl"
     target.write_text("old\n")
@@ -154,8 +154,8 @@ def test_a_simulated_full_disk_keeps_the_old_file_and_names_it(tmp_path, capsys,
 def test_library_write_errors_become_write_errors_naming_the_path(tmp_path):
     from safetensors import SafetensorError
 
-    from token_assorted.errors import WriteError
-    from token_assorted.io import writing
+    from token_assorted.core.errors import WriteError
+    from token_assorted.core.io import writing
 
     target = tmp_path / "model.safetensors"
     with pytest.raises(WriteError, match="model.safetensors: cannot write: No space left on device"):
@@ -171,7 +171,7 @@ def test_library_write_errors_become_write_errors_naming_the_path(tmp_path):
 
 
 def test_an_os_error_without_a_file_name_names_the_output(toy, tmp_path, capsys, monkeypatch):
-    import token_assorted.train as train_module
+    import token_assorted.lm.train as train_module
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a log file's write raises it
@@ -224,8 +224,8 @@ def test_train_and_vqvae_train_refuse_a_folder_that_is_not_theirs(command, toy, 
 
 
 def test_force_writes_into_a_foreign_folder_and_marks_it_as_a_run(tmp_path, capsys, monkeypatch):
-    import token_assorted.pipeline as pipeline
-    from token_assorted.outdir import marker_path
+    import token_assorted.pipeline.run as pipeline
+    from token_assorted.core.outdir import marker_path
 
     calls = []
     monkeypatch.setattr(pipeline, "run_pipeline", lambda config, out, preset: calls.append((out, preset)))
@@ -240,7 +240,7 @@ def test_force_writes_into_a_foreign_folder_and_marks_it_as_a_run(tmp_path, caps
 
 
 def test_runs_written_before_the_marker_existed_are_still_ours(tmp_path):
-    from token_assorted.outdir import claim
+    from token_assorted.core.outdir import claim
 
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
@@ -261,7 +261,7 @@ def test_runs_written_before_the_marker_existed_are_still_ours(tmp_path):
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from token_assorted.outdir import claim, run_lock
+from token_assorted.core.outdir import claim, run_lock
 claim({out!r}, "run")
 with run_lock({out!r}):
     print("locked", flush=True)
@@ -270,7 +270,7 @@ with run_lock({out!r}):
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_lives(tmp_path, capsys):
-    from token_assorted.outdir import run_lock
+    from token_assorted.core.outdir import run_lock
 
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER.format(repo=str(TESTS.parent), out=str(out))],
@@ -305,7 +305,7 @@ def test_bad_input_leaves_no_output_folder_behind(pronto, tmp_path, capsys):
 
 # --- file modes and the terminal -------------------------------------------------------------
 def test_atomic_writes_get_the_usual_mode_and_keep_a_replaced_files_mode(tmp_path):
-    from token_assorted.io import atomic_write_text
+    from token_assorted.core.io import atomic_write_text
 
     previous = os.umask(0o027)
     try:

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
+import stage2_toy
 import torch
+from launch import torchrun
 from safetensors.torch import load_file
 
-import stage2_toy
-from launch import torchrun
-from token_assorted.batches import epoch_order, group_by_length, micro_indices
 from token_assorted.cli import main
-from token_assorted.errors import ConfigError
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.train import train_lm
+from token_assorted.training.order import epoch_order, group_by_length, micro_indices
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -149,7 +149,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 import stage2_toy; stage2_toy.register()
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.lm.train import TrainConfig, train_lm
 cfg = TrainConfig(task="toy", data={train!r}, codes={codes!r}, out=sys.argv[1], strategy={strategy!r},
                   epochs=4, batch_size=4, lr=3e-3, save_every=3, progress=False, resume=sys.argv[2] == "1",
                   **{options!r})
@@ -233,8 +233,8 @@ def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
 
 
 def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
-    from token_assorted.evaluate import count_latent, text_ids
-    from token_assorted.train_setup import setup
+    from token_assorted.generation.scoring import count_latent, text_ids
+    from token_assorted.lm.setup import setup
 
     assorted = setup(config(data, tmp_path / "a", m_values=[0, 4]))
     pause = setup(config(data, tmp_path / "p", strategy="pause", m_values=[0, 4]))

@@ -18,17 +18,17 @@ from safetensors.torch import load_file
 from vqvae_toys import SEARCH, TASK, tiny_config, tiny_model, toy_examples
 
 from token_assorted.cli import main
-from token_assorted.encoding import encode_example
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.latents import (
+from token_assorted.data.encoding import encode_example
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.vqvae.codes import (
     codebook_of,
     encode_codes_file,
     from_codes_file,
     from_vqvae,
 )
-from token_assorted.schema import Example, save_examples
-from token_assorted.tasks.base import normalize_text
-from token_assorted.tokenizer import build_word_tokenizer
+from token_assorted.data.schema import Example, save_examples
+from token_assorted.data.tasks.base import normalize_text
+from token_assorted.data.tokenizer import build_word_tokenizer
 from token_assorted.vqvae import (
     VQVAEConfig,
     decode_codes,

@@ -24,7 +24,7 @@ from vqvae_toys import (
     tiny_model,
 )
 
-from token_assorted.latents import codebook_of
+from token_assorted.vqvae.codes import codebook_of
 from token_assorted.vqvae import VQVAE, TextVocab
 from token_assorted.vqvae.copy_head import CopyHead
 from token_assorted.vqvae.decoder import ChunkDecoder

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
 from token_assorted.vqvae import VQVAE, TextVocab, VQVAEConfig, VQVAETrainConfig
 
 NAMES = ["Tom", "Ann", "Rex", "Max", "Sam", "Eve", "Bob", "Zoe"]

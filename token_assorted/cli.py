@@ -21,9 +21,9 @@ import sys
 import threading
 
 from . import __version__
-from .errors import TokenAssortedError
-from .io import library_os_reason, os_reason
-from .terminal import one_line
+from .core.errors import TokenAssortedError
+from .core.io import library_os_reason, os_reason
+from .core.terminal import one_line
 
 DEBUG_VARIABLE = "TOKEN_ASSORTED_DEBUG"
 # OS errors that mean "this output cannot be written" (named after --out when they carry no file).

@@ -30,7 +30,7 @@ def parse_fields(text: str) -> dict[str, str]:
 
 def add_task_flags(parser: argparse.ArgumentParser) -> None:
     """--fields, --answer-match and --step-split: the options of the generic task `qa`."""
-    from ..tasks.qa import ANSWER_MATCHES, FIELD_ROLES, STEP_SPLITS
+    from ..data.tasks.qa import ANSWER_MATCHES, FIELD_ROLES, STEP_SPLITS
 
     group = parser.add_argument_group("generic task options (--task qa); recorded with the model")
     group.add_argument("--fields", type=parse_fields, default=None, metavar="OURS=YOURS,...",

@@ -17,11 +17,11 @@ import sys
 from collections import Counter
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
+from ..core.io import read_records
+from ..core.terminal import printable
+from ..data.schema import Example, save_examples
 from . import add_task_flags, non_negative_int, positive_int, task_options_from_args
-from ..io import read_records
-from ..schema import Example, save_examples
-from ..terminal import printable
 
 MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
 GENERATE_USAGE = "token-assorted data generate TASK --n N --out FILE [--seed S] [task options]"
@@ -70,7 +70,7 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..tasks import TASK_NAMES, get_task
+    from ..data.tasks import TASK_NAMES, get_task
 
     def generators() -> str:  # for the errors only: it imports every task
         return ", ".join(name for name in TASK_NAMES if get_task(name).has_generator)
@@ -91,7 +91,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # --- stats -------------------------------------------------------------------------------
 def run_stats(args: argparse.Namespace) -> int:
-    from ..tasks import get_task
+    from ..data.tasks import get_task
 
     task = get_task(args.task, **task_options_from_args(args)) if args.task else infer_file_task(args.file)
     examples = task.load(args.file)
@@ -103,7 +103,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def infer_file_task(path: str):
     """The task of a data file, from its first record; the record is validated first so a
     malformed file reports its bad field rather than an unknown task."""
-    from ..tasks import infer_task
+    from ..data.tasks import infer_task
 
     line, record = read_records(path)[0]
     Example.from_dict(record, path=path, line=line, allow_empty_steps=True)

@@ -23,7 +23,7 @@ from .flags import add_config_flags, given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..eval_config import EvalConfig
+    from ..generation.config import EvalConfig
 
     parser = subparsers.add_parser("eval", help="evaluate a trained model on a data file",
                                    description=__doc__)
@@ -38,19 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..config import from_mapping
-    from ..eval_config import EvalConfig
-    from ..evaluate import evaluate_loaded, save_result
-    from ..interventions import check_probe_options
-    from ..model_dir import load_model_dir, resolve_task
-    from ..terminal import printable
+    from ..core.config import from_mapping
+    from ..core.terminal import printable
+    from ..evaluation.evaluate import evaluate_loaded, save_result
+    from ..generation.config import EvalConfig
+    from ..generation.interventions import check_probe_options
+    from ..lm.model_dir import load_model_dir, resolve_task
 
     config = from_mapping(EvalConfig, given(args, EvalConfig), "command line")
     check_probe_options(config)  # before any weights are read
     loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task, task_options_from_args(args))
     examples = task.load(args.data)
-    result = evaluate_loaded(loaded, task, examples, config, args.model)
+    result = evaluate_loaded(loaded, task, examples, config)
     probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
               if getattr(config, key) is not None}
     if config.intervene == "noise":

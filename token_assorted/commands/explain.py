@@ -38,15 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from ..explain import Explainer, render
-    from ..terminal import printable
-
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
+    from ..core.terminal import printable
+    from ..evaluation.explain import Explainer, render
 
     if (args.generated is not None or args.print_prompt) and args.question is None:
         raise ConfigError("--generated and --print-prompt need --question: the question the text answers")
     if args.print_prompt:
-        from ..serving import model_completion_prompt
+        from ..evaluation.serving import model_completion_prompt
 
         print(json.dumps(model_completion_prompt(args.model, args.question, args.task), ensure_ascii=False))
         return 0

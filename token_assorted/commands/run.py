@@ -51,12 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..models import is_preset
-    from ..outdir import claimed, run_lock
-    from ..config import parse_overrides
-    from ..pipeline import run_pipeline
-    from ..preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset
+    from ..core.config import parse_overrides
+    from ..core.errors import ConfigError
+    from ..core.outdir import claimed, run_lock
+    from ..lm.models import is_preset
+    from ..pipeline.preset import ABLATIONS, CONTROLS, PEERS, check_data_files, load_preset
+    from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
     labels = {}  # how the user gave each override, for errors that only it causes

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+
 from . import add_task_flags, task_options_from_args
 from .flags import add_config_flags, given, merge
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..train_config import TrainConfig
+    from ..lm.config import TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="stage 2: train an LM on mixed latent/text traces (or a baseline)",
@@ -29,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import from_mapping, load_yaml
-    from ..outdir import claimed
-    from ..train import train_lm
-    from ..train_config import TrainConfig
+    from ..core.config import from_mapping, load_yaml
+    from ..core.outdir import claimed
+    from ..lm.config import TrainConfig
+    from ..lm.train import train_lm
 
     mapping = load_yaml(args.config) if args.config else {}
     if args.config:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import add_task_flags, task_options_from_args
 from .flags import add_config_flags, given
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-    from ..vqvae.options import VQVAETrainConfig  # no torch import: keeps --help fast
+    from ..vqvae.options import VQVAETrainConfig
 
     parser = commands.add_parser("train", help="train a VQ-VAE on a task's traces")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names, with _)")
@@ -73,14 +73,14 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def _options(args: argparse.Namespace, cls: type, source: str):
     """The subcommand's options from its flags, checked as a config file's would be."""
-    from ..config import from_mapping
+    from ..core.config import from_mapping
 
     return from_mapping(cls, given(args, cls), source)
 
 
 def train_config_from_args(args: argparse.Namespace):
     """Defaults <- --config YAML <- command-line flags."""
-    from ..config import from_mapping, load_yaml, replace
+    from ..core.config import from_mapping, load_yaml, replace
     from ..vqvae.options import VQVAETrainConfig
 
     config = VQVAETrainConfig()
@@ -93,7 +93,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 def _task_of(args: argparse.Namespace, loaded):
     """The task given (or the VQ-VAE's), with the VQ-VAE's recorded task options under the flags."""
-    from ..tasks import get_task
+    from ..data.tasks import get_task
 
     name = args.task or loaded.task
     recorded = loaded.task_options if name == loaded.task else {}
@@ -101,7 +101,7 @@ def _task_of(args: argparse.Namespace, loaded):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..outdir import claimed
+    from ..core.outdir import claimed
     from ..vqvae import train_vqvae
 
     config = train_config_from_args(args)
@@ -116,9 +116,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from ..latents import encode_codes_file
-    from ..terminal import printable
+    from ..core.terminal import printable
     from ..vqvae import load_vqvae
+    from ..vqvae.codes import encode_codes_file
     from ..vqvae.options import EncodeOptions
 
     options = _options(args, EncodeOptions, "vqvae encode")
@@ -133,7 +133,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from ..terminal import printable
+    from ..core.terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
     from ..vqvae.options import DecodeOptions
 
@@ -147,7 +147,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..io import atomic_write_json
+    from ..core.io import atomic_write_json
     from ..vqvae import evaluate_reconstruction, load_vqvae
     from ..vqvae.options import EncodeOptions
 

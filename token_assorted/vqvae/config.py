@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from ..config import Bound, at_least, check_bounds, within
-from ..errors import OptionError
+from ..core.config import Bound, at_least, check_bounds, within
+from ..core.errors import OptionError
 
 ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids

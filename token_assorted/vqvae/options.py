@@ -12,9 +12,9 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import Bound, at_least, check_bounds
-from ..errors import ConfigError
-from ..training_options import OptimizationOptions
+from ..core.config import Bound, at_least, check_bounds
+from ..core.errors import ConfigError
+from ..training.options import OptimizationOptions
 from .config import VQVAEConfig
 
 # The range of each option only a training run has.

@@ -1,4 +1,4 @@
-"""Training the stage-1 VQ-VAE on the skeleton both stages share (training.py), resumable exactly.
+"""Training the stage-1 VQ-VAE on the skeleton both stages share (training/fit.py), resumable exactly.
 
 Loss = reconstruction cross-entropy + the quantizer's loss: beta * commitment for the nearest
 code (the codebook itself moves by EMA, not by gradients), the encoder's classification of
@@ -23,15 +23,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..batches import step_indices
-from ..devices import make_accelerator
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_json
-from ..pretrained import resolve_tokenizer, task_tokenizer
-from ..tasks import get_task
-from ..tasks.base import Task
-from ..tokenizer import load_tokenizer, tokenizer_fingerprint
-from ..training import After, Fit, Optimization, Stage, shard
+from ..core.devices import make_accelerator
+from ..core.errors import CheckpointError, ConfigError
+from ..core.io import atomic_write_json
+from ..data.tasks import get_task
+from ..data.tasks.base import Task
+from ..data.tokenizer import load_tokenizer, resolve_tokenizer, task_tokenizer, tokenizer_fingerprint
+from ..training.fit import After, Fit, Optimization, Stage, shard
+from ..training.order import step_indices
 from .chunks import ChunkBatch, ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig
 from .metrics import reconstruction_metrics

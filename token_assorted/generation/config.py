@@ -1,0 +1,36 @@
+"""The options of an evaluation (`token-assorted eval`, a preset's `eval:` section, the probes).
+
+A module of its own, without torch: the command builds its flags from `EvalConfig`'s fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..core.config import Bound, above, at_least
+
+
+@dataclass
+class EvalConfig:
+    """How to generate and score (`token-assorted eval`'s options, a preset's `eval:` section)."""
+
+    batch_size: int = 64  # prompts generated together (left padded)
+    max_new_tokens: int | None = None  # generation budget; None: the longest reference trace + solution, plus 16
+    samples: int = 0  # >0: also draw this many top-k samples per question (1-Feasible-N); 0: greedy only
+    top_k: int = 10  # top-k of the sampled generations
+    temperature: float = 1.0  # of the sampled generations
+    seed: int = 0  # sampling seed
+    limit: int | None = None  # evaluate only the first `limit` examples
+    progress: bool = True  # show a tqdm bar over batches
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
+    intervene: str | None = None  # change each code as written: random, shuffle, constant; Coconut: noise, zero
+    intervene_seed: int = 0  # of the random codes, the shuffle's permutation and the noise directions
+    constant_code: int = 0  # the code every written code becomes under intervene="constant"
+    latent_chunks: int | str | None = None  # the latency dial: K chunks of codes, then text (all: the reference's)
+    noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
+
+    LIMITS: ClassVar[dict[str, Bound]] = {
+        "batch_size": at_least(1), "max_new_tokens": at_least(1), "samples": at_least(0), "top_k": at_least(1),
+        "temperature": above(0), "seed": at_least(0), "limit": at_least(1), "intervene_seed": at_least(0),
+        "constant_code": at_least(0), "noise_scale": at_least(0)}

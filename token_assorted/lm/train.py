@@ -1,0 +1,247 @@
+"""Stage 2: train a causal LM on mixed latent/text traces, on one device or many (accelerate).
+
+setup (`setup.py`: data, tokenizer, latent codes, model) -> fit (`training/fit.py`, the
+skeleton both stages share: epochs of optimizer steps here) -> validate (greedy accuracy and
+answer length, every epoch) -> save (the best model as a plain Hugging Face directory plus
+`token_assorted.json`, `model_dir.py`).
+
+Batching. `batch_size` is the EFFECTIVE batch of one optimizer step, whatever the number
+of processes (the skeleton shares it out over grad_accum and processes). The epoch's example
+order is a permutation seeded by (seed, epoch), padded by wrapping so every step is full
+(with `group_by_length`, rearranged into batches of similar lengths; `training/order.py`); step s
+takes its slice of it, process r its share of that slice. The mixed sequence of an example
+is a function of (seed, epoch, example index) only (`mixing.build_sequence`), so order and
+draws are identical on every process and after a resume, and m is redrawn every epoch.
+
+What a method changes (Coconut's thoughts, iCoT's removal schedule) comes from its `Method`
+(`methods/`): its batches and loss, the epochs whose phase change resets the optimizer's
+moments, the epochs that may give the saved model, and how validation answers.
+
+Baselines with a VQ-VAE. `cot` and `sol-only` never need codes; when a VQ-VAE (or a codes
+file) is given they still get the latent vocabulary (`latent_vocab_for_baselines`, on by
+default) so every method's model has the same size and tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.devices import make_accelerator
+from ..core.errors import ConfigError
+from ..core.io import atomic_write_json, read_json
+from ..generation.scoring import default_max_new_tokens
+from ..training.fit import After, Fit, Optimization, Stage
+from ..training.order import epoch_order, group_by_length, micro_indices, text_lengths
+from ..vqvae.codes import LatentCodes, check_layout, layout_of
+from .config import TrainConfig
+from .model_dir import MODEL_META, save_model_dir
+from .setup import Setup, setup
+
+# What a resumed run must share with the saved one; the method's schedule decides every sequence.
+RESUME_KEYS = ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora")
+
+
+# --------------------------------------------------------------------------- validation
+def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> dict[str, float]:
+    """Greedy accuracy and answer length on the valid split, shared out over the processes.
+
+    The lengths make a learning curve of tokens as well as accuracy: how soon a mixed
+    model starts answering in latent tokens is half of what Token Assorted is about.
+    """
+    from ..generation.config import EvalConfig
+    from ..generation.scoring import evaluate
+
+    examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
+    shard = examples[accelerator.process_index::accelerator.num_processes]
+    sums = [0.0, 0.0, 0.0]  # correct answers, generated tokens, latent tokens
+    if shard:
+        # Room for the longest all-text trace and solution of the first 200: a model rambling past it is wrong.
+        budget = config.max_new_tokens or default_max_new_tokens(run.tokenizer, run.task, examples[:200])
+        eval_config = EvalConfig(batch_size=config.eval_batch_size, progress=False, max_new_tokens=budget)
+        generate, vocab = run.method.generation(run.epoch, run.latent_vocab)  # Coconut: its own loop
+        result = evaluate(model, run.tokenizer, run.task, shard, eval_config, vocab, config.chat_template,
+                          generate=generate)
+        sums = [result.accuracy * result.n, result.avg_generated_tokens * result.n,
+                result.avg_latent_tokens * result.n]
+    totals = torch.tensor([*sums, float(len(shard))], device=accelerator.device)
+    totals = accelerator.reduce(totals, reduction="sum")
+    n = totals[3].clamp_min(1)
+    return {"accuracy": float(totals[0] / n), "avg_generated_tokens": float(totals[1] / n),
+            "avg_latent_tokens": float(totals[2] / n)}
+
+
+def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
+    """`token_assorted.json`: what a saved model is, for eval, explain, the probes and the report."""
+    latents = run.latents
+    return {
+        "task": run.task.name, "task_options": run.task.options(), "strategy": config.strategy,
+        "vqvae": config.vqvae or (latents.vqvae if latents else None), "codes": config.codes,
+        "codebook_size": latents.codebook_size if latents else None,
+        "chunk_size": latents.chunk_size if latents else None,
+        "latents_per_chunk": latents.latents_per_chunk if latents else None,
+        "latent_vocab": run.latent_vocab.to_dict() if run.latent_vocab else None,
+        "max_latent_chunks": run.max_latent_chunks,
+        "pause_id": run.latent_vocab.pause_id if run.latent_vocab else None,
+        "chat_template": config.chat_template, "data": config.data, "valid": config.valid,
+        "model": config.model, "skipped_too_long": run.skipped, "config": dataclasses.asdict(config),
+        "history": history, **run.method.meta(epoch),
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+class LMStage(Stage):
+    """Stage 2 on the training skeleton: epochs of the method's batches, validated at each epoch's end."""
+
+    def __init__(self, config: TrainConfig, run: Setup, validate: Callable) -> None:
+        self.config, self.run, self.validate = config, run, validate
+        self.model = run.model  # what is saved and validated; `module()` is what the method's loss calls
+        self.out = Path(config.out)
+        self.steps_per_epoch = math.ceil(len(run.encoded) / config.batch_size)
+        total = config.epochs * self.steps_per_epoch
+        self.total = total if config.max_steps is None else min(total, config.max_steps)
+        self.lengths = text_lengths(run.encoded) if config.group_by_length else []
+        self.order: tuple[int, list[int]] = (-1, [])  # (epoch, its example order)
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.reset_at: int | None = None  # the epoch that began with fresh optimizer moments
+
+    def optimization(self) -> Optimization:
+        config = self.config
+        # < 1: a fraction of all optimizer steps; >= 1: a number of steps
+        warmup = int(config.warmup * self.total) if config.warmup < 1 else int(config.warmup)
+        return Optimization(self.total, config.batch_size, config.lr, warmup, "cosine", grad_accum=config.grad_accum,
+                            weight_decay=config.weight_decay, betas=(0.9, 0.95), max_grad_norm=config.max_grad_norm)
+
+    def module(self) -> torch.nn.Module:
+        return self.run.method.wrap(self.run.model)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        if self.order[0] != epoch:
+            config = self.config
+            order = epoch_order(len(self.run.encoded), self.steps_per_epoch * config.batch_size, config.seed, epoch)
+            if config.group_by_length:
+                order = group_by_length(order, self.lengths, config.batch_size, config.seed, epoch)
+            self.order = (epoch, order)
+        return self.order[1]
+
+    def begin_step(self, fit: Fit, step: int) -> None:
+        """At an epoch's first step: fresh optimizer moments when the method's phase changes (Coconut's
+        stage, iCoT's removal count); the learning-rate schedule goes on. A run resumed mid-epoch
+        has the reset in its saved optimizer state; one resumed at an epoch's start makes it here."""
+        epoch, method = step // self.steps_per_epoch, self.run.method
+        if step % self.steps_per_epoch == 0 and epoch > 0 and method.phase(epoch) != method.phase(epoch - 1):
+            fit.optimizer.state.clear()  # AdamW re-creates each parameter's state at its next step
+            self.reset_at = epoch
+
+    def micro_batch(self, fit: Fit, step: int, index: int) -> dict[str, torch.Tensor]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        indices = micro_indices(self.epoch_order(epoch), within, self.config.batch_size, fit.micro, index,
+                                fit.rank, fit.world)
+        return self.run.method.batch(self.run, indices, self.config.seed, epoch)
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.run.method.loss(module, batch)
+
+    def postfix(self) -> dict[str, Any]:
+        return {"epoch": self.order[0] + 1}
+
+    def end_step(self, fit: Fit, step: int, loss: float) -> After:
+        if step % self.steps_per_epoch == 0:
+            self.end_epoch(fit, step // self.steps_per_epoch - 1, loss)
+            return After(save=True)
+        return After(save=bool(self.config.save_every) and step % self.config.save_every == 0)
+
+    def end_epoch(self, fit: Fit, epoch: int, loss: float) -> None:
+        """Validate, and save the model when it is the best so far (a curriculum: in its final phase)."""
+        fit.require_finite()  # never validate, let alone save, a diverged model (the loss: per step)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": fit.step, "train_loss": loss}
+        if self.reset_at == epoch:
+            record["optimizer_reset"] = True
+        eligible = self.run.method.selectable(epoch) or epoch == self.config.epochs - 1
+        if self.run.valid:
+            self.run.epoch = epoch  # a curriculum answers at the stage it trained
+            metrics = self.validate(self.model, self.run, self.config, fit.acc)
+            if not isinstance(metrics, dict):
+                metrics = {"accuracy": float(metrics)}  # a custom validate may return accuracy alone
+            record.update({f"valid_{name}": value for name, value in metrics.items()})
+            fit.log("valid", metrics)
+            accuracy = metrics["accuracy"]
+            improved = eligible and (self.best is None or accuracy >= self.best)
+        else:
+            accuracy, improved = None, eligible  # no valid split: keep the latest model
+        self.history.append(record)
+        if improved:
+            self.best = accuracy
+            if fit.is_main:
+                save_model_dir(self.model, self.run.tokenizer, self.out,
+                               {**model_meta(self.config, self.run, self.history, epoch), "best_epoch": epoch + 1,
+                                "best_valid_accuracy": accuracy})
+        fit.print(f"epoch {epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
+                  + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
+
+    # -- the saved state -----------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        return {"best": self.best, "history": self.history, "config": dataclasses.asdict(self.config),
+                "latents": layout_of(self.run.latents), "reset_at": self.reset_at}
+
+    def check_resume(self, record: dict[str, Any]) -> None:
+        # A VQ-VAE of another K or L swapped in: named here, not as a size-mismatch traceback.
+        check_layout(record, self.run.latents, self.config.vqvae or self.config.codes)
+        given = dataclasses.asdict(self.config)
+        schedule = tuple(key for key in given if key.startswith(("coconut_", "icot_")))
+        for key in (*RESUME_KEYS, *schedule):
+            known = key in ("task_options", "lora") or key in schedule  # newer keys: absent means the default
+            if record["config"].get(key, given[key] if known else None) != given[key]:
+                raise ConfigError(f"--resume: {key} differs from the saved run "
+                                  f"({record['config'].get(key)!r} vs {given[key]!r})")
+
+    def restore(self, record: dict[str, Any]) -> None:
+        self.best, self.history, self.reset_at = record["best"], record["history"], record.get("reset_at")
+
+    def finish(self, fit: Fit) -> None:
+        if not fit.is_main:
+            return
+        cost = {"train_seconds_per_step": sum(fit.step_seconds) / len(fit.step_seconds)} if fit.step_seconds else {}
+        epoch, within = divmod(fit.step, self.steps_per_epoch)
+        if within and (not self.run.valid or not (self.out / "config.json").is_file()):
+            # Stopped mid-epoch by max_steps: save what was trained.
+            fit.require_finite()
+            save_model_dir(self.model, self.run.tokenizer, self.out,
+                           {**model_meta(self.config, self.run, self.history, epoch), **cost})
+        elif (self.out / MODEL_META).is_file():
+            # The best epoch's directory was written when it was best; give it the whole
+            # learning curve, the epochs after it included.
+            meta = read_json(self.out / MODEL_META)
+            atomic_write_json(self.out / MODEL_META, {**meta, "history": self.history, **cost})
+
+
+def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
+             validate: Callable | None = None) -> Path:
+    """Train one stage-2 model; return its output directory (a plain HF model dir).
+
+    `latents` supplies codes directly (tests, notebooks) instead of `vqvae`/`codes`;
+    `validate(model, run, config, accelerator)` replaces the default greedy-generation
+    validation; it returns the accuracy, or a dict of metrics holding "accuracy".
+    """
+    out = Path(config.out)
+    if not config.resume and (out / "state").exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it "
+                          f"or choose another --out")
+    accelerator = make_accelerator(config.mixed_precision)
+    run = setup(config, latents)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = LMStage(config, run, validate or validation_metrics)
+    fit = Fit(stage, stage.optimization(), accelerator, out, log_every=config.log_every,
+              progress=config.progress)
+    if config.resume and not fit.restore():
+        fit.print(f"no training state in {out}; starting from scratch")
+    if run.skipped:
+        fit.print(f"skipped {run.skipped} training examples longer than max_length={config.max_length}")
+    fit.fit()
+    return out
