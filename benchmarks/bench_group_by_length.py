@@ -52,7 +52,7 @@ def main() -> None:
         data = Path(tmp) / "train.jsonl"
         save_examples(data, examples)
         run = setup(TrainConfig(task=preset.task, data=str(data), out=str(Path(tmp) / "out"),
-                                strategy=args.strategy, model=preset.train.get("model", "tiny")))
+                                strategy=args.strategy, model=preset.train.get("model", "scratch-tiny")))
     lengths = text_lengths(run.encoded)
     n = len(lengths) // batch_size * batch_size
     orders = {"shuffled": epoch_order(len(lengths), n, seed=0, epoch=0)}

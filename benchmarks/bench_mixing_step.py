@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="scratch-tiny")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stage2_toy.register()

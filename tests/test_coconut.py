@@ -16,7 +16,7 @@ from token_assorted.core.errors import ConfigError
 from token_assorted.data.schema import Example
 from token_assorted.data.tokenizer import load_tokenizer
 from token_assorted.evaluation.evaluate import evaluate_dir
-from token_assorted.generation.config import EvalConfig
+from token_assorted.generation.config import EvalConfig, GenerationConfig
 from token_assorted.generation.thoughts import generate_thoughts, intervention, noise_direction
 from token_assorted.lm.config import TrainConfig
 from token_assorted.lm.methods.coconut import (
@@ -59,7 +59,7 @@ def config(data, out, **overrides) -> TrainConfig:
 def trained(data, tmp_path_factory):
     """A toy Coconut model trained through its curriculum (CoT, then stages 1-3)."""
     out = tmp_path_factory.mktemp("coconut") / "model"
-    return train_lm(config(data, out, valid=str(data["valid"]), eval_limit=4))
+    return train_lm(config(data, out, valid=str(data["valid"]), validation=GenerationConfig(limit=4)))
 
 
 # --------------------------------------------------------------------------- sequences
@@ -117,7 +117,7 @@ def _naive_thoughts_and_loss(lm, sequence, n_thoughts):
     return thoughts, loss_sum, len(sequence.labels)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny"])  # rotary (Llama) and learned positions (GPT-2)
+@pytest.mark.parametrize("preset", ["scratch-tiny", "scratch-gpt2-tiny"])  # rotary (Llama) and learned positions (GPT-2)
 def test_a_thought_is_the_previous_last_hidden_state_and_the_cached_loss_is_the_naive_one(tokenizer, preset):
     vocab = add_thought_tokens(tokenizer)
     lm = build_scratch_model(preset, tokenizer, 128, seed=0)
@@ -146,7 +146,7 @@ def test_a_thought_is_the_previous_last_hidden_state_and_the_cached_loss_is_the_
 def test_thoughts_carry_gradient_to_the_prompt(tokenizer):
     # With every step replaced the loss can reach the prompt's positions only through the thoughts' chain.
     vocab = add_thought_tokens(tokenizer)
-    lm = build_scratch_model("tiny", tokenizer, 64, seed=1)
+    lm = build_scratch_model("scratch-tiny", tokenizer, 64, seed=1)
     lm.resize_token_embeddings(len(tokenizer))
     sequence = stage_sequence(encode_steps(tokenizer, TASK, Example("reverse a b", ["take b", "take a"], "b a")),
                               2, StageSchedule(1, 2, 1, 0), vocab)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from token_assorted.core.errors import ConfigError
 from token_assorted.data.encoding import encode_example
 from token_assorted.data.latent_tokens import add_latent_tokens
 from token_assorted.data.schema import Example
-from token_assorted.data.tasks import Task
 from token_assorted.data.tokenizer import build_word_tokenizer
 from token_assorted.evaluation.evaluate import evaluate_dir, predictions_path, save_result
 from token_assorted.generation.config import EvalConfig

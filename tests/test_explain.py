@@ -12,7 +12,7 @@ from token_assorted.cli import main
 from token_assorted.data.latent_tokens import LatentVocab, add_latent_tokens
 from token_assorted.data.schema import save_examples
 from token_assorted.data.tasks import get_task
-from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.data.tokenizer import build_word_tokenizer, load_tokenizer
 from token_assorted.evaluation.explain import Explainer, explain_ids, render, split_spans
 
 VOCAB = LatentVocab(codebook_size=4, begin_id=10, end_id=11, first_code_id=12)  # codes 12..15
@@ -106,11 +106,16 @@ def test_explain_cli_on_a_question_and_on_predictions(vqvae_and_model, tmp_path,
     out = capsys.readouterr().out
     assert "raw:" in out and "explained:" in out
     preds = tmp_path / "p.predictions.jsonl"
-    preds.write_text(json.dumps({"index": 0, "question": examples[0].question, "correct": False,
-                                 "generated": "<boLatent><latent_2><latent_5><eoLatent> ### x"}) + "\n")
+    generated = "<boLatent><latent_2><latent_5><eoLatent> ### x"
+    ids = load_tokenizer(model_dir)(generated, add_special_tokens=False)["input_ids"]
+    line = {"index": 0, "question": examples[0].question, "correct": False, "generated": generated}
+    preds.write_text(json.dumps({**line, "generated_ids": ids}) + "\n")
     assert main(["explain", "--model", str(model_dir), "--predictions", str(preds), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["spans"][0]["codes"] == [2, 5] and record["spans"][0]["decoded"] is not None
+    preds.write_text(json.dumps(line) + "\n")  # no token ids: not a predictions file of this version's eval
+    assert main(["explain", "--model", str(model_dir), "--predictions", str(preds)]) == 2
+    assert "generated_ids" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"index": 0}) + "\n")
     assert main(["explain", "--model", str(model_dir), "--predictions", str(bad)]) == 2

@@ -12,6 +12,7 @@ import stage2_toy
 from token_assorted.cli import main
 from token_assorted.core.errors import ConfigError
 from token_assorted.data.encoding import EncodedExample
+from token_assorted.generation.config import GenerationConfig
 from token_assorted.lm.config import TrainConfig
 from token_assorted.lm.methods.icot import ALL_REMOVED, RemovalSchedule, internalized_sequence, smoothing_offset
 from token_assorted.lm.mixing import IGNORE_INDEX, example_rng
@@ -67,7 +68,8 @@ def test_optimizer_resets_when_the_count_changes_and_only_then(data, tmp_path):
     # phases 0, 2, 4, all, all: fresh moments at epochs 2, 3, 4 (1-based), not at 5
     out = train_lm(TrainConfig(task="toy", data=str(data["train"]), valid=str(data["valid"]), out=str(tmp_path / "m"),
                                strategy="icot", tokenizer=str(data["tokenizer"]), epochs=5, batch_size=16, lr=3e-3,
-                               icot_tokens_per_epoch=2, icot_final_epochs=2, eval_limit=4, progress=False))
+                               icot_tokens_per_epoch=2, icot_final_epochs=2, validation=GenerationConfig(limit=4),
+                               progress=False))
     meta = json.loads((out / "token_assorted.json").read_text())
     assert [h.get("optimizer_reset", False) for h in meta["history"]] == [False, True, True, True, False]
     assert meta["best_epoch"] in (4, 5)  # only epochs without any trace may give the model

@@ -8,7 +8,6 @@ fed back, and every mode's effect can be predicted exactly.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import stage2_toy

@@ -208,13 +208,6 @@ def test_an_error_of_the_preset_itself_still_blames_the_preset(tmp_path, capsys)
     one_line(capsys, code, "bad.yaml: train: unknown key(s) epoch")
 
 
-def test_every_shipped_preset_is_within_its_limits():
-    from token_assorted.pipeline.preset import load_preset, preset_names
-
-    for name in preset_names():
-        load_preset(name)  # raises on any limit
-
-
 # --- 8. long examples are dropped before any model sees them --------------------------------------------
 @pytest.fixture
 def encoded_traces(monkeypatch) -> list[int]:

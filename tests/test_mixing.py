@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from token_assorted.core.errors import CheckpointError, ConfigError
 from token_assorted.data.encoding import EncodedExample
 from token_assorted.data.latent_tokens import ChunkLayout, LatentVocab
+from token_assorted.lm.methods import METHOD_NAMES
 from token_assorted.lm.mixing import (
     IGNORE_INDEX,
-    STRATEGY_NAMES,
     Curriculum,
     Pause,
     PoissonReplace,
@@ -147,7 +147,7 @@ def test_pause_is_token_assorted_with_a_pause_token_in_place_of_each_code(m_valu
     assert all_latent.input_ids == PROMPT + [BO, PAUSE_ID, PAUSE_ID, PAUSE_ID, EO, 30, 2]
     with pytest.raises(ConfigError, match="pause"):  # no <pause> token in the vocabulary
         build_sequence(pause, EXAMPLE, None, LAYOUT, seed=0, epoch=0, index=0)
-    assert "pause" in STRATEGY_NAMES and not Pause().needs_codes
+    assert "pause" in METHOD_NAMES and not Pause().needs_codes
 
 
 def test_the_most_chunks_each_strategy_can_replace():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -19,7 +20,14 @@ from token_assorted.evaluation.report import (
     validate_results,
     write_report,
 )
-from token_assorted.pipeline.preset import BASE_METHODS, PipelineConfig, load_preset, preset_names, train_settings
+from token_assorted.pipeline.preset import (
+    BASE_METHODS,
+    PipelineConfig,
+    load_preset,
+    preset_names,
+    preset_path,
+    train_settings,
+)
 from token_assorted.pipeline.stages import config_hash, generate_splits, run_stage
 
 
@@ -30,8 +38,43 @@ def test_every_shipped_preset_parses(name):
     assert set(BASE_METHODS) <= set(config.methods)
 
 
+# A preset names its task and says what it is for; every other key it states must change something.
+IDENTITY = ("task", "description")
+
+
+def redundant_keys(mapping: dict, cls: type, prefix: str = "") -> list[str]:
+    """The keys of `mapping` whose value is the default of `cls` (recursing into nested configs)."""
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    found = []
+    for key, value in mapping.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            found += redundant_keys(value, type(default), f"{prefix}{key}.")
+        elif value == default:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_states_only_what_differs_from_the_defaults(name):
+    from token_assorted.core.config import load_yaml
+    from token_assorted.lm.config import TrainConfig
+    from token_assorted.vqvae.options import VQVAETrainConfig
+
+    mapping = load_yaml(preset_path(name))
+    top = {k: v for k, v in mapping.items() if k not in (*IDENTITY, "vqvae", "train", "method_overrides")}
+    found = redundant_keys(top, PipelineConfig)
+    found += redundant_keys(mapping.get("vqvae", {}), VQVAETrainConfig, "vqvae.")
+    found += redundant_keys(mapping.get("train", {}), TrainConfig, "train.")
+    for method, section in mapping.get("method_overrides", {}).items():
+        shared = {**dataclasses.asdict(TrainConfig()), **mapping.get("train", {})}
+        found += [f"method_overrides.{method}.{k}" for k, v in section.items() if shared.get(k) == v]
+    assert not found, f"{name}: these keys restate a default: {', '.join(found)}"
+
+
 def test_shipped_presets_include_the_documented_ones():
-    assert {"cpu", "paper", "gpu", "tiny"} <= set(preset_names())
+    assert {"cpu", "tiny", "prosqa-gpt2", "prontoqa-gpt2", "maze", "math-llama", "prosqa-scratch-gpt2"} <= set(preset_names())
 
 
 def test_preset_typos_are_config_errors(tmp_path):

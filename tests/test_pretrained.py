@@ -204,7 +204,8 @@ def test_alias_resolves_to_the_packaged_file(monkeypatch, tmp_path):
     fake.write_bytes(b"GGUF")
     monkeypatch.setattr(model_source, "_distribution_files", lambda: [fake])
     assert model_source.resolve_model_path("smollm2-135m") == fake
-    assert model_source.resolve_model_path("some/dir") == Path("some/dir")
+    assert model_source.resolve_model_path("some/local/dir") == Path("some/local/dir")  # not ORG/NAME: a path
+    assert model_source.resolve_model_path(tmp_path) == tmp_path  # an existing folder, never a Hub id
 
 
 def _smollm2_or_skip() -> Path:

@@ -209,7 +209,7 @@ def test_training_data_longer_than_the_context_is_refused(artefacts, tmp_path, c
 def test_eval_prompt_longer_than_the_context_does_not_crash(artefacts, tmp_path, capsys):
     # A learned-position model (gpt2-tiny, 512 positions) asked about a 700-word question.
     model = tmp_path / "gpt2"
-    assert main(["train", "--task", "prontoqa", "--strategy", "cot", "--model", "gpt2-tiny", "--data",
+    assert main(["train", "--task", "prontoqa", "--strategy", "cot", "--model", "scratch-gpt2-tiny", "--data",
                  str(artefacts["pronto"]), "--out", str(model), "--epochs", "1", "--batch-size", "8",
                  "--no-progress"]) == 0
     long = tmp_path / "long.jsonl"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from token_assorted.cli import main
 from token_assorted.core.errors import ConfigError
+from token_assorted.generation.config import GenerationConfig
 from token_assorted.lm.config import TrainConfig
 from token_assorted.lm.train import train_lm
 from token_assorted.training.order import epoch_order, group_by_length, micro_indices
@@ -73,8 +74,8 @@ def test_group_by_length_keeps_every_example_and_cuts_padding():
 
 
 def test_loss_falls_and_output_dir_is_complete(data, tmp_path):
-    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]), eval_limit=4,
-                          group_by_length=True))
+    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]),
+                          validation=GenerationConfig(limit=4), group_by_length=True))
     record = meta(out)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < 0.7 * losses[0]

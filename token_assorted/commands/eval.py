@@ -62,6 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if result.sampled_accuracy is not None:
         line += f" | any-of-{config.samples} {result.sampled_accuracy:.3f}"
     line += "".join(f" | {key.replace('_', '-')} {value}" for key, value in probes.items())
+    line += " | checked by " + ", ".join(f"{rule} ({count})" for rule, count in result.answer_rules.items())
     print(printable(line))
     print(printable(f"wrote {args.out} and {preds}"))
     return 0

@@ -7,8 +7,16 @@ So before loading, `check_model_files` compares the names and shapes in the safe
 headers (read with `safe_open`; no tensor is loaded) with the state dict of the model the
 config describes, built on the `meta` device (no memory, no initialisation). A missing or
 unexpected key, or a shape that differs, is a `CheckpointError` naming the file and the
-first offending key; a tied weight (an LM head sharing the input embedding) may be stored
-once. `config.json` itself must be a JSON object with a `model_type` transformers knows.
+first offending key. `config.json` itself must be a JSON object with a `model_type`
+transformers knows.
+
+Every layout transformers itself loads is accepted, because names are read the way it reads
+them (`loaded_names`): with or without the base model's prefix (the official
+`openai-community/gpt2` stores `h.0.attn.c_attn.weight` where `GPT2LMHeadModel` has
+`transformer.h.0.attn.c_attn.weight`), after its legacy renamings (`LayerNorm.gamma`) and
+conversions (per-expert MoE weights merged on load, whose shapes are then its to check), and a
+tied weight (an LM head sharing the input embedding) stored once or not at all. What
+transformers would fill with random numbers or drop is still refused.
 """
 
 from __future__ import annotations
@@ -86,26 +94,83 @@ def expected_shapes(model: torch.nn.Module) -> tuple[Shapes, list[set[str]]]:
     return {name: tuple(tensor.shape) for name, tensor in state.items()}, list(groups.values())
 
 
+def loaded_names(names: list[str], model: torch.nn.Module, expected: Shapes) -> tuple[dict[str, str], set[str]]:
+    """Each stored name as the model name transformers loads it into, and the names it converts.
+
+    Through transformers' own renaming (`rename_source_key` with the model's conversion mapping
+    and base-model prefix) where this version has it; otherwise the prefix rule alone: a name
+    the model only has with `base_model_prefix.` in front gains it, and one it only has without
+    loses it. Converted names (one of several tensors merged into a model weight) map to that
+    weight, but their own shapes are not the model's.
+    """
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+        mapping = get_model_conversion_mapping(model) if hasattr(model, "config") else []
+    except Exception:  # noqa: BLE001 - an older transformers: the prefix rule below is what it did
+        return {name: _with_prefix(name, prefix, expected) for name in names}, set()
+    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
+    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
+    present = dict.fromkeys(expected, True)  # what rename_source_key looks names up in
+    renamed: dict[str, str] = {}
+    converted: set[str] = set()
+    for name in names:
+        target, pattern = rename_source_key(name, renamings, converters, prefix or None, present)
+        if target not in expected and name in expected:  # as transformers does: the name itself, prefixed
+            target, pattern = rename_source_key(name, [], [], prefix or None, present)
+        renamed[name] = target
+        if pattern is not None:
+            converted.add(name)
+    return renamed, converted
+
+
+def _with_prefix(name: str, prefix: str, expected: Shapes) -> str:
+    if not prefix or name in expected:
+        return name
+    if f"{prefix}.{name}" in expected:
+        return f"{prefix}.{name}"
+    stripped = name.removeprefix(f"{prefix}.")
+    return stripped if stripped in expected else name
+
+
 def compare(found: Shapes, owner: dict[str, Path], model: torch.nn.Module, where: Path,
-            against: str = "config.json") -> None:
-    """Refuse weights whose names or shapes are not exactly those of `model` (described by `against`)."""
+            against: str = "config.json", as_transformers_loads: bool = True) -> None:
+    """Refuse weights whose names or shapes are not exactly those of `model` (described by `against`).
+
+    Names are compared as transformers loads them (`loaded_names`), or exactly as stored when
+    `as_transformers_loads` is off (our own training states); errors name them as stored.
+    """
     expected, groups = expected_shapes(model)
+    renamed, converted = (loaded_names(sorted(found), model, expected) if as_transformers_loads
+                          else ({name: name for name in found}, set()))
+    stored: dict[str, list[str]] = {}  # model name -> the stored names loaded into it
+    for name in sorted(found):
+        stored.setdefault(renamed[name], []).append(name)
+    for target, names in stored.items():
+        if len(names) > 1 and not set(names) <= converted:  # e.g. `h.0.ln_1.weight` and `transformer.h.0...`
+            raise CheckpointError(f"{owner[names[0]]}: weight {target!r} is stored {len(names)} times "
+                                  f"({', '.join(repr(n) for n in names)}); which one would load is undefined")
+    # A converted name's shape is its piece of the weight, not the weight's: transformers checks it.
+    shapes = {target: expected.get(target, found[names[0]]) if names[0] in converted else found[names[0]]
+              for target, names in stored.items()}
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
-    unexpected = sorted(name for name in found if name not in expected
-                        and not any(p.search(name) for p in ignored))
+    unexpected = sorted(stored[target][0] for target in shapes if target not in expected
+                        and not any(p.search(target) for p in ignored))
     if unexpected:
         raise CheckpointError(f"{owner[unexpected[0]]}: unexpected weight {unexpected[0]!r} (the model of "
                               f"{against} has no such tensor; {len(unexpected)} unexpected in all)")
-    missing = sorted(name for group in groups if not group & found.keys() for name in group)
+    missing = sorted(name for group in groups if not group & shapes.keys() for name in group)
     if missing:
         raise CheckpointError(f"{where}: weights lack {missing[0]!r}, which the model of {against} needs "
                               f"({len(missing)} missing in all); refusing to fill them with random numbers")
     embedding = _embedding_name(model)
-    for name in sorted(found.keys() & expected.keys()):
-        if found[name] != expected[name]:
-            detail = (f"{against} implies {expected[name][0]} rows (vocab_size), the weights have {found[name][0]}"
-                      if name == embedding else f"{against} implies {list(expected[name])}")
-            raise CheckpointError(f"{owner[name]}: weight {name!r} has shape {list(found[name])}; {detail}")
+    for target in sorted(shapes.keys() & expected.keys()):
+        if shapes[target] != expected[target]:
+            name = stored[target][0]
+            detail = (f"{against} implies {expected[target][0]} rows (vocab_size), the weights have "
+                      f"{shapes[target][0]}" if target == embedding else f"{against} implies {list(expected[target])}")
+            raise CheckpointError(f"{owner[name]}: weight {name!r} has shape {list(shapes[target])}; {detail}")
 
 
 def _embedding_name(model: torch.nn.Module) -> str | None:
@@ -137,4 +202,4 @@ def check_model_folder(directory: str | Path) -> list[Path]:
 def check_state_files(path: Path, model: torch.nn.Module) -> None:
     """Refuse a saved training state whose weights do not fit `model` (a swapped VQ-VAE changes K)."""
     found, owner = file_shapes([path])
-    compare(found, owner, model, path, against="this run")
+    compare(found, owner, model, path, against="this run", as_transformers_loads=False)

@@ -56,7 +56,7 @@ class LatentVocab:
         return self.id_to_code(token_id) is not None or token_id in (self.begin_id, self.end_id, self.pause_id)
 
     def to_dict(self) -> dict[str, int]:
-        # Without a pause token the record stays as it was before the pause control existed.
+        # pause_id: pause-control models only
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod

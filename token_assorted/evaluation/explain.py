@@ -201,17 +201,13 @@ class Explainer:
                            self.decoder)
 
     def predictions(self, path: str | Path, limit: int | None = None) -> list[tuple[dict, Explanation]]:
-        """Explain the lines of a RESULTS.predictions.jsonl file: their token ids, or (files written
-        before the ids were kept) their text, tokenized again."""
+        """Explain the lines of a RESULTS.predictions.jsonl file (`eval`'s), from their token ids."""
         out, size = [], len(self.loaded.tokenizer)
         for line, record in read_records(path)[:limit]:
             for key in ("question", "generated"):
                 if not isinstance(record.get(key), str):
                     raise DataError(path, "missing or not a string", line=line, field=key)
             ids = record.get("generated_ids")
-            if ids is None:
-                out.append((record, self.generated_text(record["question"], record["generated"])))
-                continue
             if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size
                                                     for i in ids):
                 raise DataError(path, f"must be a list of token ids below {size}", line=line, field="generated_ids")

@@ -1,6 +1,6 @@
 """The pipeline's probes of each latent model: do its latent tokens carry the reasoning?
 
-For every method whose model writes latent codes (`mixing.CODE_STRATEGIES`), `token-assorted
+For every method whose model writes latent codes (`codes` in the method registry, lm/methods/), `token-assorted
 run` scores the test split again with the codes replaced as they are written (`random`,
 `shuffle`, `constant`; `none` is the plain evaluation, reused) and with the latency dial at
 K = 0 … max_latent_chunks chunks (plus `all` where the test traces' own chunk counts differ

@@ -8,7 +8,9 @@ results.json has one fixed schema (checked by `validate_results`):
 deviation across seeds (0 for one seed). A method whose model writes latent codes also has
 the optional probe fields (`probes.py`): `interventions` {mode: accuracy}, `latent_reliance`
 (accuracy with its own codes − with random codes) and `dial` [{"k", "accuracy",
-"avg_generated_tokens", "avg_latent_tokens"}], k an integer or "all".
+"avg_generated_tokens", "avg_latent_tokens"}], k an integer or "all". `answer_rules` {rule: n}
+says which rule checked how many of the method's answers (the task's `answer_rule_of`: exact
+match, plan feasibility, numeric, math-verify, ...); report.md prints it under the table.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ METHOD_FIELDS: dict[str, type] = {
     "name": str, "accuracy": float, "avg_generated_tokens": float, "avg_latent_tokens": float,
     "seconds_per_example": float, "n": int, "seeds": int, "accuracy_std": float,
 }
-OPTIONAL_METHOD_FIELDS: dict[str, type] = {"interventions": dict, "latent_reliance": float, "dial": list}
+OPTIONAL_METHOD_FIELDS: dict[str, type] = {"interventions": dict, "latent_reliance": float, "dial": list,
+                                            "answer_rules": dict}
 DIAL_POINT_FIELDS = ("k", "accuracy", "avg_generated_tokens", "avg_latent_tokens")
 # interventions.INTERVENTIONS and THOUGHT_INTERVENTIONS (Coconut's), without importing torch
 INTERVENTION_MODES = ("none", "random", "shuffle", "constant", "noise", "zero")
@@ -115,6 +118,8 @@ def validate_results(data: Any, source: str = "results.json") -> None:
             if key in method:
                 _check_type(source, f"{where}.{key}", method[key], kind)
         _check_probe_fields(source, where, method)
+        for rule, count in method.get("answer_rules", {}).items():
+            _check_type(source, f"{where}.answer_rules.{rule}", count, int)
     if set(data["vqvae"]) != set(VQVAE_FIELDS):
         raise DataError(source, f"keys must be exactly {list(VQVAE_FIELDS)}", field="vqvae")
     for key in VQVAE_FIELDS:
@@ -356,7 +361,7 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
     lines = [f"# Token Assorted on {results['task']} (preset `{results['preset']}`)", "",
              "Greedy decoding; accuracy is exact match of the parsed solution, verified by the task. "
              "Generated tokens count everything after the prompt up to and including eos; latent tokens "
-             "include the two delimiters.", "", markdown_table(methods), "",
+             "include the two delimiters.", "", markdown_table(methods), "", *answer_rules_lines(results),
              f"VQ-VAE: reconstruction token accuracy {100 * vq['reconstruction_token_accuracy']:.1f} %, "
              f"codebook usage {100 * vq['codebook_usage']:.1f} %.", "",
              "![accuracy vs generated tokens](tokens_vs_accuracy.png)", ""]
@@ -381,6 +386,19 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
         for sample in samples:
             lines += ["```text", sample.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def answer_rules_lines(results: dict[str, Any]) -> list[str]:
+    """"Answers checked by: numeric 1,319 (of 1,319)", from the methods' `answer_rules` (none: no line)."""
+    rules: dict[str, int] = {}
+    for method in results["methods"]:
+        for rule, count in method.get("answer_rules", {}).items():
+            rules[rule] = max(rules.get(rule, 0), count)  # every method answers the same test split
+    if not rules:
+        return []
+    total = sum(rules.values())
+    return ["Answers checked by: " + "; ".join(f"{rule}: {count:,} of {total:,}" for rule, count in rules.items())
+            + ".", ""]
 
 
 def _yaml(data: Any) -> str:

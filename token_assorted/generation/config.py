@@ -1,6 +1,8 @@
-"""The options of an evaluation (`token-assorted eval`, a preset's `eval:` section, the probes).
+"""The options of generating answers: `GenerationConfig` (what training's validation and an evaluation
+share) and `EvalConfig` (`token-assorted eval`, a preset's `eval:` section, the probes).
 
-A module of its own, without torch: the command builds its flags from `EvalConfig`'s fields.
+A module of its own, without torch: the commands build their flags from these fields. Each option
+is declared once: `EvalConfig` extends `GenerationConfig`, and `TrainConfig.validation` holds one.
 """
 
 from __future__ import annotations
@@ -12,16 +14,25 @@ from ..core.config import Bound, above, at_least
 
 
 @dataclass
-class EvalConfig:
-    """How to generate and score (`token-assorted eval`'s options, a preset's `eval:` section)."""
+class GenerationConfig:
+    """How many prompts at once, how long each answer may be, how many examples."""
 
     batch_size: int = 64  # prompts generated together (left padded)
     max_new_tokens: int | None = None  # generation budget; None: the longest reference trace + solution, plus 16
+    limit: int | None = None  # only the first `limit` examples
+
+    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_new_tokens": at_least(1),
+                                          "limit": at_least(1)}
+
+
+@dataclass
+class EvalConfig(GenerationConfig):
+    """How to generate and score (`token-assorted eval`'s options, a preset's `eval:` section)."""
+
     samples: int = 0  # >0: also draw this many top-k samples per question (1-Feasible-N); 0: greedy only
     top_k: int = 10  # top-k of the sampled generations
     temperature: float = 1.0  # of the sampled generations
     seed: int = 0  # sampling seed
-    limit: int | None = None  # evaluate only the first `limit` examples
     progress: bool = True  # show a tqdm bar over batches
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA (as in training), fp32 on CPU; no; bf16
     intervene: str | None = None  # change each code as written: random, shuffle, constant; Coconut: noise, zero
@@ -31,6 +42,5 @@ class EvalConfig:
     noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "batch_size": at_least(1), "max_new_tokens": at_least(1), "samples": at_least(0), "top_k": at_least(1),
-        "temperature": above(0), "seed": at_least(0), "limit": at_least(1), "intervene_seed": at_least(0),
-        "constant_code": at_least(0), "noise_scale": at_least(0)}
+        **GenerationConfig.LIMITS, "samples": at_least(0), "top_k": at_least(1), "temperature": above(0),
+        "seed": at_least(0), "intervene_seed": at_least(0), "constant_code": at_least(0), "noise_scale": at_least(0)}

@@ -77,6 +77,7 @@ class EvalResult:
     tokens_per_second: float  # greedy generated tokens / generation wall time
     sampled_accuracy: float | None = None  # any-of-N solved (1-Feasible-N) when samples > 0
     details: dict[str, float] = field(default_factory=dict)  # means of boolean verdict details
+    answer_rules: dict[str, int] = field(default_factory=dict)  # how many answers each rule checked
     predictions: list[Prediction] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -179,7 +180,17 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         latent_span_share=_mean([float(p.used_latent) for p in predictions]),
         seconds_per_example=greedy.seconds / n,
         tokens_per_second=total / greedy.seconds if greedy.seconds > 0 else math.inf,
-        sampled_accuracy=sampled_accuracy, details=_detail_means(predictions), predictions=predictions)
+        sampled_accuracy=sampled_accuracy, details=_detail_means(predictions), predictions=predictions,
+        answer_rules=answer_rules(task, examples))
+
+
+def answer_rules(task: Task, examples: list[Example]) -> dict[str, int]:
+    """How many of `examples` each of the task's answer rules checks (math: numeric / math-verify)."""
+    counts: dict[str, int] = {}
+    for example in examples:
+        rule = task.answer_rule_of(example)
+        counts[rule] = counts.get(rule, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..core.config import Bound, above, at_least, check_limits, within
 from ..core.devices import check_precision
 from ..core.errors import ConfigError
+from ..generation.config import GenerationConfig
 from .lora import LoraSettings, check_lora
 
 if TYPE_CHECKING:  # the methods load torch: this module stays light, the CLI builds its flags from it
-    pass
+    from .methods.base import Method
 
 
 @dataclass
@@ -33,7 +34,7 @@ class TrainConfig:
     strategy: str = "token-assorted"  # a chunk strategy (token-assorted, cot, sol-only, ...), coconut or icot
     vqvae: str | None = None  # stage-1 folder: its tokenizer and codebook, the codes computed in memory
     codes: str | None = None  # instead of vqvae: a codes file (`vqvae encode`, vqvae/codes.py)
-    model: str = "tiny"  # tiny | small | base | gpt2 | gpt2-tiny | a local HF model dir | FILE.gguf
+    model: str = "scratch-tiny"  # scratch-tiny/-small/-base/-gpt2/-gpt2-tiny, a model folder, FILE.gguf or ORG/NAME[@REV]
     tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
     embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
@@ -61,9 +62,7 @@ class TrainConfig:
     seed: int = 0  # random seed (data order, m draws, initialisation)
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
-    eval_batch_size: int = 64  # prompts generated together in validation
-    eval_limit: int | None = None  # validate on the first N examples only
-    max_new_tokens: int | None = None  # validation's budget; None: longest valid trace + solution, plus 16
+    validation: GenerationConfig = field(default_factory=GenerationConfig)  # greedy answers on --valid each epoch
     save_every: int = 0  # optimizer steps between resume checkpoints (0: end of each epoch only)
     max_steps: int | None = None  # stop after this many optimizer steps in all
     log_every: int = 10  # optimizer steps between TensorBoard points
@@ -75,31 +74,33 @@ class TrainConfig:
         "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
         "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
         "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
-        "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
-        "max_new_tokens": at_least(1), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
+        "curriculum_max_chunks": at_least(0), "save_every": at_least(0), "max_steps": at_least(1),
+        "log_every": at_least(0),
         "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
         "coconut_epochs_per_stage": at_least(1),
         "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": at_least(1), "icot_smoothing_lambda": above(0),
         "icot_final_epochs": at_least(0)}
 
 
-def check_config(config: TrainConfig, source: str = "train", prefix: str = "", have_latents: bool = False) -> None:
+def check_config(config: TrainConfig, source: str = "train", prefix: str = "", have_latents: bool = False) -> Method:
     """Refuse options out of range or inconsistent with each other: `SOURCE: PREFIXoption: ...`
-    (a preset's section: prefix "train." or "method_overrides.NAME.")."""
+    (a preset's section: prefix "train." or "method_overrides.NAME."); return the method they describe,
+    built once (its own settings are checked as it is built)."""
     for name in ("task", "data", "out"):
         if not getattr(config, name):
             raise ConfigError(f"{source}: '{name}' is required")
     check_limits(dataclasses.asdict(config), TrainConfig.LIMITS, source, prefix)  # configs built in Python too
+    check_limits(dataclasses.asdict(config.validation), GenerationConfig.LIMITS, source, f"{prefix}validation.")
     if config.batch_size % config.grad_accum:
         raise ConfigError(f"{source}: {prefix}batch_size: {config.batch_size} is not divisible by "
                           f"grad_accum={config.grad_accum}")
-    from .methods import method_for
-    from .mixing import LAYOUT_STRATEGIES
-    from .models import EMBEDDING_INITS
+    from .methods import METHODS, method_for
+    from .models import EMBEDDING_INITS, check_model_spec
 
     try:
-        method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
-        if config.strategy in LAYOUT_STRATEGIES and not (config.vqvae or config.codes or have_latents):
+        check_model_spec(config.model)  # a former preset name (gpt2, tiny): what it is called now
+        method = method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
+        if METHODS[config.strategy].layout and not (config.vqvae or config.codes or have_latents):
             raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
                               f"pass --vqvae DIR (or a codes file)")
         if config.embedding_init not in EMBEDDING_INITS:
@@ -109,3 +110,4 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
             check_lora(config.lora)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {prefix}{exc}" if prefix else str(exc)) from None
+    return method

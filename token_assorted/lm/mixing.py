@@ -45,11 +45,9 @@ import torch
 from ..core.errors import CheckpointError, ConfigError
 from ..data.encoding import EncodedExample
 from ..data.latent_tokens import ChunkLayout
+from .methods import METHODS
 
 IGNORE_INDEX = -100  # label of positions the loss skips (the prompt, padding)
-STRATEGY_NAMES = ("token-assorted", "cot", "sol-only", "all-replace", "curriculum", "poisson", "pause")
-CODE_STRATEGIES = ("token-assorted", "all-replace", "curriculum", "poisson")  # need VQ-VAE codes
-LAYOUT_STRATEGIES = (*CODE_STRATEGIES, "pause")  # need a VQ-VAE's chunk layout (L, codes per chunk)
 
 
 @dataclass(frozen=True)
@@ -114,8 +112,12 @@ class Strategy(ABC):
     """How the chunks to replace are chosen; `None` drops the trace (sol-only)."""
 
     name: str = ""
-    needs_codes: bool = True
     writes_pause: bool = False  # the pause control: `<pause>` where the codes would be
+
+    @property
+    def needs_codes(self) -> bool:
+        """Whether its sequences hold VQ-VAE codes (the registry says, lm/methods/__init__.py)."""
+        return METHODS[self.name].codes
 
     @abstractmethod
     def chunk_mask(self, n_chunks: int, trace_length: int, chunk_size: int, epoch: int,
@@ -154,13 +156,13 @@ class TokenAssorted(Strategy):
 class Pause(TokenAssorted):
     """Control: Token Assorted's masks and delimiters, one `<pause>` token in place of each code."""
 
-    name, needs_codes, writes_pause = "pause", False, True
+    name, writes_pause = "pause", True
 
 
 class CoT(Strategy):
     """Baseline: the whole trace as text."""
 
-    name, needs_codes = "cot", False
+    name = "cot"
 
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return prefix_mask(n_chunks, 0)
@@ -172,7 +174,7 @@ class CoT(Strategy):
 class SolutionOnly(Strategy):
     """Baseline: prompt then solution, no trace."""
 
-    name, needs_codes = "sol-only", False
+    name = "sol-only"
 
     def chunk_mask(self, n_chunks, trace_length, chunk_size, epoch, rng):
         return None
@@ -243,9 +245,10 @@ def make_strategy(name: str, *, m_values: Sequence[int] | None = None, poisson_p
         return Curriculum(curriculum_epochs, curriculum_max_chunks)
     if name == "poisson":
         return PoissonReplace(poisson_p)
-    simple = {"cot": CoT, "sol-only": SolutionOnly, "all-replace": AllReplace}
+    simple = {cls.name: cls for cls in (CoT, SolutionOnly, AllReplace)}
     if name not in simple:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGY_NAMES)}")
+        raise ConfigError(f"{name!r} is not a chunk strategy; choose one of: "
+                          f"{', '.join(sorted({info.strategy for info in METHODS.values()}))}")
     return simple[name]()
 
 

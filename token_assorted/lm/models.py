@@ -2,10 +2,12 @@
 
 From-scratch models are ordinary `transformers` Llama or GPT-2 models configured in code
 (no download, no remote code), so a trained model directory loads with
-`AutoModelForCausalLM.from_pretrained`. Presets go from a CPU-sized `tiny` model up to
-GPT-2 size (12 layers, 768 wide, 12 heads), the paper's scale for ProntoQA/ProsQA.
-A model spec that is not a preset name is a local HF model directory or a `.gguf` file,
-loaded by `token_assorted.lm.pretrained` (with its safety checks).
+`AutoModelForCausalLM.from_pretrained`. Presets (`scratch-*`) go from a CPU-sized
+`scratch-tiny` up to GPT-2 small's shape (`scratch-gpt2`: 12 layers, 768 wide, 12 heads), at
+random init: the paper trains only the maze's model from scratch (its ProntoQA/ProsQA models
+are pretrained GPT-2, `openai-community/gpt2`). A model spec that is not a preset name is a
+local HF model directory, a `.gguf` file or a Hub id, loaded by `token_assorted.lm.pretrained`
+(with its safety checks).
 
 Latent rows. `extend_vocabulary` resizes the input embeddings (and an untied LM head) to
 the tokenizer's size after `add_latent_tokens`, then initialises the new rows:
@@ -50,17 +52,30 @@ class Preset:
     d_ff: int  # MLP hidden width
 
 
+# Named scratch-* so that none reads as a Hub model: `gpt2` is OpenAI's GPT-2 on the Hub
+# (`openai-community/gpt2`, which `--model` loads), `scratch-gpt2` its architecture at random init.
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("llama", 2, 128, 4, 512),  # CPU demo and tests: ~0.4 M non-embedding parameters
-    "small": Preset("llama", 4, 256, 4, 1024),  # CPU, a few minutes per task
-    "base": Preset("llama", 8, 512, 8, 2048),  # one GPU
-    "gpt2": Preset("gpt2", 12, 768, 12, 3072),  # the paper's GPT-2 size (random init)
-    "gpt2-tiny": Preset("gpt2", 2, 128, 4, 512),  # the GPT-2 architecture at CPU scale
+    "scratch-tiny": Preset("llama", 2, 128, 4, 512),  # CPU demo and tests: ~0.4 M non-embedding parameters
+    "scratch-small": Preset("llama", 4, 256, 4, 1024),  # CPU, a few minutes per task
+    "scratch-base": Preset("llama", 8, 512, 8, 2048),  # one GPU
+    "scratch-gpt2": Preset("gpt2", 12, 768, 12, 3072),  # GPT-2 small's shape (124 M), random init
+    "scratch-gpt2-tiny": Preset("gpt2", 2, 128, 4, 512),  # the GPT-2 architecture at CPU scale
 }
+# The names these presets had before; a spec that is one gets told the new name, not "no such folder".
+RENAMED = {"tiny": "scratch-tiny", "small": "scratch-small", "base": "scratch-base", "gpt2": "scratch-gpt2",
+           "gpt2-tiny": "scratch-gpt2-tiny"}
 
 
 def is_preset(spec: str) -> bool:
     return spec in PRESETS
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a former preset name, saying what it is called now (and what `gpt2` means instead)."""
+    if spec in RENAMED:
+        hint = " (random init), or openai-community/gpt2 for OpenAI's pretrained GPT-2" if spec == "gpt2" else ""
+        raise ConfigError(f"model {spec!r}: the random-init presets are named scratch-* now; use "
+                          f"{RENAMED[spec]}{hint}")
 
 
 def scratch_config(preset: Preset, tokenizer: PreTrainedTokenizerBase, max_length: int):
@@ -86,9 +101,10 @@ def build_scratch_model(name: str, tokenizer: PreTrainedTokenizerBase, max_lengt
     """A randomly initialised model of preset `name` (seeded, so runs repeat)."""
     from transformers import AutoModelForCausalLM
 
+    check_model_spec(name)
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}, "
-                          f"a model directory or a .gguf file")
+                          f"a model directory, a .gguf file or a Hub id (ORG/NAME[@REVISION])")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(scratch_config(PRESETS[name], tokenizer, max_length))

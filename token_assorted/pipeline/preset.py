@@ -26,13 +26,10 @@ from ..evaluation.claims import ClaimThresholds
 from ..evaluation.probes import ProbeSettings, check_settings
 from ..generation.config import EvalConfig
 from ..lm.config import TrainConfig, check_config
-from ..lm.methods import METHOD_NAMES
+from ..lm.methods import METHOD_NAMES, names_of
 from ..vqvae.options import VQVAETrainConfig
 
-BASE_METHODS = ("sol-only", "cot", "token-assorted")
-ABLATIONS = ("all-replace", "curriculum", "poisson")
-CONTROLS = ("pause",)  # Token Assorted's shape with content-free latent tokens
-PEERS = ("coconut", "icot")  # the field's other latent-reasoning methods (train_config.PEERS)
+BASE_METHODS = (*names_of("baseline"), *names_of("method"))  # every run: Sol-Only, CoT, Token Assorted
 # Keys the pipeline sets itself in the stage configs (a preset may not).
 VQVAE_OWNED = ("task", "task_options", "data", "valid", "out")
 TRAIN_OWNED = ("task", "task_options", "data", "valid", "out", "strategy", "vqvae", "codes", "seed")
@@ -215,6 +212,23 @@ def _check_section(section: dict[str, Any], owned: tuple[str, ...], cls: type, s
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
                           f"{', '.join(sorted(names - set(owned)))}")
     check_types(cls, section, source, prefix)
+
+
+def model_specs(config: PipelineConfig) -> list[str]:
+    """Every model and tokenizer a preset names (train.model, each method's, vqvae.tokenizer), once each."""
+    specs = [config.train.get("model"), *(section.get("model") for section in config.method_overrides.values()),
+             config.vqvae.get("tokenizer")]
+    return list(dict.fromkeys(str(spec) for spec in specs if spec))
+
+
+def check_models(config: PipelineConfig) -> None:
+    """Make every Hub id the preset names available now (cached, or downloaded when allowed), so that
+    one that is neither fails in one line before the first stage rather than after the VQ-VAE."""
+    from ..core.model_source import is_hub_id, resolve_hub_model
+
+    for spec in model_specs(config):
+        if is_hub_id(spec):
+            resolve_hub_model(spec)
 
 
 def check_data_files(config: PipelineConfig, source: str = "preset") -> None:

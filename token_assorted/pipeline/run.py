@@ -21,9 +21,9 @@ from ..core.environment import environment
 from ..core.io import read_json
 from ..evaluation.claims import check_claims, claims_lines
 from ..evaluation.probes import summarize
-from ..lm.mixing import CODE_STRATEGIES
+from ..lm.methods import METHODS, display_name
 from ..lm.model_dir import MODEL_META
-from .preset import PipelineConfig, check_data_files
+from .preset import PipelineConfig, check_data_files, check_models
 from .stages import (
     StageResult,
     codes_stage,
@@ -35,10 +35,6 @@ from .stages import (
     train_stage,
     vqvae_stage,
 )
-
-DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token Assorted",
-                 "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace",
-                 "pause": "Pause", "coconut": "Coconut", "icot": "iCoT"}
 
 
 # --------------------------------------------------------------------------- the job
@@ -57,6 +53,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     check_data_files(config, preset_name)
+    check_models(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -78,7 +75,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
         evaluation, summary = eval_stage(config, out, name, model, data, log)
         timings[f"eval {name}"] = evaluation.seconds
         runs.setdefault(method, []).append(summary)
-        if method in (*CODE_STRATEGIES, "coconut"):  # do its latent tokens (or thoughts) carry the reasoning?
+        if METHODS[method].codes or method == "coconut":  # do its latent tokens (or thoughts) carry the reasoning?
             stage, probed = probe_stage(config, out, name, model, data, summary, log)
             timings[f"probes {name}"] = stage.seconds
             probes.setdefault(method, []).append(probed)
@@ -126,14 +123,17 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
 
     from ..evaluation.report import build_results, summarize_method, vqvae_summary, write_report
 
-    methods = [summarize_method(DISPLAY_NAMES.get(m, m), [SimpleNamespace(**r) for r in rs])
+    methods = [summarize_method(display_name(m), [SimpleNamespace(**r) for r in rs])
                for m, rs in runs.items()]
     vq_metrics = read_json(vqvae.path / "metrics.json") if vqvae and (vqvae.path / "metrics.json").is_file() \
         else {}
     details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs],
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
-    extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
+    extras = {display_name(m): summarize(per_seed) for m, per_seed in probes.items()}
+    for m, rs in runs.items():  # which rule checked the answers (an eval cached before it was recorded: none)
+        if isinstance(rs[0].get("answer_rules"), dict):
+            extras.setdefault(display_name(m), {})["answer_rules"] = rs[0]["answer_rules"]
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
@@ -172,7 +172,7 @@ def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | N
                        log: Callable[[str], None]) -> list[str]:
     """A few test predictions of the Token Assorted model with their latent spans decoded."""
     method = next((m for m in ("token-assorted", *config.methods) if m in config.methods
-                   and m in CODE_STRATEGIES), None)
+                   and METHODS[m].codes), None)
     if method is None or config.explain_samples <= 0:
         return []
     from ..evaluation.explain import Explainer, render
@@ -187,7 +187,7 @@ def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | N
     texts = []
     for record, explanation in with_latent[: config.explain_samples]:
         verdict = "correct" if record.get("correct") else "wrong"
-        texts.append(f"[{DISPLAY_NAMES.get(method, method)}, {verdict}] question: {explanation.question}\n"
+        texts.append(f"[{display_name(method)}, {verdict}] question: {explanation.question}\n"
                      f"raw:       {explanation.raw}\nexplained: {render(explanation)}\n"
                      f"reference answer: {record.get('answer')}")
     return texts

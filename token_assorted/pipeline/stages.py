@@ -77,6 +77,14 @@ def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log
     return StageResult(path, key, seconds, False)
 
 
+def hub_revisions(specs: list[str]) -> list[str]:
+    """The commit each Hub id among `specs` resolves to now: a moved branch recomputes the stages that
+    read it (nothing for other specs, so other runs keep their cache keys)."""
+    from ..core.model_source import hub_revision, is_hub_id, resolve_hub_model
+
+    return [f"{spec}={hub_revision(resolve_hub_model(spec))}" for spec in specs if is_hub_id(spec)]
+
+
 def _task(config: PipelineConfig) -> Task:
     return get_task(config.task, **config.data.task_options)
 
@@ -133,8 +141,6 @@ def data_stage(config: PipelineConfig, out: Path, log: Log) -> StageResult:
             log(f"  {split}: {len(examples)} examples")
 
     settings = dataclasses.asdict(config.data)
-    if not settings["task_options"]:
-        del settings["task_options"]  # so runs without task options keep the cache keys they had
     # Content hashes of the data files: an edited file recomputes the stages that read it.
     files = {split: fingerprint(path) for split, path in sorted(config.data.files.items()) if path}
     return run_stage(out / "data", config_hash("data", config.task, settings, files), build, "data", log)
@@ -153,7 +159,8 @@ def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: L
         tokenizer.save_pretrained(str(path))
         log(f"  {len(tokenizer)} tokens ({spec})")
 
-    return run_stage(out / "tokenizer", config_hash("tokenizer", spec, data.hash), build, "tokenizer", log)
+    key = config_hash("tokenizer", spec, data.hash, *hub_revisions([spec]))
+    return run_stage(out / "tokenizer", key, build, "tokenizer", log)
 
 
 def vqvae_stage(config: PipelineConfig, out: Path, data: StageResult, tokenizer: StageResult,
@@ -195,7 +202,9 @@ def train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int,
                               f"preset.train ({method})"))
 
     name = method_dir_name(method, seed_index)
-    key = config_hash("train", method, seed_index, train_settings(config, method), data.hash, codes.hash)
+    settings = train_settings(config, method)
+    key = config_hash("train", method, seed_index, settings, data.hash, codes.hash,
+                      *hub_revisions([str(settings.get("model", ""))]))
     return run_stage(out / "models" / name, key, build, f"train {name}", log)
 
 

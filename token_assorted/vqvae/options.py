@@ -33,7 +33,7 @@ class VQVAETrainConfig(VQVAEConfig, OptimizationOptions):
     out: str = ""  # output directory (config.json, model.safetensors, tokenizer/, metrics.json, logs/, state/)
     steps: int = 2000  # optimizer steps (lr: linear warm-up, then cosine down to 10 %)
     valid_every: int = 250  # validate, checkpoint and save resume state every N steps
-    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir or .gguf file
+    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir, .gguf file or Hub id
     chat_template: bool = False  # render prompts with the tokenizer's chat template
     max_trace_len: int = 8192  # traces longer than this (tokens) are skipped, with a count, before encoding
     max_examples: int = 0  # use only the first N training examples (0: all)

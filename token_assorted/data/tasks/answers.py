@@ -7,13 +7,25 @@ numerically when both sides read as one number with optional currency, percent s
 units or trailing words ("$1,000.00", "18 dollars", "3/4", "\\frac{3}{4}"), and as
 normalised strings otherwise (so "\\frac{\\sqrt3}{2}" is never mistaken for the number 3).
 
+`check_math_answer` is what the math task scores with, and says which rule it used:
+
+- ``numeric`` when the gold answer is one number (every GSM8K answer): `answers_match`,
+  exact for integers;
+- ``math-verify`` otherwise (MATH-style LaTeX: ``\\frac{\\sqrt3}{2}``, ``(0, 1]``,
+  ``\\{1, 2\\}``, ``x = 5``, ``2\\pi``, ``10\\text{ cm}``): both answers parsed to SymPy by
+  the `math-verify` package (HuggingFace's, used by lighteval and open-r1) and compared
+  symbolically; equal normalised text counts too, so nothing the string rule accepted is lost.
+
 Nothing here raises on any string: a model's output is arbitrary text.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from fractions import Fraction
+from typing import Any
 
 _MARKER = re.compile(r"#{3,}[ \t]*([^\n#]*)")
 _ANSWER_IS = re.compile(r"answer is[ \t]*:?[ \t]*([^\n]*)", re.IGNORECASE)
@@ -26,6 +38,9 @@ _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf)\{([^{}]*)\}")
 _ASSIGNMENT = re.compile(r"^[A-Za-z]\s*=\s*")
 _TOLERANCE = Fraction(1, 10**12)
 _MAX_DIGITS = 1000  # longer "numbers" are noise; int() refuses beyond ~4300 digits anyway
+NUMERIC, MATH_VERIFY = "numeric", "math-verify"  # the rules `check_math_answer` names
+_MATH_VERIFY_SECONDS = 5  # per parse and per comparison: SymPy can hang on a hostile answer
+_MAX_LATEX = 2000  # longer "answers" are rambling, not an answer; parsing them costs seconds
 
 
 def extract_answer(text: str) -> str | None:
@@ -139,3 +154,55 @@ def answers_match(predicted: str | None, gold: str | None) -> bool:
     if parse_number(gold) is not None:
         return numbers_equal(predicted, gold)
     return normalize_answer(predicted) == normalize_answer(gold)
+
+
+def answer_rule(gold: str) -> str:
+    """Which rule checks answers against `gold`: numeric for one number, math-verify otherwise."""
+    return NUMERIC if parse_number(_clean(gold)) is not None else MATH_VERIFY
+
+
+def check_math_answer(predicted: str | None, gold: str) -> tuple[bool, str]:
+    """Whether `predicted` equals `gold`, and the rule that decided it (`answer_rule`)."""
+    rule = answer_rule(gold)
+    if rule == NUMERIC:
+        return answers_match(predicted, gold), rule
+    return math_verify_match(predicted, gold), rule
+
+
+def math_verify_match(predicted: str | None, gold: str | None) -> bool:
+    """Symbolic equivalence by `math-verify` (or equal normalised text), for LaTeX answers."""
+    if not isinstance(predicted, str) or not isinstance(gold, str):
+        return False
+    predicted, gold = _clean(predicted), _clean(gold)
+    if not predicted or not gold or len(predicted) > _MAX_LATEX:
+        return False
+    if normalize_answer(predicted) == normalize_answer(gold):
+        return True
+    from math_verify import verify
+
+    expected, given = _parsed(gold), _parsed(predicted)
+    if not expected or not given:
+        return False
+    try:
+        # gold first: math-verify's comparison is not symmetric (an equation may answer a number)
+        return bool(verify(list(expected), list(given), timeout_seconds=_timeout()))
+    except Exception:  # noqa: BLE001 - SymPy raises many types on odd input; not equal, then
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(answer: str) -> tuple[Any, ...]:
+    """`answer` (LaTeX or plain) as math-verify's parsed forms; a gold answer is parsed once."""
+    from math_verify import LatexExtractionConfig, parse
+
+    try:
+        # Boxed, so the extraction takes the whole answer rather than hunting for one in it.
+        return tuple(parse(f"\\boxed{{{answer}}}", extraction_config=[LatexExtractionConfig()],
+                           parsing_timeout=_timeout()))
+    except Exception:  # noqa: BLE001 - as above
+        return ()
+
+
+def _timeout() -> int | None:
+    # math-verify times out with SIGALRM, which only the main thread may set; elsewhere it runs unbounded.
+    return _MATH_VERIFY_SECONDS if threading.current_thread() is threading.main_thread() else None

@@ -55,6 +55,8 @@ class Task(ABC):
     """A reasoning task: render examples as text and verify generated solutions."""
 
     name: str = ""
+    # How `verify` decides, in words a report prints ("Answers checked by"); see `answer_rule_of`.
+    answer_rule: str = "exact match"
 
     # --- options (the generic `qa` task has some; the others take none) ----------------
     @classmethod
@@ -68,6 +70,10 @@ class Task(ABC):
     def options(self) -> dict[str, Any]:
         """The options this task was built with, as recorded beside a model ({} for none)."""
         return {}
+
+    def answer_rule_of(self, example: Example) -> str:
+        """The rule that checks answers to `example` (one per task, but math picks per answer)."""
+        return self.answer_rule
 
     # --- rendering: the three texts of X = P ⊕ C ⊕ S -------------------------------
     def prompt_text(self, example: Example) -> str:

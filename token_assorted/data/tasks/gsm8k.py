@@ -11,6 +11,11 @@
   DART-Math): steps are the solution's lines (sentences when it is one paragraph), the
   answer is the last `\\boxed{…}` or the "The answer is: …" sentence.
 
+Records also come from tables and the Hub (`hf:openai/gsm8k@main:test`,
+`hf:meta-math/MetaMathQA`, `hf:HuggingFaceH4/MATH-500:test`; `sources.read_table`). Answers are
+checked by `answers.check_math_answer`: a number numerically (GSM8K), anything else (MATH's
+LaTeX) by math-verify; `answer_rule_of` names the rule a report prints.
+
 Calculator annotations `<<a*b=c>>` in original GSM8K solutions are dropped by default:
 each one repeats the equation already written in the sentence (they exist for a calculator
 tool we never call), so keeping them lengthens traces by about a third with no new content.
@@ -27,7 +32,7 @@ from typing import Any
 from ...core.errors import DataError
 from ...core.io import read_records, read_text, split_lines
 from ..schema import Example
-from .answers import answers_match, extract_answer, last_boxed, parse_number
+from .answers import answer_rule, check_math_answer, extract_answer, last_boxed, parse_number
 from .base import Task, Verdict
 
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
@@ -47,7 +52,13 @@ class GSM8K(Task):
 
     # --- loading -------------------------------------------------------------------
     def load(self, path: str | Path) -> list[Example]:
-        """Examples of a GSM8K / iCoT / Coconut / MATH-style file (format detected)."""
+        """Examples of a GSM8K / iCoT / Coconut / MATH-style file (format detected), or of any table
+        `sources.read_table` reads: parquet, CSV, a saved data set, `hf:REPO[@CONFIG][:SPLIT]`."""
+        from ..sources import HUB_PREFIX, TABLE_BUILDERS, read_table
+
+        if str(path).startswith(HUB_PREFIX) or Path(path).suffix.lower() in TABLE_BUILDERS or Path(path).is_dir():
+            table = read_table(path)
+            return [self.from_record(record, f"{table.source}, {table.unit} {where}") for where, record in table.records]
         text = read_text(path)
         if text.lstrip()[:1] in ("{", "["):
             return [self.from_record(record, path, line) for line, record in read_records(path)]
@@ -67,10 +78,15 @@ class GSM8K(Task):
                         "problem/query+solution/response (MATH-style)", line=line)
 
     # --- checking ------------------------------------------------------------------
+    def answer_rule_of(self, example: Example) -> str:
+        """"numeric" for a number (GSM8K), "math-verify" for any other answer (MATH's LaTeX)."""
+        return answer_rule(example.answer)
+
     def verify(self, example: Example, generated: str) -> Verdict:
-        """Extract the final answer (after `###`, boxed, stated or last number) and compare."""
+        """Extract the final answer (after `###`, boxed, stated or last number) and compare it
+        by the example's rule (`answers.check_math_answer`)."""
         predicted = extract_answer(generated)
-        return Verdict(answers_match(predicted, example.answer), predicted)
+        return Verdict(check_math_answer(predicted, example.answer)[0], predicted)
 
     def stats(self, examples: list[Example]) -> dict[str, Any]:
         if not examples:

@@ -153,6 +153,7 @@ class KeysMaze(Task):
     """Find the keys, open the doors in order, reach the goal; the answer is the plan."""
 
     name = "keys-maze"
+    answer_rule = "plan feasibility (greedy; 1-Feasible-N over the samples)"
 
     def generate(self, n: int, seed: int, **options: Any) -> list[Example]:
         """`n` distinct mazes from `random.Random(seed)`; options as in generator_options()."""

@@ -78,6 +78,7 @@ class ProntoQA(Task):
     """ProntoQA (Saparov & He 2023) in Coconut's 5-hop version with distractors."""
 
     name = "prontoqa"
+    answer_rule = "exact match (True / False)"
 
     # --- generation ----------------------------------------------------------------
     def generator_options(self) -> dict[str, tuple[type, Any, str]]:

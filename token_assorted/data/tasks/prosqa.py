@@ -239,6 +239,7 @@ class ProsQA(Task):
     """ProsQA (Coconut, Hao et al. 2024): which of two concepts does an entity belong to."""
 
     name = "prosqa"
+    answer_rule = "exact match (the right option named, the wrong one not)"
 
     # --- generation ----------------------------------------------------------------
     def generator_options(self) -> dict[str, tuple[type, Any, str]]:

@@ -160,6 +160,9 @@ class QATask(Task):
         return {**meta, **record}
 
     # --- checking ------------------------------------------------------------------
+    def answer_rule_of(self, example: Example) -> str:
+        return self.settings.answer_match  # exact, numeric or choice
+
     def verify(self, example: Example, generated: str) -> Verdict:
         predicted = extract_solution(generated)
         if predicted is None:

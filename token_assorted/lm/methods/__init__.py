@@ -1,31 +1,69 @@
-"""Stage-2 methods: the registry of names and `method_for(config)`.
+"""Stage-2 methods: the one registry of their names, and `method_for(config)`.
 
-`base.py` is every chunk strategy of `mixing.py` (Token Assorted, its baselines, ablations and
-the pause control); `coconut.py` and `icot.py` are the field's other latent-reasoning methods.
+Every method a run can train is one row of `METHODS`: its name (the `strategy` option), its
+name in reports, its kind, whether its model writes VQ-VAE codes or needs their chunk layout,
+its chunk strategy (`mixing.py`) and the `Method` class that trains it (`base.py`: every chunk
+strategy; `coconut.py`, `icot.py`: the field's other latent-reasoning methods). Everything that
+lists methods (the CLI's choices, a preset's checks, the report's names, which models are
+probed) reads this table. The module imports no torch: the CLI and presets read it cheaply.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from dataclasses import dataclass
+from typing import Any
 
 from ...core.errors import ConfigError
-from ..mixing import STRATEGY_NAMES
 
-if TYPE_CHECKING:
-    from .base import Method
+KINDS = ("baseline", "method", "ablation", "control", "peer")
 
 
-PEER_METHODS = ("coconut", "icot")  # the other latent-reasoning methods, beside the chunk strategies
-METHOD_NAMES = (*STRATEGY_NAMES, *PEER_METHODS)
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of the registry."""
+
+    display: str  # its name in reports
+    kind: str  # baseline, method (Token Assorted), ablation (the paper's), control, peer (another method)
+    codes: bool  # its model writes VQ-VAE codes: trained on a codes file, probed by replacing them
+    layout: bool  # its sequences need the VQ-VAE's chunk layout (L, codes per chunk)
+    strategy: str  # the chunk strategy of mixing.py its sequences follow
+    method: str = "base:Method"  # "module:Class" of its Method in lm/methods/
 
 
-def method_for(config: Any) -> Method:
-    """The method of a TrainConfig's `strategy`: a chunk strategy of mixing.py, Coconut or iCoT (each in its
-    own module, subclassing base.Method)."""
-    from .base import Method
-    from .coconut import Coconut
-    from .icot import StepwiseInternalization
+METHODS: dict[str, MethodInfo] = {
+    "sol-only": MethodInfo("Sol-Only", "baseline", codes=False, layout=False, strategy="sol-only"),
+    "cot": MethodInfo("CoT", "baseline", codes=False, layout=False, strategy="cot"),
+    "token-assorted": MethodInfo("Token Assorted", "method", codes=True, layout=True, strategy="token-assorted"),
+    "all-replace": MethodInfo("All-Replace", "ablation", codes=True, layout=True, strategy="all-replace"),
+    "curriculum": MethodInfo("Curriculum-Replace", "ablation", codes=True, layout=True, strategy="curriculum"),
+    "poisson": MethodInfo("Poisson-Replace", "ablation", codes=True, layout=True, strategy="poisson"),
+    # Token Assorted's sequences with one content-free <pause> in place of each code.
+    "pause": MethodInfo("Pause", "control", codes=False, layout=True, strategy="pause"),
+    "coconut": MethodInfo("Coconut", "peer", codes=False, layout=False, strategy="cot", method="coconut:Coconut"),
+    "icot": MethodInfo("iCoT", "peer", codes=False, layout=False, strategy="cot",
+                       method="icot:StepwiseInternalization"),
+}
+METHOD_NAMES = tuple(METHODS)
 
-    if config.strategy not in METHOD_NAMES:
-        raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {', '.join(METHOD_NAMES)}")
-    return {"coconut": Coconut, "icot": StepwiseInternalization}.get(config.strategy, Method)(config)
+
+def names_of(kind: str) -> tuple[str, ...]:
+    """The methods of one kind, in the registry's order."""
+    return tuple(name for name, info in METHODS.items() if info.kind == kind)
+
+
+def info(name: str) -> MethodInfo:
+    """The registry's row of `name`; an unknown name is a ConfigError listing the known ones."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    return METHODS[name]
+
+
+def display_name(name: str) -> str:
+    return METHODS[name].display if name in METHODS else name
+
+
+def method_for(config: Any) -> Any:
+    """The `Method` that trains a TrainConfig's `strategy` (imported when asked for: methods load torch)."""
+    module, cls = info(config.strategy).method.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(config)
