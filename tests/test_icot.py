@@ -94,5 +94,5 @@ def test_resume_refuses_another_schedule(data, tmp_path):
                 tokenizer=str(data["tokenizer"]), epochs=2, batch_size=16, icot_tokens_per_epoch=2, progress=False,
                 max_steps=4)  # one epoch of 4 steps: its state is saved
     train_lm(TrainConfig(**base))
-    with pytest.raises(ConfigError, match="icot_tokens_per_epoch differs"):
+    with pytest.raises(ConfigError, match="icot_tokens_per_epoch 2 there, 3 now"):
         train_lm(TrainConfig(**{**base, "icot_tokens_per_epoch": 3, "resume": True, "max_steps": None}))

@@ -11,7 +11,8 @@ import torch
 
 from token_assorted.cli import main
 from token_assorted.core.environment import describe, environment
-from token_assorted.core.errors import ConfigError, DataError
+from token_assorted.core.errors import ConfigError, DataError, OutputDirError
+from token_assorted.core.io import atomic_write_text
 from token_assorted.evaluation.probes import summarize
 from token_assorted.evaluation.report import (
     MethodSummary,
@@ -126,13 +127,17 @@ def test_stages_are_cached_by_hash(tmp_path):
 
     def build(path):
         calls.append(path)
-        (path / "out.txt").write_text("x")
+        atomic_write_text(path / "out.txt", "x")  # recorded as ours: a changed hash may replace it
 
     first = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
     again = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
     assert len(calls) == 1 and not first.cached and again.cached
     changed = run_stage(tmp_path / "s", config_hash({"a": 2}), build, "s", log=lambda _: None)
     assert len(calls) == 2 and not changed.cached
+    (tmp_path / "s" / "mine.txt").write_text("a user's file")  # never deleted: the stage is refused instead
+    with pytest.raises(OutputDirError, match="mine.txt"):
+        run_stage(tmp_path / "s", config_hash({"a": 3}), build, "s", log=lambda _: None)
+    assert (tmp_path / "s" / "mine.txt").read_text() == "a user's file" and len(calls) == 2
 
 
 # --------------------------------------------------------------------------- results schema
@@ -259,7 +264,8 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     # The stages' folders: stage 2 read the codes file and never wrote into the VQ-VAE's folder.
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "codes" / "train.json").is_file()
     assert sorted(p.name for p in (out / "vqvae").iterdir()) == [
-        ".complete.json", "config.json", "logs", "metrics.json", "model.safetensors", "state", "tokenizer"]
+        ".complete.json", ".stage.json", "config.json", "logs", "metrics.json", "model.safetensors", "state",
+        "tokenizer"]
     for method in (*BASE_METHODS, "pause"):
         assert (out / "models" / method / "config.json").is_file()
         assert (out / "eval" / method / "results.predictions.jsonl").is_file()

@@ -21,8 +21,9 @@ from ..core.errors import ConfigError, DataError
 from ..core.io import read_records
 from ..core.terminal import printable
 from ..data.schema import Example, save_examples
-from . import add_task_flags, non_negative_int, positive_int, task_options_from_args
+from . import OneLineParser, add_task_flags, bounded_int, non_negative_int, task_options_from_args
 
+MAX_EXAMPLES = 10_000_000  # a data set beyond this is a typo, not an experiment (it would fill the memory)
 MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
 GENERATE_USAGE = "token-assorted data generate TASK --n N --out FILE [--seed S] [task options]"
 
@@ -53,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- generate ----------------------------------------------------------------------------
 def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -> argparse.ArgumentParser:
     """The parser of `data generate TASK ...`: common flags plus one flag per task option."""
-    parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
+    parser = OneLineParser(prog=f"token-assorted data generate {task_name}",
                                      description=f"Generate {task_name} examples as JSONL.")
-    parser.add_argument("--n", type=positive_int, required=True, help="number of examples")
+    parser.add_argument("--n", type=bounded_int(1, MAX_EXAMPLES), required=True,
+                        help=f"number of examples (at most {MAX_EXAMPLES:,})")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed >= 0 (same seed, same file)")
     parser.add_argument("--out", required=True, help="output JSONL file (written atomically)")
     group = parser.add_argument_group(f"{task_name} options")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_task_flags, task_options_from_args
+from . import add_task_flags, positive_int, task_options_from_args
+
+MAX_SEEDS = 100  # preset.PipelineConfig's limit, checked by argparse already
 
 
 PRESET_PACKAGE = "token_assorted.pipeline.presets"
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
                              "curriculum, poisson, the control pause (Token Assorted with <pause> in place of its "
                              "codes), 'all' (those four), and the other latent-reasoning methods coconut and icot")
-    parser.add_argument("--seeds", type=int, default=None, help="repeat each method with N seeds (mean ± std)")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help=f"repeat each method with N seeds (mean ± std), at most {MAX_SEEDS}")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set train.epochs=3 --set data.train=500")
@@ -70,17 +73,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "the VQ-VAE's too")
     add_task_flags(parser)
     parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is a non-empty folder that is not a run of ours")
+                        help="write into --out even if it holds files that are not those of a run of ours "
+                             "(ours are written over; a file we did not write is never deleted)")
+    parser.add_argument("--resume", action="store_true",
+                        help="accepted for symmetry with train: a rerun with the same --out always resumes "
+                             "(finished stages are reused, training continues from its last checkpoint)")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from ..core.config import parse_overrides
     from ..core.errors import ConfigError
-    from ..core.outdir import claimed, run_lock
+    from ..core.outdir import check_outputs, claimed
     from ..lm.methods import names_of
     from ..lm.models import is_preset
-    from ..pipeline.preset import check_data_files, check_models, load_preset
+    from ..pipeline.preset import check_data_files, check_models, load_preset, preset_path
+    from ..pipeline.resources import check_resources, run_inputs
     from ..pipeline.run import run_pipeline
 
     overrides = parse_overrides(args.overrides)
@@ -124,8 +132,12 @@ def run_command(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{config.task}-{preset_name}"
     check_data_files(config, preset_name)
     check_models(config)  # a Hub id neither cached nor downloadable: one line, before any stage
-    # A user's own folder is never written over, and a second run into the same folder is
-    # refused while the first holds the lock.
-    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task), run_lock(out):
+    # Everything the preset names (models, tokenizers, devices, LoRA targets) before any stage runs.
+    check_resources(config, str(preset_path(args.preset)), {**{key: f"--set {key}={value}" for key, value in
+                                                               parse_overrides(args.overrides).items()}, **labels})
+    check_outputs({"--out": out}, run_inputs(config), folders=["--out"])
+    # A user's own folder is never written over, and a second command writing into the same
+    # folder is refused while the first holds its lock.
+    with claimed(out, "run", force=args.force, preset=preset_name, task=config.task):
         run_pipeline(config, out, preset_name)
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Hashable
@@ -46,19 +48,73 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.2 reads 3e-4, 1e4 and 1.0e4 as numbers; PyYAML follows YAML 1.1, where a float needs a dot
+# and a signed exponent, and gives the string '3e-4' (so `lr: 3e-4` was refused as "not a number").
+_UniqueKeyLoader.yaml_implicit_resolvers = {key: list(value) for key, value in
+                                            yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+MAX_YAML_VALUES = 100_000  # a preset has a few hundred; aliases of aliases ("billion laughs") have billions
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    """A document whose aliases expand to more values than any config holds."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for with every alias expanded (shared nodes counted once each time)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise YAMLTooLarge("an alias refers to the node that contains it (a recursive structure)")
+    open_nodes.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes)
+                       for k, v in node.value)
+    else:
+        size = 1
+    open_nodes.discard(key)
+    if size > MAX_YAML_VALUES:
+        raise YAMLTooLarge(f"expands to more than {MAX_YAML_VALUES:,} values through its aliases (&anchor / *alias)")
+    sizes[key] = size
+    return size
+
+
 def safe_load_yaml(text: str) -> Any:
-    """yaml.safe_load, refusing duplicated keys (never the unsafe loader)."""
+    """yaml.safe_load, refusing duplicated keys and alias bombs (never the unsafe loader): the size with
+    every alias expanded is counted on the parsed nodes, before a single object is built."""
     loader = _UniqueKeyLoader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def short_repr(value: Any) -> str:
+    """A value as an error message shows it: bounded, however large (or alias-expanded) it is."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxtuple = 2, 6, 6, 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (safe loader only); every parse failure is one ConfigError line."""
     try:
         data = safe_load_yaml(read_text(path))
+    except YAMLTooLarge as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML{_yaml_where(exc)}: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
@@ -88,7 +144,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = safe_load_yaml(value)
         except (yaml.YAMLError, ValueError, RecursionError) as exc:
-            raise ConfigError(f"--set {item}: unreadable value: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"--set {item[:80]}: unreadable value: {' '.join(str(exc).split())[:200]}") from None
     return out
 
 
@@ -247,23 +303,34 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
                 return _coerce(arg, value, source, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {short_repr(value)}")
     if dataclasses.is_dataclass(hint):
         return from_mapping(hint, value, source, f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short_repr(value)}")
         inner = args[0] if args else Any
         items = [_coerce(inner, item, source, f"{key}[{i}]") for i, item in enumerate(value)]
         return items if origin is list else tuple(items)
-    if origin is dict or hint is Any:
+    if origin is dict:
+        # `--set train=3` must be refused here, not fail later as a bug (`int` has no `.get`).
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping (KEY: VALUE lines), got {short_repr(value)}")
+        inner = args[1] if len(args) == 2 else Any
+        if inner is Any:
+            return value
+        return {name: _coerce(inner, item, source, f"{key}.{name}") for name, item in value.items()}
+    if hint is Any:
         return value
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # nan/inf would train to NaN weights without a word
                 raise ConfigError(f"{where}: must be a finite number, got {value}")
             return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(f"{where}: expected a number, got {short_repr(value)}")
+    if hint is int and isinstance(value, float) and math.isfinite(value) and value.is_integer() \
+            and abs(value) < 2 ** 53:
+        return int(value)  # 1e4 is a float in YAML 1.2; as a count it means 10000
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {short_repr(value)}")
     return value

@@ -19,11 +19,16 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import DataError, WriteError
+
+
+# Called with each path `atomic_open` is about to write, before it writes: outdir.py adds its record
+# of our files here (it imports this module, so this module cannot import it).
+WRITE_OBSERVERS: list[Callable[[Path], None]] = []
 
 
 @contextlib.contextmanager
@@ -32,6 +37,16 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     path = Path(path)
     if path.is_dir():
         raise DataError(path, "is a directory; expected an output file name")
+    special = special_file(path)
+    if special is not None:
+        # /dev/null, a pipe: written in place (a rename would replace the device by a file).
+        if special not in ("character device", "pipe"):
+            raise DataError(path, f"is a {special}; refusing to write an output there")
+        with writing(path), open(path, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+        return
+    for observe in WRITE_OBSERVERS:  # outdir.py records the files of a claimed output folder
+        observe(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,6 +87,17 @@ def writing(path: str | Path) -> Iterator[None]:
         if reason is None:
             raise
         raise WriteError(path, reason) from exc
+
+
+def special_file(path: str | Path) -> str | None:
+    """What an existing path is when it is not a regular file or a folder (a device, a pipe)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISCHR, "character device"), (stat.S_ISFIFO, "pipe"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 def os_reason(exc: OSError) -> str:
@@ -142,6 +168,13 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 file, turning every failure into a DataError that names the file."""
     path = Path(path)
+    special = special_file(path)
+    if special in ("character device", "block device", "socket"):
+        # /dev/zero would be read until memory runs out; a pipe (`<(cat file)`) is read to its end.
+        raise DataError(path, f"is a {special}, not a file; expected a data file")
+    pipe = (str(path), os.stat(path).st_ino) if special == "pipe" else None
+    if pipe in _PIPES_READ:
+        return _PIPES_READ[pipe]  # a pipe gives its bytes once; readers that look twice get them again
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -151,10 +184,16 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise DataError(path, f"cannot read: {exc.strerror}") from None
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(path, f"not valid UTF-8 (byte {exc.start})", line=line) from None
+    if pipe is not None:
+        _PIPES_READ[pipe] = text
+    return text
+
+
+_PIPES_READ: dict[tuple[str, int] | None, str] = {}  # `data stats <(cat FILE)`: the pipe's text, for the second reader
 
 
 class _Refused(ValueError):

@@ -97,6 +97,21 @@ def resolve_model_path(spec: str | Path) -> Path:
     return Path(spec)
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a .gguf file that is not one (read its first bytes only), and say what reading one needs."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise CheckpointError(f"{path}: not a GGUF file (it does not begin with the bytes GGUF)")
+    require_gguf_support()
+
+
 def require_gguf_support() -> None:
     """transformers needs the `gguf` package to read GGUF files."""
     if importlib.util.find_spec("gguf") is None:

@@ -135,6 +135,15 @@ def _latent_ids(tokenizer: PreTrainedTokenizerFast) -> LatentVocab | None:
     return LatentVocab(size, vocab[LATENT_BEGIN], vocab[LATENT_END], first)
 
 
+def latent_vocab_of(tokenizer: PreTrainedTokenizerFast) -> LatentVocab | None:
+    """The latent vocabulary a tokenizer holds (its <pause> token included), or None."""
+    vocab = _latent_ids(tokenizer)
+    if vocab is None:
+        return None
+    pause = tokenizer.get_vocab().get(PAUSE)
+    return dataclasses.replace(vocab, pause_id=pause) if pause is not None else vocab
+
+
 @dataclass(frozen=True)
 class ChunkLayout:
     """How a trace maps onto latent codes: L text tokens -> latents_per_chunk codes."""

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..core.errors import CheckpointError
-from ..core.model_source import resolve_model_path
+from ..core.model_source import check_gguf, resolve_model_path
 from .latent_tokens import LATENT_BEGIN, LATENT_END, PAUSE
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -45,13 +45,25 @@ def build_word_tokenizer(texts: Iterable[str], min_frequency: int = 1) -> PreTra
     return tokenizer
 
 
-def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-    """Give a pretrained tokenizer the pad/eos tokens the pipeline relies on."""
+def ensure_special_tokens(tokenizer: PreTrainedTokenizerFast, source: str | Path = "the tokenizer"
+                          ) -> PreTrainedTokenizerFast:
+    """Give a pretrained tokenizer the pad/eos tokens the pipeline relies on (its ids checked first)."""
+    check_contiguous_ids(tokenizer, source)
     if tokenizer.eos_token is None:
-        raise CheckpointError("the tokenizer has no end-of-sequence token; generation cannot stop")
+        raise CheckpointError(f"{source}: the tokenizer has no end-of-sequence token; generation cannot stop")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_contiguous_ids(tokenizer: PreTrainedTokenizerFast, source: str | Path = "the tokenizer") -> None:
+    """Refuse a tokenizer whose ids do not run 0 .. len-1: embeddings have len(tokenizer) rows, and
+    the latent tokens added after the vocabulary would take ids it already uses."""
+    largest = max(tokenizer.get_vocab().values(), default=-1)
+    if largest >= len(tokenizer):
+        raise CheckpointError(f"{source}: token ids have gaps (the largest id is {largest}, but the tokenizer holds "
+                              f"{len(tokenizer)} tokens); its ids must run from 0 to {len(tokenizer) - 1}, so renumber "
+                              f"its vocabulary")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
@@ -106,9 +118,13 @@ def resolve_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
 
         if not path.is_file():
             raise CheckpointError(f"{path}: GGUF file not found")
-        return ensure_special_tokens(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                   trust_remote_code=False))
-    return ensure_special_tokens(load_tokenizer(path))
+        check_gguf(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001 - the gguf reader fails in many ways on a damaged file
+            raise CheckpointError(f"{path}: cannot read its tokenizer: {type(exc).__name__}: {exc}") from None
+        return ensure_special_tokens(tokenizer, path)
+    return ensure_special_tokens(load_tokenizer(path), path)
 
 
 def task_tokenizer(spec: str, task: Any, examples: Sequence[Any]) -> PreTrainedTokenizerBase:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..core.config import Bound, above, at_least
+from ..core.config import Bound, above, at_least, within
+
+MAX_NEW_TOKENS = 32768  # a generation budget beyond any model here (and checked against the model's positions)
 
 
 @dataclass
@@ -21,7 +23,7 @@ class GenerationConfig:
     max_new_tokens: int | None = None  # generation budget; None: the longest reference trace + solution, plus 16
     limit: int | None = None  # only the first `limit` examples
 
-    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_new_tokens": at_least(1),
+    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_new_tokens": within(1, MAX_NEW_TOKENS),
                                           "limit": at_least(1)}
 
 
@@ -42,5 +44,5 @@ class EvalConfig(GenerationConfig):
     noise_scale: float = 4.0  # intervene="noise": the noise's norm, in multiples of the thought's own norm
 
     LIMITS: ClassVar[dict[str, Bound]] = {
-        **GenerationConfig.LIMITS, "samples": at_least(0), "top_k": at_least(1), "temperature": above(0),
+        **GenerationConfig.LIMITS, "samples": within(0, 1000), "top_k": at_least(1), "temperature": above(0),
         "seed": at_least(0), "intervene_seed": at_least(0), "constant_code": at_least(0), "noise_scale": at_least(0)}

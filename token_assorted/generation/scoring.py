@@ -158,7 +158,11 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     if not examples:
         raise ConfigError("nothing to evaluate: no examples")
     if config.max_new_tokens is None:
-        config = replace(config, max_new_tokens=default_max_new_tokens(tokenizer, task, examples[:500]))
+        budget = default_max_new_tokens(tokenizer, task, examples[:500])
+        built = getattr(model.config, "max_position_embeddings", None)  # one very long reference must not
+        if isinstance(built, int) and built > 0:  # give every question a budget beyond the model's positions
+            budget = min(budget, built)
+        config = replace(config, max_new_tokens=budget)
     prompts = [encode_prompt(tokenizer, task, ex, chat_template) for ex in examples]
     check_context(model, prompts, config.max_new_tokens)
     if generate is not None:

@@ -72,7 +72,7 @@ class TrainConfig:
     # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
     LIMITS: ClassVar[dict[str, Bound]] = {
         "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
-        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": at_least(2),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": within(2, 131072),
         "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
         "curriculum_max_chunks": at_least(0), "save_every": at_least(0), "max_steps": at_least(1),
         "log_every": at_least(0),
@@ -109,5 +109,7 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         if config.lora is not None:
             check_lora(config.lora)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {prefix}{exc}" if prefix else str(exc)) from None
+        # A message that names its option already (train.lora: ...) is not prefixed twice.
+        message = str(exc).removeprefix("train.") if prefix else str(exc)
+        raise ConfigError(f"{source}: {prefix}{message}" if prefix else message) from None
     return method

@@ -8,8 +8,6 @@ tokenizer's. `MODEL_META` names the metadata file for every reader.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,10 @@ from transformers.utils import logging as hf_logging
 
 from ..core.devices import resolve_device
 from ..core.errors import CheckpointError, ConfigError
-from ..core.io import atomic_write_json, new_file_mode, read_json, writing
+from ..core.io import atomic_write_json, read_json
+from ..core.outdir import save_pretrained_into
 from ..core.weights import check_model_folder
-from ..data.latent_tokens import LatentVocab, check_latent_vocab
+from ..data.latent_tokens import LatentVocab, check_latent_vocab, latent_vocab_of
 from ..data.tasks import Task, get_task
 from ..data.tokenizer import load_tokenizer
 from .lora import exportable
@@ -38,15 +37,9 @@ def save_model_dir(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, o
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
     generation.bos_token_id = tokenizer.bos_token_id
-    with writing(out), tempfile.TemporaryDirectory(dir=out, prefix=".save-") as tmp:
-        hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for path in Path(tmp).iterdir():
-            if path.is_file():
-                path.chmod(new_file_mode())  # safetensors' temp files are 0600; results are shared
-                shutil.move(str(path), out / (path.name + ".tmp"))
-                (out / (path.name + ".tmp")).replace(out / path.name)
+    hf_logging.disable_progress_bar()  # one bar per save would drown the training bar
+    save_pretrained_into(model, out)
+    save_pretrained_into(tokenizer, out)
     atomic_write_json(out / MODEL_META, meta)
 
 
@@ -115,7 +108,9 @@ def _latent_vocab(meta: dict[str, Any], tokenizer: PreTrainedTokenizerBase, mode
         raise CheckpointError(f"{source.parent}: the tokenizer has {len(tokenizer)} tokens, the model's "
                               f"embedding only {rows} rows")
     if meta.get("latent_vocab") is None:
-        return None
+        # The tokenizer's own latent tokens are the truth: metadata that lost its record of them must
+        # not make 8 latent tokens count as 0 text, nor let a verifier read them.
+        return latent_vocab_of(tokenizer)
     vocab = LatentVocab.from_dict(meta["latent_vocab"], source)
     check_latent_vocab(vocab, tokenizer, source)
     return vocab

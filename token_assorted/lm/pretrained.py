@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.errors import CheckpointError
 from ..core.io import read_json
-from ..core.model_source import require_gguf_support, resolve_model_path
+from ..core.model_source import check_gguf, resolve_model_path
 from ..core.weights import check_model_folder
 from ..data.tokenizer import ensure_special_tokens, tokenizer_fingerprint
 
@@ -148,7 +148,7 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a model is a directory or a .gguf file")
-        require_gguf_support()
+        check_gguf(path)
         from transformers import GgufConfig
 
         # Dense float weights: packed GGUF blocks (kept when a GGUF matmul kernel is
@@ -167,8 +167,12 @@ def load_pretrained_lm(spec: str | Path, dtype: torch.dtype = torch.float32
                                                      **options)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: cannot load the model: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged .gguf fails inside the gguf reader in many ways
+        if path.is_dir():
+            raise
+        raise CheckpointError(f"{path}: cannot load the model: {type(exc).__name__}: {exc}") from None
     forget_gguf_origin(model)
-    tokenizer = ensure_special_tokens(tokenizer)
+    tokenizer = ensure_special_tokens(tokenizer, path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

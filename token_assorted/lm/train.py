@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,10 @@ from .config import TrainConfig
 from .model_dir import MODEL_META, save_model_dir
 from .setup import Setup, setup
 
-# What a resumed run must share with the saved one; the method's schedule decides every sequence.
-RESUME_KEYS = ("strategy", "seed", "batch_size", "data", "task", "model", "task_options", "lora")
+# Options a resumed run may change: they cannot change its weights (where it writes, how much it
+# prints, how often it saves a state it resumes from exactly). Every other option must be the saved run's.
+RESUME_FREE = ("out", "resume", "progress", "log_every", "save_every", "abspaths")
+PATH_KEYS = ("data", "valid", "codes", "vqvae", "tokenizer", "model")
 
 
 # --------------------------------------------------------------------------- validation
@@ -189,19 +192,19 @@ class LMStage(Stage):
 
     # -- the saved state -----------------------------------------------------------------
     def record(self) -> dict[str, Any]:
-        return {"best": self.best, "history": self.history, "config": dataclasses.asdict(self.config),
+        config = dataclasses.asdict(self.config)
+        config["abspaths"] = {key: os.path.abspath(config[key]) for key in PATH_KEYS if config.get(key)}
+        return {"best": self.best, "history": self.history, "config": config,
                 "latents": layout_of(self.run.latents), "reset_at": self.reset_at}
 
     def check_resume(self, record: dict[str, Any]) -> None:
         # A VQ-VAE of another K or L swapped in: named here, not as a size-mismatch traceback.
         check_layout(record, self.run.latents, self.config.vqvae or self.config.codes)
-        given = dataclasses.asdict(self.config)
-        schedule = tuple(key for key in given if key.startswith(("coconut_", "icot_")))
-        for key in (*RESUME_KEYS, *schedule):
-            known = key in ("task_options", "lora") or key in schedule  # newer keys: absent means the default
-            if record["config"].get(key, given[key] if known else None) != given[key]:
-                raise ConfigError(f"--resume: {key} differs from the saved run "
-                                  f"({record['config'].get(key)!r} vs {given[key]!r})")
+        differing = resume_differences(record.get("config"), self.config)
+        if differing:
+            raise ConfigError("--resume: the saved run was trained with other settings: " + "; ".join(
+                f"{key} {saved!r} there, {given!r} now" for key, saved, given in differing)
+                + "; resume with the run's own settings, or start a new run in another --out")
 
     def restore(self, record: dict[str, Any]) -> None:
         self.best, self.history, self.reset_at = record["best"], record["history"], record.get("reset_at")
@@ -223,6 +226,32 @@ class LMStage(Stage):
             atomic_write_json(self.out / MODEL_META, {**meta, "history": self.history, **cost})
 
 
+def resume_differences(saved: Any, config: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, given value) of every option that differs from the saved run's and could
+    change the result; a key the saved record lacks (an option added since) counts as its default."""
+    saved = saved if isinstance(saved, dict) else {}
+    defaults = dataclasses.asdict(TrainConfig())
+    given = dataclasses.asdict(config)
+
+    def same(key: str, before: Any, now: Any) -> bool:
+        if key in PATH_KEYS and isinstance(before, str) and isinstance(now, str):
+            # The same file named from another folder or spelled another way (./data.jsonl) is the same file.
+            return os.path.normpath(before) == os.path.normpath(now) or \
+                saved.get("abspaths", {}).get(key) == os.path.abspath(now)
+        return before == now
+
+    return [(key, saved.get(key, defaults[key]), value) for key, value in given.items()
+            if key not in RESUME_FREE and not same(key, saved.get(key, defaults[key]), value)]
+
+
+def refuse_trained_model(out: Path) -> None:
+    """A fresh run must not replace a trained model or a saved run without --force (or --resume)."""
+    found = [name for name in (MODEL_META, "model.safetensors", "state") if (out / name).exists()]
+    if found:
+        raise ConfigError(f"{out}: already holds a trained model or a training run ({', '.join(found)}); pass "
+                          f"--resume to continue it, choose another --out, or pass --force to replace it")
+
+
 def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
              validate: Callable | None = None) -> Path:
     """Train one stage-2 model; return its output directory (a plain HF model dir).
@@ -232,7 +261,7 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     validation; it returns the accuracy, or a dict of metrics holding "accuracy".
     """
     out = Path(config.out)
-    if not config.resume and (out / "state").exists():
+    if not config.resume and (out / "state" / "latest.json").exists():
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it "
                           f"or choose another --out")
     accelerator = make_accelerator(config.mixed_precision)

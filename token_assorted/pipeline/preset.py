@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..core.config import Bound, at_least, check_types, from_mapping, load_yaml, parse_with_overrides, with_overrides
+from ..core.config import (Bound, at_least, check_types, from_mapping, load_yaml, parse_with_overrides, short_repr,
+                           within, with_overrides)
 from ..core.devices import check_precision
 from ..core.errors import ConfigError
 from ..data.tasks import Task, get_task
@@ -78,7 +79,7 @@ class PipelineConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     parallel: int = 1  # models trained at once in worker processes of one thread each (CPU: cores)
 
-    LIMITS: ClassVar[dict[str, Bound]] = {"seeds": at_least(1), "explain_samples": at_least(0),
+    LIMITS: ClassVar[dict[str, Bound]] = {"seeds": within(1, 100), "explain_samples": at_least(0),
                                           "threads": at_least(0), "parallel": at_least(1)}
 
 
@@ -129,7 +130,7 @@ def preset_names() -> list[str]:
 def preset_path(spec: str | Path) -> Path:
     """A shipped preset by name, or a YAML file path."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if path.suffix in (".yaml", ".yml") or path.exists():  # a device or a folder: read_text names what it is
         return path
     candidate = resources.files("token_assorted.pipeline.presets") / f"{spec}.yaml"
     if not candidate.is_file():
@@ -189,10 +190,23 @@ def check_preset(config: PipelineConfig, source: str = "preset") -> None:
 
 def _check_data(config: PipelineConfig, task: Task, source: str) -> None:
     options = task.generator_options()
-    unknown = sorted(set(config.data.options) - set(options))
+    unknown = sorted(map(str, set(config.data.options) - set(options)))
     if unknown:
         raise ConfigError(f"{source}: unknown {config.task} generator option(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(options) or 'none'}")
+    for name, value in config.data.options.items():  # `nodes: six` fails here, not inside the generator
+        kind, default = options[name][0], options[name][1]
+        if value is None and default is None:
+            ok = True  # "the generator's own default"
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            raise ConfigError(f"{source}: data.options.{name}: expected {'a number' if kind is float else kind.__name__}, "
+                              f"got {short_repr(value)}")
     if task.has_generator and not config.data.files:  # with files, 0 means "all of it"
         for split in ("train", "valid", "test"):
             if getattr(config.data, split) < 1:

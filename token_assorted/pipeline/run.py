@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core.environment import environment
 from ..core.io import read_json
+from ..core.outdir import adopt
 from ..evaluation.claims import check_claims, claims_lines
 from ..evaluation.probes import summarize
 from ..lm.methods import METHODS, display_name
@@ -56,6 +57,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path, preset_name: str = "cu
     check_models(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    adopt(out)  # every file the stages write is recorded as ours (outdir.py); `run` claimed the folder first
     started = time.perf_counter()
     data = data_stage(config, out, log)
     tokenizer = tokenizer_stage(config, out, data, log)
@@ -90,8 +92,20 @@ def _train_job(config: PipelineConfig, out: Path, method: str, seed_index: int, 
     import torch
 
     torch.set_num_threads(1)
+    adopt(out)  # a fresh interpreter: record this worker's files in the run's manifest too
     config = dataclasses.replace(config, train={**config.train, "progress": False})
     return train_stage(config, out, method, seed_index, data, codes, print)
+
+
+def _worker_start() -> None:
+    """A training worker's set-up: tqdm's lock a thread lock, not a multiprocessing one. A worker ended
+    by SIGTERM (the run interrupted) cannot release a multiprocessing semaphore, and the resource
+    tracker then warns about "leaked semaphore objects" after the run's one-line message."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], data: StageResult,
@@ -106,7 +120,7 @@ def _train_all(config: PipelineConfig, out: Path, jobs: list[tuple[str, int]], d
     # Leaving the `with` block terminates the workers, also when the run is interrupted or
     # killed with SIGTERM (the CLI turns it into KeyboardInterrupt): no training is left
     # running without its parent, and each resumes from its last checkpoint on the next run.
-    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs))) as pool:
+    with multiprocessing.get_context("spawn").Pool(min(config.parallel, len(jobs)), initializer=_worker_start) as pool:
         pending = [pool.apply_async(_train_job, (config, out, m, k, data, codes)) for m, k in jobs]
         results = [result.get() for result in pending]
         # Let the workers exit on their own: terminating them (what leaving the block does)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ..data.tasks import Task, get_task
 from .preset import PipelineConfig, eval_config, tokenizer_spec, train_config, train_settings, vqvae_config
 
 MARKER = ".complete.json"
+STARTED = ".stage.json"  # the hash of a stage begun and not finished: a rerun continues it
 Log = Callable[[str], None]
 
 
@@ -50,28 +50,58 @@ class StageResult:
     cached: bool
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
+def _read_json_object(path: Path) -> dict[str, Any] | None:
     try:
-        data = read_json(path / MARKER)
+        data = read_json(path)
     except Exception:  # missing or damaged: the stage is simply not done
         return None
     return data if isinstance(data, dict) else None
 
 
-def run_stage(path: Path, key: str, build: Callable[[Path], Any], name: str, log: Log = print) -> StageResult:
-    """Run `build(path)` unless `path` holds a completion marker with hash `key`."""
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    return _read_json_object(path / MARKER)
+
+
+def run_stage(path: Path, key: str, build: Callable[..., Any], name: str, log: Log = print,
+              resumable: bool = False) -> StageResult:
+    """Run `build(path)` unless `path` holds a completion marker with hash `key`.
+
+    A stage that was started with the same `key` and not finished (a run interrupted or killed)
+    is continued: a `resumable` stage (training) gets `build(path, resume=True)` when it saved a
+    resume state, and resumes from it. Otherwise the folder's files of ours (outdir.py's record)
+    are removed first, so no file of an older run survives; a file we did not write is never
+    deleted: the stage is refused while one is there.
+    """
+    from ..core.outdir import adopt, is_ours, release
+
+    own = is_ours(path) is None  # outside a claimed folder (a library call): the stage records its own files
+    if own:
+        path.mkdir(parents=True, exist_ok=True)
+        adopt(path)
+    try:
+        return _run_stage(path, key, build, name, log, resumable)
+    finally:
+        if own:
+            release(path)
+
+
+def _run_stage(path: Path, key: str, build: Callable[..., Any], name: str, log: Log, resumable: bool) -> StageResult:
     marker = _read_marker(path)
     if marker is not None and marker.get("hash") == key:
         log(f"[{name}] cached (took {marker.get('seconds', 0):.0f} s): {path}")
         return StageResult(path, key, float(marker.get("seconds", 0.0)), True)
-    if path.exists():
-        # Stale or unfinished: start clean so no file of an older run survives.
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    log(f"[{name}] running -> {path}")
-    started = time.perf_counter()
-    build(path)
-    seconds = time.perf_counter() - started
+    started = _read_json_object(path / STARTED)
+    resume = (resumable and marker is None and started is not None and started.get("hash") == key
+              and (path / "state" / "latest.json").is_file())
+    if not resume:
+        _clear(path, name)
+        path.mkdir(parents=True, exist_ok=True)
+        if resumable:  # what a rerun continues from (the other stages are simply computed again)
+            atomic_write_json(path / STARTED, {"hash": key, "started": time.time()})
+    log(f"[{name}] {'resuming' if resume else 'running'} -> {path}")
+    begun = time.perf_counter()
+    build(path, resume=resume) if resumable else build(path)
+    seconds = time.perf_counter() - begun
     atomic_write_json(path / MARKER, {"hash": key, "seconds": seconds, "finished": time.time()})
     log(f"[{name}] done in {seconds:.1f} s")
     return StageResult(path, key, seconds, False)
@@ -83,6 +113,20 @@ def hub_revisions(specs: list[str]) -> list[str]:
     from ..core.model_source import hub_revision, is_hub_id, resolve_hub_model
 
     return [f"{spec}={hub_revision(resolve_hub_model(spec))}" for spec in specs if is_hub_id(spec)]
+
+
+def _clear(path: Path, name: str) -> None:
+    """Remove the files of ours in a stale or unfinished stage folder; refuse when a user's file is there."""
+    from ..core.errors import OutputDirError
+    from ..core.outdir import not_ours, remove_ours
+
+    left = [entry for entry in not_ours(path) if not Path(entry).name.startswith(".token-assorted")]
+    if not left:
+        remove_ours(path)
+    else:
+        shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+        raise OutputDirError(f"[{name}] {path}: must be computed again, but holds files token-assorted did not write "
+                             f"({shown}); they are never deleted: move them out of {path} and run again")
 
 
 def _task(config: PipelineConfig) -> Task:
@@ -149,6 +193,7 @@ def data_stage(config: PipelineConfig, out: Path, log: Log) -> StageResult:
 # --------------------------------------------------------------------------- stage 1
 def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: Log) -> StageResult:
     """The text tokenizer every later stage reads: the training data's words, or a pretrained model's."""
+    from ..core.outdir import save_pretrained_into
     from ..data.tokenizer import task_tokenizer
 
     spec = tokenizer_spec(config)
@@ -156,7 +201,7 @@ def tokenizer_stage(config: PipelineConfig, out: Path, data: StageResult, log: L
     def build(path: Path) -> None:
         task = _task(config)
         tokenizer = task_tokenizer(spec, task, task.load(data.path / "train.jsonl"))
-        tokenizer.save_pretrained(str(path))
+        save_pretrained_into(tokenizer, path)
         log(f"  {len(tokenizer)} tokens ({spec})")
 
     key = config_hash("tokenizer", spec, data.hash, *hub_revisions([spec]))
@@ -167,12 +212,13 @@ def vqvae_stage(config: PipelineConfig, out: Path, data: StageResult, tokenizer:
                 log: Log) -> StageResult:
     from ..vqvae import train_vqvae
 
-    def build(path: Path) -> None:
-        train_vqvae(vqvae_config(config, data.path, tokenizer.path, path, "preset.vqvae"))
+    def build(path: Path, resume: bool = False) -> None:
+        stage = vqvae_config(config, data.path, tokenizer.path, path, "preset.vqvae")
+        train_vqvae(dataclasses.replace(stage, resume=resume))
 
     settings = {key: value for key, value in config.vqvae.items() if key != "tokenizer"}  # the tokenizer stage's
     key = config_hash("vqvae", settings, data.hash, tokenizer.hash)
-    return run_stage(out / "vqvae", key, build, "vqvae", log)
+    return run_stage(out / "vqvae", key, build, "vqvae", log, resumable=True)
 
 
 def codes_stage(config: PipelineConfig, out: Path, data: StageResult, vqvae: StageResult, log: Log) -> StageResult:
@@ -197,15 +243,16 @@ def train_stage(config: PipelineConfig, out: Path, method: str, seed_index: int,
                 codes: StageResult, log: Log) -> StageResult:
     from ..lm.train import train_lm
 
-    def build(path: Path) -> None:
-        train_lm(train_config(config, method, seed_index, data.path, codes.path / "train.json", path,
-                              f"preset.train ({method})"))
+    def build(path: Path, resume: bool = False) -> None:
+        stage = train_config(config, method, seed_index, data.path, codes.path / "train.json", path,
+                             f"preset.train ({method})")
+        train_lm(dataclasses.replace(stage, resume=resume))
 
     name = method_dir_name(method, seed_index)
     settings = train_settings(config, method)
     key = config_hash("train", method, seed_index, settings, data.hash, codes.hash,
                       *hub_revisions([str(settings.get("model", ""))]))
-    return run_stage(out / "models" / name, key, build, f"train {name}", log)
+    return run_stage(out / "models" / name, key, build, f"train {name}", log, resumable=True)
 
 
 def eval_stage(config: PipelineConfig, out: Path, name: str, model: StageResult, data: StageResult,

@@ -17,11 +17,11 @@ The data order is not stored: it is a function of (seed, epoch), so epoch and st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,16 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from ..core.errors import CheckpointError
-from ..core.io import atomic_write_json, read_json, writing
+from ..core.io import atomic_write_json, new_file_mode, read_json, writing
+from ..core.outdir import note_write
 from ..core.weights import check_state_files
 
 STATE_DIR = "state"
 POINTER = "latest.json"
 STEP_NAME = re.compile(r"step-\d{8}")
+# What a save writes into a step folder (and the temp files of its atomic writes).
+STATE_FILE = re.compile(r"(model\.safetensors|optimizer\.pt|scheduler\.pt|trainer\.json|rng_rank\d+\.pt"
+                        r"|\.trainer\.json\.\w+\.tmp)")
 
 
 def state_root(out: str | Path) -> Path:
@@ -91,10 +95,13 @@ def save_rank_files(directory: Path, rank: int) -> None:
 def save_main_files(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, trainer: dict[str, Any]) -> None:
     """The main process writes weights, optimizer, scheduler and the trainer record."""
+    note_write(directory, folder=True)  # a fresh step folder: everything in it is ours (outdir.py)
     with writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
     with writing(directory / "model.safetensors"):
         save_model(model, str(directory / "model.safetensors"))  # handles tied embeddings
+        # safetensors creates its file 0600; every other output gets the usual mode.
+        os.chmod(directory / "model.safetensors", new_file_mode())
     _save_torch(optimizer.state_dict(), directory / "optimizer.pt")
     _save_torch(scheduler.state_dict(), directory / "scheduler.pt")
     atomic_write_json(directory / "trainer.json", trainer)
@@ -106,8 +113,19 @@ def commit(out: str | Path, directory: Path) -> None:
     """Point `latest.json` at `directory` (atomic), then drop older step directories."""
     atomic_write_json(state_root(out) / POINTER, {"dir": directory.name})
     for old in state_root(out).glob("step-*"):
-        if old.is_dir() and old.name != directory.name:
-            shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink() and STEP_NAME.fullmatch(old.name) and old.name != directory.name:
+            _prune(old)
+
+
+def _prune(directory: Path) -> None:
+    """Delete an older step folder: the files a save writes there, and the folder once empty
+    (a file of anyone else's stays, and so does the folder holding it)."""
+    for path in directory.iterdir():
+        if path.is_file() and not path.is_symlink() and STATE_FILE.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def latest_state(out: str | Path) -> Path | None:

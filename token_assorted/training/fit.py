@@ -41,6 +41,7 @@ import torch
 
 from ..core.errors import ConfigError, TrainingError
 from ..core.io import atomic_write_jsonl, read_json
+from ..core.outdir import note_write
 from .checkpoint import commit, latest_state, load_state, save_main_files, save_rank_files, step_dir
 
 LOGS = "logs"
@@ -279,8 +280,9 @@ class Fit:
                     if after.save or after.stop or stop:
                         self.save_state()
                     if stop:
+                        # How to resume is the command's to say (cli.py): `run` resumes by itself.
                         self.print(f"\ninterrupted: training state saved at step {self.step} in "
-                                   f"{self.out / 'state'}; resume with the same command plus --resume", sys.stderr)
+                                   f"{self.out / 'state'}", sys.stderr)
                         raise KeyboardInterrupt
                     if after.stop:
                         return
@@ -305,6 +307,8 @@ class Fit:
         folder = self.out / LOGS
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOG_FILE
+        note_write(path)  # ours, in the record of the output folder (outdir.py)
+        note_write(folder, pattern="events.out.tfevents.*")
         if self.step and path.is_file():
             # Lines a killed run wrote after its last saved state are redone now: drop them.
             kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -315,9 +319,14 @@ class Fit:
         self.writer = SummaryWriter(str(folder), purge_step=self.step or None)
 
     def close_logs(self) -> None:
+        failing = sys.exc_info()[1] is not None  # called while an error propagates: that error is the one to report
         for handle in (self.writer, self.log_file):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except Exception:  # noqa: BLE001 - e.g. the disk that stopped training is full
+                    if not failing:
+                        raise
         self.writer = self.log_file = None
 
     def log(self, split: str, values: dict[str, float]) -> None:

@@ -30,6 +30,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.io import atomic_write_json, read_json
 from ..data.schema import Example
 from ..data.tasks import Task
+from ..data.tokenizer import tokenizer_fingerprint
 
 FORMAT = "token-assorted-codes/1"
 
@@ -124,6 +125,7 @@ def write_codes_file(path: str | Path, latents: LatentCodes, data: str | Path, s
         "codebook": latents.codebook.tolist() if latents.codebook is not None else None,
         "tokenizer": os.path.relpath((vqvae / "tokenizer").resolve(), here) if vqvae else None,
         "vqvae": os.path.relpath(vqvae.resolve(), here) if vqvae else None,
+        "tokenizer_fingerprint": tokenizer_fingerprint(latents.tokenizer) if latents.tokenizer is not None else None,
         "data": str(data), "data_fingerprint": fingerprint(data), "skipped": skipped})
 
 
@@ -192,8 +194,26 @@ def from_codes_file(path: Path, n_examples: int, data: str | Path | None = None)
         tokenizer = load_tokenizer(path.parent / record["tokenizer"])
     if record.get("vqvae"):
         vqvae = os.path.normpath(path.parent / record["vqvae"])
+    if tokenizer is not None:
+        _check_codes_tokenizer(path, record, tokenizer, vqvae)
     codebook = _codebook(path, record.get("codebook")) if record.get("codebook") else None
     return LatentCodes(*sizes, codes, codebook, tokenizer, vqvae)
+
+
+def _check_codes_tokenizer(path: Path, record: dict[str, Any], tokenizer: Any, vqvae: str | None) -> None:
+    """The tokenizer a codes file names must be the one its codes were computed with: another one
+    reads every trace as <unk> and trains on them without a word. Checked against the fingerprint
+    the file records, or (files written before it did) the one its VQ-VAE's config.json records."""
+    expected = record.get("tokenizer_fingerprint")
+    source = "the codes file"
+    if expected is None and vqvae is not None and (Path(vqvae) / "config.json").is_file():
+        info = read_json(Path(vqvae) / "config.json")
+        expected = info.get("tokenizer_fingerprint") if isinstance(info, dict) else None
+        source = f"its VQ-VAE {vqvae}"
+    if expected is not None and expected != tokenizer_fingerprint(tokenizer):
+        raise DataError(path, f"names the tokenizer {record['tokenizer']}, which is not the one its codes were "
+                              f"computed with (as {source} records); encode the data again with `token-assorted "
+                              f"vqvae encode`", field="tokenizer")
 
 
 def _is_int(value: Any) -> bool:

@@ -48,12 +48,14 @@ class VQVAEConfig:
     encode_candidates: int = 48  # assignment "search", outside training: only the encoder's N likeliest codes (0: all)
 
     # The range of each numeric option (checked on construction, and by config.from_mapping with its source).
+    # Sizes that allocate memory have an upper bound too, far above any real setting: a typo such as
+    # --codebook-size 100000000 is refused at once, not after an allocation of gigabytes.
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "chunk_size": at_least(1), "compression": at_least(1), "codebook_size": at_least(2), "d_model": at_least(1),
-        "heads": at_least(1), "encoder_layers": at_least(1), "decoder_layers": at_least(1),
-        "prompt_layers": at_least(0), "codebook_dim": at_least(0), "commitment_weight": at_least(0),
-        "ema_decay": within(0, 1, high_open=True), "dead_code_threshold": at_least(0),
-        "max_prompt_len": at_least(1), "max_chunks": at_least(1), "dropout": within(0, 1, high_open=True),
+        "chunk_size": within(1, 4096), "compression": at_least(1), "codebook_size": within(2, 65536),
+        "d_model": within(1, 16384), "heads": within(1, 1024), "encoder_layers": within(1, 256),
+        "decoder_layers": within(1, 256), "prompt_layers": within(0, 256), "codebook_dim": within(0, 16384),
+        "commitment_weight": at_least(0), "ema_decay": within(0, 1, high_open=True), "dead_code_threshold": at_least(0),
+        "max_prompt_len": within(1, 131072), "max_chunks": within(1, 65536), "dropout": within(0, 1, high_open=True),
         "local_context": at_least(0), "search_candidates": at_least(1), "search_explore": at_least(0),
         "search_rerank": at_least(0), "encode_candidates": at_least(0)}
 

@@ -12,13 +12,13 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..core.config import Bound, at_least, check_bounds
+from ..core.config import Bound, at_least, check_bounds, within
 from ..core.errors import ConfigError
 from ..training.options import OptimizationOptions
 from .config import VQVAEConfig
 
 # The range of each option only a training run has.
-RUN_LIMITS: dict[str, Bound] = {"steps": at_least(1), "valid_every": at_least(1), "max_trace_len": at_least(1),
+RUN_LIMITS: dict[str, Bound] = {"steps": at_least(1), "valid_every": at_least(1), "max_trace_len": within(1, 1048576),
                                 "max_examples": at_least(0), "stop_at": at_least(0)}
 
 
@@ -71,7 +71,7 @@ class EncodeOptions:
     encode_candidates: int | None = None  # search: score the N likeliest codes, 0: all K (default: the VQ-VAE's)
     max_trace_len: int | None = None  # encode: skip (and count) longer traces, in tokens (default: the VQ-VAE's)
 
-    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_trace_len": at_least(1)}
+    LIMITS: ClassVar[dict[str, Bound]] = {"batch_size": at_least(1), "max_trace_len": within(1, 1048576)}
 
 
 @dataclass

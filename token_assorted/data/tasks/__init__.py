@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, DataError
 from .base import SOLUTION_MARKER, Task, Verdict, extract_solution, normalize_text
 
 # name -> "module:Class"; imported lazily so `token-assorted data` stays fast.
@@ -43,5 +44,28 @@ def infer_task(record: dict[str, Any]) -> Task | None:
     return None
 
 
-__all__ = ["SOLUTION_MARKER", "TASK_NAMES", "Task", "Verdict", "extract_solution", "get_task", "register_task",
+def check_data_task(task: Task, path: str | Path) -> None:
+    """Refuse a JSONL data file whose first record another task recognises and `task` does not
+    (a ProsQA model scored on keys-maze data would read every answer wrong without a word)."""
+    import json
+
+    path = Path(path)
+    if task.name == "qa" or path.suffix != ".jsonl" or not path.is_file():
+        return  # the generic task reads any fields; tables and folders are read by their own loaders
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = next((text for text in handle if text.strip()), "")
+        record = json.loads(line)
+    except (OSError, ValueError, RecursionError):
+        return  # unreadable: the task's own loader names the file and line
+    if not isinstance(record, dict) or task.looks_like(record):
+        return
+    other = next((name for name in TASK_NAMES if name not in (task.name, "qa") and get_task(name).looks_like(record)),
+                 None)
+    if other is not None:
+        raise DataError(path, f"its first record is a {other} record, not a {task.name} one; refusing to score "
+                              f"{task.name} on it (use a model or VQ-VAE of {other}, or pass --task {other})")
+
+
+__all__ = ["check_data_task", "SOLUTION_MARKER", "TASK_NAMES", "Task", "Verdict", "extract_solution", "get_task", "register_task",
            "infer_task", "normalize_text"]

@@ -262,6 +262,9 @@ def _check_spec(spec: MazeSpec) -> None:
     if not 1 <= spec.min_keys <= spec.max_keys <= len(COLOURS):
         raise ConfigError(f"keys-maze: need 1 <= min_keys <= max_keys <= {len(COLOURS)}, "
                           f"got {spec.min_keys}..{spec.max_keys}")
+    if spec.height > MAX_SIDE or spec.width > MAX_SIDE:  # a 100000-wide grid would be drawn for hours
+        raise ConfigError(f"keys-maze: grid sides are at most {MAX_SIDE} (as in a data file), got "
+                          f"{spec.width}x{spec.height}")
     if spec.height < 2 or spec.width < 2 * spec.max_keys + 2:
         raise ConfigError(f"keys-maze: a {spec.width}x{spec.height} grid cannot hold {spec.max_keys} rooms "
                           f"in sequence (width >= {2 * spec.max_keys + 2}, height >= 2)")

@@ -262,6 +262,9 @@ class ProsQA(Task):
             raise ConfigError("prosqa: need nodes >= 4, nodes_sd >= 0, parents_mean > 0, 0 <= entity_share < 1 "
                               f"and 1 <= min_steps <= max_steps (got {nodes}, {nodes_sd}, {parents_mean}, "
                               f"{entity_share}, {min_steps}, {max_steps})")
+        if nodes_sd > LEXICON_NODES:  # a spread of 1e9 would grow graphs of a billion nodes before any check
+            raise ConfigError(f"prosqa: --nodes-sd {nodes_sd:g} exceeds {LEXICON_NODES}: the lexicon names at most "
+                              f"{LEXICON_NODES} nodes, so wider spreads only draw graphs that cannot be used")
         if nodes > LEXICON_NODES:  # known before drawing anything: refuse at once, not after minutes
             raise ConfigError(f"prosqa: --nodes {nodes:g} exceeds the official lexicon: a graph names at most "
                               f"{LEXICON_NODES} nodes ({len(PROSQA_NAMES)} names, {len(PROSQA_CONCEPTS)} concepts)")
