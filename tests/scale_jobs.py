@@ -68,12 +68,13 @@ def random_vqvae(directory: Path, data: Path) -> Path:
     from token_assorted.vqvae.config import VQVAEConfig
     from token_assorted.vqvae.model import VQVAE
     from token_assorted.vqvae.store import save_vqvae
+    from token_assorted.vqvae.tokens import TextVocab
 
     tokenizer = load_tokenizer(data / "tokenizer")
     torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id, chunk_size=4, compression=4,
-                              codebook_size=16, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
-                              prompt_layers=0, codebook_dim=8, max_prompt_len=32))
+    model = VQVAE(VQVAEConfig(chunk_size=4, compression=4, codebook_size=16, d_model=32, heads=2, encoder_layers=1,
+                              decoder_layers=1, prompt_layers=0, codebook_dim=8, max_prompt_len=32),
+                  TextVocab(len(tokenizer), tokenizer.pad_token_id))
     with torch.no_grad():  # the codebook is initialised lazily from the first batch: give it random codes now
         for module in model.modules():
             if hasattr(module, "initted") and hasattr(module, "embed"):
