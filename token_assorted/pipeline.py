@@ -29,7 +29,7 @@ from .stages import (StageResult, codes_stage, data_stage, eval_stage, method_di
 
 DISPLAY_NAMES = {"sol-only": "Sol-Only", "cot": "CoT", "token-assorted": "Token Assorted",
                  "all-replace": "All-Replace", "curriculum": "Curriculum-Replace", "poisson": "Poisson-Replace",
-                 "pause": "Pause", "coconut": "Coconut", "icot": "iCoT"}
+                 "pause": "TA-Pause", "coconut": "Coconut", "icot": "iCoT", "coconut-pause": "Coconut-Pause"}
 
 
 # --------------------------------------------------------------------------- the job
@@ -124,7 +124,9 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
     details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs],
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
-    extras = {DISPLAY_NAMES.get(m, m): summarize(per_seed) for m, per_seed in probes.items()}
+    extras = {DISPLAY_NAMES.get(m, m): {"checkpoint": kept_checkpoint(rs)} for m, rs in runs.items()}
+    for m, per_seed in probes.items():
+        extras[DISPLAY_NAMES.get(m, m)].update(summarize(per_seed))
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
@@ -154,9 +156,36 @@ def _learning_curves(out: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[s
 def _run_details(summary: dict[str, Any]) -> dict[str, Any]:
     keep = ("accuracy", "avg_generated_tokens", "avg_latent_tokens", "avg_text_tokens", "latent_span_share",
             "seconds_per_example", "tokens_per_second", "sampled_accuracy", "details", "model")
-    meta = Path(str(summary.get("model"))) / MODEL_META  # the training cost, beside the model
-    cost = read_json(meta).get("train_seconds_per_step") if meta.is_file() else None
-    return {**{k: summary.get(k) for k in keep}, "train_seconds_per_step": cost}
+    meta = _model_meta(summary)  # the training cost and the kept checkpoint, beside the model
+    return {**{k: summary.get(k) for k in keep}, "train_seconds_per_step": meta.get("train_seconds_per_step"),
+            "checkpoint": meta.get("checkpoint")}
+
+
+def _model_meta(summary: dict[str, Any]) -> dict[str, Any]:
+    path = Path(str(summary.get("model"))) / MODEL_META
+    return read_json(path) if path.is_file() else {}
+
+
+def _checkpoint_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """A model's checkpoint record; a model saved before it was recorded: its best epoch, final only
+    for a one-phase method."""
+    if isinstance(meta.get("checkpoint"), dict):
+        return meta["checkpoint"]
+    staged = meta.get("strategy") in ("curriculum", "coconut", "icot", "coconut-pause")
+    return {"epoch": meta.get("best_epoch"), "stage": None, "final_stage": not staged}
+
+
+def kept_checkpoint(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json's `checkpoint` of a method: the kept model's epoch (1-based), stage (None without
+    stages) and whether it is of the final stage; with several seeds, epoch and stage are lists in seed
+    order and final_stage says whether every seed's is."""
+    records = [_checkpoint_of(_model_meta(s)) for s in summaries]
+    epochs = [r.get("epoch") for r in records]
+    stages = [r.get("stage") for r in records]
+    final = all(bool(r.get("final_stage", True)) for r in records)
+    if len(records) == 1:
+        return {"epoch": epochs[0], "stage": stages[0], "final_stage": final}
+    return {"epoch": epochs, "stage": stages, "final_stage": final}
 
 
 def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | None,

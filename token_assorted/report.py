@@ -8,7 +8,10 @@ results.json has one fixed schema (checked by `validate_results`):
 deviation across seeds (0 for one seed). A method whose model writes latent codes also has
 the optional probe fields (`probes.py`): `interventions` {mode: accuracy}, `latent_reliance`
 (accuracy with its own codes − with random codes) and `dial` [{"k", "accuracy",
-"avg_generated_tokens", "avg_latent_tokens"}], k an integer or "all".
+"avg_generated_tokens", "avg_latent_tokens"}], k an integer or "all". Every method of a run has
+`checkpoint` {"epoch", "stage", "final_stage"}: the kept model's epoch (1-based), its curriculum
+stage (null for a method without stages) and whether that is the method's final stage; with
+several seeds epoch and stage are lists in seed order and final_stage holds for all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .claims import ClaimThresholds, check_claims, claims_section
+from .claims import PAUSE_NAME, ClaimThresholds, check_claims, claims_section
 from .environment import describe
 from .errors import DataError
 from .io import atomic_open, atomic_write_json, atomic_write_text
@@ -29,7 +32,9 @@ METHOD_FIELDS: dict[str, type] = {
     "name": str, "accuracy": float, "avg_generated_tokens": float, "avg_latent_tokens": float,
     "seconds_per_example": float, "n": int, "seeds": int, "accuracy_std": float,
 }
-OPTIONAL_METHOD_FIELDS: dict[str, type] = {"interventions": dict, "latent_reliance": float, "dial": list}
+OPTIONAL_METHOD_FIELDS: dict[str, type] = {"interventions": dict, "latent_reliance": float, "dial": list,
+                                            "checkpoint": dict}
+CHECKPOINT_FIELDS = ("epoch", "stage", "final_stage")
 DIAL_POINT_FIELDS = ("k", "accuracy", "avg_generated_tokens", "avg_latent_tokens")
 # interventions.INTERVENTIONS and THOUGHT_INTERVENTIONS (Coconut's), without importing torch
 INTERVENTION_MODES = ("none", "random", "shuffle", "constant", "noise", "zero")
@@ -115,6 +120,8 @@ def validate_results(data: Any, source: str = "results.json") -> None:
             if key in method:
                 _check_type(source, f"{where}.{key}", method[key], kind)
         _check_probe_fields(source, where, method)
+        if "checkpoint" in method:
+            _check_checkpoint(source, f"{where}.checkpoint", method["checkpoint"])
     if set(data["vqvae"]) != set(VQVAE_FIELDS):
         raise DataError(source, f"keys must be exactly {list(VQVAE_FIELDS)}", field="vqvae")
     for key in VQVAE_FIELDS:
@@ -137,6 +144,18 @@ def _check_probe_fields(source: str, where: str, method: dict[str, Any]) -> None
             raise DataError(source, f"expected an integer >= 0 or 'all', got {k!r}", field=f"{at}.k")
         for key in DIAL_POINT_FIELDS[1:]:
             _check_type(source, f"{at}.{key}", point[key], float)
+
+
+def _check_checkpoint(source: str, where: str, record: dict[str, Any]) -> None:
+    if set(record) != set(CHECKPOINT_FIELDS):
+        raise DataError(source, f"keys must be exactly {list(CHECKPOINT_FIELDS)}", field=where)
+    if not isinstance(record["final_stage"], bool):
+        raise DataError(source, f"expected true or false, got {record['final_stage']!r}", field=f"{where}.final_stage")
+    for key in ("epoch", "stage"):
+        values = record[key] if isinstance(record[key], list) else [record[key]]
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in values):
+            raise DataError(source, f"expected an integer >= 0, null or a list of them, got {record[key]!r}",
+                            field=f"{where}.{key}")
 
 
 def _summaries(results: dict[str, Any]) -> list[MethodSummary]:
@@ -216,15 +235,15 @@ def _pct(value: float | None) -> str:
 def reliance_section(results: dict[str, Any]) -> list[str]:
     """"Do the latent tokens carry the reasoning?": interventions, reliance and the pause control."""
     probed = [m for m in results["methods"] if "interventions" in m and "noise" not in m["interventions"]]
-    pause = next((m for m in results["methods"] if m["name"] == "Pause"), None)
+    pause = next((m for m in results["methods"] if m["name"] == PAUSE_NAME), None)
     if not probed and pause is None:
         return thought_section(results)
     lines = ["## Do the latent tokens carry the reasoning?", "",
              "Each latent code a model writes is replaced as it is written, and generation goes on from the "
              "replacement: *random* a uniform code, *shuffle* the code another question wrote at the same "
              "position, *constant* one fixed code. Latent reliance = accuracy as trained − accuracy with "
-             "random codes. Pause is trained like Token Assorted, with a content-free `<pause>` token in "
-             "place of every code.", "",
+             "random codes. TA-Pause is trained like Token Assorted (the same m draws and positions), with a "
+             "content-free `<pause>` token in place of every code.", "",
              "| method | as trained (%) | random (%) | shuffle (%) | constant (%) | reliance (points) |",
              "|---|---|---|---|---|---|"]
     for m in probed + ([pause] if pause else []):
@@ -257,7 +276,7 @@ def thought_section(results: dict[str, Any]) -> list[str]:
 def verdict(method: dict[str, Any] | None, pause: dict[str, Any] | None) -> str:
     """What the interventions say, in one plain sentence (with the noise of n questions)."""
     if method is None or "random" not in method.get("interventions", {}):
-        return f"Pause: {_pct(pause['accuracy'])} % with content-free latent tokens." if pause else ""
+        return f"TA-Pause: {_pct(pause['accuracy'])} % with content-free latent tokens." if pause else ""
     trained, randomised = method["accuracy"], method["interventions"]["random"]
     # Two standard errors of a difference of two accuracies on n questions (taken as unpaired: the
     # two runs answer the same questions, so this usually overstates the noise a little).
@@ -346,6 +365,27 @@ def training_cost_section(results: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def checkpoint_section(results: dict[str, Any]) -> list[str]:
+    """Which model each method kept: a curriculum keeps only models of its final stage."""
+    kept = [m for m in results["methods"] if "checkpoint" in m]
+    if not kept:
+        return []
+    lines = ["## Kept checkpoints", "",
+             "The model each method was scored with: the best validation epoch among those of its final stage "
+             "(curricula: Curriculum-Replace, Coconut, Coconut-Pause, iCoT; the others have one stage).", "",
+             "| method | epoch | stage | final stage |", "|---|---|---|---|"]
+
+    def cell(value: Any) -> str:
+        values = value if isinstance(value, list) else [value]
+        return " / ".join("–" if v is None else str(v) for v in values)
+
+    for m in kept:
+        record = m["checkpoint"]
+        lines.append(f"| {m['name']} | {cell(record['epoch'])} | {cell(record['stage'])} | "
+                     f"{'yes' if record['final_stage'] else '**no**'} |")
+    return lines + [""]
+
+
 def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: Sequence[str],
                     timings: dict[str, float] | None = None,
                     curves: dict[str, list[dict[str, Any]]] | None = None) -> str:
@@ -368,6 +408,7 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
         lines += ["## Learning curves", "",
                   "Greedy accuracy on the valid split after each epoch / average generated tokens there "
                   "(the best epoch is the model evaluated above).", "", learning_curve_table(curves), ""]
+    lines += checkpoint_section(results)
     if timings:
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]

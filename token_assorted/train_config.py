@@ -30,7 +30,7 @@ class TrainConfig:
     data: str = ""  # training examples (JSONL / JSON list)
     out: str = ""  # output model directory
     valid: str | None = None  # validation examples: greedy accuracy every epoch, best kept
-    strategy: str = "token-assorted"  # a chunk strategy (token-assorted, cot, sol-only, ...), coconut or icot
+    strategy: str = "token-assorted"  # a chunk strategy (token-assorted, cot, ...), coconut, icot or coconut-pause
     vqvae: str | None = None  # stage-1 folder: its tokenizer and codebook, the codes computed in memory
     codes: str | None = None  # instead of vqvae: a codes file (`vqvae encode`, latents.py)
     model: str = "tiny"  # tiny | small | base | gpt2 | gpt2-tiny | a local HF model dir | FILE.gguf
@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate (AdamW)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: a number of steps
+    lr_schedule: str = "auto"  # auto | reference | final-cosine | cosine | constant (methods.LR_SCHEDULES)
     max_grad_norm: float = 1.0  # gradient-norm clipping (0: none)
     max_length: int = 512  # longer examples are skipped (with a count)
     group_by_length: bool = False  # batches of similar lengths: less padding (train.group_by_length)
@@ -53,11 +54,12 @@ class TrainConfig:
     curriculum_max_chunks: int | None = None  # curriculum: cap on replaced chunks (None: whole trace)
     coconut_thoughts_per_step: int = 1  # coconut: c, continuous thoughts per replaced step (paper: 2 for math)
     coconut_stages: int | None = None  # coconut: last stage S (None: the most steps of a training trace)
-    coconut_epochs_per_stage: int = 1  # coconut: epochs of each stage 1 … S
-    coconut_cot_epochs: int | None = None  # coconut: epochs of stage 0, plain CoT (None: coconut_epochs_per_stage)
-    icot_tokens_per_epoch: int = 8  # icot: leading trace tokens removed per epoch (Deng et al.: 8)
-    icot_smoothing_lambda: float | None = 4.0  # icot: P(o extra removed) ∝ exp(-λ o); None: no smoothing
-    icot_final_epochs: int = 1  # icot: the last epochs train with the whole trace removed
+    coconut_epochs_per_stage: float = 1.0  # coconut: epochs of each stage 1 … S (a fraction: in steps)
+    coconut_cot_epochs: float | None = None  # coconut: epochs of stage 0, plain CoT (None: coconut_epochs_per_stage)
+    icot_tokens_per_epoch: float = 8.0  # icot: trace tokens removed per epoch, one at a time (Deng et al.: 8)
+    icot_smoothing_lambda: float | None = 4.0  # icot: P(o extra removed) ∝ exp(-λ o), count 0 too; None: none
+    icot_remove_all_beyond: int | None = None  # icot: a scheduled count >= this removes the whole trace
+    icot_final_epochs: int = 0  # icot: the run's last epochs train with the whole trace removed (not iCoT's own)
     seed: int = 0  # random seed (data order, m draws, initialisation)
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
@@ -78,21 +80,26 @@ class TrainConfig:
         "curriculum_max_chunks": at_least(0), "eval_batch_size": at_least(1), "eval_limit": at_least(1),
         "max_new_tokens": at_least(1), "save_every": at_least(0), "max_steps": at_least(1), "log_every": at_least(0),
         "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
-        "coconut_epochs_per_stage": at_least(1),
-        "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": at_least(1), "icot_smoothing_lambda": above(0),
-        "icot_final_epochs": at_least(0)}
+        "coconut_epochs_per_stage": above(0),
+        "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": above(0), "icot_smoothing_lambda": above(0),
+        "icot_remove_all_beyond": at_least(1), "icot_final_epochs": at_least(0)}
 
 
 def method_for(config: TrainConfig) -> Method:
-    """The method of `config.strategy`: a chunk strategy of mixing.py, Coconut or iCoT (each in its
-    own module, subclassing methods.Method)."""
+    """The method of `config.strategy`: a chunk strategy of mixing.py (Curriculum-Replace with its
+    stages), Coconut, Coconut's pause control or iCoT (each in its own module, subclassing methods.Method)."""
     from .coconut import Coconut
+    from .coconut_pause import CoconutPause
     from .icot import StepwiseInternalization
-    from .methods import METHOD_NAMES, Method
+    from .methods import LR_SCHEDULES, METHOD_NAMES, CurriculumReplace, Method
 
     if config.strategy not in METHOD_NAMES:
         raise ConfigError(f"unknown strategy {config.strategy!r}; choose one of: {', '.join(METHOD_NAMES)}")
-    return {"coconut": Coconut, "icot": StepwiseInternalization}.get(config.strategy, Method)(config)
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
+    methods = {"coconut": Coconut, "coconut-pause": CoconutPause, "icot": StepwiseInternalization,
+               "curriculum": CurriculumReplace}
+    return methods.get(config.strategy, Method)(config)
 
 
 def check_config(config: TrainConfig, source: str = "train", prefix: str = "", have_latents: bool = False) -> None:
