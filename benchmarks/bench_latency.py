@@ -33,9 +33,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     import torch
 
-    from token_assorted.eval_config import EvalConfig
-    from token_assorted.evaluate import evaluate
-    from token_assorted.model_dir import load_model_dir, resolve_task
+    from token_assorted.generation.config import EvalConfig
+    from token_assorted.generation.scoring import evaluate
+    from token_assorted.lm.model_dir import load_model_dir, resolve_task
 
     args = parse_args()
     torch.set_num_threads(args.threads)

@@ -25,9 +25,9 @@ VARIANTS = ("full", "lora")
 def child(variant: str, steps: int, length: int, r: int) -> dict:
     import torch
 
-    from token_assorted.lora import LoraSettings, apply_lora, trainable_count
-    from token_assorted.models import add_latent_vocabulary
-    from token_assorted.pretrained import load_pretrained_lm
+    from token_assorted.lm.lora import LoraSettings, apply_lora, trainable_count
+    from token_assorted.lm.models import add_latent_vocabulary
+    from token_assorted.lm.pretrained import load_pretrained_lm
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -22,16 +22,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import stage2_toy  # noqa: E402
-from token_assorted.mixing import make_strategy  # noqa: E402
-from token_assorted.train_config import TrainConfig  # noqa: E402
-from token_assorted.train_setup import setup  # noqa: E402
+
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.mixing import make_strategy
+from token_assorted.lm.setup import setup
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="scratch-tiny")
     args = parser.parse_args()
     torch.set_num_threads(1)
     stage2_toy.register()

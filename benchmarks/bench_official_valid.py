@@ -4,7 +4,7 @@
     python benchmarks/bench_official_valid.py prontoqa --steps 3000 --out /tmp/ov-prontoqa
 
 Generates an official-size training set (and a small valid split for per-epoch model
-selection) with the project's own generator, then runs `token-assorted run --preset paper`
+selection) with the project's own generator, then runs `token-assorted run --preset prosqa-scratch-small`
 with the official valid file (../shared/data, or $TOKEN_ASSORTED_SHARED/data) as the test
 split. The models are CPU-sized (`--model`, default the tiny Llama) and training stops after
 `--steps` optimizer steps (the cosine schedule is fitted to that budget), so the result says
@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 OFFICIAL_VALID = {"prosqa": ("prosqa", "prosqa_valid.json"), "prontoqa": ("prontoqa", "prontoqa_valid.json")}
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="work and run directory")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per method")
     parser.add_argument("--vqvae-steps", type=int, default=300)
-    parser.add_argument("--model", default="tiny", help="model preset (token_assorted.models.PRESETS)")
+    parser.add_argument("--model", default="scratch-tiny", help="model preset (token_assorted.lm.models.PRESETS)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--valid", type=int, default=100, help="generated valid examples (model selection)")
@@ -85,7 +85,7 @@ def main() -> None:
     }
     if args.codes == "nearest":  # the paper preset trains with codes by search since 2026-11-28
         overrides.update({"vqvae.assignment": "nearest", "vqvae.copy_prefix": False, "vqvae.search_rerank": 0})
-    command = [sys.executable, "-m", "token_assorted", "run", "--preset", "paper", "--task", args.task,
+    command = [sys.executable, "-m", "token_assorted", "run", "--preset", "prosqa-scratch-small", "--task", args.task,
                "--out", str(args.out / "run"), "--train", str(train_file), "--valid", str(valid_file),
                "--test", str(test_file)]
     for key, value in overrides.items():

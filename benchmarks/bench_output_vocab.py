@@ -21,8 +21,8 @@ import time
 import torch
 from bench_vqvae import SHARED, smollm2_gguf  # same folder: benchmarks/ is on sys.path
 
-from token_assorted.tasks import get_task
-from token_assorted.pretrained import resolve_tokenizer
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import resolve_tokenizer
 from token_assorted.vqvae import VQVAE, VQVAEConfig
 from token_assorted.vqvae.chunks import chunk_examples, collate
 

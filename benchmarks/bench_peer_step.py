@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.preset import load_preset, train_settings
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
-from token_assorted.train_config import TrainConfig
-from token_assorted.train_setup import setup
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.setup import setup
+from token_assorted.pipeline.preset import load_preset, train_settings
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def build(work: Path, questions: int) -> Path:
 def serve_all(model: Path, questions: list[str], work: Path) -> tuple[list[str], float]:
     from test_serve import Server, post
 
-    from token_assorted.serving import model_completion_prompt
+    from token_assorted.evaluation.serving import model_completion_prompt
 
     server = Server(model, work / "serve.log")
     try:
@@ -74,8 +74,8 @@ def main() -> None:
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     model = build(args.work, args.questions)
-    from token_assorted.model_dir import read_model_meta
-    from token_assorted.tasks import get_task
+    from token_assorted.data.tasks import get_task
+    from token_assorted.lm.model_dir import read_model_meta
 
     meta = read_model_meta(model)
     task = get_task("qa", **meta["task_options"])

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
 from token_assorted.vqvae import VQVAETrainConfig, train_vqvae
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

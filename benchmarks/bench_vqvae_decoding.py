@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from token_assorted.tasks import get_task
+from token_assorted.data.tasks import get_task
 from token_assorted.vqvae import evaluate_reconstruction, load_vqvae
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

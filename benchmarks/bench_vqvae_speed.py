@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 import token_assorted
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task
-from token_assorted.tasks.base import Task
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tasks.base import Task
 from token_assorted.vqvae import LoadedVQVAE, encode_examples, load_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 

@@ -29,9 +29,9 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import build_word_tokenizer
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import build_word_tokenizer
 
 SHARED = Path(os.environ.get("TOKEN_ASSORTED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 MAX_PATHS = 200_000  # a guard: official graphs have far fewer paths from the root

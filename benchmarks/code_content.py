@@ -29,7 +29,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from bench_vqvae import SHARED  # same folder: benchmarks/ is on sys.path
 
-from token_assorted.tasks import get_task
+from token_assorted.data.tasks import get_task
 from token_assorted.vqvae import encode_examples, load_vqvae
 
 

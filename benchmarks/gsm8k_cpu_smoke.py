@@ -41,8 +41,8 @@ def parse_args() -> argparse.Namespace:
 
 def measure_loading() -> dict:
     """Seconds to load SmolLM2 from the GGUF, extend its vocabulary by K = 1024, and run one step."""
-    from token_assorted.models import add_latent_vocabulary
-    from token_assorted.pretrained import load_pretrained_lm
+    from token_assorted.lm.models import add_latent_vocabulary
+    from token_assorted.lm.pretrained import load_pretrained_lm
 
     started = time.perf_counter()
     model, tokenizer = load_pretrained_lm("smollm2-135m")
@@ -80,11 +80,11 @@ def vqvae_losses(out: Path) -> list[dict]:
 
 def main() -> int:
     args = parse_args()
-    from token_assorted.errors import CheckpointError
-    from token_assorted.config import parse_overrides
-    from token_assorted.pipeline import run_pipeline
-    from token_assorted.preset import load_preset
-    from token_assorted.pretrained import smollm2_gguf_path
+    from token_assorted.core.config import parse_overrides
+    from token_assorted.core.errors import CheckpointError
+    from token_assorted.core.model_source import smollm2_gguf_path
+    from token_assorted.pipeline.preset import load_preset
+    from token_assorted.pipeline.run import run_pipeline
 
     for path in (args.train_file, args.test_file):
         if not path.is_file():

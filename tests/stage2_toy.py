@@ -11,11 +11,11 @@ import random
 import sys
 from pathlib import Path
 
-from token_assorted.encoding import encode_example
-from token_assorted.io import atomic_write_json
-from token_assorted.schema import Example, save_examples
-from token_assorted.tasks.base import Task
-from token_assorted.tokenizer import build_task_tokenizer
+from token_assorted.core.io import atomic_write_json
+from token_assorted.data.encoding import encode_example
+from token_assorted.data.schema import Example, save_examples
+from token_assorted.data.tasks.base import Task
+from token_assorted.data.tokenizer import build_task_tokenizer
 
 LETTERS = "a b c d e f g h".split()
 
@@ -40,7 +40,7 @@ class ToyTask(Task):
 
 def register() -> None:
     """Make `get_task("toy")` work in this process."""
-    from token_assorted.tasks import register_task
+    from token_assorted.data.tasks import register_task
 
     sys.path.insert(0, str(Path(__file__).parent))
     register_task("toy", "stage2_toy:ToyTask")

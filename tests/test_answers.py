@@ -8,8 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_assorted.answers import (answers_match, extract_answer, last_boxed, normalize_answer, numbers_equal,
-                                    parse_number)
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tasks.answers import (
+    answers_match,
+    check_math_answer,
+    extract_answer,
+    last_boxed,
+    normalize_answer,
+    numbers_equal,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -98,3 +107,35 @@ def test_huge_numbers_do_not_raise():
     assert extract_answer(f"#### {big}") == big
     assert answers_match(big, big)  # compared as text when too long for a number
     assert not numbers_equal(big, "1")
+
+
+# --------------------------------------------------------------------------- MATH-style answers: math-verify
+@pytest.mark.parametrize("predicted, gold", [
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"), ("\\sqrt{3}/2", "\\frac{\\sqrt3}{2}"),  # fractions and roots
+    ("(0,1]", "(0, 1]"), ("\\{2, 1\\}", "\\{1,2\\}"),  # an interval, a set in another order
+    ("y = 1 + 2x", "y=2x+1"), ("2 \\pi", "2\\pi"), ("6.283185307", "2\\pi"),  # an equation, pi
+    ("5\\sqrt{2}", "5\\sqrt{2}\\text{ cm}"), ("5\\sqrt2 \\mbox{ inches}", "5\\sqrt{2}"),  # units
+    ("\\frac{1}{2}", "\\dfrac12"), ("x \\in [1, \\infty)", "[1,\\infty)"),
+])
+def test_math_verify_accepts_equivalent_answers(predicted, gold):
+    assert check_math_answer(predicted, gold) == (True, "math-verify")
+
+
+@pytest.mark.parametrize("predicted, gold", [
+    ("[0,1]", "(0, 1]"), ("\\{1,3\\}", "\\{1,2\\}"), ("y=2x-1", "y=2x+1"), ("6.28", "2\\pi"),
+    ("3", "\\frac{\\sqrt3}{2}"), ("\\sqrt{2}", "\\frac{\\sqrt3}{2}"), ("4\\sqrt2", "5\\sqrt{2}\\text{ cm}"),
+    (None, "2\\pi"), ("x" * 5000, "2\\pi"),
+])
+def test_math_verify_refuses_different_answers(predicted, gold):
+    assert check_math_answer(predicted, gold) == (False, "math-verify")
+
+
+def test_a_number_is_checked_numerically_and_the_rule_says_so():
+    assert check_math_answer("1,000", "1000") == (True, "numeric")
+    assert check_math_answer("1000000001", "1000000000") == (False, "numeric")  # integers are exact
+    assert check_math_answer("10", "10\\text{ cm}") == (True, "numeric")  # one number with a unit
+    task = get_task("gsm8k")
+    gsm8k, math = Example("q", ["s"], "18"), Example("q", ["s"], "\\frac{\\sqrt3}{2}")
+    assert [task.answer_rule_of(e) for e in (gsm8k, math)] == ["numeric", "math-verify"]
+    assert task.verify(math, "so $\\boxed{\\frac{\\sqrt{3}}{2}}$").correct
+    assert not task.verify(math, "### \\frac{\\sqrt{2}}{2}").correct

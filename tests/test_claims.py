@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from token_assorted.claims import ClaimThresholds, check_claims, claims_lines, claims_section
-from token_assorted.config import from_mapping
-from token_assorted.errors import ConfigError
+from token_assorted.core.config import from_mapping
+from token_assorted.core.errors import ConfigError
+from token_assorted.evaluation.claims import ClaimThresholds, check_claims, claims_lines, claims_section
 
 
 def method(name: str, accuracy: float, tokens: float, **extra) -> dict:

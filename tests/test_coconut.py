@@ -5,25 +5,33 @@ thoughts."""
 from __future__ import annotations
 
 import json
+
 import pytest
+import stage2_toy
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-import stage2_toy
 from token_assorted.cli import main
-from token_assorted.coconut import (CoconutForward, StageSchedule, add_thought_tokens, collate_stage, encode_steps,
-                                    stage_sequence, think)
-from token_assorted.errors import ConfigError
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import evaluate_dir
-from token_assorted.model_dir import load_model_dir
-from token_assorted.models import build_scratch_model
-from token_assorted.schema import Example
-from token_assorted.thoughts import generate_thoughts, intervention, noise_direction
-from token_assorted.tokenizer import load_tokenizer
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.schema import Example
+from token_assorted.data.tokenizer import load_tokenizer
+from token_assorted.evaluation.evaluate import evaluate_dir
+from token_assorted.generation.config import EvalConfig, GenerationConfig
+from token_assorted.generation.thoughts import generate_thoughts, intervention, noise_direction
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.methods.coconut import (
+    CoconutForward,
+    StageSchedule,
+    add_thought_tokens,
+    collate_stage,
+    encode_steps,
+    stage_sequence,
+    think,
+)
+from token_assorted.lm.model_dir import load_model_dir
+from token_assorted.lm.models import build_scratch_model
+from token_assorted.lm.train import train_lm
 
 stage2_toy.register()
 TASK = stage2_toy.ToyTask()
@@ -54,7 +62,7 @@ def config(data, out, **overrides) -> TrainConfig:
 def trained(data, tmp_path_factory):
     """A toy Coconut model trained through its curriculum (CoT, stages 1-3, then every step replaced)."""
     out = tmp_path_factory.mktemp("coconut") / "model"
-    return train_lm(config(data, out, valid=str(data["valid"]), eval_limit=4))
+    return train_lm(config(data, out, valid=str(data["valid"]), validation=GenerationConfig(limit=4)))
 
 
 # --------------------------------------------------------------------------- sequences
@@ -140,7 +148,7 @@ def _naive_thoughts_and_loss(lm, sequence, n_thoughts):
     return thoughts, loss_sum, sum(label != -100 for label in sequence.labels)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "gpt2-tiny"])  # rotary (Llama) and learned positions (GPT-2)
+@pytest.mark.parametrize("preset", ["scratch-tiny", "scratch-gpt2-tiny"])  # rotary (Llama) and learned positions (GPT-2)
 def test_a_thought_is_the_previous_last_hidden_state_and_the_cached_loss_is_the_naive_one(tokenizer, preset):
     vocab = add_thought_tokens(tokenizer)
     lm = build_scratch_model(preset, tokenizer, 128, seed=0)
@@ -169,7 +177,7 @@ def test_a_thought_is_the_previous_last_hidden_state_and_the_cached_loss_is_the_
 def test_thoughts_carry_gradient_to_the_prompt(tokenizer):
     # With every step replaced the loss can reach the prompt's positions only through the thoughts' chain.
     vocab = add_thought_tokens(tokenizer)
-    lm = build_scratch_model("tiny", tokenizer, 64, seed=1)
+    lm = build_scratch_model("scratch-tiny", tokenizer, 64, seed=1)
     lm.resize_token_embeddings(len(tokenizer))
     sequence = stage_sequence(encode_steps(tokenizer, TASK, Example("reverse a b", ["take b", "take a"], "b a")),
                               2, StageSchedule(1, 2, 1, 0), vocab)
@@ -283,7 +291,7 @@ def test_the_dial_gives_k_steps_of_thoughts_up_to_the_trained_stages(trained, da
 
 
 def test_lora_trains_coconut_and_saves_a_merged_model(data, tmp_path):
-    from token_assorted.lora import LoraSettings
+    from token_assorted.lm.lora import LoraSettings
 
     out = train_lm(config(data, tmp_path / "lora", epochs=1, coconut_cot_epochs=0, coconut_stages=1,
                           coconut_epochs_per_stage=0.5, lora=LoraSettings(r=4)))
@@ -303,8 +311,8 @@ def load_file_keys(model_dir):
 @pytest.mark.parametrize("strategy", ["coconut", "icot"])
 def test_every_generated_task_trains_and_answers(task, strategy, tmp_path):
     """A few steps on each task's generated data: its steps, traces and verifier work with both methods."""
-    from token_assorted.schema import save_examples
-    from token_assorted.tasks import get_task
+    from token_assorted.data.schema import save_examples
+    from token_assorted.data.tasks import get_task
 
     examples = get_task(task).generate(12, 0)
     save_examples(tmp_path / "train.jsonl", examples[:8])

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from token_assorted.config import from_mapping
-from token_assorted.errors import ConfigError, DataError
-from token_assorted.io import atomic_open, atomic_write_text, read_records
-from token_assorted.schema import Example, load_examples, save_examples
-from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
+from token_assorted.core.config import from_mapping
+from token_assorted.core.errors import ConfigError, DataError
+from token_assorted.core.io import atomic_open, atomic_write_text, read_records
+from token_assorted.data.latent_tokens import add_latent_tokens
+from token_assorted.data.schema import Example, load_examples, save_examples
+from token_assorted.data.tokenizer import build_word_tokenizer
 
 
 def test_atomic_write_leaves_previous_file_when_interrupted(tmp_path):

@@ -36,7 +36,7 @@ def test_generate_passes_task_options(tmp_path: Path) -> None:
 
 
 def test_generate_keys_maze_when_available(tmp_path: Path) -> None:
-    from token_assorted.tasks import Task, get_task
+    from token_assorted.data.tasks import Task, get_task
 
     try:
         task = get_task("keys-maze")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from token_assorted.cli import main
-from token_assorted.tasks import TASK_NAMES, get_task
+from token_assorted.data.tasks import TASK_NAMES, get_task
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -110,8 +110,8 @@ def toy(tmp_path_factory) -> dict[str, Path]:
 
 
 def _train_lm(toy: dict[str, Path], out: Path, seed: int) -> Path:
-    from token_assorted.train import train_lm
-    from token_assorted.train_config import TrainConfig
+    from token_assorted.lm.config import TrainConfig
+    from token_assorted.lm.train import train_lm
 
     # token-assorted mixing draws m per example from the seed: the random path is exercised.
     config = TrainConfig(task="toy", data=str(toy["train"]), codes=str(toy["codes"]), out=str(out),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from token_assorted.devices import autocast, resolve_device, uses_bf16
-from token_assorted.errors import ConfigError
+from token_assorted.core.devices import autocast, resolve_device, uses_bf16
+from token_assorted.core.errors import ConfigError
 
 
 def test_auto_is_the_gpu_when_there_is_one(monkeypatch):

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import torch
+from stage2_toy import ToyTask
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stage2_toy import ToyTask
-from token_assorted.encoding import encode_example
-from token_assorted.errors import ConfigError
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import evaluate, evaluate_dir, predictions_path, save_result, text_ids
-from token_assorted.model_dir import load_model_dir
-from token_assorted.schema import Example
-from token_assorted.tasks import Task
-from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
-
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.encoding import encode_example
+from token_assorted.data.latent_tokens import add_latent_tokens
+from token_assorted.data.schema import Example
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.evaluation.evaluate import evaluate_dir, predictions_path, save_result
+from token_assorted.generation.config import EvalConfig
+from token_assorted.generation.scoring import evaluate, text_ids
+from token_assorted.lm.model_dir import load_model_dir
 
 EXAMPLES = [
     Example("Is Tom a wumpus or a yumpus ?", ["Tom is a wumpus ."], "Tom is a wumpus ."),

@@ -9,10 +9,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from token_assorted.cli import main
-from token_assorted.explain import Explainer, explain_ids, render, split_spans
-from token_assorted.schema import save_examples
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import LatentVocab, add_latent_tokens, build_word_tokenizer
+from token_assorted.data.latent_tokens import LatentVocab, add_latent_tokens
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import build_word_tokenizer, load_tokenizer
+from token_assorted.evaluation.explain import Explainer, explain_ids, render, split_spans
 
 VOCAB = LatentVocab(codebook_size=4, begin_id=10, end_id=11, first_code_id=12)  # codes 12..15
 
@@ -50,7 +51,7 @@ def test_explain_marks_each_span_with_its_decoded_text():
 @pytest.fixture(scope="module")
 def vqvae_and_model(tmp_path_factory):
     """A few-step VQ-VAE on generated ProsQA and a random LM over its tokenizer plus latents."""
-    from token_assorted.schema import save_examples
+    from token_assorted.data.schema import save_examples
     from token_assorted.vqvae import VQVAETrainConfig, load_vqvae, train_vqvae
 
     root = tmp_path_factory.mktemp("explain")
@@ -81,7 +82,7 @@ def vqvae_and_model(tmp_path_factory):
 
 
 def test_explain_decodes_a_known_code_sequence_with_the_vqvae(vqvae_and_model):
-    from token_assorted.encoding import encode_prompt
+    from token_assorted.data.encoding import encode_prompt
     from token_assorted.vqvae import decode_codes, encode_examples
 
     loaded, model_dir, examples = vqvae_and_model
@@ -105,11 +106,16 @@ def test_explain_cli_on_a_question_and_on_predictions(vqvae_and_model, tmp_path,
     out = capsys.readouterr().out
     assert "raw:" in out and "explained:" in out
     preds = tmp_path / "p.predictions.jsonl"
-    preds.write_text(json.dumps({"index": 0, "question": examples[0].question, "correct": False,
-                                 "generated": "<boLatent><latent_2><latent_5><eoLatent> ### x"}) + "\n")
+    generated = "<boLatent><latent_2><latent_5><eoLatent> ### x"
+    ids = load_tokenizer(model_dir)(generated, add_special_tokens=False)["input_ids"]
+    line = {"index": 0, "question": examples[0].question, "correct": False, "generated": generated}
+    preds.write_text(json.dumps({**line, "generated_ids": ids}) + "\n")
     assert main(["explain", "--model", str(model_dir), "--predictions", str(preds), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["spans"][0]["codes"] == [2, 5] and record["spans"][0]["decoded"] is not None
+    preds.write_text(json.dumps(line) + "\n")  # no token ids: not a predictions file of this version's eval
+    assert main(["explain", "--model", str(model_dir), "--predictions", str(preds)]) == 2
+    assert "generated_ids" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"index": 0}) + "\n")
     assert main(["explain", "--model", str(model_dir), "--predictions", str(bad)]) == 2

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import shared_file
-from token_assorted.errors import DataError
-from token_assorted.io import read_records
-from token_assorted.tasks.gsm8k import GSM8K, solution_steps
+
+from token_assorted.core.errors import DataError
+from token_assorted.core.io import read_records
+from token_assorted.data.tasks.gsm8k import GSM8K, solution_steps
 
 TASK = GSM8K()
 ORIGINAL = {"question": "Natalia sold clips to 48 friends in April, and half as many in May. How many in all?",
@@ -122,3 +122,20 @@ def test_official_gsm8k_test_split_verifies_against_itself():
         assert TASK.verify(example, record["answer"]).correct, record["answer"]
         assert TASK.verify(example, TASK.trace_text(example) + TASK.solution_text(example)).correct
         assert "<<" not in TASK.trace_text(example)
+
+
+def test_math_style_tables_load_and_are_checked_by_math_verify(tmp_path):
+    """MATH-500's schema (problem, solution, answer) from a parquet file, as `hf:` tables are read."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"problem": "Find $\\sin 60^\\circ$.", "solution": "It is $\\boxed{\\frac{\\sqrt{3}}{2}}$.",
+             "answer": "\\frac{\\sqrt{3}}{2}", "level": 2},
+            {"problem": "Solve $x + 1 = 3$.", "solution": "So $x = \\boxed{2}$.", "answer": "2", "level": 1}]
+    path = tmp_path / "math500.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    math, number = TASK.load(path)
+    assert (math.answer, number.answer) == ("\\frac{\\sqrt{3}}{2}", "2")
+    assert [TASK.answer_rule_of(e) for e in (math, number)] == ["math-verify", "numeric"]
+    assert TASK.verify(math, "### \\frac{\\sqrt3}{2}").correct and not TASK.verify(math, "### \\sqrt{3}").correct
+    with pytest.raises(DataError, match=r"math500.parquet, row 1"):
+        datasets.Dataset.from_list([{"problem": "p", "solution": "no answer here"}]).to_parquet(str(path))
+        TASK.load(path)

@@ -19,57 +19,20 @@ import pytest
 
 from token_assorted.cli import main
 
-VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--batch-size", "4", "--steps", "2", "--valid-every", "2",
-              "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
-              "--decoder-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu",
-              "--no-progress"]
+from conftest import VQ_TINY, one_line, tiny_lm_argv
+
 GOOD = {"question": "True or false: Sam is hot.", "steps": ["Sam is a cat.", "Cats are hot."], "answer": "True"}
 
 
-def one_line(capsys, code: int, *names: str) -> str:
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if "error" in line]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def pronto(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pronto.jsonl"
-    assert main(["data", "generate", "prontoqa", "--n", "8", "--hops", "1", "--no-distractors",
-                 "--out", str(path)]) == 0
-    return path
-
-
 def train_vqvae(pronto: Path, out: Path, codebook_size: int = 8) -> Path:
-    assert main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(out),
-                 "--codebook-size", str(codebook_size), *VQ_OPTIONS]) == 0
+    assert main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(out), *VQ_TINY,
+                 "--codebook-size", str(codebook_size)]) == 0
     return out
 
 
-@pytest.fixture(scope="module")
-def vqvae(pronto, tmp_path_factory) -> Path:
-    return train_vqvae(pronto, tmp_path_factory.mktemp("vq") / "vq")
-
-
-def lm_argv(pronto: Path, vqvae: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--task", "prontoqa", "--strategy", "token-assorted", "--data", str(pronto), "--vqvae",
-            str(vqvae), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def lm(pronto, vqvae, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lm") / "lm"
-    assert main(lm_argv(pronto, vqvae, out)) == 0
-    return out
-
-
-def model_copy(lm: Path, tmp_path: Path) -> Path:
+def model_copy(tiny_lm: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "model"
-    shutil.copytree(lm, copy, ignore=shutil.ignore_patterns("state", "logs"))
+    shutil.copytree(tiny_lm, copy, ignore=shutil.ignore_patterns("state", "logs"))
     return copy
 
 
@@ -94,8 +57,8 @@ CONFIG_EDITS = {
 
 
 @pytest.mark.parametrize("edit", list(CONFIG_EDITS))
-def test_eval_refuses_weights_that_are_not_those_of_config_json(edit, lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_eval_refuses_weights_that_are_not_those_of_config_json(edit, tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     changes, names = CONFIG_EDITS[edit]
     edit_json(model / "config.json", **changes)
     code = main(eval_argv(model, pronto, tmp_path))
@@ -105,15 +68,15 @@ def test_eval_refuses_weights_that_are_not_those_of_config_json(edit, lm, pronto
 
 @pytest.mark.parametrize("text, names", [("{not json", ["config.json", "line 1", "malformed JSON"]),
                                          ("[1, 2]", ["config.json", "JSON object"])])
-def test_eval_refuses_a_config_json_that_is_not_a_json_object(text, names, lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_eval_refuses_a_config_json_that_is_not_a_json_object(text, names, tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     (model / "config.json").write_text(text)
     code = main(eval_argv(model, pronto, tmp_path))
     one_line(capsys, code, *names)
 
 
-def test_train_refuses_a_base_model_whose_weights_are_not_its_configs(lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_train_refuses_a_base_model_whose_weights_are_not_its_configs(tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     edit_json(model / "config.json", num_hidden_layers=3)
     code = main(["train", "--task", "prontoqa", "--strategy", "cot", "--data", str(pronto), "--model", str(model),
                  "--out", str(tmp_path / "o"), "--epochs", "1", "--no-progress"])
@@ -126,8 +89,8 @@ def test_train_refuses_a_base_model_whose_weights_are_not_its_configs(lm, pronto
     ({"codebook_size": 4}, ["token_assorted.json", "codebook_size 4", "8 latent tokens"]),
     ({"begin_id": "x"}, ["token_assorted.json", "non-negative integers"]),
 ])
-def test_eval_refuses_latent_metadata_that_is_not_the_tokenizers(vocab, names, lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_eval_refuses_latent_metadata_that_is_not_the_tokenizers(vocab, names, tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     meta = json.loads((model / "token_assorted.json").read_text())
     meta["latent_vocab"].update(vocab)
     (model / "token_assorted.json").write_text(json.dumps(meta))
@@ -136,8 +99,8 @@ def test_eval_refuses_latent_metadata_that_is_not_the_tokenizers(vocab, names, l
 
 
 # --- 11. tokenizers: remote code and links out of the folder ---------------------------------
-def test_auto_map_in_tokenizer_config_is_one_line_and_never_run(lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_auto_map_in_tokenizer_config_is_one_line_and_never_run(tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     marker = tmp_path / "ran"
     (model / "evil_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     edit_json(model / "tokenizer_config.json", auto_map={"AutoTokenizer": ["evil_tokenizer.Evil", None]})
@@ -146,8 +109,8 @@ def test_auto_map_in_tokenizer_config_is_one_line_and_never_run(lm, pronto, tmp_
     assert not marker.exists()
 
 
-def test_a_tokenizer_file_linked_from_outside_the_folder_is_refused(lm, pronto, tmp_path, capsys):
-    model = model_copy(lm, tmp_path)
+def test_a_tokenizer_file_linked_from_outside_the_folder_is_refused(tiny_lm, pronto, tmp_path, capsys):
+    model = model_copy(tiny_lm, tmp_path)
     outside = tmp_path / "secret.json"
     shutil.move(model / "tokenizer.json", outside)
     os.symlink(outside, model / "tokenizer.json")
@@ -155,10 +118,10 @@ def test_a_tokenizer_file_linked_from_outside_the_folder_is_refused(lm, pronto, 
     one_line(capsys, code, "tokenizer.json", "outside the model folder")
 
 
-def test_links_inside_the_folder_are_fine(lm, tmp_path):
-    from token_assorted.tokenizer import load_tokenizer
+def test_links_inside_the_folder_are_fine(tiny_lm, tmp_path):
+    from token_assorted.data.tokenizer import load_tokenizer
 
-    model = model_copy(lm, tmp_path)
+    model = model_copy(tiny_lm, tmp_path)
     shutil.move(model / "tokenizer.json", model / "real-tokenizer.json")
     os.symlink("real-tokenizer.json", model / "tokenizer.json")
     assert len(load_tokenizer(model)) > 0
@@ -170,39 +133,44 @@ def test_links_inside_the_folder_are_fine(lm, tmp_path):
     ([1, 2], ["latest.json", "step-NNNNNNNN"]),
     ({"dir": "step-00000099"}, ["latest.json", "missing"]),
 ])
-def test_the_resume_pointer_must_name_a_step_folder_of_this_run(pointer, names, lm, pronto, vqvae, tmp_path,
+def test_the_resume_pointer_must_name_a_step_folder_of_this_run(pointer, names, tiny_lm, pronto, tiny_vqvae, tmp_path,
                                                                  capsys):
     out = tmp_path / "lm"
-    shutil.copytree(lm, out)
+    shutil.copytree(tiny_lm, out)
     (out / "state" / "latest.json").write_text(json.dumps(pointer))
-    code = main(lm_argv(pronto, vqvae, out, "--resume"))
+    code = main(tiny_lm_argv(pronto, tiny_vqvae, out, "--resume"))
     one_line(capsys, code, *names)
 
 
-def test_a_step_folder_that_links_outside_the_state_is_refused(lm, pronto, vqvae, tmp_path, capsys):
+def test_a_step_folder_that_links_outside_the_state_is_refused(tiny_lm, pronto, tiny_vqvae, tmp_path, capsys):
     out = tmp_path / "lm"
-    shutil.copytree(lm, out)
+    shutil.copytree(tiny_lm, out)
     step = json.loads((out / "state" / "latest.json").read_text())["dir"]
     elsewhere = tmp_path / "elsewhere"
     shutil.move(out / "state" / step, elsewhere)
     os.symlink(elsewhere, out / "state" / step)
-    code = main(lm_argv(pronto, vqvae, out, "--resume"))
+    code = main(tiny_lm_argv(pronto, tiny_vqvae, out, "--resume"))  # a link is not a file we wrote (issue 34)
+    one_line(capsys, code, str(out), f"state/{step}", "did not write")
+    code = main(tiny_lm_argv(pronto, tiny_vqvae, out, "--resume", "--force"))
     one_line(capsys, code, "latest.json", "outside")
 
 
-def test_a_vqvae_of_another_codebook_swapped_in_before_resume_is_named(lm, pronto, vqvae, tmp_path, capsys):
+def test_a_vqvae_of_another_codebook_swapped_in_before_resume_is_named(tiny_lm, pronto, tiny_vqvae, tmp_path, capsys):
     out, swapped = tmp_path / "lm", tmp_path / "vq"
-    shutil.copytree(lm, out)
+    shutil.copytree(tiny_lm, out)
     train_vqvae(pronto, swapped, codebook_size=16)
     capsys.readouterr()
-    code = main(lm_argv(pronto, swapped, out, "--resume"))  # the same path would hold the new VQ-VAE
-    one_line(capsys, code, "--resume", "codebook_size 8 -> 16")
-    # A state saved before the layout was recorded: the weights' shapes name the change.
+    # The saved run names the swapped folder, as if the new VQ-VAE had replaced the old one at its path.
     step = json.loads((out / "state" / "latest.json").read_text())["dir"]
     trainer = json.loads((out / "state" / step / "trainer.json").read_text())
+    trainer["config"].update(vqvae=str(swapped), abspaths={**trainer["config"]["abspaths"], "vqvae": str(swapped)})
+    (out / "state" / step / "trainer.json").write_text(json.dumps(trainer))
+    code = main(tiny_lm_argv(pronto, swapped, out, "--resume"))
+    one_line(capsys, code, "--resume", "codebook_size 8 -> 16")
+    # A state saved before the layout was recorded: the weights' shapes name the change.
     trainer.pop("latents")
     (out / "state" / step / "trainer.json").write_text(json.dumps(trainer))
-    code = main(lm_argv(pronto, swapped, out, "--resume"))
+    code = main(tiny_lm_argv(pronto, swapped, out, "--resume"))
     one_line(capsys, code, "model.safetensors", "has shape", "this run implies")
 
 
@@ -221,12 +189,12 @@ HOSTILE_JSON = {
 
 @pytest.mark.parametrize("case", list(HOSTILE_JSON))
 @pytest.mark.parametrize("command", ["data stats", "vqvae encode"])
-def test_hostile_json_is_one_line_naming_the_file_and_line(command, case, vqvae, tmp_path, capsys):
+def test_hostile_json_is_one_line_naming_the_file_and_line(command, case, tiny_vqvae, tmp_path, capsys):
     text, names = HOSTILE_JSON[case]
     path = tmp_path / "bad.jsonl"
     path.write_text(text)
     argv = {"data stats": ["data", "stats", str(path), "--task", "prontoqa"],
-            "vqvae encode": ["vqvae", "encode", "--vqvae", str(vqvae), "--data", str(path),
+            "vqvae encode": ["vqvae", "encode", "--vqvae", str(tiny_vqvae), "--data", str(path),
                              "--out", str(tmp_path / "codes.jsonl")]}[command]
     code = main(argv)
     one_line(capsys, code, "bad.jsonl", *names)
@@ -246,7 +214,7 @@ def test_duplicated_keys_in_config_files_are_refused(pronto, tmp_path, capsys):
 
 
 def prosqa_record() -> dict:
-    from token_assorted.tasks import get_task
+    from token_assorted.data.tasks import get_task
 
     return get_task("prosqa").generate(1, 0, nodes=10, min_steps=1, max_steps=3)[0].to_dict()
 
@@ -285,7 +253,7 @@ def test_damaged_prosqa_graphs_are_refused_at_load_time(command, damage, tmp_pat
 @pytest.mark.parametrize("change, field", [({"start": [9, 0]}, "start"), ({"walls": [[0, -1]]}, "walls"),
                                            ({"width": 10**9}, "width")])
 def test_maze_cells_outside_the_grid_are_refused(change, field, tmp_path, capsys):
-    from token_assorted.tasks import get_task
+    from token_assorted.data.tasks import get_task
 
     record = get_task("keys-maze").generate(1, 0)[0].to_dict()
     path = tmp_path / "maze.jsonl"
@@ -295,9 +263,9 @@ def test_maze_cells_outside_the_grid_are_refused(change, field, tmp_path, capsys
 
 
 # --- 13. the terminal ------------------------------------------------------------------------------
-def test_explain_escapes_control_characters_of_the_question(lm, capsys):
+def test_explain_escapes_control_characters_of_the_question(tiny_lm, capsys):
     capsys.readouterr()
-    assert main(["explain", "--model", str(lm), "--question", "Is Sam \x1b[31mred\x1b[0m?\u202e", "--max-new-tokens",
+    assert main(["explain", "--model", str(tiny_lm), "--question", "Is Sam \x1b[31mred\x1b[0m?\u202e", "--max-new-tokens",
                  "2"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out

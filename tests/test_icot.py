@@ -8,16 +8,17 @@ import json
 
 import numpy as np
 import pytest
-
 import stage2_toy
+
 from token_assorted.cli import main
-from token_assorted.encoding import EncodedExample
-from token_assorted.errors import ConfigError
-from token_assorted.icot import (ALL_REMOVED, RemovalSchedule, internalized_sequence, smoothing_distribution,
-                                smoothing_offset)
-from token_assorted.mixing import IGNORE_INDEX, example_rng
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.encoding import EncodedExample
+from token_assorted.generation.config import GenerationConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.methods.icot import (ALL_REMOVED, RemovalSchedule, internalized_sequence,
+                                           smoothing_distribution, smoothing_offset)
+from token_assorted.lm.mixing import IGNORE_INDEX, example_rng
+from token_assorted.lm.train import train_lm
 
 stage2_toy.register()
 EXAMPLE = EncodedExample(prompt_ids=[1, 10, 11], trace_ids=list(range(20, 40)), solution_ids=[30, 2])
@@ -106,7 +107,8 @@ def test_optimizer_resets_when_the_count_changes_and_only_then(data, tmp_path):
     # at count L, so resets happen before steps 2, 4, … 2L and none after
     out = train_lm(TrainConfig(task="toy", data=str(data["train"]), valid=str(data["valid"]), out=str(tmp_path / "m"),
                                strategy="icot", tokenizer=str(data["tokenizer"]), epochs=5, batch_size=16, lr=3e-3,
-                               icot_tokens_per_epoch=2, icot_remove_all_beyond=7, eval_limit=4, progress=False))
+                               icot_tokens_per_epoch=2, icot_remove_all_beyond=7, validation=GenerationConfig(limit=4),
+                               progress=False))
     meta = json.loads((out / "token_assorted.json").read_text())
     # counts 0,0,1,1 | 2,2,3,3 | 4,4,5,5 | 6,6,all,all | all: a reset at every change (7 of them), none after
     assert [h.get("optimizer_resets", 0) for h in meta["history"]] == [1, 2, 2, 2, 0]
@@ -133,5 +135,5 @@ def test_resume_refuses_another_schedule(data, tmp_path):
                 tokenizer=str(data["tokenizer"]), epochs=2, batch_size=16, icot_tokens_per_epoch=2, progress=False,
                 icot_remove_all_beyond=1, max_steps=4)  # one epoch of 4 steps: its state is saved
     train_lm(TrainConfig(**base))
-    with pytest.raises(ConfigError, match="icot_tokens_per_epoch differs"):
+    with pytest.raises(ConfigError, match="icot_tokens_per_epoch 2 there, 3 now"):
         train_lm(TrainConfig(**{**base, "icot_tokens_per_epoch": 3, "resume": True, "max_steps": None}))

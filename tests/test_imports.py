@@ -69,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_reader_sees_imports_at_every_depth(tmp_path):
     graph = import_graph()
-    assert "token_assorted.io" in graph["token_assorted.checkpoint"]
+    assert "token_assorted.core.io" in graph["token_assorted.training.checkpoint"]
     # A cycle made by an import inside a function is still a cycle.
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -78,3 +78,29 @@ def test_the_reader_sees_imports_at_every_depth(tmp_path):
 def test_no_module_of_the_package_imports_itself_back():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The folders in pipeline order, each importing only itself and the folders before it
+# (docs/ARCHITECTURE.md): lm/ never imports evaluation/, generation/ never imports lm/.
+LAYERS = ("core", "data", "training", "vqvae", "generation", "lm", "evaluation", "pipeline", "commands")
+
+
+def layer_of(module: str) -> int:
+    """The layer of a package module; the top-level modules (cli, the package's face) sit above all."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) >= 2 and parts[1] in LAYERS else len(LAYERS)
+
+
+def test_every_folder_imports_only_the_folders_below_it():
+    graph = import_graph()
+    upward = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                    if target != "token_assorted" and layer_of(target) > layer_of(module))
+    assert not upward, "imports that climb back up:\n" + "\n".join(upward)
+
+
+def test_at_most_eight_modules_at_the_top_and_none_over_450_lines():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+    long = sorted(f"{p.relative_to(PACKAGE)}: {n}" for p in PACKAGE.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > 450)
+    assert not long, long

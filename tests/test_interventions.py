@@ -8,26 +8,29 @@ fed back, and every mode's effect can be predicted exactly.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
+import stage2_toy
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import stage2_toy
 from token_assorted.cli import main
-from token_assorted.encoding import encode_example
-from token_assorted.errors import ConfigError
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import evaluate
-from token_assorted.generation import generate_ids
-from token_assorted.interventions import (cyclic_permutation, parse_latent_chunks, random_code, span_codes,
-                                          trained_max_chunks)
-from token_assorted.mixing import ChunkLayout
-from token_assorted.schema import Example, save_examples
-from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.encoding import encode_example
+from token_assorted.data.latent_tokens import ChunkLayout, add_latent_tokens
+from token_assorted.data.schema import Example, save_examples
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.generation.config import EvalConfig
+from token_assorted.generation.generate import generate_ids
+from token_assorted.generation.interventions import (
+    cyclic_permutation,
+    parse_latent_chunks,
+    random_code,
+    span_codes,
+)
+from token_assorted.generation.scoring import evaluate
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.train import train_lm
 
 ANSWERS = ["alpha", "bravo", "charlie", "delta"]
 # Question i's reference trace has i + 1 words: 1, 1, 2, 2 chunks of L = 2 (for the dial's "all").
@@ -199,14 +202,13 @@ def test_training_records_the_most_chunks_it_replaced(toy_model):
     meta = json.loads((out / "token_assorted.json").read_text())
     # m in {0, 4} tokens with L = 4: at most the first chunk of any trace.
     assert meta["max_latent_chunks"] == 1 and meta["pause_id"] is None
-    # A model dir trained before the record: the same figure from its recorded training run.
-    from token_assorted.tokenizer import load_tokenizer
-    older = {k: v for k, v in meta.items() if k != "max_latent_chunks"}
-    assert trained_max_chunks(older, load_tokenizer(out)) == 1
-    # `run --out r` records data paths relative to where it ran: found from the model dir's ancestors.
-    relative = {**older, "data": data["train"].name}  # the file sits beside the model dir
-    assert trained_max_chunks(relative, load_tokenizer(out), out) == 1
-    assert trained_max_chunks(relative, load_tokenizer(out)) is None  # not from here: the limit is unknown
+    # A model dir without the record (an older layout) is refused by the dial in one line.
+    from token_assorted.core.errors import CheckpointError
+    from token_assorted.lm.model_dir import load_model_dir, recorded_max_chunks
+    loaded = load_model_dir(out, "cpu")
+    loaded.meta.pop("max_latent_chunks")
+    with pytest.raises(CheckpointError, match="older token-assorted"):
+        recorded_max_chunks(loaded)
 
 
 def _eval(out, data, tmp_path, *extra):

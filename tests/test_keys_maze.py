@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from token_assorted.errors import ConfigError, DataError
-from token_assorted.schema import save_examples
-from token_assorted.tasks.keys_maze import KeysMaze, maze_from_meta, parse_plan, render_plan
-from token_assorted.tasks.maze_world import Maze, check_plan, every_key_necessary
+from token_assorted.core.errors import ConfigError, DataError
+from token_assorted.data.schema import save_examples
+from token_assorted.data.tasks.keys_maze import KeysMaze, maze_from_meta, parse_plan, render_plan
+from token_assorted.data.tasks.maze_world import Maze, check_plan, every_key_necessary
 
 TASK = KeysMaze()
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)

@@ -19,40 +19,7 @@ import pytest
 
 from token_assorted.cli import main
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-import stage2_toy  # noqa: E402
-
-VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
-              "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
-              "--decoder-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu",
-              "--no-progress"]
-
-
-def one_line(capsys, code: int, *names: str) -> str:
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if "error" in line]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, Path]:
-    stage2_toy.register()
-    return stage2_toy.write_data(tmp_path_factory.mktemp("toy"), n_train=16, n_valid=4)
-
-
-@pytest.fixture(scope="module")
-def pronto(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pronto.jsonl"
-    assert main(["data", "generate", "prontoqa", "--n", "8", "--hops", "1", "--no-distractors",
-                 "--out", str(path)]) == 0
-    return path
+from conftest import VQ_SHAPE, one_line, toy_train
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +30,6 @@ def with_long(pronto, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("long") / "with_long.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [long, *records]))
     return path
-
-
-@pytest.fixture(scope="module")
-def vqvae(pronto, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vq") / "vq"
-    assert main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(out), "--steps", "2",
-                 "--valid-every", "2", *VQ_OPTIONS]) == 0
-    return out
-
-
-def toy_train(toy, out: Path, *extra: str) -> list[str]:
-    return ["train", "--task", "toy", "--strategy", "token-assorted", "--data", str(toy["train"]), "--codes",
-            str(toy["codes"]), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress", *extra]
 
 
 # --- 5. numeric options and non-finite losses ----------------------------------------------------
@@ -100,7 +54,7 @@ def test_train_refuses_options_out_of_range_up_front(flag, value, names, toy, tm
 ])
 def test_vqvae_train_refuses_options_out_of_range_up_front(flag, value, names, pronto, tmp_path, capsys):
     argv = ["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(tmp_path / "vq"),
-            "--steps", "2", *VQ_OPTIONS]
+            "--steps", "2", *VQ_SHAPE]
     if flag in argv:
         argv[argv.index(flag) + 1] = value
     else:
@@ -115,7 +69,7 @@ def test_vqvae_train_refuses_options_out_of_range_up_front(flag, value, names, p
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp_path, capsys, monkeypatch):
     import torch
 
-    from token_assorted.training import Fit
+    from token_assorted.training.fit import Fit
 
     real_step, calls = Fit.train_step, {"n": 0}
 
@@ -138,7 +92,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_state(toy, tmp
 def test_vqvae_weights_that_are_no_longer_finite_are_never_saved(pronto, tmp_path, capsys, monkeypatch):
     import torch
 
-    from token_assorted.training import Fit
+    from token_assorted.training.fit import Fit
 
     real_step = Fit.train_step
 
@@ -152,7 +106,7 @@ def test_vqvae_weights_that_are_no_longer_finite_are_never_saved(pronto, tmp_pat
     monkeypatch.setattr(Fit, "train_step", poisoned)
     out = tmp_path / "vq"
     code = main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(out), "--steps", "4",
-                 "--valid-every", "2", "--log-every", "4", *VQ_OPTIONS])
+                 "--valid-every", "2", "--log-every", "4", *VQ_SHAPE])
     one_line(capsys, code, "diverged at step 4", "no longer finite", "state of step 2")
     assert json.loads((out / "state" / "latest.json").read_text())["dir"] == "step-00000002"  # the last good state
 
@@ -169,7 +123,7 @@ def test_an_empty_preset_is_refused(text, tmp_path, capsys):
 
 @pytest.mark.parametrize("yaml_text, names", [
     ("train:\n  epochs: -1\n", ["train.epochs: must be >= 1, got -1"]),
-    ("vqvae:\n  codebook_size: 0\n", ["vqvae.codebook_size: must be >= 2, got 0"]),
+    ("vqvae:\n  codebook_size: 0\n", ["vqvae.codebook_size: must be in [2, 65536], got 0"]),
     ("data:\n  train: 0\n", ["data.train: must be >= 1"]),
     ("vqvae:\n  chunk_size: 6\n  compression: 4\n", ["vqvae.chunk_size", "compression r=4"]),
     ("vqvae:\n  d_model: 32\n  heads: 3\n", ["vqvae.d_model", "heads=3"]),
@@ -177,7 +131,7 @@ def test_an_empty_preset_is_refused(text, tmp_path, capsys):
     ("train:\n  batch_size: 6\n  grad_accum: 4\n", ["train.batch_size", "grad_accum=4"]),
     ("method_overrides:\n  cot:\n    poisson_p: 2\n", ["method_overrides.cot.poisson_p"]),
     ("eval:\n  batch_size: 0\n", ["eval.batch_size: must be >= 1"]),
-    ("seeds: 0\n", ["seeds: must be >= 1"]), ("parallel: 0\n", ["parallel: must be >= 1"]),
+    ("seeds: 0\n", ["seeds: must be in [1, 100]"]), ("parallel: 0\n", ["parallel: must be >= 1"]),
     ("data:\n  seed: -5\n", ["data.seed: must be >= 0"]),
 ])
 def test_preset_limits_are_checked_before_any_stage_runs(yaml_text, names, tmp_path, capsys):
@@ -208,13 +162,6 @@ def test_an_error_of_the_preset_itself_still_blames_the_preset(tmp_path, capsys)
     one_line(capsys, code, "bad.yaml: train: unknown key(s) epoch")
 
 
-def test_every_shipped_preset_is_within_its_limits():
-    from token_assorted.preset import load_preset, preset_names
-
-    for name in preset_names():
-        load_preset(name)  # raises on any limit
-
-
 # --- 8. long examples are dropped before any model sees them --------------------------------------------
 @pytest.fixture
 def encoded_traces(monkeypatch) -> list[int]:
@@ -232,20 +179,20 @@ def encoded_traces(monkeypatch) -> list[int]:
     return seen
 
 
-def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, vqvae, encoded_traces, tmp_path,
+def test_train_drops_long_examples_before_the_vqvae_encodes_them(with_long, tiny_vqvae, encoded_traces, tmp_path,
                                                                  capsys):
     started = time.perf_counter()
     assert main(["train", "--task", "prontoqa", "--strategy", "token-assorted", "--data", str(with_long),
-                 "--vqvae", str(vqvae), "--out", str(tmp_path / "lm"), "--epochs", "1", "--batch-size", "4",
+                 "--vqvae", str(tiny_vqvae), "--out", str(tmp_path / "lm"), "--epochs", "1", "--batch-size", "4",
                  "--no-progress"]) == 0
     assert "skipped 1 training examples longer than max_length=512" in capsys.readouterr().out
     assert encoded_traces and 0 < max(encoded_traces) <= 512  # the long trace has about 25,000 tokens
     assert time.perf_counter() - started < 120
 
 
-def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, vqvae, encoded_traces, tmp_path, capsys):
+def test_vqvae_encode_drops_long_traces_first_and_counts_them(with_long, tiny_vqvae, encoded_traces, tmp_path, capsys):
     out = tmp_path / "codes.json"
-    assert main(["vqvae", "encode", "--vqvae", str(vqvae), "--data", str(with_long), "--out", str(out)]) == 0
+    assert main(["vqvae", "encode", "--vqvae", str(tiny_vqvae), "--data", str(with_long), "--out", str(out)]) == 0
     assert "1 skipped: trace longer than 8192 tokens" in capsys.readouterr().err
     record = json.loads(out.read_text())
     assert record["skipped"] == [0] and record["codes"][0] == [] and all(record["codes"][1:9])
@@ -260,7 +207,7 @@ def test_vqvae_train_drops_long_traces_and_counts_them(with_long, tmp_path, caps
     monkeypatch.setattr(vq_train, "_new_model", lambda config, tokenizer, items: (
         longest.append(max(i.trace_length for i in items)), real_new_model(config, tokenizer, items))[1])
     assert main(["vqvae", "train", "--task", "prontoqa", "--data", str(with_long), "--out", str(tmp_path / "vq"),
-                 "--steps", "2", "--valid-every", "2", *VQ_OPTIONS]) == 0
+                 "--steps", "2", "--valid-every", "2", *VQ_SHAPE]) == 0
     assert "skipped 1 training examples whose trace is longer than max_trace_len=8192" in capsys.readouterr().err
     assert longest and longest[0] < 8192
 

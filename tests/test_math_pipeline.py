@@ -15,15 +15,15 @@ import yaml
 from test_pretrained import build_chat_tokenizer, gsm8k_records, save_tiny_llama, write_jsonl
 
 from token_assorted.cli import main
-from token_assorted.errors import TokenAssortedError
-from token_assorted.io import read_json
-from token_assorted.preset import BASE_METHODS, PipelineConfig, load_preset
-from token_assorted.stages import file_splits
-from token_assorted.pretrained import load_pretrained_lm
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import tokenizer_fingerprint
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import TokenAssortedError
+from token_assorted.core.io import read_json
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import tokenizer_fingerprint
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.pretrained import load_pretrained_lm
+from token_assorted.lm.train import train_lm
+from token_assorted.pipeline.preset import BASE_METHODS, PLACEHOLDER, PipelineConfig, load_preset, vqvae_config
+from token_assorted.pipeline.stages import file_splits
 
 PAPER_M = [0, 72, 128, 160, 192, 224, 256]
 
@@ -38,8 +38,8 @@ def tiny_math_preset(model_dir: Path) -> dict:
                   "d_model": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "prompt_layers": 1,
                   "codebook_dim": 8, "output_vocab": "data", "progress": False},
         "train": {"model": str(model_dir), "chat_template": True, "m_values": [0, 8, 16, 72], "epochs": 1,
-                  "max_steps": 2, "batch_size": 4, "lr": 0.001, "eval_batch_size": 4, "eval_limit": 2,
-                  "max_new_tokens": 8, "progress": False},
+                  "max_steps": 2, "batch_size": 4, "lr": 0.001, "progress": False,
+                  "validation": {"batch_size": 4, "limit": 2, "max_new_tokens": 8}},
         # two steps: the curriculum's final stage is its first (no chunk replaced) so that it may keep a model
         "method_overrides": {"curriculum": {"curriculum_max_chunks": 0}},
         "methods": list(BASE_METHODS), "eval": {"batch_size": 6, "max_new_tokens": 24}, "probes": {"dial_max": 1},
@@ -109,8 +109,8 @@ def test_token_assorted_model_has_latent_rows_and_predictions_are_parsed(math_ru
 @pytest.mark.parametrize("strategy", ["coconut", "icot"])
 def test_the_other_latent_methods_train_on_math_with_the_pretrained_model(math_run, tmp_path, strategy):
     """Coconut (two thoughts per step, as for GSM8K) and iCoT on the tiny Llama, chat template on."""
-    from token_assorted.eval_config import EvalConfig
-    from token_assorted.evaluate import evaluate_dir
+    from token_assorted.evaluation.evaluate import evaluate_dir
+    from token_assorted.generation.config import EvalConfig
 
     out = train_lm(TrainConfig(task="gsm8k", data=str(math_run["out"] / "data" / "train.jsonl"),
                                out=str(tmp_path / strategy), strategy=strategy, vqvae=str(math_run["out"] / "vqvae"),
@@ -143,10 +143,11 @@ def test_training_refuses_a_vqvae_of_another_tokenizer(math_run, tmp_path):
 
 
 def test_math_preset_has_the_paper_settings():
-    config = load_preset("math")
+    config = load_preset("math-smollm2")
     assert config.task == "gsm8k"
     assert config.train["m_values"] == PAPER_M and config.train["model"] == "smollm2-135m"
-    assert (config.vqvae["codebook_size"], config.vqvae["chunk_size"], config.vqvae["compression"]) == (1024, 16, 16)
+    vqvae = vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER)
+    assert (vqvae.codebook_size, vqvae.chunk_size, vqvae.compression) == (1024, 16, 16)
     assert config.vqvae["tokenizer"] == config.train["model"]  # codes over the LM's own tokens
     assert config.train["chat_template"] and config.vqvae["chat_template"]
     assert config.vqvae["output_vocab"] == "data"  # a 49k-id head would triple the step time
@@ -154,13 +155,13 @@ def test_math_preset_has_the_paper_settings():
 
 
 def test_gsm8k_run_without_files_explains_what_to_pass(capsys):
-    assert main(["run", "--preset", "math", "--out", "/nonexistent/never-created"]) == 2
+    assert main(["run", "--preset", "math-smollm2", "--out", "/nonexistent/never-created"]) == 2
     assert "--train FILE --test FILE" in capsys.readouterr().err
 
 
 def test_missing_data_file_is_a_one_line_error(tmp_path, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", gsm8k_records(3))
-    code = main(["run", "--preset", "math", "--train", str(train), "--test", str(tmp_path / "nope.jsonl"),
+    code = main(["run", "--preset", "math-smollm2", "--train", str(train), "--test", str(tmp_path / "nope.jsonl"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "nope.jsonl not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -189,5 +190,5 @@ def test_tiny_tokenizer_round_trips_math_text():
 
 def test_data_dir_needs_train_and_test(tmp_path, capsys):
     write_jsonl(tmp_path / "train.jsonl", gsm8k_records(3))
-    code = main(["run", "--preset", "math", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    code = main(["run", "--preset", "math-smollm2", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
     assert code == 2 and "expected train.jsonl and test.jsonl" in capsys.readouterr().err

@@ -6,12 +6,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_assorted.encoding import EncodedExample
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.mixing import (IGNORE_INDEX, STRATEGY_NAMES, ChunkLayout, Curriculum, Pause, PoissonReplace,
-                                   TokenAssorted, build_sequence, check_codes, chunks_for_m, make_strategy,
-                                   max_latent_chunks, max_sequence_length, prefix_mask, replace_chunks)
-from token_assorted.tokenizer import LatentVocab
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.data.encoding import EncodedExample
+from token_assorted.data.latent_tokens import ChunkLayout, LatentVocab
+from token_assorted.lm.methods import METHOD_NAMES
+from token_assorted.lm.mixing import (
+    IGNORE_INDEX,
+    Curriculum,
+    Pause,
+    PoissonReplace,
+    TokenAssorted,
+    build_sequence,
+    check_codes,
+    chunks_for_m,
+    make_strategy,
+    max_latent_chunks,
+    max_sequence_length,
+    prefix_mask,
+    replace_chunks,
+)
 
 BO, EO, Z0 = 100, 101, 102  # <boLatent>, <eoLatent>, <latent_0>
 VOCAB = LatentVocab(codebook_size=4, begin_id=BO, end_id=EO, first_code_id=Z0)
@@ -134,7 +147,7 @@ def test_pause_is_token_assorted_with_a_pause_token_in_place_of_each_code(m_valu
     assert all_latent.input_ids == PROMPT + [BO, PAUSE_ID, PAUSE_ID, PAUSE_ID, EO, 30, 2]
     with pytest.raises(ConfigError, match="pause"):  # no <pause> token in the vocabulary
         build_sequence(pause, EXAMPLE, None, LAYOUT, seed=0, epoch=0, index=0)
-    assert "pause" in STRATEGY_NAMES and not Pause().needs_codes
+    assert "pause" in METHOD_NAMES and not Pause().needs_codes
 
 
 def test_the_most_chunks_each_strategy_can_replace():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.models import PRESETS, build_scratch_model, extend_vocabulary, scratch_config
-from token_assorted.pretrained import load_pretrained_lm
-from token_assorted.tokenizer import add_latent_tokens, build_word_tokenizer
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.data.latent_tokens import add_latent_tokens
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.lm.models import PRESETS, build_scratch_model, extend_vocabulary, scratch_config
+from token_assorted.lm.pretrained import load_pretrained_lm
 
 TEXTS = ["alice is a wumpus .", "every wumpus is a yumpus .", "### yes no"]
 
@@ -18,7 +19,7 @@ def tokenizer():
     return build_word_tokenizer(TEXTS)
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-tiny"])
+@pytest.mark.parametrize("name", ["scratch-tiny", "scratch-gpt2-tiny"])
 def test_scratch_presets_build_and_run(name, tokenizer):
     model = build_scratch_model(name, tokenizer, max_length=64, seed=0)
     assert model.get_input_embeddings().weight.shape == (len(tokenizer), PRESETS[name].d_model)
@@ -29,7 +30,7 @@ def test_scratch_presets_build_and_run(name, tokenizer):
 
 
 def test_gpt2_preset_is_gpt2_size(tokenizer):
-    config = scratch_config(PRESETS["gpt2"], tokenizer, max_length=1024)
+    config = scratch_config(PRESETS["scratch-gpt2"], tokenizer, max_length=1024)
     assert (config.n_layer, config.n_embd, config.n_head) == (12, 768, 12)
 
 
@@ -38,8 +39,15 @@ def test_unknown_preset_is_a_config_error(tokenizer):
         build_scratch_model("huge", tokenizer, 64)
 
 
+@pytest.mark.parametrize("old, new", [("gpt2", "scratch-gpt2"), ("tiny", "scratch-tiny")])
+def test_former_preset_names_say_what_they_are_called_now(tokenizer, old, new):
+    # `gpt2` was a random-init preset, which read as OpenAI's GPT-2: it names neither now.
+    with pytest.raises(ConfigError, match=f"use {new}" + (".*openai-community/gpt2" if old == "gpt2" else "")):
+        build_scratch_model(old, tokenizer, 64)
+
+
 def test_mean_init_puts_new_rows_at_the_mean(tokenizer):
-    model = build_scratch_model("tiny", tokenizer, 64)
+    model = build_scratch_model("scratch-tiny", tokenizer, 64)
     old = model.get_input_embeddings().weight.detach().clone()
     vocab = add_latent_tokens(tokenizer, 8)
     extend_vocabulary(model, vocab, "mean", seed=0)
@@ -53,7 +61,7 @@ def test_mean_init_puts_new_rows_at_the_mean(tokenizer):
 
 
 def test_codebook_init_keeps_codebook_geometry(tokenizer):
-    model = build_scratch_model("tiny", tokenizer, 64)
+    model = build_scratch_model("scratch-tiny", tokenizer, 64)
     old = model.get_input_embeddings().weight.detach().clone()
     vocab = add_latent_tokens(tokenizer, 16)
     codebook = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))  # (K, d_vq)
@@ -70,7 +78,7 @@ def test_codebook_init_keeps_codebook_geometry(tokenizer):
 
 
 def test_untied_head_gets_new_rows(tokenizer):
-    model = build_scratch_model("gpt2-tiny", tokenizer, 64)
+    model = build_scratch_model("scratch-gpt2-tiny", tokenizer, 64)
     model.config.tie_word_embeddings = False
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     vocab = add_latent_tokens(tokenizer, 4)
@@ -80,7 +88,7 @@ def test_untied_head_gets_new_rows(tokenizer):
 
 
 def test_padded_embedding_reuses_rows(tokenizer):
-    model = build_scratch_model("tiny", tokenizer, 64)
+    model = build_scratch_model("scratch-tiny", tokenizer, 64)
     model.resize_token_embeddings(len(tokenizer) + 20, mean_resizing=False)  # padded like many LMs
     vocab = add_latent_tokens(tokenizer, 4)
     extend_vocabulary(model, vocab, "mean")
@@ -88,7 +96,7 @@ def test_padded_embedding_reuses_rows(tokenizer):
 
 
 def test_load_pretrained_directory(tmp_path, tokenizer):
-    model = build_scratch_model("tiny", tokenizer, 64)
+    model = build_scratch_model("scratch-tiny", tokenizer, 64)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded, loaded_tokenizer = load_pretrained_lm(tmp_path)

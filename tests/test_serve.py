@@ -23,12 +23,13 @@ import pytest
 from own_data import qa_records, save_tiny_gpt2, write_jsonl
 
 from token_assorted.cli import main
-from token_assorted.eval_config import EvalConfig
-from token_assorted.evaluate import evaluate_dir
-from token_assorted.serving import model_completion_prompt
-from token_assorted.tasks import get_task
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.generation.config import GenerationConfig
+from token_assorted.data.tasks import get_task
+from token_assorted.evaluation.evaluate import evaluate_dir
+from token_assorted.evaluation.serving import model_completion_prompt
+from token_assorted.generation.config import EvalConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.train import train_lm
 
 for package in ("fastapi", "uvicorn", "openai"):
     pytest.importorskip(package, reason=f"`transformers serve` needs {package}: pip install -e '.[serve]'")
@@ -106,7 +107,7 @@ def trained(tmp_path_factory) -> dict:
                  "--decoder-layers", "1", "--prompt-layers", "1", "--codebook-dim", "8", "--no-progress"]) == 0
     out = train_lm(TrainConfig(task="qa", task_options=OPTIONS, data=str(train), out=str(root / "model"),
                                strategy="all-replace", vqvae=str(vqvae), model=str(model), epochs=12, batch_size=8,
-                               lr=1e-2, warmup=2, progress=False, max_new_tokens=24))
+                               lr=1e-2, warmup=2, progress=False, validation=GenerationConfig(max_new_tokens=24)))
     return {"root": root, "model": out, "test": test, "records": records[40:44]}
 
 

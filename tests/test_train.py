@@ -13,16 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+import stage2_toy
 import torch
+from launch import torchrun
 from safetensors.torch import load_file
 
-import stage2_toy
-from launch import torchrun
-from token_assorted.batches import epoch_order, group_by_length, micro_indices
 from token_assorted.cli import main
-from token_assorted.errors import ConfigError
-from token_assorted.train import train_lm
-from token_assorted.train_config import TrainConfig
+from token_assorted.core.errors import ConfigError
+from token_assorted.generation.config import GenerationConfig
+from token_assorted.lm.config import TrainConfig
+from token_assorted.lm.train import train_lm
+from token_assorted.training.order import epoch_order, group_by_length, micro_indices
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -73,8 +74,8 @@ def test_group_by_length_keeps_every_example_and_cuts_padding():
 
 
 def test_loss_falls_and_output_dir_is_complete(data, tmp_path):
-    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]), eval_limit=4,
-                          group_by_length=True))
+    out = train_lm(config(data, tmp_path / "run", epochs=6, valid=str(data["valid"]),
+                          validation=GenerationConfig(limit=4), group_by_length=True))
     record = meta(out)
     losses = [h["train_loss"] for h in record["history"]]
     assert losses[-1] < 0.7 * losses[0]
@@ -149,7 +150,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 import stage2_toy; stage2_toy.register()
-from token_assorted.train import TrainConfig, train_lm
+from token_assorted.lm.train import TrainConfig, train_lm
 cfg = TrainConfig(task="toy", data={train!r}, codes={codes!r}, out=sys.argv[1], strategy={strategy!r},
                   epochs=4, batch_size=4, lr=3e-3, save_every=3, progress=False, resume=sys.argv[2] == "1",
                   **{options!r})
@@ -234,7 +235,7 @@ def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():
     # assigns codes with), not a copy from before the updates.
     from vector_quantize_pytorch import VectorQuantize
 
-    from token_assorted.latents import codebook_of
+    from token_assorted.vqvae.codes import codebook_of
 
     torch.manual_seed(0)
     holder = torch.nn.Module()
@@ -258,8 +259,8 @@ def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
 
 
 def test_pause_model_starts_as_token_assorted_with_one_more_row(data, tmp_path):
-    from token_assorted.evaluate import count_latent, text_ids
-    from token_assorted.train_setup import setup
+    from token_assorted.generation.scoring import count_latent, text_ids
+    from token_assorted.lm.setup import setup
 
     assorted = setup(config(data, tmp_path / "a", m_values=[0, 4]))
     pause = setup(config(data, tmp_path / "p", strategy="pause", m_values=[0, 4]))

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from token_assorted.cli import main
-from token_assorted.config import load_yaml
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.safety import refuse_pickle, refuse_pickle_dir, sniff_format
+from token_assorted.core.config import load_yaml
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.core.safety import refuse_pickle, refuse_pickle_dir, sniff_format
 
 PACKAGE = Path(__file__).resolve().parents[1] / "token_assorted"
 
@@ -152,7 +152,7 @@ def lm_dir(tmp_path) -> Path:
     """A valid 1-layer Llama model dir with a word tokenizer (untrained: loading is all we test)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from token_assorted.tokenizer import build_word_tokenizer
+    from token_assorted.data.tokenizer import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(["Is Tom a cat ? Tom is a cat . ### Yes"])
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -14,23 +14,40 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import torchrun
 from safetensors.torch import load_file
 
-from launch import torchrun
 from token_assorted.cli import main
-from token_assorted.encoding import encode_example
-from token_assorted.errors import CheckpointError, ConfigError
-from token_assorted.latents import codebook_of, encode_codes_file, from_codes_file, from_vqvae
-from token_assorted.schema import Example, save_examples
-from token_assorted.tasks import get_task
-from token_assorted.tasks.base import normalize_text
-from token_assorted.tokenizer import build_word_tokenizer
-from token_assorted.vqvae import (VQVAE, VQVAEConfig, VQVAETrainConfig, decode_codes, encode_examples,
-                                  evaluate_reconstruction, load_vqvae, split_trace, train_vqvae)
+from token_assorted.core.errors import CheckpointError, ConfigError
+from token_assorted.data.encoding import encode_example
+from token_assorted.data.schema import Example, save_examples
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tasks.base import normalize_text
+from token_assorted.data.tokenizer import build_word_tokenizer
+from token_assorted.vqvae import (
+    VQVAE,
+    VQVAEConfig,
+    VQVAETrainConfig,
+    decode_codes,
+    encode_examples,
+    evaluate_reconstruction,
+    load_vqvae,
+    split_trace,
+    train_vqvae,
+)
 from token_assorted.vqvae.chunks import chunk_examples, collate
+from token_assorted.vqvae.codes import codebook_of, encode_codes_file, from_codes_file, from_vqvae
 from token_assorted.vqvae.decoding import greedy_tokens
-from token_assorted.vqvae.mixture import (chunk_side, copy_head, copy_keys, log_probs, logits, predict, slots_of,
-                                          target_log_probs)
+from token_assorted.vqvae.mixture import (
+    chunk_side,
+    copy_head,
+    copy_keys,
+    log_probs,
+    logits,
+    predict,
+    slots_of,
+    target_log_probs,
+)
 from token_assorted.vqvae.quantizer import nearest_codes
 from token_assorted.vqvae.search import token_log_likelihoods
 

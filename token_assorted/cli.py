@@ -21,9 +21,10 @@ import sys
 import threading
 
 from . import __version__
-from .errors import TokenAssortedError
-from .io import library_os_reason, os_reason
-from .terminal import one_line
+from .commands import OneLineParser
+from .core.errors import TokenAssortedError
+from .core.io import library_os_reason, os_reason
+from .core.terminal import one_line
 
 DEBUG_VARIABLE = "TOKEN_ASSORTED_DEBUG"
 # OS errors that mean "this output cannot be written" (named after --out when they carry no file).
@@ -33,7 +34,7 @@ COMMANDS = ("data", "vqvae", "train", "eval", "explain", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="token-assorted",
         description="Token Assorted: train LMs to reason with a mix of discrete latent and text tokens.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -50,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     previous = _stop_on_sigterm()
+    background = _quiet_threads()
     try:
         result = args.func(args)
     except TokenAssortedError as exc:
         return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
-        print(f"token-assorted {args.command}: interrupted", file=sys.stderr)
+        print(f"token-assorted {args.command}: interrupted{_how_to_resume(args)}", file=sys.stderr)
         return 130
     except OSError as exc:  # one that no write site turned into a WriteError
         return _fail(args, _os_message(args, exc), 2)
@@ -68,9 +70,55 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
                            f"set {DEBUG_VARIABLE}=1 for the traceback)", 1)
     finally:
+        threading.excepthook = background.previous
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if background.failures:  # reported only when the command itself succeeded (else its own error says it)
+        print(f"token-assorted {args.command}: warning: {one_line(background.failures[0])}", file=sys.stderr)
     return int(result or 0)
+
+
+def _how_to_resume(args: argparse.Namespace) -> str:
+    """A command that continues an interrupted one, as the user can type it."""
+    if args.command == "run":
+        return ("; run the same command again to resume: finished stages are reused, and training continues "
+                "from its last checkpoint")
+    command = "vqvae train" if args.command == "vqvae" and getattr(args, "vqvae_command", "") == "train" else \
+        "train" if args.command == "train" else None
+    out = _output(args) or getattr(args, "resolved_out", None)
+    if command is None or out is None:
+        return ""
+    from pathlib import Path
+
+    if (Path(out) / "state" / "latest.json").is_file():
+        return f"; resume with the same command plus --resume (token-assorted {command} ... --resume)"
+    return "; nothing was saved yet: run the same command again to start over"
+
+
+class _ThreadFailures:
+    """Exceptions of background threads (TensorBoard's writer on a full disk), kept to one line."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.previous = threading.excepthook
+
+    def __call__(self, hook_args: threading.ExceptHookArgs) -> None:
+        if hook_args.exc_type is SystemExit:
+            return
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            self.previous(hook_args)
+            return
+        exc = hook_args.exc_value
+        reason = os_reason(exc) if isinstance(exc, OSError) else library_os_reason(exc) if exc else None
+        name = getattr(hook_args.thread, "name", "a background thread")
+        self.failures.append(f"{name} stopped: {reason}" if reason else
+                             f"{name} stopped: {hook_args.exc_type.__name__}: {exc}")
+
+
+def _quiet_threads() -> _ThreadFailures:
+    hook = _ThreadFailures()
+    threading.excepthook = hook
+    return hook
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:

@@ -23,10 +23,10 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from token_assorted.encoding import encode_example
-from token_assorted.models import Preset, scratch_config
-from token_assorted.tasks import get_task
-from token_assorted.tokenizer import load_tokenizer
+from token_assorted.data.encoding import encode_example
+from token_assorted.data.tasks import get_task
+from token_assorted.data.tokenizer import load_tokenizer
+from token_assorted.lm.models import Preset, scratch_config
 
 FILLER = {"is", "a", ".", "Every", "###", "<eos>"}  # template words, predictable without the prompt
 

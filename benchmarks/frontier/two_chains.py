@@ -19,8 +19,8 @@ import json
 import random
 from pathlib import Path
 
-from token_assorted.tasks.lexicon import PROSQA_CONCEPTS, PROSQA_NAMES
-from token_assorted.tasks.prosqa import edge_sentence
+from token_assorted.data.tasks.lexicon import PROSQA_CONCEPTS, PROSQA_NAMES
+from token_assorted.data.tasks.prosqa import edge_sentence
 
 
 def question(rng: random.Random, steps: int) -> dict:

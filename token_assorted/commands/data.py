@@ -17,12 +17,13 @@ import sys
 from collections import Counter
 from typing import Any
 
-from ..errors import ConfigError, DataError
-from . import add_task_flags, non_negative_int, positive_int, task_options_from_args
-from ..io import read_records
-from ..schema import Example, save_examples
-from ..terminal import printable
+from ..core.errors import ConfigError, DataError
+from ..core.io import read_records
+from ..core.terminal import printable
+from ..data.schema import Example, save_examples
+from . import OneLineParser, add_task_flags, bounded_int, non_negative_int, task_options_from_args
 
+MAX_EXAMPLES = 10_000_000  # a data set beyond this is a typo, not an experiment (it would fill the memory)
 MAX_LISTED_ANSWERS = 20  # beyond this many distinct answers a histogram says nothing
 GENERATE_USAGE = "token-assorted data generate TASK --n N --out FILE [--seed S] [task options]"
 
@@ -53,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- generate ----------------------------------------------------------------------------
 def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -> argparse.ArgumentParser:
     """The parser of `data generate TASK ...`: common flags plus one flag per task option."""
-    parser = argparse.ArgumentParser(prog=f"token-assorted data generate {task_name}",
+    parser = OneLineParser(prog=f"token-assorted data generate {task_name}",
                                      description=f"Generate {task_name} examples as JSONL.")
-    parser.add_argument("--n", type=positive_int, required=True, help="number of examples")
+    parser.add_argument("--n", type=bounded_int(1, MAX_EXAMPLES), required=True,
+                        help=f"number of examples (at most {MAX_EXAMPLES:,})")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed >= 0 (same seed, same file)")
     parser.add_argument("--out", required=True, help="output JSONL file (written atomically)")
     group = parser.add_argument_group(f"{task_name} options")
@@ -70,7 +72,7 @@ def generate_parser(task_name: str, options: dict[str, tuple[type, Any, str]]) -
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..tasks import TASK_NAMES, get_task
+    from ..data.tasks import TASK_NAMES, get_task
 
     def generators() -> str:  # for the errors only: it imports every task
         return ", ".join(name for name in TASK_NAMES if get_task(name).has_generator)
@@ -91,7 +93,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # --- stats -------------------------------------------------------------------------------
 def run_stats(args: argparse.Namespace) -> int:
-    from ..tasks import get_task
+    from ..data.tasks import get_task
 
     task = get_task(args.task, **task_options_from_args(args)) if args.task else infer_file_task(args.file)
     examples = task.load(args.file)
@@ -103,7 +105,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def infer_file_task(path: str):
     """The task of a data file, from its first record; the record is validated first so a
     malformed file reports its bad field rather than an unknown task."""
-    from ..tasks import infer_task
+    from ..data.tasks import infer_task
 
     line, record = read_records(path)[0]
     Example.from_dict(record, path=path, line=line, allow_empty_steps=True)

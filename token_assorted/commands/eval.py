@@ -23,7 +23,7 @@ from .flags import add_config_flags, given
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..eval_config import EvalConfig
+    from ..generation.config import EvalConfig
 
     parser = subparsers.add_parser("eval", help="evaluate a trained model on a data file",
                                    description=__doc__)
@@ -38,30 +38,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..config import from_mapping
-    from ..eval_config import EvalConfig
-    from ..evaluate import evaluate_loaded, save_result
-    from ..interventions import check_probe_options
-    from ..model_dir import load_model_dir, resolve_task
-    from ..terminal import printable
+    import sys
+
+    from ..core.config import from_mapping
+    from ..core.io import special_file
+    from ..core.outdir import check_outputs, file_lock
+    from ..core.terminal import printable
+    from ..data.tasks import check_data_task
+    from ..evaluation.evaluate import evaluate_loaded, fit_to_model, predictions_path, save_result
+    from ..generation.config import EvalConfig
+    from ..generation.generate import shipped_settings
+    from ..generation.interventions import check_probe_options
+    from ..lm.model_dir import load_model_dir, resolve_task
 
     config = from_mapping(EvalConfig, given(args, EvalConfig), "command line")
     check_probe_options(config)  # before any weights are read
+    # A results file of a device or a pipe (/dev/null) is written in place, with no predictions file beside it.
+    special = special_file(args.out)
+    preds = None if special else predictions_path(args.out)
+    check_outputs({"--out": None if special else args.out, "--out (its predictions file)": preds},
+                  {"--data": args.data, "--model": args.model})
     loaded = load_model_dir(args.model, args.device)
     task = resolve_task(loaded, args.task, task_options_from_args(args))
-    examples = task.load(args.data)
-    result = evaluate_loaded(loaded, task, examples, config, args.model)
-    probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
-              if getattr(config, key) is not None}
-    if config.intervene == "noise":
-        probes["noise_scale"] = config.noise_scale
-    preds = save_result(result, args.out, {"model": str(args.model), "data": str(args.data), **probes})
+    check_data_task(task, args.data)
+    settings = shipped_settings(loaded.model)
+    if settings:
+        shown = ", ".join(f"{key}={value!r:.40}" for key, value in sorted(settings.items()))
+        print(printable(f"note: {args.model}/generation_config.json sets {shown}; ignored: evaluation generates "
+                        f"greedily from the weights"), file=sys.stderr)
+    examples, skipped, limit = fit_to_model(loaded, task, task.load(args.data))
+    if skipped:
+        print(f"skipped {skipped} examples longer than the model takes ({limit} tokens as question, trace and "
+              f"solution: max_length)", file=sys.stderr)
+    with file_lock(args.out):
+        result = evaluate_loaded(loaded, task, examples, config)
+        probes = {key: getattr(config, key) for key in ("intervene", "latent_chunks")
+                  if getattr(config, key) is not None}
+        if config.intervene == "noise":
+            probes["noise_scale"] = config.noise_scale
+        extra = {"model": str(args.model), "data": str(args.data), **probes,
+                 **({"skipped_too_long": skipped} if skipped else {})}
+        written = save_result(result, args.out, extra, predictions=preds is not None)
     line = (f"{task.name}: accuracy {result.accuracy:.3f} on {result.n} | generated tokens "
             f"{result.avg_generated_tokens:.1f} (latent {result.avg_latent_tokens:.1f}) | "
             f"{result.seconds_per_example * 1000:.1f} ms/example")
     if result.sampled_accuracy is not None:
         line += f" | any-of-{config.samples} {result.sampled_accuracy:.3f}"
     line += "".join(f" | {key.replace('_', '-')} {value}" for key, value in probes.items())
+    line += " | checked by " + ", ".join(f"{rule} ({count})" for rule, count in result.answer_rules.items())
     print(printable(line))
-    print(printable(f"wrote {args.out} and {preds}"))
+    print(printable(f"wrote {args.out} and {written}" if written else f"wrote {args.out} (a {special}: no "
+                                                                       f"predictions file)"))
     return 0

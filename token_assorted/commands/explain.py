@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from . import add_task_flags, task_options_from_args
+from ..generation.config import MAX_NEW_TOKENS
+from . import add_task_flags, bounded_int, positive_int, task_options_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --question: print (as JSON) the completion prompt a server such as `transformers "
                              "serve` must get for the model to see the prompt it was trained on, and stop")
     parser.add_argument("--task", default=None, help="task name (default: the model's)")
-    parser.add_argument("--limit", type=int, default=5, help="explain at most N predictions (default 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="generation length cap")
+    parser.add_argument("--limit", type=positive_int, default=5, help="explain at most N predictions (default 5)")
+    parser.add_argument("--max-new-tokens", type=bounded_int(1, MAX_NEW_TOKENS), default=128,
+                        help=f"generation length cap (1 to {MAX_NEW_TOKENS})")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     add_task_flags(parser)
@@ -38,15 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from ..explain import Explainer, render
-    from ..terminal import printable
-
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
+    from ..core.terminal import printable
+    from ..evaluation.explain import Explainer, render
 
     if (args.generated is not None or args.print_prompt) and args.question is None:
         raise ConfigError("--generated and --print-prompt need --question: the question the text answers")
     if args.print_prompt:
-        from ..serving import model_completion_prompt
+        from ..evaluation.serving import model_completion_prompt
 
         print(json.dumps(model_completion_prompt(args.model, args.question, args.task), ensure_ascii=False))
         return 0

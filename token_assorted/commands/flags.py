@@ -26,12 +26,14 @@ _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
 
 @lru_cache(maxsize=None)
 def field_help(cls: type) -> dict[str, str]:
-    """Each field's help: its `metadata["help"]`, else the comment after it in the class's source."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        match = _FIELD_LINE.match(line)
-        if match:
-            comments.setdefault(match[1], match[2])
+    """Each field's help: its `metadata["help"]`, else the comment after it in the source of the class
+    that declares it (a field inherited from a shared block keeps its one help text)."""
+    comments: dict[str, str] = {}
+    for declaring in (klass for klass in cls.__mro__ if dataclasses.is_dataclass(klass)):
+        for line in inspect.getsource(declaring).splitlines():
+            match = _FIELD_LINE.match(line)
+            if match:
+                comments.setdefault(match[1], match[2])
     return {f.name: f.metadata.get("help", comments.get(f.name, "")) for f in dataclasses.fields(cls)}
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from pathlib import Path
+
 from . import add_task_flags, task_options_from_args
 from .flags import add_config_flags, given, merge
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..train_config import TrainConfig
+    from ..lm.config import TrainConfig
 
     parser = subparsers.add_parser(
         "train", help="stage 2: train an LM on mixed latent/text traces (or a baseline)",
@@ -23,16 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML file of TrainConfig keys (options given here win)")
     add_config_flags(parser, TrainConfig, skip=("task_options",))
     parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is a non-empty folder that is not a training run")
+                        help="write into --out even if it holds files that are not those of a training run of "
+                             "ours, or a trained model (ours are written over; a file we did not write is "
+                             "never deleted)")
     add_task_flags(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import from_mapping, load_yaml
-    from ..outdir import claimed
-    from ..train import train_lm
-    from ..train_config import TrainConfig
+    from ..core.config import from_mapping, load_yaml
+    from ..core.outdir import check_outputs, claimed, remove_ours
+    from ..data.tasks import check_data_task, get_task
+    from ..lm.config import TrainConfig
+    from ..lm.train import refuse_trained_model, train_lm
 
     mapping = load_yaml(args.config) if args.config else {}
     if args.config:
@@ -40,8 +45,21 @@ def run(args: argparse.Namespace) -> int:
     mapping = merge(mapping, given(args, TrainConfig))
     mapping["task_options"] = task_options_from_args(args, mapping.get("task_options"))
     config = from_mapping(TrainConfig, mapping, "command line")
+    args.resolved_out = config.out or None  # for the interrupt message (cli.py)
+    if config.out:
+        check_outputs({"--out": config.out}, {"--data": config.data, "--valid": config.valid, "--codes": config.codes,
+                                              "--vqvae": config.vqvae, "--tokenizer": config.tokenizer,
+                                              "--model": config.model if Path(config.model).exists() else None},
+                      folders=["--out"])
+    if config.task and config.data:
+        check_data_task(get_task(config.task, **config.task_options), config.data)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
     with claimed(config.out, "train", force=args.force) if config.out and main_process else contextlib.nullcontext():
+        if not config.resume and main_process and config.out:
+            if args.force:  # start over: the saved state of ours goes (a file we did not write stays)
+                remove_ours(Path(config.out) / "state")
+            else:
+                refuse_trained_model(Path(config.out))
         out = train_lm(config)
     if main_process:
         print(f"model saved to {out}")

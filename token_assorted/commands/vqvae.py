@@ -17,9 +17,10 @@ import contextlib
 import os
 import sys
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import add_task_flags, positive_int, task_options_from_args
 from .flags import add_config_flags, given
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("vqvae", help="stage 1: train the VQ-VAE, encode traces, decode codes",
@@ -32,14 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
-    from ..vqvae.options import VQVAETrainConfig  # no torch import: keeps --help fast
+    from ..vqvae.options import VQVAETrainConfig
 
     parser = commands.add_parser("train", help="train a VQ-VAE on a task's traces")
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (same names, with _)")
     add_task_flags(parser)  # [qa] task_options come from --fields, --answer-match, --step-split
     add_config_flags(parser, VQVAETrainConfig, skip=("task_options",))
     parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is a non-empty folder that is not a VQ-VAE run")
+                        help="write into --out even if it holds files that are not those of a VQ-VAE run of ours "
+                             "(ours are written over; a file we did not write is never deleted)")
     parser.set_defaults(func=_train)
 
 
@@ -50,7 +52,7 @@ def _register_encode(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
     parser.add_argument("--out", required=True, metavar="CODES.json",
                         help="output: the codes file (one code list per example, the codebook, the tokenizer's "
-                             "and the VQ-VAE's paths; token_assorted/latents.py)")
+                             "and the VQ-VAE's paths; token_assorted/vqvae/codes.py)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
     parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
     parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
@@ -92,7 +94,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """Defaults <- --config YAML <- command-line flags."""
-    from ..config import from_mapping, load_yaml, replace
+    from ..core.config import from_mapping, load_yaml, replace
     from ..vqvae.options import VQVAETrainConfig
 
     config = VQVAETrainConfig()
@@ -105,7 +107,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 def _task_of(args: argparse.Namespace, loaded):
     """The task given (or the VQ-VAE's), with the VQ-VAE's recorded task options under the flags."""
-    from ..tasks import get_task
+    from ..data.tasks import get_task
 
     name = args.task or loaded.task
     recorded = loaded.task_options if name == loaded.task else {}
@@ -113,12 +115,18 @@ def _task_of(args: argparse.Namespace, loaded):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..outdir import claimed
+    from ..core.outdir import check_outputs, claimed
+    from ..data.tasks import check_data_task, get_task
     from ..vqvae import train_vqvae
 
     config = train_config_from_args(args)
     if not config.out:
         raise ConfigError("vqvae train: --out is required")
+    args.resolved_out = config.out  # for the interrupt message (cli.py)
+    check_outputs({"--out": config.out}, {"--data": config.data, "--valid": config.valid,
+                                          "--tokenizer": None if config.tokenizer == "word" else config.tokenizer},
+                  folders=["--out"])
+    check_data_task(get_task(config.task, **config.task_options), config.data)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun: one claim, one line
     with claimed(config.out, "vqvae", force=args.force) if main_process else contextlib.nullcontext():
         out = train_vqvae(config)
@@ -128,26 +136,42 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from ..latents import encode_codes_file
-    from ..terminal import printable
+    from ..core.outdir import check_outputs, file_lock
+    from ..core.terminal import printable
+    from ..data.tasks import check_data_task
     from ..vqvae import load_vqvae
+    from ..vqvae.codes import encode_codes_file
 
+    check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
-    summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
+    check_data_task(task, args.data)
+    with file_lock(args.out):
+        summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
     print(printable(summary), file=sys.stderr)
     return 0
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from ..terminal import printable
+    from ..core.terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
+    from ..vqvae.store import trace_limit
 
-    try:
-        codes = [int(part) for part in args.codes.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ConfigError(f"--codes must be comma-separated integers, got {args.codes!r}") from None
     loaded = load_vqvae(args.vqvae)
+    # At most the codes of the longest trace the VQ-VAE takes, counted before any is read: 20,000
+    # codes would ask the decoder for gigabytes.
+    per_chunk, chunk_size = loaded.config.latents_per_chunk, loaded.config.chunk_size
+    most = -(-trace_limit(args.vqvae) // chunk_size) * per_chunk
+    parts = [part for part in args.codes.replace(" ", "").split(",") if part] if len(args.codes) <= 20 * most else None
+    if parts is not None and not parts:
+        raise ConfigError("--codes: no codes given; pass comma-separated codebook indices, e.g. 12,7,40")
+    if parts is None or len(parts) > most:
+        raise ConfigError(f"--codes: at most {most} codes ({most // per_chunk} chunks of {chunk_size} tokens, the "
+                          f"VQ-VAE's max_trace_len), got {len(parts) if parts is not None else 'far more'}")
+    try:
+        codes = [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"--codes must be comma-separated integers, got {printable(args.codes[:80])!r}") from None
     task = _task_of(args, loaded)
     print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes)))
     return 0
@@ -156,15 +180,34 @@ def _decode(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..io import atomic_write_json
-    from ..vqvae import evaluate_reconstruction, load_vqvae
+    from ..core.io import atomic_write_json
+    from ..core.outdir import check_outputs, file_lock
+    from ..data.tasks import check_data_task
+    from ..vqvae import load_vqvae
+    from ..vqvae.metrics import reconstruction_metrics
+    from ..vqvae.store import chunk_traces, trace_limit
 
+    if args.out:
+        check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
     loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
     task = _task_of(args, loaded)
-    metrics = evaluate_reconstruction(loaded, task, task.load(args.data), batch_size=args.batch_size)
+    check_data_task(task, args.data)
+    # Traces longer than the VQ-VAE takes are skipped and counted, as training and encoding do:
+    # one 5,000-step trace would ask the encoder for hundreds of GB.
+    limit = trace_limit(args.vqvae)
+    items = chunk_traces(loaded, task, task.load(args.data))
+    kept = [item for item in items if item.trace_length <= limit]
+    if not kept:
+        raise ConfigError(f"{args.data}: every trace is longer than the VQ-VAE's max_trace_len={limit} tokens")
+    metrics = reconstruction_metrics(loaded.model, kept, args.batch_size)
     result = {"data": args.data, "search_rerank": loaded.config.search_rerank,
-              "encode_candidates": loaded.config.encode_candidates, **metrics}
+              "encode_candidates": loaded.config.encode_candidates, **metrics,
+              **({"skipped_too_long": len(items) - len(kept)} if len(kept) < len(items) else {})}
+    if len(kept) < len(items):
+        print(f"vqvae evaluate: skipped {len(items) - len(kept)} examples whose trace is longer than "
+              f"max_trace_len={limit} tokens", file=sys.stderr)
     if args.out:
-        atomic_write_json(args.out, result)
+        with file_lock(args.out):
+            atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0

@@ -10,7 +10,7 @@
     decoding.py   greedy decoding of code vectors into chunk text
     search.py     assignment by search: a chunk's code is the one its decoding fits best
     model.py      VQVAE: ties them (training pass, codes of chunks, text of codes)
-    train.py      train_vqvae: stage 1 on the training skeleton both stages share (training.py)
+    train.py      train_vqvae: stage 1 on the training skeleton both stages share (training/fit.py)
     metrics.py    reconstruction accuracy, codebook usage, compression
     store.py      the saved directory: load_vqvae, encode_examples, decode_codes, ...
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from ..encoding import encode_example
-from ..schema import Example
-from ..tasks.base import Task
+from ..data.encoding import encode_example
+from ..data.schema import Example
+from ..data.tasks.base import Task
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from .options import ASSIGNMENTS
 
 # Retired option -> the value under which a saved run computed what the code computes now.

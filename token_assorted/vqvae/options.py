@@ -7,8 +7,8 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from ..config import Bound, above, at_least, check_limits, within
-from ..errors import ConfigError
+from ..core.config import Bound, above, at_least, check_limits, within
+from ..core.errors import ConfigError
 
 ASSIGNMENTS = ("nearest", "search")  # how a chunk gets its code: VQ, or the code its decoding fits best
 OUTPUT_VOCABS = ("all", "data")  # what the decoder's vocabulary head scores: every id, or the traces' ids
@@ -36,7 +36,7 @@ class VQVAETrainConfig:
     valid_every: int = 250  # validate, checkpoint and save resume state every N steps
     log_every: int = 10  # log the training loss every N steps
     seed: int = 0  # random seed (weights and data order)
-    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir or .gguf file
+    tokenizer: str = "word"  # "word": build one from the data; else a model dir, tokenizer dir, .gguf file or Hub id
     chat_template: bool = False  # render prompts with the tokenizer's chat template
     resume: bool = False  # continue the interrupted run in --out (same options required)
     d_model: int = 128  # transformer width
@@ -67,14 +67,16 @@ class VQVAETrainConfig:
 
     # The range of each numeric option (config.from_mapping checks them wherever options are read).
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "chunk_size": at_least(1), "compression": at_least(1), "codebook_size": at_least(2),
+        # Sizes that allocate memory have an upper bound too, far above any real setting: a typo such as
+        # --codebook-size 100000000 is refused at once, not after an allocation of gigabytes (issue 34).
+        "chunk_size": within(1, 4096), "compression": at_least(1), "codebook_size": within(2, 65536),
         "steps": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
         "warmup_steps": at_least(0), "weight_decay": at_least(0), "grad_clip": above(0),
-        "valid_every": at_least(1), "log_every": at_least(1), "seed": at_least(0), "d_model": at_least(1),
-        "heads": at_least(1), "encoder_layers": at_least(1), "decoder_layers": at_least(1),
-        "prompt_layers": at_least(0), "codebook_dim": at_least(0), "commitment_weight": at_least(0),
+        "valid_every": at_least(1), "log_every": at_least(1), "seed": at_least(0), "d_model": within(1, 16384),
+        "heads": within(1, 1024), "encoder_layers": within(1, 256), "decoder_layers": within(1, 256),
+        "prompt_layers": within(0, 256), "codebook_dim": within(0, 16384), "commitment_weight": at_least(0),
         "ema_decay": within(0, 1, high_open=True), "dead_code_threshold": at_least(0),
-        "max_prompt_len": at_least(1), "max_trace_len": at_least(1), "dropout": within(0, 1, high_open=True),
+        "max_prompt_len": within(1, 131072), "max_trace_len": within(1, 1048576), "dropout": within(0, 1, high_open=True),
         "local_context": at_least(0),
         "search_candidates": at_least(1), "search_explore": at_least(0), "search_rerank": at_least(0),
         "encode_candidates": at_least(0),

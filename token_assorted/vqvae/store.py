@@ -5,7 +5,7 @@ DIR/config.json        {"format", "model": VQVAEConfig, "train": VQVAETrainConfi
                         "chat_template", "tokenizer_fingerprint", "step"}
 DIR/model.safetensors  weights and codebook buffers (written atomically)
 DIR/tokenizer/         the shared text tokenizer (HF format)
-DIR/logs/, DIR/state/  the training's logs and resume state (training.py, checkpoint.py)
+DIR/logs/, DIR/state/  the training's logs and resume state (training/fit.py, training/checkpoint.py)
 ```
 Nothing else writes here: the codes of a data set go to a codes file of their own
 (`vqvae encode`, the pipeline's codes stage; latents.py).
@@ -27,13 +27,13 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from transformers import PreTrainedTokenizerBase
 
-from ..config import from_mapping
-from ..encoding import encode_prompt
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_open, atomic_write_json, read_json
-from ..schema import Example
-from ..tasks.base import Task
-from ..tokenizer import load_tokenizer, tokenizer_fingerprint
+from ..core.config import from_mapping
+from ..core.errors import CheckpointError, ConfigError
+from ..core.io import atomic_open, atomic_write_json, read_json
+from ..data.encoding import encode_prompt
+from ..data.schema import Example
+from ..data.tasks.base import Task
+from ..data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from .chunks import ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
@@ -90,7 +90,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
     """Write weights then config.json (config last: its presence marks a complete checkpoint).
 
-    Training checks the weights are finite before it saves them (training.py).
+    Training checks the weights are finite before it saves them (training/fit.py).
     """
     save_weights(directory / WEIGHTS, model, {"format": FORMAT, "step": str(info.get("step", 0))})
     atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config), **info})

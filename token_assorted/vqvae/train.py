@@ -1,4 +1,4 @@
-"""Training the stage-1 VQ-VAE on the skeleton both stages share (training.py), resumable exactly.
+"""Training the stage-1 VQ-VAE on the skeleton both stages share (training/fit.py), resumable exactly.
 
 Loss = reconstruction cross-entropy + the quantizer's loss: beta * commitment for the nearest
 code (the codebook itself moves by EMA, not by gradients), the encoder's classification of
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,15 +21,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..batches import step_indices
-from ..devices import make_accelerator
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_json
-from ..pretrained import resolve_tokenizer, task_tokenizer
-from ..tasks import get_task
-from ..tasks.base import Task
-from ..tokenizer import load_tokenizer, tokenizer_fingerprint
-from ..training import After, Fit, Optimization, Stage, shard
+from ..core.devices import make_accelerator
+from ..core.errors import CheckpointError, ConfigError, OutputDirError
+from ..core.io import atomic_write_json
+from ..core.outdir import not_ours, remove_ours, save_pretrained_into
+from ..data.tasks import get_task
+from ..data.tasks.base import Task
+from ..data.tokenizer import load_tokenizer, resolve_tokenizer, task_tokenizer, tokenizer_fingerprint
+from ..training.fit import After, Fit, Optimization, Stage, shard
+from ..training.order import step_indices
 from .chunks import ChunkBatch, ChunkedExample, chunk_examples, collate
 from .config import VQVAEConfig, without_retired
 from .metrics import reconstruction_metrics
@@ -119,12 +117,14 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
 
 
 def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    """Save beside the run, renamed into place so DIR/tokenizer/ is never half written."""
-    staging = out / ".tokenizer.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    tokenizer.save_pretrained(str(staging))
-    shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
-    os.replace(staging, out / TOKENIZER_DIR)
+    """Save beside the run, each file renamed into place; a tokenizer folder of an unfinished run of
+    ours is replaced, a file we did not write is never deleted (outdir.py)."""
+    left = not_ours(out / TOKENIZER_DIR)
+    if left:
+        raise OutputDirError(f"{out / TOKENIZER_DIR}: holds files token-assorted did not write ({', '.join(left[:3])}); "
+                             f"they are never deleted: move them out or choose another --out")
+    remove_ours(out / TOKENIZER_DIR)
+    save_pretrained_into(tokenizer, out / TOKENIZER_DIR)
 
 
 def _resume_tokenizer(config: VQVAETrainConfig, out: Path, info: dict[str, Any]) -> PreTrainedTokenizerBase:

@@ -1,0 +1,129 @@
+"""The options of a stage-2 run (`token-assorted train`, a preset's `train:` section) and their checks.
+
+`TrainConfig` is the one place each option is declared: the command's flags are made from
+its fields (`commands/flags.py`), a preset's `train:` and `method_overrides:` sections are
+checked against it, and the resolved config is saved beside the model. `check_config` adds
+what one field cannot say alone, the method's own settings included (`method_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..core.config import Bound, above, at_least, check_limits, within
+from ..core.devices import check_precision
+from ..core.errors import ConfigError
+from ..generation.config import GenerationConfig
+from .lora import LoraSettings, check_lora
+
+# Learning-rate schedules (`lr_schedule`). "cosine": warm-up, then cosine decay to zero over the whole run;
+# "constant": the peak rate from the first step (no warm-up, as Coconut's and iCoT's code); "reference": each method's reference's own (`Method.reference_schedule`:
+# constant for Coconut, Coconut-Pause and iCoT, cosine for the chunk strategies); "final-cosine": warm-up, the peak
+# rate until the method's final phase, cosine decay to zero over that phase (a one-phase method: "cosine" exactly).
+LR_SCHEDULES = ("cosine", "reference", "final-cosine", "constant")
+
+if TYPE_CHECKING:  # the methods load torch: this module stays light, the CLI builds its flags from it
+    from .methods.base import Method
+
+
+@dataclass
+class TrainConfig:
+    """Everything one stage-2 run depends on (saved beside the model, resolved)."""
+
+    task: str = ""  # a task name (token_assorted.data.tasks.TASK_NAMES)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the generic task's (qa): fields, answer_match, ...
+    data: str = ""  # training examples (JSONL / JSON list)
+    out: str = ""  # output model directory
+    valid: str | None = None  # validation examples: greedy accuracy every epoch, best kept
+    strategy: str = "token-assorted"  # a method of the registry (lm/methods/__init__.py's METHODS)
+    vqvae: str | None = None  # stage-1 folder: its tokenizer and codebook, the codes computed in memory
+    codes: str | None = None  # instead of vqvae: a codes file (`vqvae encode`, vqvae/codes.py)
+    model: str = "scratch-tiny"  # scratch-tiny/-small/-base/-gpt2/-gpt2-tiny, a model folder, FILE.gguf or ORG/NAME[@REV]
+    tokenizer: str | None = None  # tokenizer dir for runs without a VQ-VAE (default: built from data)
+    embedding_init: str = "mean"  # new latent rows: "mean" or "codebook" (models.py)
+    lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
+    latent_vocab_for_baselines: bool = True  # cot/sol-only with a VQ-VAE get the latent rows too
+    epochs: int = 10  # training epochs
+    batch_size: int = 32  # effective sequences per optimizer step (all processes together)
+    grad_accum: int = 1  # micro-batches per optimizer step and process
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: a number of steps
+    # cosine (every method: warm-up and cosine decay over the whole run) | reference | final-cosine | constant
+    # (LR_SCHEDULES). The default is pending measurement: "reference" and "final-cosine" treat the curricula
+    # more fairly and leave Sol-Only, CoT and Token Assorted as they are, but have not been measured against
+    # each other yet (docs/DEPARTURES.md); "cosine" changes nothing until they are.
+    lr_schedule: str = "cosine"
+    max_grad_norm: float = 1.0  # gradient-norm clipping (0: none)
+    max_length: int = 512  # longer examples are skipped (with a count)
+    group_by_length: bool = False  # batches of similar lengths: less padding (train.group_by_length)
+    m_values: list[int] | None = None  # token-assorted: m drawn from this set; None: any whole chunks
+    poisson_p: float = 0.5  # poisson: probability of replacing each chunk
+    curriculum_epochs: int = 1  # curriculum: epochs per stage
+    curriculum_max_chunks: int | None = None  # curriculum: cap on replaced chunks (None: whole trace)
+    coconut_thoughts_per_step: int = 1  # coconut: c, continuous thoughts per replaced step (paper: 2 for math)
+    coconut_stages: int | None = None  # coconut: last stage S (None: the most steps of a training trace)
+    coconut_epochs_per_stage: float = 1.0  # coconut: epochs of each stage 1 … S (a fraction: in steps)
+    coconut_cot_epochs: float | None = None  # coconut: epochs of stage 0, plain CoT (None: coconut_epochs_per_stage)
+    icot_tokens_per_epoch: float = 8.0  # icot: trace tokens removed per epoch, one at a time (Deng et al.: 8)
+    icot_smoothing_lambda: float | None = 4.0  # icot: P(o extra removed) ∝ exp(-λ o), count 0 too; None: none
+    icot_remove_all_beyond: int | None = None  # icot: a scheduled count >= this removes the whole trace
+    icot_final_epochs: int = 0  # icot: the run's last epochs train with the whole trace removed (not iCoT's own)
+    seed: int = 0  # random seed (data order, m draws, initialisation)
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
+    validation: GenerationConfig = field(default_factory=GenerationConfig)  # greedy answers on --valid each epoch
+    save_every: int = 0  # optimizer steps between resume checkpoints (0: end of each epoch only)
+    max_steps: int | None = None  # stop after this many optimizer steps in all
+    log_every: int = 10  # optimizer steps between TensorBoard points
+    resume: bool = False  # continue the run saved in --out
+    progress: bool = True  # tqdm bar (main process only)
+
+    # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
+    LIMITS: ClassVar[dict[str, Bound]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
+        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": within(2, 131072),
+        "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
+        "curriculum_max_chunks": at_least(0), "save_every": at_least(0), "max_steps": at_least(1),
+        "log_every": at_least(0),
+        "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
+        "coconut_epochs_per_stage": above(0),
+        "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": above(0), "icot_smoothing_lambda": above(0),
+        "icot_remove_all_beyond": at_least(1), "icot_final_epochs": at_least(0)}
+
+
+def check_config(config: TrainConfig, source: str = "train", prefix: str = "", have_latents: bool = False) -> Method:
+    """Refuse options out of range or inconsistent with each other: `SOURCE: PREFIXoption: ...`
+    (a preset's section: prefix "train." or "method_overrides.NAME."); return the method they describe,
+    built once (its own settings are checked as it is built)."""
+    for name in ("task", "data", "out"):
+        if not getattr(config, name):
+            raise ConfigError(f"{source}: '{name}' is required")
+    check_limits(dataclasses.asdict(config), TrainConfig.LIMITS, source, prefix)  # configs built in Python too
+    check_limits(dataclasses.asdict(config.validation), GenerationConfig.LIMITS, source, f"{prefix}validation.")
+    if config.batch_size % config.grad_accum:
+        raise ConfigError(f"{source}: {prefix}batch_size: {config.batch_size} is not divisible by "
+                          f"grad_accum={config.grad_accum}")
+    from .methods import METHODS, method_for
+    from .models import EMBEDDING_INITS, check_model_spec
+
+    try:
+        check_model_spec(config.model)  # a former preset name (gpt2, tiny): what it is called now
+        method = method_for(config)  # the name, and the method's own settings (iCoT's final epochs within epochs)
+        if METHODS[config.strategy].layout and not (config.vqvae or config.codes or have_latents):
+            raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
+                              f"pass --vqvae DIR (or a codes file)")
+        if config.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
+        if config.embedding_init not in EMBEDDING_INITS:
+            raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
+        check_precision(config.mixed_precision)
+        if config.lora is not None:
+            check_lora(config.lora)
+    except ConfigError as exc:
+        # A message that names its option already (train.lora: ...) is not prefixed twice.
+        message = str(exc).removeprefix("train.") if prefix else str(exc)
+        raise ConfigError(f"{source}: {prefix}{message}" if prefix else message) from None
+    return method
