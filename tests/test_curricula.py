@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
+import stage2_toy
 import torch
 
-import stage2_toy
 from token_assorted.cli import main
 from token_assorted.core.errors import ConfigError
 from token_assorted.data.latent_tokens import PAUSE

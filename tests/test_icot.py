@@ -15,8 +15,13 @@ from token_assorted.core.errors import ConfigError
 from token_assorted.data.encoding import EncodedExample
 from token_assorted.generation.config import GenerationConfig
 from token_assorted.lm.config import TrainConfig
-from token_assorted.lm.methods.icot import (ALL_REMOVED, RemovalSchedule, internalized_sequence,
-                                           smoothing_distribution, smoothing_offset)
+from token_assorted.lm.methods.icot import (
+    ALL_REMOVED,
+    RemovalSchedule,
+    internalized_sequence,
+    smoothing_distribution,
+    smoothing_offset,
+)
 from token_assorted.lm.mixing import IGNORE_INDEX, example_rng
 from token_assorted.lm.train import train_lm
 

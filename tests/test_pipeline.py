@@ -170,6 +170,20 @@ def test_results_schema_is_exact():
         validate_results(missing)
 
 
+def test_checkpoint_records_are_checked_field_by_field():
+    results = _results()
+    results["methods"][0]["checkpoint"] = {"epoch": [3, 4], "stage": [2, 2], "final_stage": True}  # two seeds
+    validate_results(results)
+    for field, bad in (("epoch", -1), ("stage", "2"), ("final_stage", 1)):
+        broken = json.loads(json.dumps(results))
+        broken["methods"][0]["checkpoint"][field] = bad
+        with pytest.raises(DataError, match=f"methods\\[0\\].checkpoint.{field}"):
+            validate_results(broken)
+    del results["methods"][0]["checkpoint"]["stage"]
+    with pytest.raises(DataError, match="keys must be exactly"):
+        validate_results(results)
+
+
 def _probed() -> dict:
     methods = [MethodSummary("Token Assorted", 0.86, 15.0, 1.6, 0.005, 300, 1, 0.0),
                MethodSummary("TA-Pause", 0.84, 15.0, 1.6, 0.005, 300, 1, 0.0)]

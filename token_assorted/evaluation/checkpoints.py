@@ -56,8 +56,8 @@ def checkpoint_section(results: dict[str, Any]) -> list[str]:
     if not kept:
         return []
     lines = ["## Kept checkpoints", "",
-             "The model each method was scored with: the best validation epoch among those of its final stage "
-             "(curricula: Curriculum-Replace, Coconut, Coconut-Pause, iCoT; the others have one stage).", "",
+             ("The model each method was scored with: the best validation epoch among those of its final stage "
+              "(curricula: Curriculum-Replace, Coconut, Coconut-Pause, iCoT; the others have one stage)."), "",
              "| method | epoch | stage | final stage |", "|---|---|---|---|"]
 
     def cell(value: Any) -> str:

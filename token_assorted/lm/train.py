@@ -253,7 +253,7 @@ class LMStage(Stage):
         if not fit.is_main:
             return
         cost = {"train_seconds_per_step": sum(fit.step_seconds) / len(fit.step_seconds)} if fit.step_seconds else {}
-        epoch, within = divmod(fit.step, self.steps_per_epoch)
+        within = fit.step % self.steps_per_epoch
         if within and (not self.run.valid or not (self.out / "config.json").is_file()):
             # Stopped mid-epoch by max_steps: save what was trained.
             fit.require_finite()

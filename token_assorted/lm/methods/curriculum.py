@@ -14,6 +14,8 @@ from typing import Any
 
 from ..mixing import Curriculum
 from .base import Method
+
+
 class CurriculumReplace(Method):
     """Strategy `curriculum`: stage k = epoch // curriculum_epochs replaces the first min(k, cap) chunks.
 
