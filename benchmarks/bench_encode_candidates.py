@@ -75,11 +75,11 @@ def per_question_accuracy(loaded: LoadedVQVAE, items: list[ChunkedExample], code
     rows = [i for i, item in enumerate(items) if item.chunks]
     for start in range(0, len(rows), batch_size):
         block = rows[start:start + batch_size]
-        batch = collate([items[i] for i in block], config.pad_id, config.max_prompt_len)
+        batch = collate([items[i] for i in block], model.vocab.pad_id, config.max_prompt_len)
         grid = torch.tensor(sum((codes[i] for i in block), [])).view(-1, config.latents_per_chunk)
         decoded = model.tokens_of(batch.prompt_ids, batch.prompt_pad, grid, batch.chunk_present)  # (C, L)
         targets, owner = batch.targets, batch.chunk_present.nonzero()[:, 0]
-        real, hits = targets != config.pad_id, decoded == targets
+        real, hits = targets != model.vocab.pad_id, decoded == targets
         per_chunk = torch.stack([(hits & real).sum(-1), real.sum(-1), hits.all(-1), torch.ones_like(owner)], -1)
         counts.index_add_(0, torch.tensor(block)[owner], per_chunk.float())  # (C, 4) summed per question
     return counts

@@ -75,7 +75,7 @@ MAZE = {"data.train": 4000, "data.valid": 100, "data.test": 300, "eval.samples":
 # --smoke: the same path at toy sizes (the GPT-2 architecture at CPU scale), under a minute on a CPU.
 SMOKE = {
     "data.train": 24, "data.valid": 2, "data.test": 3, "vqvae.steps": 2, "vqvae.batch_size": 4,
-    "vqvae.valid_every": 2, "vqvae.warmup_steps": 1, "vqvae.d_model": 32, "vqvae.heads": 2,
+    "vqvae.valid_every": 2, "vqvae.warmup": 1, "vqvae.d_model": 32, "vqvae.heads": 2,
     "vqvae.encoder_layers": 1, "vqvae.decoder_layers": 1, "vqvae.prompt_layers": 1, "vqvae.codebook_dim": 8,
     "vqvae.search_candidates": 4, "vqvae.search_explore": 1, "vqvae.search_rerank": 2, "vqvae.progress": False,
     "train.model": "scratch-gpt2-tiny", "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2,

@@ -47,7 +47,7 @@ GPU_OVERRIDES = {
 # --smoke: the same path on a handful of questions, seconds per stage on a CPU.
 SMOKE_OVERRIDES = {
     "methods": METHODS, "data.train": 24, "data.valid": 2, "data.test": 4,
-    "vqvae.steps": 3, "vqvae.batch_size": 4, "vqvae.valid_every": 3, "vqvae.warmup_steps": 1,
+    "vqvae.steps": 3, "vqvae.batch_size": 4, "vqvae.valid_every": 3, "vqvae.warmup": 1,
     "vqvae.d_model": 32, "vqvae.heads": 2, "vqvae.encoder_layers": 1, "vqvae.decoder_layers": 1,
     "vqvae.codebook_dim": 8, "vqvae.progress": False,
     "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 2, "train.progress": False,

@@ -23,16 +23,17 @@ from bench_vqvae import SHARED, smollm2_gguf  # same folder: benchmarks/ is on s
 
 from token_assorted.data.tasks import get_task
 from token_assorted.data.tokenizer import resolve_tokenizer
-from token_assorted.vqvae import VQVAE, VQVAEConfig
+from token_assorted.vqvae import VQVAE, TextVocab, VQVAEConfig
 from token_assorted.vqvae.chunks import chunk_examples, collate
 
 
 def make_model(tokenizer, args, output_ids: list[int] | None) -> VQVAE:
     torch.manual_seed(args.seed)
     model = VQVAE(VQVAEConfig(
-        vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id, codebook_size=1024, d_model=args.d_model,
-        autoregressive=args.autoregressive, local_context=args.local_context, max_prompt_len=256,
-        dead_code_threshold=0.05, output_vocab_size=len(output_ids) if output_ids else 0))
+        codebook_size=1024, d_model=args.d_model, autoregressive=args.autoregressive,
+        local_context=args.local_context, max_prompt_len=256, dead_code_threshold=0.05,
+        output_vocab="data" if output_ids else "all"),
+        TextVocab(len(tokenizer), tokenizer.pad_token_id, len(output_ids) if output_ids else 0))
     if output_ids:
         model.set_output_vocab(output_ids)
     return model

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--search-rerank", type=int, default=0,
                         help="assignment search, validation: of the N likeliest codes, the one decoded best")
     parser.add_argument("--prompt-layers", type=int, default=1, help="prompt encoder g(P) layers")
-    parser.add_argument("--warmup-steps", type=int, default=100, help="learning-rate warm-up steps")
+    parser.add_argument("--warmup", type=float, default=100, help="learning-rate warm-up (>= 1: steps)")
     parser.add_argument("--out", default="", help="output directory (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,7 +89,7 @@ def main() -> None:
     config = VQVAETrainConfig(
         task=args.task, data=train, valid=valid, out=str(work / "vqvae"), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, d_model=args.d_model, seed=args.seed,
-        autoregressive=args.autoregressive, warmup_steps=args.warmup_steps,
+        autoregressive=args.autoregressive, warmup=args.warmup,
         chunk_size=args.chunk_size, compression=args.compression,
         prompt_layers=args.prompt_layers, local_context=args.local_context,
         output_vocab=args.output_vocab, assignment=args.assignment, search_candidates=args.search_candidates,

@@ -89,8 +89,8 @@ def train_steps(loaded: LoadedVQVAE, task: Task, examples: list[Example], steps:
     torch.manual_seed(0)  # the search's random candidates
     seconds, loss = [], float("nan")
     for step in range(steps):
-        batch = collate(items[step * batch_size:(step + 1) * batch_size], model.config.pad_id,
-                        model.config.max_prompt_len)
+        pad_id = model.vocab.pad_id if hasattr(model, "vocab") else model.config.pad_id  # older versions
+        batch = collate(items[step * batch_size:(step + 1) * batch_size], pad_id, model.config.max_prompt_len)
         started = time.perf_counter()
         output = model(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
         optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ if str(TESTS) not in sys.path:
 # A VQ-VAE of a few thousand weights: its shape (VQ_SHAPE), and two training steps on top (VQ_TINY; a
 # later --steps or --codebook-size in an argv wins).
 VQ_SHAPE = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
-            "--warmup-steps", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1",
+            "--warmup", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1",
             "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu", "--no-progress"]
 VQ_TINY = ["--steps", "2", "--valid-every", "2", *VQ_SHAPE]
 

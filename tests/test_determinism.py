@@ -65,7 +65,7 @@ def _train_vqvae(data: Path, out: Path, seed: int) -> Path:
     from token_assorted.vqvae import VQVAETrainConfig, train_vqvae
 
     config = VQVAETrainConfig(task="prontoqa", data=str(data), out=str(out), chunk_size=4, compression=2,
-                              codebook_size=8, steps=8, batch_size=4, warmup_steps=2, valid_every=4, seed=seed,
+                              codebook_size=8, steps=8, batch_size=4, warmup=2, valid_every=4, seed=seed,
                               d_model=16, heads=2, encoder_layers=1, decoder_layers=1, prompt_layers=1,
                               codebook_dim=4, max_prompt_len=64, dead_code_threshold=1.0, progress=False,
                               device="cpu")

@@ -60,7 +60,7 @@ def vqvae_and_model(tmp_path_factory):
     save_examples(root / "train.jsonl", examples)
     vq_dir = root / "vqvae"
     train_vqvae(VQVAETrainConfig(task="prosqa", data=str(root / "train.jsonl"), out=str(vq_dir), chunk_size=8,
-                                 compression=4, codebook_size=8, steps=4, batch_size=8, warmup_steps=1,
+                                 compression=4, codebook_size=8, steps=4, batch_size=8, warmup=1,
                                  valid_every=4, d_model=32, heads=2, encoder_layers=1, decoder_layers=1,
                                  codebook_dim=8, progress=False))
     loaded = load_vqvae(vq_dir)

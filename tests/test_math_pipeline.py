@@ -34,7 +34,7 @@ def tiny_math_preset(model_dir: Path) -> dict:
         "task": "gsm8k", "description": "test",
         "data": {"train": 0, "valid": 4, "test": 6},
         "vqvae": {"tokenizer": str(model_dir), "chat_template": True, "chunk_size": 8, "compression": 8,
-                  "codebook_size": 16, "steps": 4, "batch_size": 8, "warmup_steps": 1, "valid_every": 4,
+                  "codebook_size": 16, "steps": 4, "batch_size": 8, "warmup": 1, "valid_every": 4,
                   "d_model": 32, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "prompt_layers": 1,
                   "codebook_dim": 8, "output_vocab": "data", "progress": False},
         "train": {"model": str(model_dir), "chat_template": True, "m_values": [0, 8, 16, 72], "epochs": 1,

@@ -44,7 +44,7 @@ def world(tmp_path_factory) -> dict:
         assert main(["vqvae", "train", "--task", "qa", "--fields", "question=problem,steps=solution,answer=final_answer",
                      "--answer-match", "numeric", "--data", str(files["train"]), "--out", str(vqvae),
                      "--tokenizer", str(model), "--chunk-size", "8", "--compression", "4", "--codebook-size", "8",
-                     "--steps", "2", "--batch-size", "8", "--warmup-steps", "1", "--valid-every", "2", "--d-model", "32",
+                     "--steps", "2", "--batch-size", "8", "--warmup", "1", "--valid-every", "2", "--d-model", "32",
                      "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1", "--prompt-layers", "1",
                      "--codebook-dim", "8", "--no-progress"]) == 0
         found[name], found[f"vqvae-{name}"] = model, vqvae

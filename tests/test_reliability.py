@@ -31,7 +31,7 @@ if str(TESTS) not in sys.path:
 from conftest import one_line  # noqa: E402
 
 VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
-              "--warmup-steps", "2", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
+              "--warmup", "2", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
               "--decoder-layers", "1", "--prompt-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64",
               "--dead-code-threshold", "1.0", "--device", "cpu", "--no-progress"]
 

@@ -1,6 +1,6 @@
 """Encoding with search over the encoder's likeliest codes only (`encode_candidates`).
 
-The tiny models and toy syllogisms are test_vqvae.py's (K = 8 codes, so 8 candidates is the
+The tiny models and toy syllogisms are vqvae_toys.py's (K = 8 codes, so 8 candidates is the
 exact search and 5-7 take two rounds of `search.FIRST_ROUND` = 4 codes then the rest).
 """
 
@@ -11,15 +11,16 @@ import json
 
 import pytest
 import torch
-from test_vqvae import (
+from test_vqvae import toy_file  # noqa: F401 (a fixture)
+from vqvae_toys import (
     SEARCH,
     TASK,
     code_log_likelihoods,
     random_batch,
     spread_search_model,
+    target_log_probs,
     tiny_config,
     toy_examples,
-    toy_file,  # noqa: F401 (a fixture)
 )
 
 import token_assorted.vqvae.search as search
@@ -28,8 +29,6 @@ from token_assorted.core.errors import ConfigError
 from token_assorted.vqvae import VQVAE, encode_examples, load_vqvae, train_vqvae
 from token_assorted.vqvae.chunks import chunk_examples, collate
 from token_assorted.vqvae.decoding import greedy_tokens
-from token_assorted.vqvae.mixture import target_log_probs
-from token_assorted.vqvae.options import check_options
 from token_assorted.vqvae.search import best_fitting_codes, encoding_candidates
 
 RECIPE = dict(autoregressive=True, local_context=1, copy_prefix=True)
@@ -37,7 +36,7 @@ RECIPE = dict(autoregressive=True, local_context=1, copy_prefix=True)
 
 def with_settings(model: VQVAE, **changes) -> VQVAE:
     """The same weights under other encoding settings."""
-    other = VQVAE(dataclasses.replace(model.config, **changes))
+    other = VQVAE(dataclasses.replace(model.config, **changes), model.vocab)
     other.load_state_dict(model.state_dict())
     return other.eval()
 
@@ -106,13 +105,13 @@ def test_tokens_given_more_than_half_the_probability_are_written_back(toy_file, 
     out = train_vqvae(tiny_config(toy_file, tmp_path / "run", **SEARCH, **RECIPE, steps=150))
     model = load_vqvae(out).model
     items = chunk_examples(load_vqvae(out).tokenizer, TASK, toy_examples(), model.config.chunk_size)
-    batch = collate(items, model.config.pad_id, model.config.max_prompt_len)
+    batch = collate(items, model.vocab.pad_id, model.config.max_prompt_len)
     prompt, pad, chunk_ids, present = batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present
     owner, index = present.nonzero().unbind(1)
     codes = torch.arange(model.config.codebook_size)
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
-        vectors = model.quantizer.get_output_from_indices(codes)[None, :, None].expand(len(owner), -1, -1, -1)
+        vectors = model.quantizer.vectors(codes)[None, :, None].expand(len(owner), -1, -1, -1)
         decoded = greedy_tokens(model, vectors, index[:, None].expand(-1, len(codes)), memory[owner], pad[owner],
                                 prompt[owner])  # (C, K, L)
     log_p = torch.stack([code_log_likelihoods_per_token(model, batch, code) for code in codes], 1)  # (C, K, L)
@@ -126,7 +125,7 @@ def code_log_likelihoods_per_token(model: VQVAE, batch, code: int) -> torch.Tens
     prompt, pad, chunk_ids, present = batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present
     with torch.no_grad():
         memory = model.encode_prompt(prompt, pad)
-        grid = model.quantizer.get_output_from_indices(torch.full(present.shape, code))[:, :, None]
+        grid = model.quantizer.vectors(torch.full(present.shape, code))[:, :, None]
         hidden = model.decode(grid, memory, pad, chunk_ids)
         return target_log_probs(model, hidden, memory, pad, prompt, chunk_ids[present], present,
                                 model.prefix_of(chunk_ids))
@@ -142,10 +141,10 @@ def test_encoding_candidates_are_the_likeliest_or_all():
 def test_encode_candidates_is_checked_recorded_and_overridden(toy_file, tmp_path):
     with pytest.raises(ValueError, match="encode_candidates"):
         spread_search_model(encode_candidates=-1)
-    with pytest.raises(ValueError, match="search_rerank=5 re-ranks more codes than the encode_candidates=4"):
+    with pytest.raises(ValueError, match="search_rerank: re-ranks 5 codes, more than the encode_candidates"):
         spread_search_model(encode_candidates=4, search_rerank=5)
     with pytest.raises(ConfigError, match="search_rerank: re-ranks 5 codes, more than the encode_candidates"):
-        check_options(tiny_config(toy_file, tmp_path / "x", **SEARCH, encode_candidates=4, search_rerank=5))
+        tiny_config(toy_file, tmp_path / "x", **SEARCH, encode_candidates=4, search_rerank=5)
     out = train_vqvae(tiny_config(toy_file, tmp_path / "s", **SEARCH, encode_candidates=3, steps=10))
     assert json.loads((out / "config.json").read_text())["model"]["encode_candidates"] == 3
     assert load_vqvae(out, encode_candidates=0).config.encode_candidates == 0

@@ -102,7 +102,7 @@ def trained(tmp_path_factory) -> dict:
     vqvae = root / "vqvae"
     assert main(["vqvae", "train", "--task", "qa", "--fields", FIELDS, "--answer-match", "numeric", "--data", str(train),
                  "--out", str(vqvae), "--tokenizer", str(model), "--chunk-size", "8", "--compression", "8",
-                 "--codebook-size", "8", "--steps", "30", "--batch-size", "8", "--warmup-steps", "2",
+                 "--codebook-size", "8", "--steps", "30", "--batch-size", "8", "--warmup", "2",
                  "--valid-every", "30", "--d-model", "32", "--heads", "2", "--encoder-layers", "1",
                  "--decoder-layers", "1", "--prompt-layers", "1", "--codebook-dim", "8", "--no-progress"]) == 0
     out = train_lm(TrainConfig(task="qa", task_options=OPTIONS, data=str(train), out=str(root / "model"),

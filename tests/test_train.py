@@ -230,27 +230,6 @@ def test_two_process_ddp_on_cpu_trains_one_model(data, tmp_path, strategy):
         assert meta(out)["coconut"]["thoughts"] == 1
 
 
-def test_codebook_of_reads_the_trained_codebook_not_the_ema_sums():
-    # After EMA updates the `codebook` init must get the quantizer's codebook itself (what it
-    # assigns codes with), not a copy from before the updates.
-    from vector_quantize_pytorch import VectorQuantize
-
-    from token_assorted.vqvae.codes import codebook_of
-
-    torch.manual_seed(0)
-    holder = torch.nn.Module()
-    holder.quantizer = VectorQuantize(dim=16, codebook_size=8, codebook_dim=4, decay=0.5)
-    holder.train()
-    initial = holder.quantizer.codebook.clone()
-    for _ in range(3):
-        holder.quantizer(torch.randn(2, 12, 16))
-    expected = holder.quantizer.codebook  # (K, d_vq)
-    assert not torch.allclose(initial, expected)  # the EMA updates moved it
-    found = codebook_of(holder, 8)
-    assert found is not None and found.shape == (8, 4)
-    assert torch.allclose(found, expected)
-
-
 def test_a_custom_validate_may_return_accuracy_alone(data, tmp_path):
     out = train_lm(config(data, tmp_path / "run", epochs=1, valid=str(data["valid"])),
                    validate=lambda model, run, cfg, acc: 0.25)

@@ -284,7 +284,7 @@ def test_vqvae_resume_refuses_a_swapped_trainer_state(tmp_path, data_file, capsy
 
     marker = tmp_path / "MARKER"
     options = dict(task="prosqa", data=str(data_file), out=str(tmp_path / "vq"), chunk_size=4, compression=4,
-                   codebook_size=4, steps=4, batch_size=1, warmup_steps=1, valid_every=2, d_model=16, heads=2,
+                   codebook_size=4, steps=4, batch_size=1, warmup=1, valid_every=2, d_model=16, heads=2,
                    encoder_layers=1, decoder_layers=1, prompt_layers=1, codebook_dim=4, max_prompt_len=32,
                    progress=False, device="cpu")
     train_vqvae(VQVAETrainConfig(**options, stop_at=2))

@@ -37,6 +37,15 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", comments.get(f.name, "")) for f in dataclasses.fields(cls)}
 
 
+def _declared_by(cls: type) -> dict[str, type]:
+    """Each field of `cls` -> the class that declares it (the nearest in the MRO)."""
+    owner: dict[str, type] = {}
+    for klass in cls.__mro__:
+        for name in inspect.get_annotations(klass):
+            owner.setdefault(name, klass)
+    return owner
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -66,23 +75,35 @@ def _int_or_text(text: str) -> int | str:
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
                      prefix: str = "") -> None:
-    """A flag for each field of dataclass `cls` (nested configs: `--NAME-FIELD`), default None."""
-    hints, helps = typing.get_type_hints(cls), field_help(cls)
-    for field in dataclasses.fields(cls):
+    """A flag for each field of dataclass `cls` (nested configs: `--NAME-FIELD`), default None.
+
+    Inherited fields are listed under the docstring of the class that declares them (the
+    VQ-VAE's options, the optimisation's), after the class's own; `metadata={"required": True}`
+    makes a flag required.
+    """
+    hints, helps, owner = typing.get_type_hints(cls), field_help(cls), _declared_by(cls)
+    groups: dict[type, Any] = {cls: parser}
+    for field in sorted(dataclasses.fields(cls), key=lambda f: owner[f.name] is not cls):
         if field.name in skip:
             continue
+        declared = owner[field.name]
+        if declared not in groups:
+            groups[declared] = parser.add_argument_group(inspect.getdoc(declared).splitlines()[0].rstrip("."))
         kinds, dest = _inner(hints[field.name]), prefix + field.name
         help_text = helps[field.name]
         if help_text is not argparse.SUPPRESS:
             help_text = help_text.replace("%", "%%")  # argparse formats help with %
-            if field.default is not dataclasses.MISSING:
+            if field.default not in (dataclasses.MISSING, None):
                 help_text = f"{help_text} (default: {field.default})" if help_text else f"default: {field.default}"
         options: dict[str, Any] = {"dest": dest, "default": None, "help": help_text}
+        if field.metadata.get("required"):
+            options["required"] = True
+        add = groups[declared].add_argument
         if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]):
             add_config_flags(parser, kinds[0], prefix=f"{dest}.")
             continue
         if kinds == (bool,):
-            parser.add_argument(_flag(dest.replace(".", "_")), action=argparse.BooleanOptionalAction, **options)
+            add(_flag(dest.replace(".", "_")), action=argparse.BooleanOptionalAction, **options)
             continue
         origin = typing.get_origin(kinds[0])
         if origin is dict:
@@ -94,7 +115,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
         else:
             options["type"] = kinds[0]
             options["metavar"] = field.name.upper()
-        parser.add_argument(_flag(dest.replace(".", "_")), **options)
+        add(_flag(dest.replace(".", "_")), **options)
 
 
 def given(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import sys
 
 from ..core.errors import ConfigError
-from . import add_task_flags, positive_int, task_options_from_args
+from . import add_task_flags, task_options_from_args
 from .flags import add_config_flags, given
 
 
@@ -46,50 +46,37 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_encode(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import EncodeOptions
+
     parser = commands.add_parser("encode", help="write the codes file of a data file (what `train --codes` reads)")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--data", required=True, metavar="FILE", help="examples to encode")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--out", required=True, metavar="CODES.json",
-                        help="output: the codes file (one code list per example, the codebook, the tokenizer's "
-                             "and the VQ-VAE's paths; token_assorted/vqvae/codes.py)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="examples per batch")
-    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
-    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
+    add_config_flags(parser, EncodeOptions)
     add_task_flags(parser)
-    parser.add_argument("--max-trace-len", type=positive_int, metavar="N",
-                        help="skip (and count) examples whose trace has more tokens than this, before encoding "
-                             "(default: the VQ-VAE's max_trace_len)")
     parser.set_defaults(func=_encode)
 
 
 def _register_decode(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import DecodeOptions
+
     parser = commands.add_parser("decode", help="print the text a sequence of latent tokens stands for")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--prompt", required=True, help="the question the codes were encoded under")
-    parser.add_argument("--codes", required=True, help="comma-separated codebook indices, e.g. 12,7,40")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
+    add_config_flags(parser, DecodeOptions)
     add_task_flags(parser)
     parser.set_defaults(func=_decode)
 
 
-RERANK_HELP = ("assignment 'search': greedy-decode the N most likely codes of a chunk and keep the one whose "
-               "text misses the fewest tokens (default: the VQ-VAE's saved setting; 0: the most likely code)")
-CANDIDATES_HELP = ("assignment 'search': score only the encoder's N likeliest codes of a chunk (default: the "
-                   "VQ-VAE's saved setting; 0: all K codes, the exact search)")
-
-
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
+    from ..vqvae.options import EncodeOptions
+
     parser = commands.add_parser("evaluate", help="reconstruction accuracy and codebook use of a saved VQ-VAE")
-    parser.add_argument("--vqvae", required=True, metavar="DIR", help="trained VQ-VAE directory")
-    parser.add_argument("--data", required=True, metavar="FILE", help="examples whose traces to reconstruct")
-    parser.add_argument("--task", help="task name (default: the VQ-VAE's task)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per batch")
-    parser.add_argument("--search-rerank", type=int, metavar="N", help=RERANK_HELP)
-    parser.add_argument("--encode-candidates", type=int, metavar="N", help=CANDIDATES_HELP)
-    parser.add_argument("--out", metavar="METRICS.json", help="also write the metrics here (JSON)")
+    add_config_flags(parser, EncodeOptions, skip=("max_trace_len",))
     add_task_flags(parser)
     parser.set_defaults(func=_evaluate)
+
+
+def _options(args: argparse.Namespace, cls: type, source: str):
+    """The subcommand's options from its flags, checked as a config file's would be."""
+    from ..core.config import from_mapping
+
+    return from_mapping(cls, given(args, cls), source)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -141,13 +128,19 @@ def _encode(args: argparse.Namespace) -> int:
     from ..data.tasks import check_data_task
     from ..vqvae import load_vqvae
     from ..vqvae.codes import encode_codes_file
+    from ..vqvae.options import EncodeOptions
 
-    check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
+    options = _options(args, EncodeOptions, "vqvae encode")
+    if not options.out:
+        raise ConfigError("vqvae encode: --out is required (the codes file to write)")
+    check_outputs({"--out": options.out}, {"--data": options.data, "--vqvae": options.vqvae})
+    loaded = load_vqvae(options.vqvae, search_rerank=options.search_rerank,
+                        encode_candidates=options.encode_candidates)
     task = _task_of(args, loaded)
-    check_data_task(task, args.data)
-    with file_lock(args.out):
-        summary = encode_codes_file(loaded, task, args.data, args.out, args.max_trace_len, args.batch_size)
+    check_data_task(task, options.data)
+    with file_lock(options.out):
+        summary = encode_codes_file(loaded, task, options.data, options.out, options.max_trace_len,
+                                    options.batch_size)
     print(printable(summary), file=sys.stderr)
     return 0
 
@@ -155,25 +148,22 @@ def _encode(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from ..core.terminal import printable
     from ..vqvae import decode_codes, load_vqvae, prompt_ids_for
+    from ..vqvae.options import DecodeOptions
     from ..vqvae.store import trace_limit
 
-    loaded = load_vqvae(args.vqvae)
-    # At most the codes of the longest trace the VQ-VAE takes, counted before any is read: 20,000
+    options = _options(args, DecodeOptions, "vqvae decode")
+    if not options.codes:
+        raise ConfigError("--codes: no codes given; pass comma-separated codebook indices, e.g. 12,7,40")
+    loaded = load_vqvae(options.vqvae)
+    # At most the codes of the longest trace the VQ-VAE takes, counted before any is decoded: 20,000
     # codes would ask the decoder for gigabytes.
     per_chunk, chunk_size = loaded.config.latents_per_chunk, loaded.config.chunk_size
-    most = -(-trace_limit(args.vqvae) // chunk_size) * per_chunk
-    parts = [part for part in args.codes.replace(" ", "").split(",") if part] if len(args.codes) <= 20 * most else None
-    if parts is not None and not parts:
-        raise ConfigError("--codes: no codes given; pass comma-separated codebook indices, e.g. 12,7,40")
-    if parts is None or len(parts) > most:
+    most = -(-trace_limit(options.vqvae) // chunk_size) * per_chunk
+    if len(options.codes) > most:
         raise ConfigError(f"--codes: at most {most} codes ({most // per_chunk} chunks of {chunk_size} tokens, the "
-                          f"VQ-VAE's max_trace_len), got {len(parts) if parts is not None else 'far more'}")
-    try:
-        codes = [int(part) for part in parts]
-    except ValueError:
-        raise ConfigError(f"--codes must be comma-separated integers, got {printable(args.codes[:80])!r}") from None
+                          f"VQ-VAE's max_trace_len), got {len(options.codes)}")
     task = _task_of(args, loaded)
-    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, args.prompt), codes)))
+    print(printable(decode_codes(loaded, prompt_ids_for(loaded, task, options.prompt), options.codes)))
     return 0
 
 
@@ -185,29 +175,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..data.tasks import check_data_task
     from ..vqvae import load_vqvae
     from ..vqvae.metrics import reconstruction_metrics
+    from ..vqvae.options import EncodeOptions
     from ..vqvae.store import chunk_traces, trace_limit
 
-    if args.out:
-        check_outputs({"--out": args.out}, {"--data": args.data, "--vqvae": args.vqvae})
-    loaded = load_vqvae(args.vqvae, search_rerank=args.search_rerank, encode_candidates=args.encode_candidates)
+    options = _options(args, EncodeOptions, "vqvae evaluate")
+    if options.out:
+        check_outputs({"--out": options.out}, {"--data": options.data, "--vqvae": options.vqvae})
+    loaded = load_vqvae(options.vqvae, search_rerank=options.search_rerank,
+                        encode_candidates=options.encode_candidates)
     task = _task_of(args, loaded)
-    check_data_task(task, args.data)
+    check_data_task(task, options.data)
     # Traces longer than the VQ-VAE takes are skipped and counted, as training and encoding do:
     # one 5,000-step trace would ask the encoder for hundreds of GB.
-    limit = trace_limit(args.vqvae)
-    items = chunk_traces(loaded, task, task.load(args.data))
+    limit = trace_limit(options.vqvae)
+    items = chunk_traces(loaded, task, task.load(options.data))
     kept = [item for item in items if item.trace_length <= limit]
     if not kept:
-        raise ConfigError(f"{args.data}: every trace is longer than the VQ-VAE's max_trace_len={limit} tokens")
-    metrics = reconstruction_metrics(loaded.model, kept, args.batch_size)
-    result = {"data": args.data, "search_rerank": loaded.config.search_rerank,
+        raise ConfigError(f"{options.data}: every trace is longer than the VQ-VAE's max_trace_len={limit} tokens")
+    metrics = reconstruction_metrics(loaded.model, kept, options.batch_size)
+    result = {"data": options.data, "search_rerank": loaded.config.search_rerank,
               "encode_candidates": loaded.config.encode_candidates, **metrics,
               **({"skipped_too_long": len(items) - len(kept)} if len(kept) < len(items) else {})}
     if len(kept) < len(items):
         print(f"vqvae evaluate: skipped {len(items) - len(kept)} examples whose trace is longer than "
               f"max_trace_len={limit} tokens", file=sys.stderr)
-    if args.out:
-        with file_lock(args.out):
-            atomic_write_json(args.out, result)
+    if options.out:
+        with file_lock(options.out):
+            atomic_write_json(options.out, result)
     print(json.dumps(result, indent=2))
     return 0

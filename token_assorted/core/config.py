@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, OptionError
 from .io import read_text
 
 T = TypeVar("T")
@@ -241,6 +241,15 @@ def check_limits(values: dict[str, Any], limits: dict[str, Bound], source: str, 
             raise ConfigError(f"{source}: {prefix}{name}: {problem}")
 
 
+def check_bounds(config: Any, limits: dict[str, Bound]) -> None:
+    """A dataclass's own range check (from its `__post_init__`): OptionError for the first field out of
+    range, so a config built in Python is checked as one read from a file is."""
+    for name, bound in limits.items():
+        problem = bound.problem(getattr(config, name))
+        if problem:
+            raise OptionError(name, problem)
+
+
 # --------------------------------------------------------------------------- dataclasses
 def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "config", prefix: str = "") -> T:
     """Build dataclass `cls` from `mapping`, checking keys, simple types and limits recursively.
@@ -259,6 +268,8 @@ def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "config", 
     check_limits(values, getattr(cls, "LIMITS", {}), source, prefix)
     try:
         return cls(**values)
+    except OptionError as exc:  # a dataclass's own checks, naming the option
+        raise ConfigError(f"{source}: {prefix}{exc.option}: {exc.message}") from None
     except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -45,6 +45,18 @@ class ConfigError(TokenAssortedError):
     """An option, preset or config file is invalid (unknown key, wrong type, unknown name)."""
 
 
+class OptionError(ConfigError, ValueError):
+    """One option of a typed config is out of range or inconsistent with another, raised by the
+    config's own checks; `config.from_mapping` adds where the option was given (`SOURCE: section.`)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option, self.message = option, message
+        super().__init__(f"{option}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.option, self.message))
+
+
 class CheckpointError(TokenAssortedError):
     """A checkpoint or model directory is missing, unsafe or does not match the data/tokenizer."""
 

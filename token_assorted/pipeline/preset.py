@@ -28,7 +28,7 @@ from ..evaluation.probes import ProbeSettings, check_settings
 from ..generation.config import EvalConfig
 from ..lm.config import TrainConfig, check_config
 from ..lm.methods import METHOD_NAMES, names_of
-from ..vqvae.options import VQVAETrainConfig, check_options
+from ..vqvae.options import VQVAETrainConfig
 
 BASE_METHODS = (*names_of("baseline"), *names_of("method"))  # every run: Sol-Only, CoT, Token Assorted
 # Keys the pipeline sets itself in the stage configs (a preset may not).
@@ -176,7 +176,7 @@ def check_preset(config: PipelineConfig, source: str = "preset") -> None:
         if name not in METHOD_NAMES:
             raise ConfigError(f"{source}: unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
     _check_section(config.vqvae, VQVAE_OWNED, VQVAETrainConfig, source, "vqvae.")
-    check_options(vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER, source), source, "vqvae.")
+    vqvae_config(config, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER, source)  # built, so checked by its own checks
     _check_section(config.train, TRAIN_OWNED, TrainConfig, source, "train.")
     for name, section in config.method_overrides.items():
         _check_section(section, TRAIN_OWNED, TrainConfig, source, f"method_overrides.{name}.")

@@ -1,12 +1,18 @@
 """Stage 1 of Token Assorted: a VQ-VAE that turns trace chunks into latent tokens and back.
 
-    config.py     VQVAEConfig (the model's shape; retired options of saved configs)
-    options.py    VQVAETrainConfig (every `vqvae train` option)
+    config.py     VQVAEConfig: the VQ-VAE's options and their checks (no torch)
+    options.py    VQVAETrainConfig (VQVAEConfig + the shared optimisation options + the run's), and the
+                  options of `vqvae encode|evaluate|decode` (no torch)
     chunks.py     traces -> chunks of L tokens, batched with their prompts
-    networks.py   the weights: prompt encoder g(P), chunk encoder, chunk decoder
+    tokens.py     TextVocab (the tokenizer's sizes) and TokenEmbedding: embeddings, local context,
+                  the tied vocabulary head
+    prompt.py     PromptMemory g(P), and MemoryKV: the keys and values it gives the decoder
+    stack.py      ChunkStack: the transformer over chunks the encoder and decoder are; its layers run by hand
+    encoder.py    ChunkEncoder f_enc: a chunk -> L/r latents
     quantizer.py  q: the library VQ codebook (nearest code) or the search's codebook
-    mixture.py    the output distribution: vocabulary head mixed with a copy head over the prompt
-    memory_kv.py  the decoder run by hand: prompt keys/values projected once, a step cache
+    decoder.py    ChunkDecoder f_dec: L/r code vectors -> L hidden states (one pass or autoregressive)
+    copy_head.py  CopyHead: attention over the prompt, its prefix weights, and the output mixture
+    parts.py      VQVAEParts: owns the parts above, and the passes through them on token ids
     decoding.py   greedy decoding of code vectors into chunk text
     search.py     assignment by search: a chunk's code is the one its decoding fits best
     model.py      VQVAE: ties them (training pass, codes of chunks, text of codes)
@@ -23,7 +29,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "VQVAE": "model", "VQVAEOutput": "model", "VQVAEConfig": "config",
+    "VQVAE": "model", "VQVAEOutput": "model", "VQVAEConfig": "config", "TextVocab": "tokens",
     "ChunkedExample": "chunks", "chunk_examples": "chunks", "split_trace": "chunks",
     "VQVAETrainConfig": "options", "train_vqvae": "train",
     "LoadedVQVAE": "store", "load_vqvae": "store", "check_compatible": "store", "encode_examples": "store",

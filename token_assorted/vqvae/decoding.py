@@ -16,52 +16,51 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .memory_kv import MemoryKV, StepCache, run_grouped
-from .mixture import copy_keys, predict
-from .networks import ChunkNetworks
+from .parts import VQVAEParts
+from .prompt import MemoryKV
+from .stack import StepCache, run_grouped
 
 
 @torch.no_grad()
-def greedy_tokens(nets: ChunkNetworks, quantized: Tensor, chunk_index: Tensor, memory: Tensor, memory_pad: Tensor,
+def greedy_tokens(model: VQVAEParts, quantized: Tensor, chunk_index: Tensor, memory: Tensor, memory_pad: Tensor,
                   prompt_ids: Tensor, memory_kv: MemoryKV | None = None, keys: Tensor | None = None) -> Tensor:
     """(M, g, L/r, D) code vectors -> (M, g, L) decoded token ids (pads included).
 
     `chunk_index` (M, g): each chunk's index in its trace. `memory_kv`, `keys`: the decoder's
     and the copy head's side of the (M, P, D) memory, when the caller has them already.
     """
-    keys = copy_keys(nets, memory, prompt_ids) if keys is None else keys  # read at every position: once
-    if not nets.config.autoregressive:
-        hidden = nets.decode(quantized, memory, memory_pad, chunk_index=chunk_index)  # (M, g, L, D)
-        return predict(nets, hidden, memory, memory_pad, prompt_ids, keys=keys)
-    memory_kv = nets.memory_kv(memory, memory_pad) if memory_kv is None else memory_kv
-    return _step_by_step(nets, quantized, chunk_index, (memory, memory_pad, prompt_ids), memory_kv, keys)
+    keys = model.copy_keys(memory, prompt_ids) if keys is None else keys  # read at every position: once
+    if not model.config.autoregressive:
+        hidden = model.decoder(quantized, memory, memory_pad, chunk_index=chunk_index)  # (M, g, L, D)
+        return model.copy_head.predict(model.tokens, hidden, memory, memory_pad, prompt_ids, keys=keys)
+    memory_kv = model.memory_kv(memory, memory_pad) if memory_kv is None else memory_kv
+    return _step_by_step(model, quantized, chunk_index, (memory, memory_pad, prompt_ids), memory_kv, keys)
 
 
-def _step_by_step(nets: ChunkNetworks, quantized: Tensor, chunk_index: Tensor,
-                  prompt: tuple[Tensor, Tensor, Tensor], memory_kv: MemoryKV, keys: Tensor) -> Tensor:
+def _step_by_step(model: VQVAEParts, quantized: Tensor, chunk_index: Tensor, prompt: tuple[Tensor, Tensor, Tensor],
+                  memory_kv: MemoryKV, keys: Tensor) -> Tensor:
     """The autoregressive decoder's greedy tokens (M, g, L), one position per step with a cache."""
-    rows, variants, n_latent, _ = quantized.shape
-    span, length = n_latent + nets.config.chunk_size, nets.config.chunk_size
-    cache = StepCache.empty(nets.decoder, rows * variants, span, quantized)
-    tokens = torch.full((rows, variants, length), nets.config.pad_id, dtype=torch.long, device=quantized.device)
-    index = nets.chunk_index(chunk_index.clamp(max=nets.config.max_chunks - 1))[:, :, None]  # (M, g, 1, D)
+    decoder, rows, variants, n_latent = model.decoder, *quantized.shape[:3]
+    span, length = n_latent + model.config.chunk_size, model.config.chunk_size
+    cache = StepCache.empty(decoder.transformer, rows * variants, span, quantized)
+    tokens = torch.full((rows, variants, length), model.vocab.pad_id, dtype=torch.long, device=quantized.device)
+    place = decoder.place(chunk_index)[:, :, None]  # (M, g, 1, D)
     offsets = torch.arange(span, device=quantized.device)
     allowed = (offsets[None, :] <= offsets[:, None]) | (offsets[None, :] < n_latent)  # (S, S) causal past the codes
     for position in range(length):
         start = 0 if position == 0 else n_latent + position  # step 0 also runs the code vectors' positions
         end = n_latent + position + 1
-        x = _step_inputs(nets, quantized, tokens, position) + nets.chunk_position.weight[start:end] + index
-        hidden = run_grouped(nets.decoder, x, memory_kv, allowed[start:end, :end], cache, start)[:, :, -1:]
-        prefix = nets.prefix_of(tokens[:, :, :position + 1])  # the copy prefix: the tokens written so far
+        x = _step_inputs(model, quantized, tokens, position) + decoder.position.weight[start:end] + place
+        hidden = run_grouped(decoder.transformer, x, memory_kv, allowed[start:end, :end], cache, start)[:, :, -1:]
+        prefix = model.prefix_of(tokens[:, :, :position + 1])  # the copy prefix: the tokens written so far
         prefix = prefix[:, :, position:] if prefix is not None else None
-        tokens[:, :, position] = predict(nets, hidden, *prompt, prefix, keys)[:, :, 0]
+        tokens[:, :, position] = model.copy_head.predict(model.tokens, hidden, *prompt, prefix, keys)[:, :, 0]
     return tokens
 
 
-def _step_inputs(nets: ChunkNetworks, quantized: Tensor, tokens: Tensor, position: int) -> Tensor:
+def _step_inputs(model: VQVAEParts, quantized: Tensor, tokens: Tensor, position: int) -> Tensor:
     """The decoder's new inputs at a step: (M, g, T, D), the code vectors too at position 0."""
-    query = nets.output_queries[position].expand(*tokens.shape[:2], 1, -1)  # (M, g, 1, D)
+    query = model.decoder.output_queries[position].expand(*tokens.shape[:2], 1, -1)  # (M, g, 1, D)
     if position == 0:  # position 0 sees no token
         return torch.cat([quantized, query], dim=2)
-    previous = nets.with_local_context(nets.token_embedding(tokens[:, :, :position]))[:, :, -1:]
-    return query + previous
+    return query + model.tokens.in_context(tokens[:, :, :position])[:, :, -1:]

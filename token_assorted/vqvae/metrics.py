@@ -32,10 +32,10 @@ def reconstruction_metrics(model: VQVAE, items: Sequence[ChunkedExample], batch_
     tokens = correct = chunks = exact = 0
     loss_sum = 0.0
     for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size], config.pad_id, config.max_prompt_len).to(device)
+        batch = collate(items[start:start + batch_size], model.vocab.pad_id, config.max_prompt_len).to(device)
         output = model(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
         targets = batch.targets  # (C, L)
-        real = targets != config.pad_id
+        real = targets != model.vocab.pad_id
         # Accuracy of free (greedy) decoding, never teacher-forced: the one-pass decoder's predictions
         # already are its decoding.
         predicted = (model.tokens_of(batch.prompt_ids, batch.prompt_pad, output.codes, batch.chunk_present)

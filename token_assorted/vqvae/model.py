@@ -5,10 +5,10 @@ the whole trace can be replaced). For each chunk, given the prompt P:
 
     chunk --f_enc--> L/r latents --q--> L/r codes --f_dec--> L hidden states --mixture--> L tokens
 
-`VQVAE` ties the parts: the networks (networks.py), the code assignment (the nearest codebook
-vector, quantizer.py, or the best-fitting code, search.py), the output distribution
-(mixture.py) and greedy decoding (decoding.py). Why each part is what it is, and what was
-measured and dropped: BENCHMARKS.md, "Stage 1".
+`VQVAE` ties the parts (parts.py: each a module that owns its weights): the training pass,
+the codes of chunks (the nearest codebook vector, quantizer.py, or the best-fitting code,
+search.py) and the text of codes (greedy decoding, decoding.py). Why each part is what it is,
+and what was measured and dropped: BENCHMARKS.md, "Stage 1".
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .decoding import greedy_tokens
-from .mixture import copy_keys, log_probs, predict, target_log_probs
-from .networks import ChunkNetworks
-from .quantizer import nearest_codes
+from .parts import VQVAEParts
 from .search import best_fitting_codes, encoding_candidates, training_codes
 
 
@@ -38,7 +36,7 @@ class VQVAEOutput:
         return self.recon_loss + self.vq_loss
 
 
-class VQVAE(ChunkNetworks):
+class VQVAE(VQVAEParts):
     """Chunk encoder, quantizer and prompt-conditioned chunk decoder: training pass, codes and decoding."""
 
     def forward(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> VQVAEOutput:
@@ -48,15 +46,18 @@ class VQVAE(ChunkNetworks):
         quantized, codes, vq_loss = self._assign(prompt_ids, prompt_pad, chunk_ids, chunk_present, memory, latents)
         grid = latents.new_zeros(latents.shape)
         grid[chunk_present] = quantized.to(grid.dtype)
-        hidden = self.decode(grid, memory, prompt_pad, chunk_ids)  # (B, N, L, D)
-        targets, prefix = chunk_ids[chunk_present], self.prefix_of(chunk_ids)  # (C, L), (B, N, L, D) or None
-        keys = copy_keys(self, memory, prompt_ids)
-        if self.config.output_vocab_size:
-            recon_loss = -target_log_probs(self, hidden, memory, prompt_pad, prompt_ids, targets, chunk_present,
-                                           prefix, keys).mean()
-            predictions = predict(self, hidden, memory, prompt_pad, prompt_ids, prefix, keys)[chunk_present]
-        else:  # the whole distribution: the path the default run's results were measured with
-            log_p = log_probs(self, hidden, memory, prompt_pad, prompt_ids, chunk_present, prefix, keys)
+        previous = self.previous(chunk_ids)  # (B, N, L, D) or None
+        hidden = self.decoder(grid, memory, prompt_pad, previous)  # (B, N, L, D)
+        targets = chunk_ids[chunk_present]  # (C, L)
+        prefix = previous if self.config.copy_prefix else None  # the copy prefix reads the same features
+        head, keys = self.copy_head, self.copy_keys(memory, prompt_ids)
+        if self.vocab.output_size:
+            recon_loss = -head.target_log_probs(self.tokens, hidden, memory, prompt_pad, prompt_ids, targets,
+                                                chunk_present, prefix, keys).mean()
+            predictions = head.predict(self.tokens, hidden, memory, prompt_pad, prompt_ids, prefix, keys)
+            predictions = predictions[chunk_present]
+        else:  # the whole distribution
+            log_p = head.log_probs(self.tokens, hidden, memory, prompt_pad, prompt_ids, chunk_present, prefix, keys)
             recon_loss = F.nll_loss(log_p.flatten(0, 1), targets.flatten())
             predictions = log_p.detach().argmax(-1)
         return VQVAEOutput(predictions, codes, recon_loss, vq_loss)
@@ -71,7 +72,7 @@ class VQVAE(ChunkNetworks):
         encoder to predict it.
         """
         if self.config.assignment == "nearest":
-            return nearest_codes(self.quantizer, latents[present])
+            return self.quantizer(latents[present])
         codebook = self.quantizer
         with torch.no_grad():
             if self.training:
@@ -84,7 +85,7 @@ class VQVAE(ChunkNetworks):
                                                  self.config.encode_candidates)  # (C, N)
                 codes = best_fitting_codes(self, prompt_ids, prompt_pad, chunk_ids, present, memory, candidates)
         loss = F.cross_entropy(codebook.classifier(latents[present][:, 0]).float(), codes)
-        return codebook.get_output_from_indices(codes)[:, None], codes[:, None], loss
+        return codebook.vectors(codes)[:, None], codes[:, None], loss
 
     @torch.no_grad()
     def codes_of(self, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, chunk_present: Tensor) -> Tensor:
@@ -101,6 +102,6 @@ class VQVAE(ChunkNetworks):
         """
         memory = self.encode_prompt(prompt_ids, prompt_pad)  # (B, P, D)
         grid = memory.new_zeros(*chunk_present.shape, self.config.latents_per_chunk, self.config.d_model)
-        grid[chunk_present] = self.quantizer.get_output_from_indices(codes).to(grid.dtype)
+        grid[chunk_present] = self.quantizer.vectors(codes).to(grid.dtype)
         index = torch.arange(chunk_present.shape[1], device=codes.device).expand(chunk_present.shape)  # (B, N)
         return greedy_tokens(self, grid, index, memory, prompt_pad, prompt_ids)[chunk_present]

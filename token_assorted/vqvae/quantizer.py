@@ -1,13 +1,15 @@
 """q: the codebook a chunk's latent is turned into a code with, one per `assignment`.
 
-- "nearest": vector-quantize-pytorch's `VectorQuantize`, the codebook vector nearest to the
-  encoder output, with an EMA codebook, k-means initialisation on the first batch, dead-code
-  replacement, a low-dimensional codebook (`codebook_dim`) and the straight-through estimator
-  (under DDP the library syncs its statistics: the model is built after the process group).
+- "nearest": `NearestCodebook`, vector-quantize-pytorch's `VectorQuantize`: the codebook vector
+  nearest to the encoder output, with an EMA codebook, k-means initialisation on the first
+  batch, dead-code replacement, a low-dimensional codebook (`codebook_dim`) and the
+  straight-through estimator (under DDP the library syncs its statistics: the model is built
+  after the process group).
 - "search" (search.py): `SearchCodebook`, K learned vectors the decoder reads and the encoder's
   K-way classifier over them; the code is the one whose decoding fits the chunk best.
 
-Both offer `get_output_from_indices(codes)`, the vectors the decoder reads.
+Both own their codebook and give `vectors(codes)`, the vectors the decoder reads, and
+`codebook`, the (K, d) table stage 2 may start its latent rows from.
 """
 
 from __future__ import annotations
@@ -24,22 +26,43 @@ DEAD_USAGE = 0.05  # starting at 1, an unchosen code falls below this after ~300
 SPLIT_NOISE = 0.1  # re-seeded code = popular code + this share of the table's spread as noise
 
 
-def build_quantizer(config: VQVAEConfig) -> nn.Module:
+def build_quantizer(config: VQVAEConfig) -> NearestCodebook | SearchCodebook:
     """The codebook of `config.assignment`, over latents of width d_model."""
     if config.assignment == "search":
         return SearchCodebook(config.codebook_size, config.d_model)
-    # The library defaults to the rotation trick; straight-through is what was measured best.
-    return VectorQuantize(dim=config.d_model, codebook_size=config.codebook_size,
-                          codebook_dim=config.codebook_dim or None, decay=config.ema_decay, kmeans_init=True,
-                          threshold_ema_dead_code=config.dead_code_threshold,
-                          commitment_weight=config.commitment_weight, rotation_trick=False)
+    return NearestCodebook(config)
 
 
-def nearest_codes(quantizer: nn.Module, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(C, L/r, D) latents -> quantized (C, L/r, D), codes (C, L/r), commitment loss."""
-    # Nearest-code search and EMA statistics must stay in fp32 (bf16 distances tie and NaN).
-    with torch.autocast(latents.device.type, enabled=False):
-        return quantizer(latents.float())
+class NearestCodebook(nn.Module):
+    """The nearest codebook vector (VQ): `forward` gives the quantized latents, codes and commitment loss."""
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        # The library defaults to the rotation trick; straight-through is what was measured best.
+        self.vq = VectorQuantize(dim=config.d_model, codebook_size=config.codebook_size,
+                                 codebook_dim=config.codebook_dim or None, decay=config.ema_decay, kmeans_init=True,
+                                 threshold_ema_dead_code=config.dead_code_threshold,
+                                 commitment_weight=config.commitment_weight, rotation_trick=False)
+        # The library allocates affine-parameter buffers with torch.empty even when the affine
+        # option is off; zero them so checkpoints hold no uninitialised memory.
+        for name, buffer in self.vq.named_buffers():
+            if name.endswith(("codebook_mean", "codebook_variance")):
+                buffer.zero_()
+
+    def forward(self, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(C, L/r, D) latents -> quantized (C, L/r, D), codes (C, L/r), commitment loss."""
+        # Nearest-code search and EMA statistics must stay in fp32 (bf16 distances tie and NaN).
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.vq(latents.float())
+
+    def vectors(self, codes: Tensor) -> Tensor:
+        """Codes (...) -> the vectors the decoder reads (..., D)."""
+        return self.vq.get_output_from_indices(codes)
+
+    @property
+    def codebook(self) -> Tensor:
+        """(K, codebook_dim): the vectors codes are assigned with (the EMA's current codebook)."""
+        return self.vq.codebook
 
 
 class SearchCodebook(nn.Module):
@@ -58,7 +81,7 @@ class SearchCodebook(nn.Module):
         self.classifier = nn.Linear(dim, codebook_size)
         self.register_buffer("usage", torch.ones(codebook_size))
 
-    def get_output_from_indices(self, codes: Tensor) -> Tensor:
+    def vectors(self, codes: Tensor) -> Tensor:
         """Codes (...) -> the vectors the decoder reads (..., D)."""
         return self.codebook[codes]
 

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .copy_head import ChunkSide
 from .decoding import greedy_tokens
-from .memory_kv import MemoryKV, run_grouped
-from .mixture import ChunkSide, chunk_side, code_log_likelihoods, copy_keys, target_log_probs
-from .networks import ChunkNetworks
+from .parts import VQVAEParts
+from .prompt import MemoryKV
+from .stack import run_grouped
 
 SEARCH_SEQUENCES = 256  # training: decoder sequences scored at once (candidates x examples)
 ENCODE_ROWS = 512  # encoding: (chunk, code) pairs scored in one decoder call (more spill out of the caches)
@@ -45,29 +46,31 @@ SURE = math.log(0.51)  # a token given more than half the probability is the arg
 
 
 @torch.no_grad()
-def training_codes(nets: ChunkNetworks, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor,
+def training_codes(model: VQVAEParts, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor, present: Tensor,
                    memory: Tensor, candidates: Tensor) -> Tensor:
     """(C,) the candidate (B, N, G) under which each real chunk's teacher-forced log likelihood is highest."""
     batch = prompt_ids.shape[0]
-    # The prompt side once, not once per candidate: the copy head's keys, the decoder's memory.
-    keys, memory_kv = copy_keys(nets, memory, prompt_ids), nets.memory_kv(memory, prompt_pad)
-    prefix = nets.prefix_of(chunk_ids)
+    # Once, not once per candidate: the copy head's keys and the decoder's keys and values of the
+    # prompts, and what each position reads of the chunk's tokens before it (the copy prefix too).
+    keys, memory_kv = model.copy_keys(memory, prompt_ids), model.memory_kv(memory, prompt_pad)
+    previous = model.previous(chunk_ids)  # (B, N, L, D) or None
 
     def score(codes: Tensor) -> Tensor:  # (g*B, N) codes -> (g, C) log likelihoods
         g = codes.shape[0] // batch
-        mem, pad, ids, chunks, real, key, pre = (
+        mem, pad, ids, chunks, real, key, before = (
             t.repeat(g, *[1] * (t.dim() - 1)) if t is not None else None
-            for t in (memory, prompt_pad, prompt_ids, chunk_ids, present, keys, prefix))
-        hidden = nets.decode(nets.quantizer.get_output_from_indices(codes)[:, :, None], mem, pad, chunks,
-                             memory_kv.repeat(g))
-        return target_log_probs(nets, hidden, mem, pad, ids, chunks[real], real, pre, key).sum(-1).view(g, -1)
+            for t in (memory, prompt_pad, prompt_ids, chunk_ids, present, keys, previous))
+        hidden = model.decoder(model.quantizer.vectors(codes)[:, :, None], mem, pad, before, memory_kv.repeat(g))
+        prefix = before if model.config.copy_prefix else None
+        return model.copy_head.target_log_probs(model.tokens, hidden, mem, pad, ids, chunks[real], real, prefix,
+                                                key).sum(-1).view(g, -1)
 
-    was_training = nets.training
-    nets.eval()  # score as decoding will run: no dropout
+    was_training = model.training
+    model.eval()  # score as decoding will run: no dropout
     try:
         return best_codes(score, candidates, present, max(1, SEARCH_SEQUENCES // batch))
     finally:
-        nets.train(was_training)
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -125,25 +128,25 @@ class _Encoding:
 
 
 @torch.no_grad()
-def best_fitting_codes(nets: ChunkNetworks, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
+def best_fitting_codes(model: VQVAEParts, prompt_ids: Tensor, prompt_pad: Tensor, chunk_ids: Tensor,
                        present: Tensor, memory: Tensor, candidates: Tensor) -> Tensor:
     """(C,) every real chunk's code among its (C, N) candidates (`encoding_candidates`): the most
     likely, or with `search_rerank` the best decoded."""
     owner, index = present.nonzero().unbind(1)  # each real chunk's example and place in its trace
     # The prompt side once per example, read by all the codes of each of its chunks.
     batch = _Encoding(chunk_ids[present], owner, index, (~prompt_pad).sum(-1)[owner], memory, prompt_pad, prompt_ids,
-                      nets.memory_kv(memory, prompt_pad), copy_keys(nets, memory, prompt_ids))
+                      model.memory_kv(memory, prompt_pad), model.copy_keys(memory, prompt_ids))
     everyone = torch.arange(len(owner), device=owner.device)
-    if not FIRST_ROUND < candidates.shape[1] < nets.config.codebook_size:  # one round: all K, or a few
-        return _pick(nets, batch, candidates, _log_likelihoods(nets, batch, everyone, candidates))
+    if not FIRST_ROUND < candidates.shape[1] < model.config.codebook_size:  # one round: all K, or a few
+        return _pick(model, batch, candidates, _log_likelihoods(model, batch, everyone, candidates))
     # Two rounds: the encoder's likeliest few first; a chunk whose likeliest of them writes it
     # back (`_sure`) stops there, the others are scored under the rest of their candidates.
     log_p = memory.new_full((*candidates.shape, batch.chunks.shape[1]), float("-inf"))  # (C, N, L)
-    log_p[:, :FIRST_ROUND] = _log_likelihoods(nets, batch, everyone, candidates[:, :FIRST_ROUND])
+    log_p[:, :FIRST_ROUND] = _log_likelihoods(model, batch, everyone, candidates[:, :FIRST_ROUND])
     doubt = (~_sure(log_p, log_p.sum(-1).argmax(-1))).nonzero()[:, 0]
     if len(doubt):
-        log_p[doubt, FIRST_ROUND:] = _log_likelihoods(nets, batch, doubt, candidates[doubt, FIRST_ROUND:])
-    return _pick(nets, batch, candidates, log_p)
+        log_p[doubt, FIRST_ROUND:] = _log_likelihoods(model, batch, doubt, candidates[doubt, FIRST_ROUND:])
+    return _pick(model, batch, candidates, log_p)
 
 
 def _sure(log_p: Tensor, likeliest: Tensor) -> Tensor:
@@ -153,37 +156,37 @@ def _sure(log_p: Tensor, likeliest: Tensor) -> Tensor:
     return log_p[torch.arange(len(likeliest), device=log_p.device), likeliest].min(-1).values > SURE
 
 
-def _log_likelihoods(nets: ChunkNetworks, batch: _Encoding, chunks: Tensor, candidates: Tensor) -> Tensor:
+def _log_likelihoods(model: VQVAEParts, batch: _Encoding, chunks: Tensor, candidates: Tensor) -> Tensor:
     """(c, n, L) the teacher-forced log p of the given chunks' tokens under their (c, n) candidates."""
     log_p = batch.memory.new_empty(*candidates.shape, batch.chunks.shape[1])
     # Chunks in blocks of similar prompt length, each block's prompts cut to its longest: the
     # cross-attention and the copy head then skip most of the batch padding.
     for block in batch.lengths[chunks].argsort(descending=True).split(CHUNK_BLOCK):
         memory, pad, ids, memory_kv, keys = batch.prompts(chunks[block])
-        side = chunk_side(nets, memory, pad, ids, batch.chunks[chunks[block]], keys)
-        log_p[block] = token_log_likelihoods(nets, batch.chunks[chunks[block]], batch.index[chunks[block]],
+        side = model.copy_head.chunk_side(model.tokens, memory, pad, ids, batch.chunks[chunks[block]], keys)
+        log_p[block] = token_log_likelihoods(model, batch.chunks[chunks[block]], batch.index[chunks[block]],
                                              memory_kv, side, candidates[block])
     return log_p
 
 
-def _pick(nets: ChunkNetworks, batch: _Encoding, candidates: Tensor, log_p: Tensor) -> Tensor:
+def _pick(model: VQVAEParts, batch: _Encoding, candidates: Tensor, log_p: Tensor) -> Tensor:
     """(C,) each chunk's code given its candidates' (C, N, L) token log p (-inf: not scored)."""
-    scores, rerank = log_p.sum(-1), nets.config.search_rerank  # (C, N)
+    scores, rerank = log_p.sum(-1), model.config.search_rerank  # (C, N)
     likeliest = scores.argmax(-1)  # the first of equal maxima, as in training
     picked = candidates.gather(1, likeliest[:, None])[:, 0]
     doubt = (~_sure(log_p, likeliest)).nonzero()[:, 0] if rerank > 1 else likeliest[:0]
     if len(doubt):  # decode the n likeliest codes of the other chunks
         likely = candidates[doubt].gather(1, scores[doubt].topk(rerank, dim=-1).indices)  # (c, n), likeliest first
         memory, pad, ids, memory_kv, keys = batch.prompts(doubt)
-        vectors = nets.quantizer.get_output_from_indices(likely)[:, :, None]  # (c, n, 1, D)
-        decoded = greedy_tokens(nets, vectors, batch.index[doubt, None].expand(-1, rerank), memory, pad, ids,
+        vectors = model.quantizer.vectors(likely)[:, :, None]  # (c, n, 1, D)
+        decoded = greedy_tokens(model, vectors, batch.index[doubt, None].expand(-1, rerank), memory, pad, ids,
                                 memory_kv, keys)  # (c, n, L)
         first_fewest = (decoded != batch.chunks[doubt, None]).sum(-1).argmin(-1)  # the first of equal minima
         picked[doubt] = likely.gather(1, first_fewest[:, None])[:, 0]
     return picked
 
 
-def token_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
+def token_log_likelihoods(model: VQVAEParts, chunks: Tensor, index: Tensor, memory_kv: MemoryKV,
                           side: ChunkSide, candidates: Tensor | None = None) -> Tensor:
     """(C, N, L): the teacher-forced log p of each chunk's L tokens under each of its (C, N)
     candidate codes (default: all K, in code order).
@@ -193,18 +196,19 @@ def token_log_likelihoods(nets: ChunkNetworks, chunks: Tensor, index: Tensor, me
     """
     n_chunks, length = chunks.shape
     if candidates is None:
-        candidates = encoding_candidates(chunks.new_zeros(n_chunks, nets.config.codebook_size), 0)
-    vectors = nets.quantizer.get_output_from_indices(candidates)  # (C, N, D)
-    queries = nets.decoder_queries(chunks, n_chunks)  # (C, L, D): the same under every code
-    position = nets.chunk_position.weight[:length + 1]  # (S, D), S = 1 + L
-    place = nets.chunk_index(index.clamp(max=nets.config.max_chunks - 1))[:, None, None]  # (C, 1, 1, D)
+        candidates = encoding_candidates(chunks.new_zeros(n_chunks, model.config.codebook_size), 0)
+    vectors = model.quantizer.vectors(candidates)  # (C, N, D)
+    decoder = model.decoder
+    queries = decoder.queries(model.previous(chunks), n_chunks)  # (C, L, D): the same under every code
+    position = decoder.position.weight[:length + 1]  # (S, D), S = 1 + L
+    place = decoder.place(index)[:, None, None]  # (C, 1, 1, D)
     allowed = torch.ones(length + 1, length + 1, dtype=torch.bool, device=chunks.device)
-    if nets.config.autoregressive:  # the code sees itself, position i the code and positions <= i
+    if model.config.autoregressive:  # the code sees itself, position i the code and positions <= i
         allowed = allowed.tril()
     log_p = []
     for codes in vectors.split(max(1, ENCODE_ROWS // n_chunks), dim=1):  # (C, g, D) codes at a time
         x = torch.cat([codes[:, :, None], queries[:, None].expand(-1, codes.shape[1], -1, -1)],
                       dim=2) + position + place  # (C, g, S, D)
-        hidden = run_grouped(nets.decoder, x, memory_kv, allowed)[:, :, 1:]  # (C, g, L, D)
-        log_p.append(code_log_likelihoods(nets, hidden, side))
+        hidden = run_grouped(decoder.transformer, x, memory_kv, allowed)[:, :, 1:]  # (C, g, L, D)
+        log_p.append(model.copy_head.code_log_likelihoods(model.tokens, hidden, side))
     return torch.cat(log_p, dim=1)

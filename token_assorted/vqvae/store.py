@@ -1,8 +1,8 @@
 """The stage-1 directory and the API stage 2 uses: load, encode traces, decode codes.
 
 ```
-DIR/config.json        {"format", "model": VQVAEConfig, "train": VQVAETrainConfig, "task",
-                        "chat_template", "tokenizer_fingerprint", "step"}
+DIR/config.json        {"format", "model": VQVAEConfig, "vocab": TextVocab, "train": VQVAETrainConfig,
+                        "task", "task_options", "chat_template", "tokenizer_fingerprint", "step", "valid"}
 DIR/model.safetensors  weights and codebook buffers (written atomically)
 DIR/tokenizer/         the shared text tokenizer (HF format)
 DIR/logs/, DIR/state/  the training's logs and resume state (training/fit.py, training/checkpoint.py)
@@ -10,7 +10,8 @@ DIR/logs/, DIR/state/  the training's logs and resume state (training/fit.py, tr
 Nothing else writes here: the codes of a data set go to a codes file of their own
 (`vqvae encode`, the pipeline's codes stage; latents.py).
 Weights are read only from safetensors: a pickle where safetensors is expected is
-refused, never unpickled.
+refused, never unpickled. A folder of another format (an older token-assorted's) is refused
+in one line naming it: retrain it.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from ..data.schema import Example
 from ..data.tasks.base import Task
 from ..data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from .chunks import ChunkedExample, chunk_examples, collate
-from .config import VQVAEConfig, without_retired
+from .config import VQVAEConfig
 from .metrics import reconstruction_metrics
 from .model import VQVAE
+from .tokens import TextVocab
 
-FORMAT = "token-assorted-vqvae/1"
-DEFAULT_TRACE_LIMIT = 8192  # max_trace_len of VQ-VAEs saved before the option existed
+FORMAT = "token-assorted-vqvae/2"  # /2: a module per part, the vocabulary beside the options
 WEIGHTS, CONFIG, TOKENIZER_DIR = "model.safetensors", "config.json", "tokenizer"
 
 
@@ -93,7 +94,8 @@ def save_vqvae(directory: Path, model: VQVAE, info: dict[str, Any]) -> None:
     Training checks the weights are finite before it saves them (training/fit.py).
     """
     save_weights(directory / WEIGHTS, model, {"format": FORMAT, "step": str(info.get("step", 0))})
-    atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config), **info})
+    atomic_write_json(directory / CONFIG, {"format": FORMAT, "model": dataclasses.asdict(model.config),
+                                           "vocab": dataclasses.asdict(model.vocab), **info})
 
 
 # --- loading and checks ------------------------------------------------------------
@@ -110,8 +112,8 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
         raise CheckpointError(f"{directory}: VQ-VAE directory not found")
     state = load_weights(directory / WEIGHTS)
     info = _read_config(directory)
-    model_fields = without_retired(info["model"], f"{directory / CONFIG}:model")
-    config = from_mapping(VQVAEConfig, model_fields, f"{directory / CONFIG}:model")
+    config = from_mapping(VQVAEConfig, info["model"], f"{directory / CONFIG}:model")
+    vocab = from_mapping(TextVocab, info["vocab"], f"{directory / CONFIG}:vocab")
     overrides = {name: value for name, value in (("search_rerank", search_rerank),
                                                  ("encode_candidates", encode_candidates)) if value is not None}
     if overrides:
@@ -124,7 +126,7 @@ def load_vqvae(directory: str | Path, *, codebook_size: int | None = None, chunk
     if fingerprint != info.get("tokenizer_fingerprint"):
         raise CheckpointError(f"{directory / TOKENIZER_DIR}: tokenizer fingerprint {fingerprint} differs from "
                               f"the one recorded in config.json ({info.get('tokenizer_fingerprint')})")
-    model = VQVAE(config)
+    model = VQVAE(config, vocab)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -140,7 +142,12 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not (directory / CONFIG).is_file():
         raise CheckpointError(f"{directory}: no {CONFIG}; the checkpoint is incomplete")
     info = read_json(directory / CONFIG)
-    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("model"), dict):
+    found = info.get("format") if isinstance(info, dict) else None
+    if isinstance(found, str) and found.startswith("token-assorted-vqvae/") and found != FORMAT:
+        older = found < FORMAT  # one digit: the formats sort as their versions
+        raise CheckpointError(f"{directory}: a VQ-VAE saved by {'an older' if older else 'another'} token-assorted "
+                              f"(format {found}; this one reads {FORMAT}); retrain it")
+    if found != FORMAT or not all(isinstance(info.get(key), dict) for key in ("model", "vocab", "train")):
         raise CheckpointError(f"{directory / CONFIG}: not a token-assorted VQ-VAE config")
     return info
 
@@ -198,7 +205,7 @@ def encode_chunked(loaded: LoadedVQVAE, items: Sequence[ChunkedExample], batch_s
     encoded = [i for i, item in enumerate(items) if item.chunks and not (skip and skip[i])]
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start:start + batch_size]
-        batch = collate([items[i] for i in rows], config.pad_id, config.max_prompt_len).to(device)
+        batch = collate([items[i] for i in rows], model.vocab.pad_id, config.max_prompt_len).to(device)
         chunk_codes = model.codes_of(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids,
                                      batch.chunk_present).cpu().tolist()  # (C, L/r)
         owners = batch.chunk_present.nonzero()[:, 0].tolist()  # example of each real chunk, in order
@@ -209,9 +216,12 @@ def encode_chunked(loaded: LoadedVQVAE, items: Sequence[ChunkedExample], batch_s
 
 def trace_limit(directory: str | Path) -> int:
     """The longest trace (tokens) the VQ-VAE in `directory` was trained to accept (max_trace_len)."""
-    train = _read_config(Path(directory)).get("train")
-    limit = train.get("max_trace_len") if isinstance(train, dict) else None
-    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_TRACE_LIMIT
+    train = _read_config(Path(directory))["train"]
+    limit = train.get("max_trace_len")
+    if not isinstance(limit, int) or limit < 1:
+        raise CheckpointError(f"{Path(directory) / CONFIG}: train.max_trace_len must be a positive integer, "
+                              f"got {limit!r}")
+    return limit
 
 
 # --- decoding codes -----------------------------------------------------------------
@@ -227,7 +237,7 @@ def decode_code_ids(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Seque
     code_grid = torch.tensor(list(codes), dtype=torch.long, device=device).view(-1, config.latents_per_chunk)
     present = torch.ones(1, len(code_grid), dtype=torch.bool, device=device)  # one trace of N chunks
     tokens = model.tokens_of(prompt, torch.zeros_like(prompt, dtype=torch.bool), code_grid, present)  # (N, L)
-    return [token for token in tokens.flatten().tolist() if token != config.pad_id]
+    return [token for token in tokens.flatten().tolist() if token != model.vocab.pad_id]
 
 
 def decode_codes(loaded: LoadedVQVAE, prompt_ids: Sequence[int], codes: Sequence[int]) -> str:

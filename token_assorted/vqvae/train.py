@@ -31,11 +31,12 @@ from ..data.tokenizer import load_tokenizer, resolve_tokenizer, task_tokenizer, 
 from ..training.fit import After, Fit, Optimization, Stage, shard
 from ..training.order import step_indices
 from .chunks import ChunkBatch, ChunkedExample, chunk_examples, collate
-from .config import VQVAEConfig, without_retired
+from .config import VQVAEConfig
 from .metrics import reconstruction_metrics
 from .model import VQVAE
-from .options import VQVAETrainConfig, check_options
+from .options import VQVAETrainConfig, check_paths
 from .store import CONFIG, TOKENIZER_DIR, WEIGHTS, read_info, save_vqvae
+from .tokens import TextVocab
 
 # Options that may differ between a run and its resumption; those defining the
 # checkpoint's shape are refused with a CheckpointError, any other with a ConfigError.
@@ -48,7 +49,7 @@ def train_vqvae(config: VQVAETrainConfig, task: Task | None = None) -> Path:
 
     Launched with `torchrun` (or `accelerate launch`), every process trains a share of each batch.
     """
-    check_options(config)
+    check_paths(config)
     # Before the model: vector-quantize-pytorch syncs its codebook across processes when DDP is on.
     accelerator = make_accelerator("no", config.device)
     out = Path(config.out)
@@ -104,7 +105,7 @@ def _check_resume(config: VQVAETrainConfig, out: Path) -> dict[str, Any]:
     if not (out / CONFIG).is_file():
         raise CheckpointError(f"{out}: nothing to resume (no {CONFIG}); run without --resume")
     info = read_info(out)
-    saved, given = without_retired(info.get("train", {}), f"{out / CONFIG}:train"), _comparable(config)
+    saved, given = info["train"], _comparable(config)
     differing = sorted(k for k in given if k in saved and saved[k] != given[k])
     shape = [k for k in differing if k in _SHAPE]
     if shape:
@@ -138,12 +139,10 @@ def _resume_tokenizer(config: VQVAETrainConfig, out: Path, info: dict[str, Any])
 
 
 def _new_model(config: VQVAETrainConfig, tokenizer: PreTrainedTokenizerBase, items: list[ChunkedExample]) -> VQVAE:
-    shared = {f.name for f in dataclasses.fields(VQVAEConfig)} & {f.name for f in dataclasses.fields(config)}
     # "data": the vocabulary head scores only the ids the training traces use (pad included).
     trace_ids = {token for item in items for chunk in item.chunks for token in chunk} | {tokenizer.pad_token_id}
-    model = VQVAE(VQVAEConfig(vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id,
-                              output_vocab_size=len(trace_ids) if config.output_vocab == "data" else 0,
-                              **{name: getattr(config, name) for name in shared}))
+    vocab = TextVocab(len(tokenizer), tokenizer.pad_token_id, len(trace_ids) if config.output_vocab == "data" else 0)
+    model = VQVAE(VQVAEConfig.of(config), vocab)
     if config.output_vocab == "data":
         model.set_output_vocab(sorted(trace_ids))
     return model
@@ -173,13 +172,14 @@ class VQVAEStage(Stage):
 
     def optimization(self) -> Optimization:
         config = self.config
-        return Optimization(config.steps, config.batch_size, config.lr, config.warmup_steps,
+        return Optimization(config.steps, config.batch_size, config.lr, config.warmup_steps(config.steps),
                             grad_accum=config.grad_accum, weight_decay=config.weight_decay, betas=(0.9, 0.99),
-                            max_grad_norm=config.grad_clip)
+                            max_grad_norm=config.max_grad_norm)
 
     def schedule(self, optimizer: torch.optim.Optimizer) -> Any:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(self.config.warmup_steps,
-                                                                           self.config.steps))
+        config = self.config
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps(config.steps),
+                                                                           config.steps))
 
     def begin_step(self, fit: Fit, step: int) -> None:
         self.figures = []
@@ -189,12 +189,12 @@ class VQVAEStage(Stage):
         config = self.config
         indices = shard(step_indices(config.seed, step, config.batch_size, len(self.items)), fit.micro, index,
                         fit.rank, fit.world)
-        return collate([self.items[i] for i in indices], self.model.config.pad_id, self.model.config.max_prompt_len)
+        return collate([self.items[i] for i in indices], self.model.vocab.pad_id, self.model.config.max_prompt_len)
 
     def loss(self, module: torch.nn.Module, batch: ChunkBatch) -> torch.Tensor:
         output = module(batch.prompt_ids, batch.prompt_pad, batch.chunk_ids, batch.chunk_present)
         targets = batch.targets  # (C, L)
-        real = targets != self.model.config.pad_id
+        real = targets != self.model.vocab.pad_id
         self.figures.append((output.recon_loss.detach(), output.vq_loss.detach(),
                              int(((output.predictions == targets) & real).sum()), int(real.sum()), output.codes))
         return output.loss

@@ -1,65 +1,77 @@
-"""The chunk decoder run by hand: the prompt's keys and values projected once, and a step cache.
+"""A transformer over chunks (the chunk encoder's and decoder's), and its layers run by hand.
 
-Every decoder pass projects the prompt memory (B, P, D) to keys and values in each layer's
-cross-attention. The search scores every chunk under many codes and greedy decoding runs
-the decoder once per chunk position: the same projection each time. `MemoryKV` projects
-the memory once per layer. `run_decoder` is `nn.TransformerDecoder`'s forward for the
-pre-norm layers the VQ-VAE builds, reading those keys and values (the training search's
-scoring; training's own forward keeps the library's stack). `run_grouped` runs the layers
-over g variants of each memory row (the codes tried for one chunk, or the chunks of one
-trace): their self-attention stays apart, their cross-attention reads the row's keys and
-values without copying them, and with a `StepCache` it runs a few new positions after
-cached ones (greedy decoding, one position per step). It computes no dropout in self-attention:
-it serves decoding and the search, which run in eval mode.
+Chunks are laid out per example, (B, N, S, D), and flattened to one sequence of N blocks: a
+block-diagonal self-attention mask keeps every chunk on its own, while cross-attention reads
+the prompt memory once per example. Each position adds its place in the chunk (`position`) and
+the chunk's place in its trace (`chunk_index`). The layers are pre-norm `nn.TransformerDecoder`
+layers: self-attention inside a chunk, cross-attention to g(P), a feed-forward block.
+
+The search scores every chunk under many codes and greedy decoding runs the decoder once per
+chunk position, each time against the same prompt. `run_grouped` runs the same layers over g
+variants of each memory row (the codes tried for one chunk, or the chunks of one trace): their
+self-attention stays apart, their cross-attention reads the row's keys and values (`MemoryKV`,
+projected once) without copying them, and with a `StepCache` it runs a few new positions after
+cached ones. It computes no dropout in self-attention: it serves decoding and the search, which
+run in eval mode. `run_decoder` is the stack's own forward, reading projected keys and values
+(the training search's scoring).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class MemoryKV:
-    """Per decoder layer, the keys and values (B, H, P, D/H) of a memory; `mask` (B, 1, 1, P) is
-    0 at real prompt tokens and -inf at padding."""
-
-    keys: tuple[Tensor, ...]
-    values: tuple[Tensor, ...]
-    mask: Tensor
-
-    @classmethod
-    def of(cls, stack: nn.TransformerDecoder, memory: Tensor, memory_pad: Tensor) -> MemoryKV:
-        keys, values = [], []
-        for layer in stack.layers:
-            attention = layer.multihead_attn
-            width, heads = attention.embed_dim, attention.num_heads
-            projected = F.linear(memory, attention.in_proj_weight[width:], attention.in_proj_bias[width:])
-            key, value = projected.view(*memory.shape[:2], 2, heads, width // heads).permute(2, 0, 3, 1, 4)
-            keys.append(key)
-            values.append(value)
-        mask = torch.zeros(memory_pad.shape, dtype=memory.dtype, device=memory.device)
-        mask = mask.masked_fill(memory_pad, float("-inf"))[:, None, None]
-        return cls(tuple(keys), tuple(values), mask)
-
-    def repeat(self, times: int) -> MemoryKV:
-        """The memory of `times` copies of the batch stacked (row g*B + b holds example b)."""
-        return self._map(lambda t: t.repeat(times, *[1] * (t.dim() - 1)))
-
-    def select(self, rows: Tensor, length: int | None = None) -> MemoryKV:
-        """The memory of the given rows (e.g. each chunk's example), cut to its first `length` positions."""
-        return MemoryKV(tuple(t[rows, :, :length] for t in self.keys), tuple(t[rows, :, :length] for t in self.values),
-                        self.mask[rows, ..., :length])
-
-    def _map(self, along_batch: Callable[[Tensor], Tensor]) -> MemoryKV:
-        return MemoryKV(tuple(map(along_batch, self.keys)), tuple(map(along_batch, self.values)),
-                        along_batch(self.mask))
+from .config import VQVAEConfig
+from .prompt import MemoryKV
 
 
+class ChunkStack(nn.Module):
+    """Pre-norm transformer layers over chunks, with their positions and chunk indices."""
+
+    def __init__(self, config: VQVAEConfig, layers: int) -> None:
+        super().__init__()
+        width = config.d_model
+        layer = nn.TransformerDecoderLayer(width, config.heads, 4 * width, config.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(width))
+        self.position = nn.Embedding(config.latents_per_chunk + config.chunk_size, width)
+        self.chunk_index = nn.Embedding(config.max_chunks, width)
+        for embedding in (self.position, self.chunk_index):
+            nn.init.normal_(embedding.weight, std=0.02)
+        self.latents_per_chunk = config.latents_per_chunk
+
+    def place(self, index: Tensor) -> Tensor:
+        """(...) chunk indices in their traces -> (..., D); chunks past the last embedding share it."""
+        return self.chunk_index(index.clamp(max=self.chunk_index.num_embeddings - 1))
+
+    def run(self, x: Tensor, memory: Tensor, memory_pad: Tensor, causal: bool = False,
+            memory_kv: MemoryKV | None = None, index: Tensor | None = None) -> Tensor:
+        """(B, N, S, D) chunk inputs -> (B, N, S, D) hidden states.
+
+        `causal`: the positions after the first L/r see the L/r and the earlier ones of their
+        chunk only. `index` (B, N): each chunk's place in its trace (default: its place n).
+        """
+        batch, n_chunks, span, width = x.shape
+        index = torch.arange(n_chunks, device=x.device)[None] if index is None else index  # (1 or B, N)
+        x = x + self.position(torch.arange(span, device=x.device))[None, None] + self.place(index)[:, :, None]
+        blocks = torch.arange(n_chunks * span, device=x.device) // span
+        separate = blocks[:, None] != blocks[None, :]  # (N*S, N*S) True where attention is blocked
+        if causal:  # token positions see the latents and earlier tokens of their own chunk
+            offset = torch.arange(n_chunks * span, device=x.device) % span
+            later_token = (offset[None, :] > offset[:, None]) & (offset[None, :] >= self.latents_per_chunk)
+            separate = separate | later_token
+        x = x.reshape(batch, n_chunks * span, width)
+        if memory_kv is not None:
+            hidden = run_decoder(self.transformer, x, memory_kv, separate)
+        else:
+            hidden = self.transformer(x, memory, tgt_mask=separate, memory_key_padding_mask=memory_pad)
+        return hidden.view(batch, n_chunks, span, width)
+
+
+# --- the layers run by hand ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepCache:
     """Self-attention keys and values of the positions decoded so far: per layer (R, H, S, D/H)."""
