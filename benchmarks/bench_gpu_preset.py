@@ -35,9 +35,10 @@ Assorted on the same data and model (GPT-2 size, from scratch: the papers fine-t
 pre-trained GPT-2, so ours start further back). Their schedules are curricula over epochs, so
 the 150-step cut above would stop them at their first phase: they get whole epochs instead,
 one per phase. Coconut: CoT for 1 epoch, then stages 1-6 (c = 1, Coconut's ProsQA/ProntoQA
-max_latent_stage) for 1 epoch each: 7 epochs, about 980 steps of 128 ProsQA questions, each
-step 2 + s forward passes. iCoT: 8 tokens per epoch (Deng et al.), 6 epochs, the last with no
-trace. Not timed on a GPU yet: a Coconut step should cost 3-5 CoT steps, so Coconut alone is
+max_latent_stage) for 1 epoch each, then one epoch with every step replaced (the final phase of
+tasks whose traces run past 6 steps): 8 epochs, about 1,120 steps of 128 ProsQA questions, each
+step 2 + s forward passes. iCoT: 8 tokens per epoch (Deng et al.), removed one at a time, 6
+epochs, the last with no trace. Not timed on a GPU yet: a Coconut step should cost 3-5 CoT steps, so Coconut alone is
 probably 3-6 minutes per task on one H100; run one task per call, and cut with
 --set method_overrides.coconut.epochs=N if needed. The Coconut paper's Table 1 is printed
 beside them (Coconut 97.0 % / 14.2 tokens and iCoT 98.2 % / 8.2 on ProsQA; 99.8 % / 9.0 and
@@ -87,13 +88,13 @@ PEER_PAPER = {"prosqa": {"coconut": (97.0, 14.2), "icot": (98.2, 8.2)},
               "prontoqa": {"coconut": (99.8, 9.0), "icot": (99.8, 3.0)}}
 # Whole epochs, one per phase of each curriculum (the shared 150-step cut is lifted for them).
 PEER_BUDGET = {
-    "method_overrides.coconut": {"epochs": 7, "max_steps": None, "coconut_thoughts_per_step": 1,
+    "method_overrides.coconut": {"epochs": 8, "max_steps": None, "coconut_thoughts_per_step": 1,
                                  "coconut_stages": 6, "coconut_epochs_per_stage": 1, "coconut_cot_epochs": 1},
     "method_overrides.icot": {"epochs": 6, "max_steps": None, "icot_tokens_per_epoch": 8, "icot_final_epochs": 1},
 }
 SMOKE_PEERS = {
-    "method_overrides.coconut": {"epochs": 2, "max_steps": None, "coconut_stages": 1, "coconut_epochs_per_stage": 1,
-                                 "coconut_cot_epochs": 1},
+    "method_overrides.coconut": {"epochs": 2, "max_steps": None, "coconut_stages": 1,
+                                 "coconut_epochs_per_stage": 0.5, "coconut_cot_epochs": 1},
     "method_overrides.icot": {"epochs": 2, "max_steps": None, "icot_tokens_per_epoch": 8, "icot_final_epochs": 1},
 }
 

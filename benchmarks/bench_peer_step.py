@@ -1,4 +1,4 @@
-"""Seconds per optimizer step of Coconut (at every stage) and iCoT against CoT, measured interleaved.
+"""Seconds per optimizer step of Coconut (at every stage), Coconut-Pause and iCoT against CoT, interleaved.
 
 Each method trains its own copy of the preset's model (same initialisation) on the same
 generated questions of the preset's task; steps alternate CoT, Coconut stage 0, 1, …, S,
@@ -43,28 +43,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_examples(Path(tmp) / "train.jsonl", task.generate(args.examples, 0, **preset.data.options))
         runs = {}
-        for method in ("cot", "coconut", "icot"):
+        for method in ("cot", "coconut", "icot", "coconut-pause"):
             settings = {k: v for k, v in train_settings(preset, method).items() if k != "embedding_init"}
             config = TrainConfig(**{**settings, "task": preset.task, "data": str(Path(tmp) / "train.jsonl"),
                                     "out": str(Path(tmp) / method), "strategy": method, "progress": False})
             run = setup(config)
+            # the schedule of a run over the preset's training set size and epochs
+            per_epoch = -(-preset.data.train // config.batch_size)
+            run.method.plan(run, per_epoch, per_epoch * config.epochs)
             runs[method] = (run, run.method.wrap(run.model), torch.optim.AdamW(run.model.parameters(), lr=1e-4))
     coconut = runs["coconut"][0].method.schedule
-    icot = runs["icot"][0].method.schedule
-    # (label, method, epoch): Coconut's first epoch of each stage, iCoT's final (trace-free) phase
+    # (label, method, step): Coconut's first step of each stage, the final phases of Coconut-Pause and iCoT
     cases = [("CoT", "cot", 0)]
     cases += [(f"Coconut stage {s} ({coconut.thoughts(s)} thoughts)", "coconut",
-               0 if s == 0 else coconut.cot_epochs + (s - 1) * coconut.epochs_per_stage)
-              for s in range(coconut.stages + 1)]
-    cases.append(("iCoT, no trace (its final epochs)", "icot", icot.epochs - 1))
+               0 if s == 0 else coconut.cot_steps + (s - 1) * coconut.stage_steps)
+              for s in range(coconut.final_stage + 1)]
+    cases.append(("Coconut-Pause, final stage", "coconut-pause", runs["coconut-pause"][0].method.final_start()))
+    cases.append(("iCoT, no trace (its final phase)", "icot", runs["icot"][0].method.final_start()))
     times: dict[str, list[float]] = {label: [] for label, _, _ in cases}
     batch_size = preset.train.get("batch_size", 32)
     for step in range(args.steps + 3):
-        for label, method, epoch in cases:
+        for label, method, at in cases:
             run, module, optimizer = runs[method]
             indices = [(step * batch_size + i) % len(run.encoded) for i in range(batch_size)]
             start = time.perf_counter()
-            loss = run.method.loss(module, run.method.batch(run, indices, 0, epoch))
+            epoch = at // run.method.steps_per_epoch
+            loss = run.method.loss(module, run.method.batch(run, indices, 0, epoch, at))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

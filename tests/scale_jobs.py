@@ -156,8 +156,10 @@ def main(data: Path, out: Path, jobs: list[str]) -> None:
             assert cli(train_argv(data, out / job.removesuffix("-fsdp"), "--sharding", "fsdp", *lora)) == 0
         elif job.startswith("ddp-"):
             strategy = job.removeprefix("ddp-")
-            # Coconut: one epoch at stage 1, so its multi-pass forward (prompt, a thought, the rest) runs under DDP.
-            extra = ["--coconut-cot-epochs", "0", "--coconut-stages", "1"] if strategy == "coconut" else []
+            # Coconut: half an epoch at stage 1, then the final stage, so its multi-pass forward (prompt, a
+            # thought, the rest) runs under DDP; iCoT: the whole trace gone from step 4.
+            extra = {"coconut": ["--coconut-cot-epochs", "0", "--coconut-stages", "1", "--coconut-epochs-per-stage",
+                                 "0.5"], "icot": ["--icot-remove-all-beyond", "4"]}.get(strategy, [])
             assert cli(train_argv(data, out / job, "--strategy", strategy, "--grad-accum", "2", *extra)) == 0
         elif job == "killed-fsdp":
             save_state = Fit.save_state

@@ -1,5 +1,6 @@
-"""Coconut: stage sequences, the KV-cached multi-pass forward against a naive recomputation,
-batched generation, saved models, interventions on the thoughts, resume after a kill."""
+"""Coconut: stage sequences and their labels (the reference's rule), the step schedule, the KV-cached
+multi-pass forward against a naive recomputation, batched generation, saved models, interventions on the
+thoughts."""
 
 from __future__ import annotations
 
@@ -49,15 +50,17 @@ def tokenizer(data):
 
 
 def config(data, out, **overrides) -> TrainConfig:
+    # 8 steps per epoch: CoT for 8 steps, stages 1-3 for 6 steps each, then stage 4 (every step of the
+    # toy's up to 4 steps replaced, 3 thoughts: the final phase) from step 26, within the last epoch
     base = dict(task="toy", data=str(data["train"]), out=str(out), strategy="coconut",
                 tokenizer=str(data["tokenizer"]), epochs=4, batch_size=8, lr=3e-3, progress=False,
-                coconut_epochs_per_stage=1, coconut_cot_epochs=1, coconut_stages=3)
+                coconut_epochs_per_stage=0.75, coconut_cot_epochs=1, coconut_stages=3)
     return TrainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """A toy Coconut model trained through its curriculum (CoT, then stages 1-3)."""
+    """A toy Coconut model trained through its curriculum (CoT, stages 1-3, then every step replaced)."""
     out = tmp_path_factory.mktemp("coconut") / "model"
     return train_lm(config(data, out, valid=str(data["valid"]), validation=GenerationConfig(limit=4)))
 
@@ -76,7 +79,7 @@ def test_stage_s_sequence_replaces_exactly_the_first_s_steps(tokenizer):
         assert sequence.head == encoded.prompt_ids + [vocab.begin_id]
         assert sequence.n_thoughts == 2 * min(stage, 2)
         assert sequence.rest == expected_rest
-        assert sequence.labels == expected_rest  # <eot> and the remaining text carry the loss
+        assert sequence.labels == [-100] + expected_rest[1:]  # the remaining text carries the loss, not <eot>
         assert sequence.token_ids(vocab) == (encoded.prompt_ids + [vocab.begin_id]
                                             + [vocab.first_code_id] * sequence.n_thoughts + expected_rest)
     # stage 0 is plain CoT between empty markers
@@ -90,11 +93,39 @@ def test_a_stage_beyond_the_example_s_steps_removes_them_all_and_keeps_the_stage
     assert sequence.n_thoughts == 3 and sequence.rest == [vocab.end_id, *short.solution_ids]
 
 
-def test_schedule_stages_phases_and_which_epochs_may_be_kept():
-    schedule = StageSchedule(thoughts_per_step=1, stages=2, epochs_per_stage=2, cot_epochs=1)
-    assert [schedule.stage(e) for e in range(8)] == [0, 1, 1, 2, 2, 3, 3, 4]
-    assert [schedule.phase(e) for e in range(8)] == [0, 1, 1, 2, 2, 3, 3, 3]
-    assert [schedule.thoughts(schedule.stage(e)) for e in range(8)] == [0, 1, 1, 2, 2, 2, 2, 2]
+def test_label_mask_is_the_reference_s_rule(tokenizer):
+    """dataset.py:286-298 (get_cot_latent_dataset): labels = [-100] × (question + thoughts + 2 markers),
+    then the tokens themselves; the same rule, restated, on a hand-made example at every stage."""
+    vocab = add_thought_tokens(tokenizer)
+    example = Example("reverse c a b", ["take b", "take a", "take c"], "b a c")
+    encoded = encode_steps(tokenizer, TASK, example)
+    schedule = StageSchedule(thoughts_per_step=2, stages=2, epochs_per_stage=1, cot_epochs=1)
+    for stage in range(4):
+        sequence = stage_sequence(encoded, stage, schedule, vocab)
+        tokens = sequence.token_ids(vocab)
+        question, latents = len(encoded.prompt_ids), sequence.n_thoughts
+        reference = [-100] * (question + latents + 2) + tokens[question + latents + 2:]
+        assert sequence.all_labels() == reference
+        assert len(sequence.all_labels()) == len(tokens)
+        assert tokens[question] == vocab.begin_id and tokens[question + latents + 1] == vocab.end_id
+    # by hand, stage 1 (2 thoughts for "take b"): only "take a", "take c" and the solution carry loss
+    sequence = stage_sequence(encoded, 1, schedule, vocab)
+    supervised = [t for t, label in zip(sequence.token_ids(vocab), sequence.all_labels()) if label != -100]
+    ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    assert supervised == ids("take a\ntake c") + encoded.solution_ids
+
+
+def test_schedule_stages_phases_and_the_final_phase():
+    # in steps: 3 steps of CoT, then stages of 4 steps (epochs of 4 steps: 0.75 and 1 epoch)
+    schedule = StageSchedule(thoughts_per_step=1, stages=2, epochs_per_stage=1, cot_epochs=0.75, steps_per_epoch=4,
+                             longest=3)
+    stages = [schedule.stage(b) for b in range(16)]
+    assert stages == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4]
+    assert schedule.final_stage == 3  # traces of 3 steps: stage 2 still writes the third as text
+    assert [schedule.phase(b) for b in range(16)][-2:] == [3, 3]
+    assert [schedule.thoughts(s) for s in stages][-6:] == [2, 2, 2, 2, 2, 2]
+    short = StageSchedule(1, 2, 1, 1, steps_per_epoch=4, longest=2)
+    assert short.final_stage == 2  # stage 2 replaces every step of a 2-step trace already
     with pytest.raises(ConfigError, match="coconut_thoughts_per_step"):
         StageSchedule(0, 2, 1, 1)
 
@@ -113,8 +144,8 @@ def _naive_thoughts_and_loss(lm, sequence, n_thoughts):
     logits = lm(inputs_embeds=inputs).logits[0]  # (T, V)
     start = len(sequence.head) + n_thoughts - 1  # the position whose prediction is <eot>
     predicted = logits[start:start + len(sequence.rest)]
-    loss_sum = F.cross_entropy(predicted, torch.tensor(sequence.labels), reduction="sum")
-    return thoughts, loss_sum, len(sequence.labels)
+    loss_sum = F.cross_entropy(predicted, torch.tensor(sequence.labels), reduction="sum")  # -100 skipped
+    return thoughts, loss_sum, sum(label != -100 for label in sequence.labels)
 
 
 @pytest.mark.parametrize("preset", ["scratch-tiny", "scratch-gpt2-tiny"])  # rotary (Llama) and learned positions (GPT-2)
@@ -161,10 +192,12 @@ def test_training_follows_the_curriculum_and_saves_a_plain_hf_dir(trained):
     meta = json.loads((trained / "token_assorted.json").read_text())
     assert meta["strategy"] == "coconut"
     record = meta["coconut"]
-    assert (record["stages"], record["thoughts_per_step"], record["thoughts"]) == (3, 1, 3)
-    assert meta["best_epoch"] == 4  # only the last stage's epochs may be kept
-    flags = [h.get("optimizer_reset", False) for h in meta["history"]]
-    assert flags == [False, True, True, True]  # a fresh optimizer at each stage change
+    assert (record["stages"], record["thoughts_per_step"], record["thoughts"], record["stage"]) == (3, 1, 3, 4)
+    assert meta["best_epoch"] == 4  # only the final phase's epochs may be kept
+    assert meta["checkpoint"] == {"epoch": 4, "stage": 4, "final_stage": True}
+    assert [h["stage"] for h in meta["history"]] == [0, 2, 3, 4]
+    # a fresh optimizer at every epoch (run.py:312-319) and every stage change (steps 14, 20, 26)
+    assert [h.get("optimizer_resets", 0) for h in meta["history"]] == [0, 2, 2, 2]
     latent = [h["valid_avg_latent_tokens"] for h in meta["history"]]
     assert latent[0] >= 2 and latent[3] >= 5  # validation answers at the stage it trained: <bot> n <eot>
     assert meta["train_seconds_per_step"] > 0
@@ -261,7 +294,7 @@ def test_lora_trains_coconut_and_saves_a_merged_model(data, tmp_path):
     from token_assorted.lm.lora import LoraSettings
 
     out = train_lm(config(data, tmp_path / "lora", epochs=1, coconut_cot_epochs=0, coconut_stages=1,
-                          lora=LoraSettings(r=4)))
+                          coconut_epochs_per_stage=0.5, lora=LoraSettings(r=4)))
     assert not any(name.endswith(".lora_A.weight") for name in load_file_keys(out))  # merged on save
     result = evaluate_dir(out, TASK.load(data["valid"]), EvalConfig(max_new_tokens=6, progress=False))
     assert all(p.generated.startswith("<bot> <thought> <eot>") for p in result.predictions)
@@ -286,7 +319,8 @@ def test_every_generated_task_trains_and_answers(task, strategy, tmp_path):
     save_examples(tmp_path / "test.jsonl", examples[8:])
     out = train_lm(TrainConfig(task=task, data=str(tmp_path / "train.jsonl"), out=str(tmp_path / "m"),
                                strategy=strategy, epochs=1, batch_size=4, max_length=2048, progress=False,
-                               coconut_stages=2, coconut_cot_epochs=0, icot_final_epochs=1))
+                               coconut_stages=1, coconut_cot_epochs=0, coconut_epochs_per_stage=0.5,
+                               icot_final_epochs=1))
     result = evaluate_dir(out, examples[8:], EvalConfig(max_new_tokens=4, progress=False))
     assert result.n == 4
     span = "<bot> <thought> <eot>" if strategy == "coconut" else ""

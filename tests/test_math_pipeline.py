@@ -40,6 +40,8 @@ def tiny_math_preset(model_dir: Path) -> dict:
         "train": {"model": str(model_dir), "chat_template": True, "m_values": [0, 8, 16, 72], "epochs": 1,
                   "max_steps": 2, "batch_size": 4, "lr": 0.001, "progress": False,
                   "validation": {"batch_size": 4, "limit": 2, "max_new_tokens": 8}},
+        # two steps: the curriculum's final stage is its first (no chunk replaced) so that it may keep a model
+        "method_overrides": {"curriculum": {"curriculum_max_chunks": 0}},
         "methods": list(BASE_METHODS), "eval": {"batch_size": 6, "max_new_tokens": 24}, "probes": {"dial_max": 1},
         "explain_samples": 1, "threads": 1, "parallel": 1,
     }
@@ -66,7 +68,7 @@ def test_run_finishes_and_scores_every_method(math_run):
     results = read_json(math_run["out"] / "results.json")
     names = {m["name"] for m in results["methods"]}
     assert names == {"Sol-Only", "CoT", "Token Assorted", "All-Replace", "Curriculum-Replace", "Poisson-Replace",
-                     "Pause"}
+                     "TA-Pause"}
     for method in results["methods"]:
         assert method["n"] == 6 and 0.0 <= method["accuracy"] <= 1.0
         assert 0 < method["avg_generated_tokens"] <= 24
@@ -114,14 +116,15 @@ def test_the_other_latent_methods_train_on_math_with_the_pretrained_model(math_r
                                out=str(tmp_path / strategy), strategy=strategy, vqvae=str(math_run["out"] / "vqvae"),
                                model=str(math_run["model_dir"]), chat_template=True, epochs=2, batch_size=4,
                                lr=1e-3, coconut_thoughts_per_step=2, coconut_stages=2, coconut_cot_epochs=0,
-                               icot_tokens_per_epoch=8, progress=False))
+                               coconut_epochs_per_stage=0.5, icot_tokens_per_epoch=8, icot_remove_all_beyond=4,
+                               progress=False))
     meta = read_json(out / "token_assorted.json")
     assert meta["codebook_size"] == 16  # the baselines' latent rows: every model has the same vocabulary
     test = get_task("gsm8k").load(math_run["out"] / "data" / "test.jsonl")
     result = evaluate_dir(out, test, EvalConfig(max_new_tokens=16, progress=False))
     assert result.n == 6
     if strategy == "coconut":
-        assert meta["coconut"]["thoughts"] == 4  # stage 2 of c = 2
+        assert meta["coconut"]["thoughts"] == 4  # stage 2 of c = 2, or every step replaced after it
         assert all(p.generated.startswith("<bot>" + "<thought>" * 4 + "<eot>") for p in result.predictions)
     else:
         assert meta["icot"]["removed_tokens"] == "all" and result.avg_latent_tokens == 0

@@ -30,7 +30,7 @@ SHRINK = ["data.valid=4", "data.test=4", "vqvae.steps=2", "vqvae.valid_every=2",
           "vqvae.d_model=32", "vqvae.heads=2", "vqvae.encoder_layers=1", "vqvae.decoder_layers=1",
           "vqvae.prompt_layers=1", "train.epochs=1", "train.batch_size=8", "train.validation.batch_size=4",
           "methods=[token-assorted]", "eval.batch_size=4", "probes.interventions=[constant]", "probes.dial=false",
-          "explain_samples=0", "threads=1", "method_overrides.icot.icot_final_epochs=1"]
+          "explain_samples=0", "threads=1"]
 
 
 def _sets(*items: str) -> list[str]:

@@ -107,6 +107,10 @@ def test_pause_draws_token_assorted_m_unless_it_has_its_own():
     assert "m_values" not in train_settings(config, "cot")
     own = load_preset("cpu", {"method_overrides.pause": {"m_values": [99]}})
     assert train_settings(own, "pause")["m_values"] == [99]
+    # Coconut-Pause follows Coconut's curriculum unless it has its own section
+    assert train_settings(config, "coconut-pause") == train_settings(config, "coconut")
+    own = load_preset("cpu", {"method_overrides.coconut-pause": {"coconut_stages": 1}})
+    assert train_settings(own, "coconut-pause")["coconut_stages"] == 1
 
 
 def test_overrides_change_the_config():
@@ -166,9 +170,23 @@ def test_results_schema_is_exact():
         validate_results(missing)
 
 
+def test_checkpoint_records_are_checked_field_by_field():
+    results = _results()
+    results["methods"][0]["checkpoint"] = {"epoch": [3, 4], "stage": [2, 2], "final_stage": True}  # two seeds
+    validate_results(results)
+    for field, bad in (("epoch", -1), ("stage", "2"), ("final_stage", 1)):
+        broken = json.loads(json.dumps(results))
+        broken["methods"][0]["checkpoint"][field] = bad
+        with pytest.raises(DataError, match=f"methods\\[0\\].checkpoint.{field}"):
+            validate_results(broken)
+    del results["methods"][0]["checkpoint"]["stage"]
+    with pytest.raises(DataError, match="keys must be exactly"):
+        validate_results(results)
+
+
 def _probed() -> dict:
     methods = [MethodSummary("Token Assorted", 0.86, 15.0, 1.6, 0.005, 300, 1, 0.0),
-               MethodSummary("Pause", 0.84, 15.0, 1.6, 0.005, 300, 1, 0.0)]
+               MethodSummary("TA-Pause", 0.84, 15.0, 1.6, 0.005, 300, 1, 0.0)]
     probe = {"interventions": {"none": 0.86, "random": 0.83, "shuffle": 0.85, "constant": 0.89},
              "latent_reliance": 0.03,
              "dial": [{"k": 0, "accuracy": 0.9, "avg_generated_tokens": 18.0, "avg_latent_tokens": 0.0},
@@ -196,7 +214,7 @@ def test_report_answers_whether_the_latent_tokens_carry_the_reasoning(tmp_path):
     text = paths["report"].read_text()
     assert "## Do the latent tokens carry the reasoning?" in text
     assert "| Token Assorted | 86.0 | 83.0 | 85.0 | 89.0 | +3.0 |" in text
-    assert "| Pause | 84.0 | – | – | – | – |" in text
+    assert "| TA-Pause | 84.0 | – | – | – | – |" in text
     # 3 points on 300 questions is within two standard errors (about ±5.9 points): said so, not claimed.
     assert "within noise" in text and "±5.9" in text and "worth +2.0 points over empty slots" in text
     assert "| all | 50.0 | 11.0 | 4.0 |" in text and "latency_dial.png" in text
@@ -257,7 +275,7 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     assert main(["run", "--preset", "tiny", "--out", str(out), "--strategies", "pause"]) == 0
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
-    assert [m["name"] for m in results["methods"]] == ["Sol-Only", "CoT", "Token Assorted", "Pause"]
+    assert [m["name"] for m in results["methods"]] == ["Sol-Only", "CoT", "Token Assorted", "TA-Pause"]
     assert results["task"] == "prosqa" and results["preset"] == "tiny"
     assert all(m["n"] == 12 and 0.0 <= m["accuracy"] <= 1.0 for m in results["methods"])
     assert not math.isnan(results["vqvae"]["codebook_usage"])
@@ -286,14 +304,16 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
     assert assorted["dial"][0]["avg_latent_tokens"] == 0.0  # K = 0: text only
     assert not any(key in m for m in results["methods"] if m["name"] != "Token Assorted"
                    for key in ("interventions", "dial"))
-    assert "## Do the latent tokens carry the reasoning?" in report and "| Pause |" in report
+    assert "## Do the latent tokens carry the reasoning?" in report and "| TA-Pause |" in report
     assert "## Latency dial" in report and (out / "latency_dial.png").is_file()
     pause_meta = json.loads((out / "models" / "pause" / "token_assorted.json").read_text())
     assert pause_meta["pause_id"] == pause_meta["latent_vocab"]["pause_id"]
     assert pause_meta["max_latent_chunks"] == most
     # The four checks of the paper's claim: in results.json, report.md and the last lines printed.
     claims = results["details"]["claims"]
-    assert len(claims) == 4 and all(c["passed"] is not None for c in claims)  # every method needed was run
+    assert len(claims) == 5 and all(c["passed"] is not None for c in claims[:4])  # every method needed was run
+    assert claims[4]["information"] and claims[4]["claim"].startswith("CoT − Sol-Only")
+    assert all(m["checkpoint"] == {"epoch": 1, "stage": None, "final_stage": True} for m in results["methods"])
     assert "## The paper's claim on this run" in report
     assert "the paper's claim on this run" in capsys.readouterr().out
     # A rerun reuses every stage; a changed eval setting recomputes only the evaluations and probes.
@@ -308,7 +328,7 @@ def test_run_end_to_end_with_the_tiny_preset(tmp_path, capsys):
 
 
 def test_report_and_results_hold_the_four_checks_of_the_claim(tmp_path):
-    paths = write_report(tmp_path, _probed(), {"task": "prosqa", "claims": {"sol_only_gap": 0.15, "cot_accuracy": 0.85,
+    paths = write_report(tmp_path, _probed(), {"task": "prosqa", "claims": {"cot_accuracy": 0.85,
                                                                             "token_ratio": 0.5, "reliance": 0.1}})
     text = paths["report"].read_text()
     assert "## The paper's claim on this run" in text
@@ -316,23 +336,32 @@ def test_report_and_results_hold_the_four_checks_of_the_claim(tmp_path):
 
 
 def test_run_adds_the_other_latent_reasoning_methods(tmp_path):
-    """`run --strategies coconut icot`: trained, scored and probed beside CoT on the same data."""
+    """`run --strategies curriculum coconut icot coconut-pause`: trained, scored and probed beside CoT on the
+    same data; every curriculum keeps a model of its final stage, and results.json says which."""
     out = tmp_path / "peers"
     assert main(["run", "--preset", "tiny", "--out", str(out), "--set", "methods=[cot]",
-                 "--strategies", "coconut", "icot"]) == 0
+                 "--strategies", "curriculum", "coconut", "icot", "coconut-pause"]) == 0
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
     rows = {m["name"]: m for m in results["methods"]}
-    assert list(rows) == ["CoT", "Coconut", "iCoT"]
+    assert list(rows) == ["CoT", "Curriculum-Replace", "Coconut", "iCoT", "Coconut-Pause"]
+    checkpoints = {name: row["checkpoint"] for name, row in rows.items()}
+    assert checkpoints["CoT"] == {"epoch": 1, "stage": None, "final_stage": True}
+    assert checkpoints["Curriculum-Replace"] == {"epoch": 3, "stage": 2, "final_stage": True}  # tiny: 3 epochs
+    assert checkpoints["Coconut"] == checkpoints["Coconut-Pause"] == {"epoch": 1, "stage": 2, "final_stage": True}
+    assert checkpoints["iCoT"]["final_stage"] and checkpoints["iCoT"]["epoch"] == 1
+    assert rows["Coconut-Pause"]["avg_latent_tokens"] >= 3 and "interventions" not in rows["Coconut-Pause"]
+    assert "## Kept checkpoints" in (out / "report.md").read_text()
     coconut = rows["Coconut"]
-    assert coconut["avg_latent_tokens"] >= 3  # <bot>, its one thought (tiny: stage 1 from the start), <eot>
+    assert coconut["avg_latent_tokens"] >= 3  # <bot>, its one thought (tiny: stage 1, then every step), <eot>
     assert set(coconut["interventions"]) == {"none", "noise", "zero"}
     assert coconut["latent_reliance"] == coconut["interventions"]["none"] - coconut["interventions"]["noise"]
     assert [p["k"] for p in coconut["dial"]] == [0, 1]  # zero thoughts, then the trained stage
     assert coconut["dial"][0]["avg_latent_tokens"] == 2 <= coconut["dial"][1]["avg_latent_tokens"] - 1
     assert rows["iCoT"]["avg_latent_tokens"] == 0 and "interventions" not in rows["iCoT"]
     runs = results["details"]["methods"]
-    assert all(runs[m]["runs"][0]["train_seconds_per_step"] > 0 for m in ("cot", "coconut", "icot"))
+    assert all(runs[m]["runs"][0]["train_seconds_per_step"] > 0 for m in ("cot", "coconut", "icot", "coconut-pause"))
+    assert runs["coconut"]["runs"][0]["checkpoint"] == checkpoints["Coconut"]
     report = (out / "report.md").read_text()
     assert "### Continuous thoughts (Coconut)" in report and "## Training cost" in report
-    assert "| coconut |" in report and "Sample traces" not in report  # nothing to decode: no codes
+    assert "| coconut |" in report and "[Curriculum-Replace" in report  # the only model with codes to decode

@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "own setups: prosqa-gpt2, prontoqa-gpt2, maze, math-llama) or a YAML file")
     parser.add_argument("--strategies", nargs="*", default=[], metavar="NAME",
                         help="methods to add to sol-only/cot/token-assorted: the ablations all-replace, "
-                             "curriculum, poisson, the control pause (Token Assorted with <pause> in place of its "
-                             "codes), 'all' (those four), and the other latent-reasoning methods coconut and icot")
+                             "curriculum, poisson, the control pause (TA-Pause: Token Assorted with <pause> in place "
+                             "of its codes), 'all' (those four), the other latent-reasoning methods coconut and icot, "
+                             "and coconut-pause (Coconut's curriculum with <pause> in place of its thoughts)")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help=f"repeat each method with N seeds (mean ± std), at most {MAX_SEEDS}")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<task>-<preset>)")

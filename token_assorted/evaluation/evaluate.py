@@ -50,6 +50,8 @@ def generation_of(meta: dict[str, Any], vocab: LatentVocab | None,
     thought tokens, or `model.generate` (None) and its latent vocabulary."""
     if isinstance(meta.get("coconut"), dict):
         return saved_generation(meta["coconut"], config)
+    if isinstance(meta.get("coconut_pause"), dict):  # Coconut's pause-as-thought control: forced <pause> tokens
+        return saved_generation(meta["coconut_pause"], config, pause=True)
     return None, vocab
 
 

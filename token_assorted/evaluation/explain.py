@@ -162,6 +162,9 @@ class Explainer:
         if "coconut" in self.loaded.meta:
             raise ConfigError(f"{self.model_dir}: a Coconut model's thoughts are continuous vectors, with no text "
                               f"to decode; score it with `token-assorted eval` (its own generation loop)")
+        if "coconut_pause" in self.loaded.meta:
+            raise ConfigError(f"{self.model_dir}: a Coconut-Pause model answers after forced <pause> tokens, with "
+                              f"nothing to decode; score it with `token-assorted eval` (it forces them)")
         self.task_obj = resolve_task(self.loaded, self.task, self.task_options)
         found = find_vqvae_dir(self.model_dir, self.loaded.meta, self.vqvae_dir)
         vocab = self.loaded.latent_vocab

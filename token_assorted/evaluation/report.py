@@ -10,7 +10,11 @@ the optional probe fields (`probes.py`): `interventions` {mode: accuracy}, `late
 (accuracy with its own codes − with random codes) and `dial` [{"k", "accuracy",
 "avg_generated_tokens", "avg_latent_tokens"}], k an integer or "all". `answer_rules` {rule: n}
 says which rule checked how many of the method's answers (the task's `answer_rule_of`: exact
-match, plan feasibility, numeric, math-verify, ...); report.md prints it under the table.
+match, plan feasibility, numeric, math-verify, ...); report.md prints it under the table. Every
+method of a run has `checkpoint` {"epoch", "stage", "final_stage"}: the kept model's epoch
+(1-based), its curriculum stage (null for a method without stages) and whether that is the
+method's final stage; with several seeds epoch and stage are lists in seed order and final_stage
+holds for all of them.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from typing import Any
 from ..core.environment import describe
 from ..core.errors import DataError
 from ..core.io import atomic_open, atomic_write_json, atomic_write_text
-from .claims import ClaimThresholds, check_claims, claims_section
+from .checkpoints import check_checkpoint, checkpoint_section
+from .claims import PAUSE_NAME, ClaimThresholds, check_claims, claims_section
 
 METHOD_FIELDS: dict[str, type] = {
     "name": str, "accuracy": float, "avg_generated_tokens": float, "avg_latent_tokens": float,
     "seconds_per_example": float, "n": int, "seeds": int, "accuracy_std": float,
 }
 OPTIONAL_METHOD_FIELDS: dict[str, type] = {"interventions": dict, "latent_reliance": float, "dial": list,
-                                            "answer_rules": dict}
+                                            "answer_rules": dict, "checkpoint": dict}
 DIAL_POINT_FIELDS = ("k", "accuracy", "avg_generated_tokens", "avg_latent_tokens")
 # interventions.INTERVENTIONS and THOUGHT_INTERVENTIONS (Coconut's), without importing torch
 INTERVENTION_MODES = ("none", "random", "shuffle", "constant", "noise", "zero")
@@ -120,6 +125,8 @@ def validate_results(data: Any, source: str = "results.json") -> None:
         _check_probe_fields(source, where, method)
         for rule, count in method.get("answer_rules", {}).items():
             _check_type(source, f"{where}.answer_rules.{rule}", count, int)
+        if "checkpoint" in method:
+            check_checkpoint(source, f"{where}.checkpoint", method["checkpoint"])
     if set(data["vqvae"]) != set(VQVAE_FIELDS):
         raise DataError(source, f"keys must be exactly {list(VQVAE_FIELDS)}", field="vqvae")
     for key in VQVAE_FIELDS:
@@ -221,15 +228,15 @@ def _pct(value: float | None) -> str:
 def reliance_section(results: dict[str, Any]) -> list[str]:
     """"Do the latent tokens carry the reasoning?": interventions, reliance and the pause control."""
     probed = [m for m in results["methods"] if "interventions" in m and "noise" not in m["interventions"]]
-    pause = next((m for m in results["methods"] if m["name"] == "Pause"), None)
+    pause = next((m for m in results["methods"] if m["name"] == PAUSE_NAME), None)
     if not probed and pause is None:
         return thought_section(results)
     lines = ["## Do the latent tokens carry the reasoning?", "",
              "Each latent code a model writes is replaced as it is written, and generation goes on from the "
              "replacement: *random* a uniform code, *shuffle* the code another question wrote at the same "
              "position, *constant* one fixed code. Latent reliance = accuracy as trained − accuracy with "
-             "random codes. Pause is trained like Token Assorted, with a content-free `<pause>` token in "
-             "place of every code.", "",
+             "random codes. TA-Pause is trained like Token Assorted (the same m draws and positions), with a "
+             "content-free `<pause>` token in place of every code.", "",
              "| method | as trained (%) | random (%) | shuffle (%) | constant (%) | reliance (points) |",
              "|---|---|---|---|---|---|"]
     for m in probed + ([pause] if pause else []):
@@ -262,7 +269,7 @@ def thought_section(results: dict[str, Any]) -> list[str]:
 def verdict(method: dict[str, Any] | None, pause: dict[str, Any] | None) -> str:
     """What the interventions say, in one plain sentence (with the noise of n questions)."""
     if method is None or "random" not in method.get("interventions", {}):
-        return f"Pause: {_pct(pause['accuracy'])} % with content-free latent tokens." if pause else ""
+        return f"TA-Pause: {_pct(pause['accuracy'])} % with content-free latent tokens." if pause else ""
     trained, randomised = method["accuracy"], method["interventions"]["random"]
     # Two standard errors of a difference of two accuracies on n questions (taken as unpaired: the
     # two runs answer the same questions, so this usually overstates the noise a little).
@@ -373,6 +380,7 @@ def render_markdown(results: dict[str, Any], settings: dict[str, Any], samples: 
         lines += ["## Learning curves", "",
                   "Greedy accuracy on the valid split after each epoch / average generated tokens there "
                   "(the best epoch is the model evaluated above).", "", learning_curve_table(curves), ""]
+    lines += checkpoint_section(results)
     if timings:
         lines += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]

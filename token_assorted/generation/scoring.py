@@ -211,5 +211,3 @@ def _score_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, t
             _sample_solved(task.verify(example, tokenizer.decode(text_ids(ids, tokenizer, latent_vocab))))
             for ids in outputs)
     return _mean([float(bool(p.samples_solved)) for p in predictions])
-
-

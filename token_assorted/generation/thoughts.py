@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from ..core.devices import autocast
 from ..core.errors import CheckpointError, ConfigError
 from ..data.latent_tokens import LatentVocab
-from .generate import Generated, check_context, left_pad, mask_unused  # the same batches, padding and output
+# The same batches, padding and output as plain generation.
+from .generate import Generated, check_context, generate_ids, left_pad, mask_unused
 from .interventions import ALL_CHUNKS, INTERVENTIONS, THOUGHT_INTERVENTIONS, parse_latent_chunks
 
 Transform = Callable[[torch.Tensor, int], torch.Tensor]  # (thought (B, D), its index) -> the vector fed back
@@ -202,13 +203,31 @@ def thought_generation(vocab: LatentVocab, n_thoughts: int):
     return generate
 
 
-def saved_generation(record: dict[str, Any], config: Any = None) -> tuple[Any, LatentVocab]:
-    """How a saved Coconut model answers: its recorded thought count (or the dial's), its thought tokens."""
+def pause_generation(vocab: LatentVocab, n_pauses: int):
+    """A generate function for a coconut-pause model: `<bot>`, `n_pauses` × `<pause>` and `<eot>` forced
+    after the prompt (inserted, as in training), then `generate_ids` on the extended prompts; the forced
+    tokens lead each output, so they count as generated (latent) positions as Coconut's thoughts do."""
+    forced = [vocab.begin_id, *[vocab.first_code_id] * n_pauses, vocab.end_id]
+
+    def generate(model, tokenizer, prompts, config, *, sample=False, desc="generate"):
+        check_context(model, prompts, config.max_new_tokens + len(forced))
+        out = generate_ids(model, tokenizer, [list(p) + forced for p in prompts], config, sample=sample, desc=desc)
+        return Generated([forced + ids for ids in out.ids], out.seconds)
+
+    return generate
+
+
+def saved_generation(record: dict[str, Any], config: Any = None, pause: bool = False) -> tuple[Any, LatentVocab]:
+    """How a saved Coconut model answers: its recorded thought count (or the dial's), its thought tokens.
+    `pause`: a coconut-pause model (its `coconut_pause` record): the same count of forced `<pause>` tokens."""
     vocab = saved_vocab(record)
     n_thoughts = record.get("thoughts")
     if not isinstance(n_thoughts, int) or n_thoughts < 0:
         raise ConfigError(f"token_assorted.json: coconut.thoughts must be an integer >= 0, got {n_thoughts!r}")
     mode = getattr(config, "intervene", None)
+    if pause and mode not in (None, "none"):
+        raise ConfigError(f"--intervene {mode}: a coconut-pause model's <pause> tokens are fixed inputs with no "
+                          f"content to change")
     if mode in INTERVENTIONS and mode not in THOUGHT_INTERVENTIONS:
         raise ConfigError(f"--intervene {mode}: a Coconut model writes no latent codes; its continuous thoughts "
                           f"take {', '.join(THOUGHT_INTERVENTIONS)}")
@@ -218,7 +237,7 @@ def saved_generation(record: dict[str, Any], config: Any = None) -> tuple[Any, L
             raise ConfigError(f"--latent-chunks {steps}: the Coconut model was trained with at most "
                               f"{record.get('stages')} stages of thoughts (coconut.stages in token_assorted.json)")
         n_thoughts = steps * int(record.get("thoughts_per_step", 1))
-    return thought_generation(vocab, n_thoughts), vocab
+    return (pause_generation if pause else thought_generation)(vocab, n_thoughts), vocab
 
 
 def saved_vocab(record: dict[str, Any]) -> LatentVocab:

@@ -47,6 +47,7 @@ class Setup:
     skipped: int = 0
     max_latent_chunks: int = 0  # the most chunks any training sequence could replace (the dial's limit)
     epoch: int = 0  # the epoch being trained (a curriculum validates at its current stage)
+    step: int = 0  # the last optimizer step trained (0-based): the stage validation answers at
 
 
 def _text_tokenizer(config: TrainConfig, task: Task, train: list[Example], latents: LatentCodes | None):

@@ -13,9 +13,11 @@ takes its slice of it, process r its share of that slice. The mixed sequence of 
 is a function of (seed, epoch, example index) only (`mixing.build_sequence`), so order and
 draws are identical on every process and after a resume, and m is redrawn every epoch.
 
-What a method changes (Coconut's thoughts, iCoT's removal schedule) comes from its `Method`
-(`methods/`): its batches and loss, the epochs whose phase change resets the optimizer's
-moments, the epochs that may give the saved model, and how validation answers.
+What a method changes (Coconut's thoughts, iCoT's removal schedule, a curriculum's stages)
+comes from its `Method` (`methods/`): its batches and loss, the steps whose phase change
+resets the optimizer's moments, its final phase (only models of it are kept: a curriculum never
+saves an earlier stage), its learning-rate schedule, and how validation answers. The kept
+model's epoch, stage and whether it is final go into `token_assorted.json` ("checkpoint").
 
 Baselines with a VQ-VAE. `cot` and `sol-only` never need codes; when a VQ-VAE (or a codes
 file) is given they still get the latent vocabulary (`latent_vocab_for_baselines`, on by
@@ -80,7 +82,7 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
         budget = settings.max_new_tokens or default_max_new_tokens(run.tokenizer, run.task, examples[:200])
         eval_config = EvalConfig(batch_size=settings.batch_size, progress=False, max_new_tokens=budget,
                                  mixed_precision=config.mixed_precision)
-        generate, vocab = run.method.generation(run.epoch, run.latent_vocab)  # Coconut: its own loop
+        generate, vocab = run.method.generation(run.step, run.latent_vocab)  # Coconut: its own loop
         result = evaluate(model, run.tokenizer, run.task, shard, eval_config, vocab, config.chat_template,
                           generate=generate)
         sums = [result.accuracy * result.n, result.avg_generated_tokens * result.n,
@@ -96,8 +98,9 @@ def validation_metrics(model, run: Setup, config: TrainConfig, accelerator) -> d
             "avg_latent_tokens": float(totals[2] / n)}
 
 
-def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], epoch: int = 0) -> dict[str, Any]:
-    """`token_assorted.json`: what a saved model is, for eval, explain, the probes and the report."""
+def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], step: int = 0) -> dict[str, Any]:
+    """`token_assorted.json`: what a saved model is (the model of optimizer step `step`, 0-based), for eval,
+    explain, the probes and the report."""
     latents = run.latents
     return {
         "task": run.task.name, "task_options": run.task.options(), "strategy": config.strategy,
@@ -110,8 +113,31 @@ def model_meta(config: TrainConfig, run: Setup, history: list[dict[str, Any]], e
         "pause_id": run.latent_vocab.pause_id if run.latent_vocab else None,
         "chat_template": config.chat_template, "data": config.data, "valid": config.valid,
         "model": config.model, "skipped_too_long": run.skipped, "config": dataclasses.asdict(config),
-        "history": history, **run.method.meta(epoch),
+        "history": history, "checkpoint": run.method.checkpoint(step), "lr_schedule": run.method.lr_schedule(),
+        **run.method.meta(step),
     }
+
+
+# --------------------------------------------------------------------------- the learning rate
+def final_phase_cosine(warmup: int, final_start: int, total: int) -> Callable[[torch.optim.Optimizer], Any]:
+    """Warm-up, the peak rate until the final phase begins, then cosine decay to zero over it.
+
+    The multiplier follows transformers' `get_cosine_schedule_with_warmup` (linear warm-up, then
+    0.5 (1 + cos(pi progress))), with the decay's start moved to the final phase: a curriculum's
+    final phase trains at the rates a one-phase method's whole run does, instead of the tail of one
+    decay over every stage.
+    """
+    start = max(warmup, final_start)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        if step < start:
+            return 1.0
+        progress = float(step - start) / float(max(1, total - start))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -129,15 +155,25 @@ class LMStage(Stage):
         self.order: tuple[int, list[int]] = (-1, [])  # (epoch, its example order)
         self.best: float | None = None
         self.history: list[dict[str, Any]] = []
-        self.reset_at: int | None = None  # the epoch that began with fresh optimizer moments
+        self.resets: dict[str, int] = {}  # epoch (1-based, as a JSON key) -> optimizer resets before its steps
+        run.method.plan(run, self.steps_per_epoch, self.total)  # the schedule on the kept data (or a ConfigError)
 
     def optimization(self, device: torch.device) -> Optimization:
         config = self.config
         # < 1: a fraction of all optimizer steps; >= 1: a number of steps
         warmup = int(config.warmup * self.total) if config.warmup < 1 else int(config.warmup)
-        return Optimization(self.total, config.batch_size, config.lr, warmup, "cosine", grad_accum=config.grad_accum,
+        schedule = self.run.method.lr_schedule()
+        if schedule == "final-cosine" and self.run.method.final_start() == 0:
+            schedule = "cosine"  # one phase: exactly the warm-up and cosine decay of every single-phase method
+        return Optimization(self.total, config.batch_size, config.lr, warmup, schedule, grad_accum=config.grad_accum,
                             weight_decay=config.weight_decay, betas=(0.9, 0.95), max_grad_norm=config.max_grad_norm,
                             fused=use_fused_adamw(config, device))
+
+    def scheduler(self, optimization: Optimization) -> Callable[[torch.optim.Optimizer], Any] | None:
+        """The "final-cosine" schedule of a method with earlier phases (None: a transformers schedule by name)."""
+        if optimization.schedule != "final-cosine":
+            return None
+        return final_phase_cosine(optimization.warmup_steps, self.run.method.final_start(), optimization.total_steps)
 
     def module(self) -> torch.nn.Module:
         return self.run.method.wrap(self.run.model)
@@ -152,19 +188,20 @@ class LMStage(Stage):
         return self.order[1]
 
     def begin_step(self, fit: Fit, step: int) -> None:
-        """At an epoch's first step: fresh optimizer moments when the method's phase changes (Coconut's
-        stage, iCoT's removal count); the learning-rate schedule goes on. A run resumed mid-epoch
-        has the reset in its saved optimizer state; one resumed at an epoch's start makes it here."""
-        epoch, method = step // self.steps_per_epoch, self.run.method
-        if step % self.steps_per_epoch == 0 and epoch > 0 and method.phase(epoch) != method.phase(epoch - 1):
+        """Fresh optimizer moments before a step whose phase differs from the previous step's (a
+        curriculum's stage, iCoT's removal count, Coconut's epoch); the learning-rate schedule goes on.
+        A resumed run makes the reset here, before the step it resumes with."""
+        method = self.run.method
+        if step > 0 and method.phase(step) != method.phase(step - 1):
             fit.optimizer.state.clear()  # AdamW re-creates each parameter's state at its next step
-            self.reset_at = epoch
+            key = str(step // self.steps_per_epoch + 1)
+            self.resets[key] = self.resets.get(key, 0) + 1
 
     def micro_batch(self, fit: Fit, step: int, index: int) -> dict[str, torch.Tensor]:
         epoch, within = divmod(step, self.steps_per_epoch)
         indices = micro_indices(self.epoch_order(epoch), within, self.config.batch_size, fit.micro, index,
                                 fit.rank, fit.world)
-        return self.run.method.batch(self.run, indices, self.config.seed, epoch)
+        return self.run.method.batch(self.run, indices, self.config.seed, epoch, step)
 
     def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
         return self.run.method.loss_items(batch)
@@ -182,14 +219,17 @@ class LMStage(Stage):
         return After(save=bool(self.config.save_every) and step % self.config.save_every == 0)
 
     def end_epoch(self, fit: Fit, epoch: int, loss: float) -> None:
-        """Validate, and save the model when it is the best so far (a curriculum: in its final phase)."""
+        """Validate, and save the model when it is the best so far of the method's final phase."""
         fit.require_finite()  # never validate, let alone save, a diverged model (the loss: per step)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": fit.step, "train_loss": loss}
-        if self.reset_at == epoch:
-            record["optimizer_reset"] = True
-        eligible = self.run.method.selectable(epoch) or epoch == self.config.epochs - 1
+        if self.resets.get(str(epoch + 1)):
+            record["optimizer_resets"] = self.resets[str(epoch + 1)]
+        last = fit.step - 1  # the step whose model this is
+        eligible = self.run.method.final(last)  # a curriculum never keeps an earlier stage's model
+        if self.run.method.stage(last) is not None:
+            record["stage"], record["final_stage"] = self.run.method.stage(last), eligible
         if self.run.valid:
-            self.run.epoch = epoch  # a curriculum answers at the stage it trained
+            self.run.epoch, self.run.step = epoch, last  # a curriculum answers at the stage it trained
             metrics = self.validate(self.model, self.run, self.config, fit.acc)
             if not isinstance(metrics, dict):
                 metrics = {"accuracy": float(metrics)}  # a custom validate may return accuracy alone
@@ -202,7 +242,7 @@ class LMStage(Stage):
         self.history.append(record)
         if improved:
             self.best = accuracy
-            self.save_model(fit, {**model_meta(self.config, self.run, self.history, epoch), "best_epoch": epoch + 1,
+            self.save_model(fit, {**model_meta(self.config, self.run, self.history, last), "best_epoch": epoch + 1,
                                   "best_valid_accuracy": accuracy})
         fit.print(f"epoch {epoch + 1}/{self.config.epochs}: loss {loss:.4f}"
                   + (f", valid accuracy {accuracy:.3f}" if accuracy is not None else ""))
@@ -212,7 +252,7 @@ class LMStage(Stage):
         config = dataclasses.asdict(self.config)
         config["abspaths"] = {key: os.path.abspath(config[key]) for key in PATH_KEYS if config.get(key)}
         return {"best": self.best, "history": self.history, "config": config,
-                "latents": layout_of(self.run.latents), "reset_at": self.reset_at}
+                "latents": layout_of(self.run.latents), "resets": self.resets}
 
     def check_resume(self, record: dict[str, Any]) -> None:
         # A VQ-VAE of another K or L swapped in: named here, not as a size-mismatch traceback.
@@ -224,7 +264,7 @@ class LMStage(Stage):
                 + "; resume with the run's own settings, or start a new run in another --out")
 
     def restore(self, record: dict[str, Any]) -> None:
-        self.best, self.history, self.reset_at = record["best"], record["history"], record.get("reset_at")
+        self.best, self.history, self.resets = record["best"], record["history"], dict(record.get("resets") or {})
 
     def save_model(self, fit: Fit, meta: dict[str, Any]) -> None:
         """The model as a plain HF folder, written once by the main process. Under FSDP every
@@ -236,7 +276,7 @@ class LMStage(Stage):
 
     def finish(self, fit: Fit) -> None:
         cost = {"train_seconds_per_step": sum(fit.step_seconds) / len(fit.step_seconds)} if fit.step_seconds else {}
-        epoch, within = divmod(fit.step, self.steps_per_epoch)
+        within = fit.step % self.steps_per_epoch
         # Every process decides alike (the main one alone could see a folder the others have not yet).
         saved = [bool((self.out / "config.json").is_file())]
         if fit.world > 1:
@@ -246,7 +286,7 @@ class LMStage(Stage):
         if within and (not self.run.valid or not saved[0]):
             # Stopped mid-epoch by max_steps: save what was trained.
             fit.require_finite()
-            self.save_model(fit, {**model_meta(self.config, self.run, self.history, epoch), **cost})
+            self.save_model(fit, {**model_meta(self.config, self.run, self.history, fit.step - 1), **cost})
         elif not fit.is_main:
             return
         elif (self.out / MODEL_META).is_file():
@@ -299,8 +339,9 @@ def train_lm(config: TrainConfig, *, latents: LatentCodes | None = None,
     out.mkdir(parents=True, exist_ok=True)
     stage = LMStage(config, run, validate or validation_metrics)
     # FSDP on a GPU computes in bf16 through its own policy (reductions in fp32), not accelerate's autocast.
-    fit = Fit(stage, stage.optimization(accelerator.device), accelerator, out, log_every=config.log_every,
-              progress=config.progress, sharding=config.sharding,
+    optimization = stage.optimization(accelerator.device)
+    fit = Fit(stage, optimization, accelerator, out, log_every=config.log_every, progress=config.progress,
+              scheduler=stage.scheduler(optimization), sharding=config.sharding,
               bf16=uses_bf16(config.mixed_precision, accelerator.device))
     try:
         if config.resume and not fit.restore():

@@ -99,17 +99,24 @@ def vqvae_config(config: PipelineConfig, data: Path, tokenizer: Path, out: Path,
 
 def train_settings(config: PipelineConfig, method: str) -> dict[str, Any]:
     """The preset's options of one method: `train:` with its `method_overrides:` on top."""
-    overrides = config.method_overrides
-    if method == "pause" and "pause" not in overrides:  # the control draws Token Assorted's m
-        return {**config.train, **overrides.get("token-assorted", {})}
-    return {**config.train, **overrides.get(method, {})}
+    return {**config.train, **config.method_overrides.get(overrides_of(config, method), {})}
+
+
+def overrides_of(config: PipelineConfig, method: str) -> str:
+    """Whose `method_overrides` section a method takes: its own, or a control's model's (TA-Pause draws
+    Token Assorted's m, Coconut-Pause follows Coconut's curriculum) when it has none."""
+    mirrors = {"pause": "token-assorted", "coconut-pause": "coconut"}
+    if method in mirrors and method not in config.method_overrides:
+        return mirrors[method]
+    return method
 
 
 def train_config(config: PipelineConfig, method: str, seed_index: int, data: Path, codes: Path, out: Path,
                  source: str = "preset") -> TrainConfig:
     """Stage 2's config of one (method, seed): the preset's settings on the pipeline's data and codes."""
     settings = train_settings(config, method)
-    prefix = f"method_overrides.{method}." if method in config.method_overrides else "train."
+    section = overrides_of(config, method)
+    prefix = f"method_overrides.{section}." if section in config.method_overrides else "train."
     return from_mapping(TrainConfig, {**settings, "task": config.task, "task_options": config.data.task_options,
                                       "strategy": method, "seed": seed_index, "data": str(data / "train.jsonl"),
                                       "valid": str(data / "valid.jsonl"), "out": str(out), "codes": str(codes)},
@@ -174,7 +181,8 @@ def check_preset(config: PipelineConfig, source: str = "preset") -> None:
     for name, section in config.method_overrides.items():
         _check_section(section, TRAIN_OWNED, TrainConfig, source, f"method_overrides.{name}.")
     for method in dict.fromkeys([*config.methods, *config.method_overrides]):
-        prefix = f"method_overrides.{method}." if method in config.method_overrides else "train."
+        section = overrides_of(config, method)
+        prefix = f"method_overrides.{section}." if section in config.method_overrides else "train."
         train = train_config(config, method, 0, PLACEHOLDER, PLACEHOLDER, PLACEHOLDER, source)
         check_config(train, source, prefix)
     taken = sorted(key for key in EVAL_PROBES if getattr(config.eval, key) != getattr(EvalConfig(), key))

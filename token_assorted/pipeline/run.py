@@ -21,6 +21,7 @@ from ..core.devices import is_main_process, launched
 from ..core.environment import environment
 from ..core.io import read_json
 from ..core.outdir import adopt
+from ..evaluation.checkpoints import kept_checkpoint
 from ..evaluation.claims import check_claims, claims_lines
 from ..evaluation.probes import summarize
 from ..lm.methods import METHODS, display_name
@@ -182,10 +183,13 @@ def _write_report(config: PipelineConfig, out: Path, preset_name: str, runs: dic
     details = {"methods": {m: {"strategy": m, "runs": [_run_details(r) for r in rs],
                                **({"probes": probes[m]} if m in probes else {})} for m, rs in runs.items()},
                "vqvae_metrics": vq_metrics, "timings_seconds": timings, "environment": environment()}
-    extras = {display_name(m): summarize(per_seed) for m, per_seed in probes.items()}
+    extras: dict[str, dict[str, Any]] = {display_name(m): {"checkpoint": kept_checkpoint([_model_meta(r) for r in rs])}
+                                         for m, rs in runs.items()}
+    for m, per_seed in probes.items():
+        extras[display_name(m)].update(summarize(per_seed))
     for m, rs in runs.items():  # which rule checked the answers (an eval cached before it was recorded: none)
         if isinstance(rs[0].get("answer_rules"), dict):
-            extras.setdefault(display_name(m), {})["answer_rules"] = rs[0]["answer_rules"]
+            extras[display_name(m)]["answer_rules"] = rs[0]["answer_rules"]
     results = build_results(config.task, preset_name, methods, vqvae_summary(vq_metrics), details, extras)
     checks = check_claims(results["methods"], config.claims)
     results.setdefault("details", {})["claims"] = [dataclasses.asdict(c) for c in checks]
@@ -215,9 +219,14 @@ def _learning_curves(out: Path, runs: dict[str, list[dict[str, Any]]]) -> dict[s
 def _run_details(summary: dict[str, Any]) -> dict[str, Any]:
     keep = ("accuracy", "avg_generated_tokens", "avg_latent_tokens", "avg_text_tokens", "latent_span_share",
             "seconds_per_example", "tokens_per_second", "sampled_accuracy", "details", "model")
-    meta = Path(str(summary.get("model"))) / MODEL_META  # the training cost, beside the model
-    cost = read_json(meta).get("train_seconds_per_step") if meta.is_file() else None
-    return {**{k: summary.get(k) for k in keep}, "train_seconds_per_step": cost}
+    meta = _model_meta(summary)  # the training cost and the kept checkpoint, beside the model
+    return {**{k: summary.get(k) for k in keep}, "train_seconds_per_step": meta.get("train_seconds_per_step"),
+            "checkpoint": meta.get("checkpoint")}
+
+
+def _model_meta(summary: dict[str, Any]) -> dict[str, Any]:
+    path = Path(str(summary.get("model"))) / MODEL_META
+    return read_json(path) if path.is_file() else {}
 
 
 def _explained_samples(config: PipelineConfig, out: Path, vqvae: StageResult | None,

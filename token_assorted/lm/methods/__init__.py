@@ -3,7 +3,8 @@
 Every method a run can train is one row of `METHODS`: its name (the `strategy` option), its
 name in reports, its kind, whether its model writes VQ-VAE codes or needs their chunk layout,
 its chunk strategy (`mixing.py`) and the `Method` class that trains it (`base.py`: every chunk
-strategy; `coconut.py`, `icot.py`: the field's other latent-reasoning methods). Everything that
+strategy; `curriculum.py`: the ablation with stages; `coconut.py`, `icot.py`: the field's other
+latent-reasoning methods; `coconut_pause.py`: Coconut's own pause control). Everything that
 lists methods (the CLI's choices, a preset's checks, the report's names, which models are
 probed) reads this table. The module imports no torch: the CLI and presets read it cheaply.
 """
@@ -36,13 +37,17 @@ METHODS: dict[str, MethodInfo] = {
     "cot": MethodInfo("CoT", "baseline", codes=False, layout=False, strategy="cot"),
     "token-assorted": MethodInfo("Token Assorted", "method", codes=True, layout=True, strategy="token-assorted"),
     "all-replace": MethodInfo("All-Replace", "ablation", codes=True, layout=True, strategy="all-replace"),
-    "curriculum": MethodInfo("Curriculum-Replace", "ablation", codes=True, layout=True, strategy="curriculum"),
+    "curriculum": MethodInfo("Curriculum-Replace", "ablation", codes=True, layout=True, strategy="curriculum",
+                             method="curriculum:CurriculumReplace"),
     "poisson": MethodInfo("Poisson-Replace", "ablation", codes=True, layout=True, strategy="poisson"),
-    # Token Assorted's sequences with one content-free <pause> in place of each code.
-    "pause": MethodInfo("Pause", "control", codes=False, layout=True, strategy="pause"),
+    # TA-Pause: Token Assorted's sequences (its m draws) with one content-free <pause> in place of each code.
+    "pause": MethodInfo("TA-Pause", "control", codes=False, layout=True, strategy="pause"),
     "coconut": MethodInfo("Coconut", "peer", codes=False, layout=False, strategy="cot", method="coconut:Coconut"),
     "icot": MethodInfo("iCoT", "peer", codes=False, layout=False, strategy="cot",
                        method="icot:StepwiseInternalization"),
+    # Coconut's "pause as thought": its curriculum with inserted <pause> tokens in place of the thoughts.
+    "coconut-pause": MethodInfo("Coconut-Pause", "peer", codes=False, layout=False, strategy="cot",
+                                method="coconut_pause:CoconutPause"),
 }
 METHOD_NAMES = tuple(METHODS)
 

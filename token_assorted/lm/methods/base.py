@@ -1,31 +1,40 @@
 """Stage-2 methods as the training loop and the evaluator see them.
 
 A method says how training examples become batches and a loss, when the optimizer state
-is reset, which epochs may give the saved model, how the model answers, and what is
-recorded beside it. `Method` itself is every chunk strategy of `mixing.py` (Token Assorted,
-its baselines and ablations): one mixed sequence per example, right-padded, one forward
-pass whose loss the model computes, `model.generate` at inference.
+is reset, which steps belong to its final phase (only those may give the saved model), which
+learning-rate schedule it trains with, how the model answers, and what is recorded beside it.
+`Method` itself is every chunk strategy of `mixing.py` (Token Assorted, its baselines and
+ablations): one mixed sequence per example, right-padded, one forward pass whose loss the
+model computes, `model.generate` at inference. `CurriculumReplace` (`curriculum.py`) adds the
+stages of the `curriculum` ablation.
 
 The field's other latent-reasoning methods run in the same loop through these hooks, each
 in its own module:
 
 - ``coconut`` (`coconut.py`, Hao et al. 2024): continuous thoughts, one forward pass per
-  thought, a stage curriculum, its own generation loop (`thoughts.py`);
+  thought, a stage curriculum, its own generation loop (`generation/thoughts.py`);
+- ``coconut-pause`` (`coconut_pause.py`): Coconut's curriculum with `<pause>` tokens in place
+  of the thoughts (Coconut's "pause as thought" control);
 - ``icot`` (`icot.py`, Deng et al. 2024): stepwise internalization, a text-only schedule
-  that deletes more of the trace every epoch.
+  that deletes more of the trace step by step.
 
-Both are text methods as far as latent codes go (their chunk strategy is CoT: no VQ-VAE
+They are text methods as far as latent codes go (their chunk strategy is CoT: no VQ-VAE
 codes needed), so, like the baselines, they get the VQ-VAE's latent rows when one is given
 and every method's model keeps the same size and base vocabulary.
+
+Steps. The schedule hooks take `step`, the 0-based index of an optimizer step; the model after
+`n` steps is the model of step `n - 1`. `plan` is told the steps per epoch and the run's total
+before the first step, with the data known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 
+from ...core.errors import ConfigError
 from ...data.encoding import EncodedExample, encode_example
 from ...data.latent_tokens import LatentVocab
 from ..mixing import IGNORE_INDEX, Strategy, build_sequence, collate, make_strategy, max_sequence_length
@@ -33,13 +42,17 @@ from ..mixing import IGNORE_INDEX, Strategy, build_sequence, collate, make_strat
 Generate = Callable[..., Any]  # evaluate.generate_ids's signature: (model, tokenizer, prompts, config, ...)
 
 
+
 class Method:
-    """The default: a chunk strategy's mixed sequences through one forward pass."""
+    """The default: a chunk strategy's mixed sequences through one forward pass, one phase."""
+
+    reference_schedule = "cosine"  # the chunk strategies: the warm-up and cosine decay Token Assorted is tuned with
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.strategy: Strategy = self.chunk_strategy(config)
         self.vocab: LatentVocab | None = None  # the method's own added tokens (LoRA trains their rows in full)
+        self.steps_per_epoch, self.total_steps = 1, 0
 
     @staticmethod
     def chunk_strategy(config: Any) -> Strategy:
@@ -59,12 +72,57 @@ class Method:
         """An upper bound on the length of any sequence of this example (longer ones are skipped)."""
         return max_sequence_length(encoded, layout)
 
+    def plan(self, run: Any, steps_per_epoch: int, total_steps: int) -> None:
+        """Settle the schedule on the kept data; refuse one whose final phase the run never reaches."""
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        if total_steps > 0 and not self.final(total_steps - 1):
+            raise ConfigError(f"strategy {self.config.strategy!r}: its final stage is never reached in the "
+                              f"run's {total_steps} optimizer steps ({steps_per_epoch} per epoch); "
+                              f"{self.too_short_hint()}")
+
+    def too_short_hint(self) -> str:
+        return "give it more epochs"
+
+    # -- the schedule ---------------------------------------------------------------
+    def epoch(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def stage(self, step: int) -> int | None:
+        """The curriculum stage of step `step` (None: a method without stages)."""
+        return None
+
+    def final(self, step: int) -> bool:
+        """Whether step `step` trains the method's final phase (only those models may be kept)."""
+        return True
+
+    def final_start(self) -> int:
+        """The first step of the final phase (the learning-rate schedule "final-cosine" decays from it)."""
+        step = 0
+        while step < self.total_steps and not self.final(step):
+            step += 1
+        return step
+
+    def phase(self, step: int) -> Hashable:
+        """The optimizer's moments are reset before a step whose phase differs from the previous step's."""
+        return 0
+
+    def lr_schedule(self) -> str:
+        """The learning-rate schedule this method trains with: "cosine", "constant" or "final-cosine"."""
+        name = self.config.lr_schedule  # lm/config.py's LR_SCHEDULES
+        return self.reference_schedule if name == "reference" else name
+
+    def checkpoint(self, step: int) -> dict[str, Any]:
+        """What results.json records of a kept model: its epoch (1-based), stage and whether it is final."""
+        return {"epoch": self.epoch(step) + 1, "stage": self.stage(step), "final_stage": self.final(step)}
+
     # -- training -------------------------------------------------------------------
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the trainer prepares and calls (accelerate wraps it for DDP and autocast)."""
         return model
 
-    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int) -> dict[str, torch.Tensor]:
+    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int,
+              step: int | None = None) -> dict[str, torch.Tensor]:
+        """The sequences of `indices` at `step` of `epoch` (step None: the epoch's first)."""
         sequences = [build_sequence(run.strategy, run.encoded[i], None if run.codes is None else run.codes[i],
                                     run.layout, seed=seed, epoch=epoch, index=i) for i in indices]
         return collate(sequences, run.tokenizer.pad_token_id)
@@ -78,20 +136,13 @@ class Method:
         (transformers' num_items_in_batch: its cross-entropy sums, then divides by it)."""
         return module(**batch, num_items_in_batch=total).loss
 
-    def phase(self, epoch: int) -> int:
-        """The optimizer state is reset at the start of an epoch whose phase differs from the last one's."""
-        return 0
-
-    def selectable(self, epoch: int) -> bool:
-        """Whether the model of `epoch` may be kept as the best one (curricula: their final phase only)."""
-        return True
-
     # -- answering ------------------------------------------------------------------
-    def generation(self, epoch: int, vocab: LatentVocab | None) -> tuple[Generate | None, LatentVocab | None]:
-        """How the model of `epoch` answers in validation: a generate function (None:
+    def generation(self, step: int, vocab: LatentVocab | None) -> tuple[Generate | None, LatentVocab | None]:
+        """How the model of step `step` answers in validation: a generate function (None:
         `model.generate`) and the vocabulary whose tokens count as latent."""
         return None, vocab
 
-    def meta(self, epoch: int) -> dict[str, Any]:
-        """What `token_assorted.json` records of the method for the model of `epoch`."""
+    def meta(self, step: int) -> dict[str, Any]:
+        """What `token_assorted.json` records of the method for the model of step `step`."""
         return {}
+

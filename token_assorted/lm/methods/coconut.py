@@ -8,21 +8,23 @@ never reads its embedding).
 
 Curriculum (`StageSchedule`). Stage 0 is plain CoT, `prompt ⊕ <bot> ⊕ <eot> ⊕ trace ⊕
 solution`, for `coconut_cot_epochs` epochs; then each stage s = 1 … S (`coconut_stages`)
-lasts `coconut_epochs_per_stage` epochs. At stage s the first s reasoning steps (whole
+lasts `coconut_epochs_per_stage` epochs (either may be a fraction of an epoch: the stage
+boundaries are optimizer steps, rounded). At stage s the first s reasoning steps (whole
 `Example.steps`, at most the example's own count) are replaced by c × s thoughts
 (c = `coconut_thoughts_per_step`):
 
     prompt ⊕ <bot> ⊕ c·s thoughts ⊕ <eot> ⊕ steps s+1 … ⊕ solution
 
-Epochs after stage S stay at c × S thoughts and drop every remaining step, as Coconut's last
-phase does. The count is c × s whatever the example's number of steps (Coconut's
-`pad_latent_to_max`), so at stage S every example has c × S thoughts and inference uses
-exactly that count: the trained count of the saved model's stage, recorded beside it.
+Stages after S stay at c × S thoughts and drop every remaining step, as Coconut's last
+phase does (dataset.py:254-262). The count is c × s whatever the example's number of steps
+(Coconut's `pad_latent_to_max`), so at stage S every example has c × S thoughts and inference
+uses exactly that count: the trained count of the saved model's stage, recorded beside it.
+The final phase is stage S when no training trace has more than S steps (stage S already
+replaces every step), stage S + 1 otherwise; only its steps may give the saved model.
 
-Loss: the remaining text and solution, and `<eot>`: as in Coconut, the label after the last
-thought is `<eot>`. Inference forces `<eot>` after the thoughts anyway, so learning it changes
-nothing the model writes; it keeps Coconut's objective. The prompt, `<bot>` and the thought
-positions carry no loss (a thought is not a token).
+Loss: the remaining steps and the solution, as Coconut's `get_cot_latent_dataset`
+(dataset.py:286-298) labels them: -100 on the question, on `<bot>`, on every thought and on
+`<eot>`. Inference forces `<eot>` after the thoughts.
 
 Forward (`CoconutForward`, `think`). Rows are left-padded so that every `<bot>` sits in the
 same column, with position ids from the attention mask: one pass over prompt ⊕ `<bot>` fills
@@ -31,15 +33,18 @@ embedding and extends the cache, and a last pass reads `<eot>` ⊕ the rest. Gra
 through the whole chain of thoughts (no detach, as in the paper). The thoughts of a batch
 line up because a stage gives every row the same count.
 
-Optimizer: its moments are reset (the learning-rate schedule continues) at every stage
-change, as Coconut's `reset_optimizer`; the phase that ends the curriculum (after stage S)
-counts as one more stage. Only epochs at stage S or after may give the saved model.
+Optimizer: a fresh one (its moments reset; the learning-rate schedule continues) at the start
+of every epoch and at every stage change. Coconut's run.py creates a new AdamW at the start of
+every epoch when `reset_optimizer` is set (run.py:312-319; True in every args/*_coconut.yaml),
+although its README describes the flag as a reset "when switching training stages"; we follow
+the code. Learning rate: Coconut's is constant (run.py:228-236, no scheduler); see
+`lm/config.py`'s LR_SCHEDULES for which one runs here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,14 +64,15 @@ BEGIN_THOUGHT, END_THOUGHT, THOUGHT = "<bot>", "<eot>", "<thought>"
 
 
 # --------------------------------------------------------------------------- vocabulary
-def add_thought_tokens(tokenizer: Any) -> LatentVocab:
-    """Add `<bot>`, `<eot>` and `<thought>` (idempotent); their ids as a one-code LatentVocab.
+def add_thought_tokens(tokenizer: Any, filler: str = THOUGHT) -> LatentVocab:
+    """Add `<bot>`, `<eot>` and `filler` (`<thought>`; coconut-pause: `<pause>`), idempotent; their ids
+    as a one-code LatentVocab.
 
-    The placeholder is "code 0" of a vocabulary of one, so what counts latent tokens and
-    strips them from the verified text (generation/scoring.py) treats `<bot> <thought>… <eot>` as it
-    treats a latent span.
+    The filler is "code 0" of a vocabulary of one, so what counts latent tokens and strips them
+    from the verified text (generation/scoring.py) treats `<bot> <thought>… <eot>` as it treats a
+    latent span.
     """
-    tokens = [BEGIN_THOUGHT, END_THOUGHT, THOUGHT]
+    tokens = [BEGIN_THOUGHT, END_THOUGHT, filler]
     missing = [t for t in tokens if t not in tokenizer.get_vocab()]
     if missing:
         # Ordinary added tokens matched on their raw text, like the latent tokens (data/latent_tokens.py).
@@ -78,24 +84,42 @@ def add_thought_tokens(tokenizer: Any) -> LatentVocab:
 # --------------------------------------------------------------------------- curriculum
 @dataclass(frozen=True)
 class StageSchedule:
-    """Which stage an epoch trains, and what a stage replaces."""
+    """Which stage an optimizer step trains, and what a stage replaces."""
 
     thoughts_per_step: int  # c
-    stages: int  # S, the last stage
-    epochs_per_stage: int
-    cot_epochs: int  # stage 0 (plain CoT) before stage 1
+    stages: int  # S, the last stage that adds thoughts
+    epochs_per_stage: float
+    cot_epochs: float  # stage 0 (plain CoT) before stage 1
+    steps_per_epoch: int = 1
+    longest: int = 0  # the most steps of a training trace (the final phase: S when it is <= S, else S + 1)
 
     def __post_init__(self) -> None:
-        if min(self.thoughts_per_step, self.stages, self.epochs_per_stage) < 1 or self.cot_epochs < 0:
-            raise ConfigError(f"coconut_thoughts_per_step, coconut_stages and coconut_epochs_per_stage must be "
-                              f">= 1 and coconut_cot_epochs >= 0, got {self.thoughts_per_step}, {self.stages}, "
+        if min(self.thoughts_per_step, self.stages) < 1 or self.epochs_per_stage <= 0 or self.cot_epochs < 0:
+            raise ConfigError(f"coconut_thoughts_per_step and coconut_stages must be >= 1, coconut_epochs_per_stage "
+                              f"> 0 and coconut_cot_epochs >= 0, got {self.thoughts_per_step}, {self.stages}, "
                               f"{self.epochs_per_stage} and {self.cot_epochs}")
 
-    def stage(self, epoch: int) -> int:
-        """0 for the CoT epochs, then 1, 2, …; above S once the curriculum is over."""
-        if epoch < self.cot_epochs:
+    @property
+    def cot_steps(self) -> int:
+        return round(self.cot_epochs * self.steps_per_epoch)
+
+    @property
+    def stage_steps(self) -> int:
+        return max(1, round(self.epochs_per_stage * self.steps_per_epoch))
+
+    def stage(self, step: int) -> int:
+        """0 for the CoT steps, then 1, 2, …; above S once the curriculum is over."""
+        if step < self.cot_steps:
             return 0
-        return 1 + (epoch - self.cot_epochs) // self.epochs_per_stage
+        return 1 + (step - self.cot_steps) // self.stage_steps
+
+    @property
+    def final_stage(self) -> int:
+        return self.stages if self.longest <= self.stages else self.stages + 1
+
+    def phase(self, step: int) -> int:
+        """The stage, capped at the final one (later stages train the same sequences)."""
+        return min(self.stage(step), self.final_stage)
 
     def thoughts(self, stage: int) -> int:
         return self.thoughts_per_step * min(stage, self.stages)
@@ -103,9 +127,6 @@ class StageSchedule:
     def replaced_steps(self, stage: int, n_steps: int) -> int:
         """Leading steps replaced at `stage`: s of them, all of them after the last stage."""
         return n_steps if stage > self.stages else min(stage, n_steps)
-
-    def phase(self, epoch: int) -> int:
-        return min(self.stage(epoch), self.stages + 1)
 
 
 # --------------------------------------------------------------------------- sequences
@@ -140,11 +161,15 @@ class StageSequence:
     head: list[int]  # prompt ⊕ <bot>
     n_thoughts: int
     rest: list[int]  # <eot> ⊕ remaining steps ⊕ solution
-    labels: list[int]  # of `rest`: all of it (<eot> included)
+    labels: list[int]  # of `rest`: -100 on <eot>, then the remaining steps and the solution
 
     def token_ids(self, vocab: LatentVocab) -> list[int]:
-        """The whole sequence with the placeholder at thought positions (for reading and tests)."""
+        """The whole sequence with the placeholder (coconut-pause: `<pause>`) at thought positions."""
         return self.head + [vocab.first_code_id] * self.n_thoughts + self.rest
+
+    def all_labels(self) -> list[int]:
+        """The labels of `token_ids`: -100 on the question, `<bot>` and the thoughts, then `labels`."""
+        return [IGNORE_INDEX] * (len(self.head) + self.n_thoughts) + self.labels
 
 
 def stage_sequence(example: SteppedExample, stage: int, schedule: StageSchedule, vocab: LatentVocab) -> StageSequence:
@@ -152,7 +177,8 @@ def stage_sequence(example: SteppedExample, stage: int, schedule: StageSchedule,
     n_steps = len(example.step_traces) - 1
     trace = example.step_traces[schedule.replaced_steps(stage, n_steps)]
     rest = [vocab.end_id, *trace, *example.solution_ids]
-    return StageSequence(list(example.prompt_ids) + [vocab.begin_id], schedule.thoughts(stage), rest, list(rest))
+    labels = [IGNORE_INDEX, *rest[1:]]  # no loss on <eot> (dataset.py:288-292), as on <bot> and the thoughts
+    return StageSequence(list(example.prompt_ids) + [vocab.begin_id], schedule.thoughts(stage), rest, labels)
 
 
 def collate_stage(sequences: Sequence[StageSequence], pad_id: int) -> dict[str, torch.Tensor]:
@@ -193,42 +219,56 @@ class CoconutForward(torch.nn.Module):
         """The token losses summed over `total` (the supervised tokens of the whole step; None: this batch's mean)."""
         state = think(self.lm, head_ids, head_mask, int(n_thoughts))
         out = continue_with(self.lm, state, rest_ids, rest_mask)
-        # The prediction of rest[0] (<eot>) comes from the last thought; rest[t] from rest[t-1].
-        logits = torch.cat([state.logits[:, None], out.logits[:, :-1]], dim=1)  # (B, R, V)
+        # rest[t] is predicted at rest[t-1]; rest[0] (<eot>), predicted at the last thought, carries no loss.
+        labels = rest_labels[:, 1:].flatten()  # (B * (R - 1))
+        logits = out.logits[:, :-1].flatten(0, 1).float()
         if total is None:
-            return F.cross_entropy(logits.flatten(0, 1).float(), rest_labels.flatten(), ignore_index=IGNORE_INDEX)
-        summed = F.cross_entropy(logits.flatten(0, 1).float(), rest_labels.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="sum")
-        return summed / total
+            return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / total
 
 
 # --------------------------------------------------------------------------- the method
 class Coconut(Method):
     """Strategy `coconut`: the stage curriculum of continuous thoughts."""
 
+    reference_schedule = "constant"  # run.py:228-236: AdamW at a fixed lr, no scheduler
+    filler = THOUGHT  # the token at thought positions (coconut-pause: <pause>)
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        # Checked now, before any weights load; the schedule itself may need the data (stages None).
-        cot = config.coconut_epochs_per_stage if config.coconut_cot_epochs is None else config.coconut_cot_epochs
-        StageSchedule(config.coconut_thoughts_per_step, config.coconut_stages or 1, config.coconut_epochs_per_stage,
-                      cot)
+        # Checked now, before any weights load; the schedule itself needs the data (stages None, the steps).
+        self.schedule = self._schedule(config.coconut_stages or 1, 1, 0)
         if config.coconut_stages is not None and config.coconut_stages < 1:
             raise ConfigError(f"coconut_stages must be >= 1 (or null: the most steps of a trace), "
                               f"got {config.coconut_stages}")
-        self.schedule: StageSchedule | None = None
+
+    def _schedule(self, stages: int, steps_per_epoch: int, longest: int) -> StageSchedule:
+        config = self.config
+        cot = config.coconut_epochs_per_stage if config.coconut_cot_epochs is None else config.coconut_cot_epochs
+        return StageSchedule(config.coconut_thoughts_per_step, stages, config.coconut_epochs_per_stage, cot,
+                             steps_per_epoch, longest)
 
     @staticmethod
     def chunk_strategy(config: Any) -> Strategy:
         return CoT()  # no VQ-VAE codes; the baselines' latent rows keep the model the others' size
 
     def prepare(self, tokenizer: Any, model: Any, examples: Sequence[Any]) -> None:
-        config = self.config
-        stages = config.coconut_stages or max(1, max((len(ex.steps) for ex in examples), default=1))
-        cot = config.coconut_epochs_per_stage if config.coconut_cot_epochs is None else config.coconut_cot_epochs
-        self.schedule = StageSchedule(config.coconut_thoughts_per_step, stages, config.coconut_epochs_per_stage, cot)
-        self.vocab = add_thought_tokens(tokenizer)
-        # The mean rule (models.py) for all three rows; the placeholder's row is never read.
-        extend_vocabulary(model, self.vocab, "mean", seed=config.seed + 1)
+        longest = max((len(ex.steps) for ex in examples), default=1)
+        self.schedule = self._schedule(self.config.coconut_stages or max(1, longest), 1, longest)
+        self.vocab = add_thought_tokens(tokenizer, self.filler)
+        # The mean rule (models.py) for all three rows; the placeholder's row is never read by Coconut.
+        extend_vocabulary(model, self.vocab, "mean", seed=self.config.seed + 1)
+
+    def plan(self, run: Any, steps_per_epoch: int, total_steps: int) -> None:
+        longest = max((len(e.step_traces) - 1 for e in run.encoded), default=0)
+        self.schedule = self._schedule(self.schedule.stages, steps_per_epoch, longest)
+        super().plan(run, steps_per_epoch, total_steps)
+
+    def too_short_hint(self) -> str:
+        schedule = self.schedule
+        first = schedule.cot_steps + (schedule.final_stage - 1) * schedule.stage_steps
+        return (f"stage {schedule.final_stage} begins at step {first + 1}: raise epochs or lower coconut_stages, "
+                f"coconut_epochs_per_stage or coconut_cot_epochs (fractions of an epoch are allowed)")
 
     def encode(self, tokenizer: Any, task: Any, example: Any, chat_template: bool) -> SteppedExample:
         return encode_steps(tokenizer, task, example, chat_template)
@@ -237,32 +277,43 @@ class Coconut(Method):
         longest = self.schedule.thoughts_per_step * self.schedule.stages + 2  # <bot>, thoughts, <eot>
         return len(encoded.prompt_ids) + longest + len(encoded.trace_ids) + len(encoded.solution_ids)
 
+    # -- the schedule ---------------------------------------------------------------
+    def stage(self, step: int) -> int:
+        return self.schedule.phase(step)
+
+    def final(self, step: int) -> bool:
+        return self.schedule.stage(step) >= self.schedule.final_stage
+
+    def phase(self, step: int) -> Hashable:
+        return self.epoch(step), self.schedule.phase(step)  # a fresh optimizer every epoch and every stage
+
+    # -- training -------------------------------------------------------------------
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return CoconutForward(model)
 
-    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int) -> dict[str, torch.Tensor]:
-        stage = self.schedule.stage(epoch)
-        sequences = [stage_sequence(run.encoded[i], stage, self.schedule, self.vocab) for i in indices]
-        return collate_stage(sequences, run.tokenizer.pad_token_id)
+    def sequences(self, run: Any, indices: Sequence[int], epoch: int, step: int | None) -> list[StageSequence]:
+        stage = self.schedule.stage(epoch * self.steps_per_epoch if step is None else step)
+        return [stage_sequence(run.encoded[i], stage, self.schedule, self.vocab) for i in indices]
+
+    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int,
+              step: int | None = None) -> dict[str, torch.Tensor]:
+        return collate_stage(self.sequences(run, indices, epoch, step), run.tokenizer.pad_token_id)
 
     def loss_items(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["rest_labels"] != IGNORE_INDEX).sum())  # already aligned with the logits
+        return int((batch["rest_labels"][:, 1:] != IGNORE_INDEX).sum())  # the labels the loss reads (not rest[0])
 
     def loss(self, module: torch.nn.Module, batch: dict[str, torch.Tensor], total: float) -> torch.Tensor:
         return module(**batch, total=total)
 
-    def phase(self, epoch: int) -> int:
-        return self.schedule.phase(epoch)
+    # -- answering ------------------------------------------------------------------
+    def generation(self, step: int, vocab: LatentVocab | None):
+        return thought_generation(self.vocab, self.schedule.thoughts(self.schedule.stage(step))), self.vocab
 
-    def selectable(self, epoch: int) -> bool:
-        return self.schedule.stage(epoch) >= self.schedule.stages
+    def record(self, step: int) -> dict[str, Any]:
+        schedule, stage = self.schedule, self.schedule.stage(step)
+        return {**self.vocab.to_dict(), "thoughts_per_step": schedule.thoughts_per_step, "stages": schedule.stages,
+                "epochs_per_stage": schedule.epochs_per_stage, "cot_epochs": schedule.cot_epochs,
+                "stage": min(stage, schedule.stages + 1), "thoughts": schedule.thoughts(stage)}
 
-    def generation(self, epoch: int, vocab: LatentVocab | None):
-        return thought_generation(self.vocab, self.schedule.thoughts(self.schedule.stage(epoch))), self.vocab
-
-    def meta(self, epoch: int) -> dict[str, Any]:
-        schedule, stage = self.schedule, self.schedule.stage(epoch)
-        return {"coconut": {**self.vocab.to_dict(), "thoughts_per_step": schedule.thoughts_per_step,
-                            "stages": schedule.stages, "epochs_per_stage": schedule.epochs_per_stage,
-                            "cot_epochs": schedule.cot_epochs, "stage": min(stage, schedule.stages + 1),
-                            "thoughts": schedule.thoughts(stage)}}
+    def meta(self, step: int) -> dict[str, Any]:
+        return {"coconut": self.record(step)}

@@ -3,31 +3,37 @@
 Training starts on the full chain of thought and deletes a growing number of trace tokens
 from its start, so the model learns to do in its hidden states what the deleted text did:
 
-    epoch e:   prompt ⊕ c_{k+1} … c_t ⊕ solution,   k = tokens_per_epoch × e (+ smoothing)
+    step b:   prompt ⊕ c_{k+1} … c_t ⊕ solution,   k = scheduled(b) + o (removal smoothing)
 
-Deng et al. remove 8 tokens per epoch (`icot_tokens_per_epoch`). The last `icot_final_epochs`
-epochs train with the whole trace removed, so the model ends up answering with no trace at
-all; it is evaluated like Sol-Only (greedy, whatever it writes), and only those epochs may
-give the saved model (an earlier epoch's model still writes part of a trace).
+The schedule is the reference's (da03/Internalize_CoT_Step_by_Step, src/train.py), counted in
+optimizer steps:
 
-Removal smoothing. Once removal has started (k > 0), each time an example is seen o extra
-tokens go too, with P(o) ∝ exp(−λ o) over o = 0 … 100 (λ = `icot_smoothing_lambda`, 4 in
-the paper: 98 % of sequences lose none, 1.8 % one more). It is drawn from the example's own
-generator (`mixing.example_rng(seed, epoch, index)`, as every strategy's draws), so the same
-(seed, epoch, example) always loses the same tokens and a resumed run draws the same.
+- one more token every `round(steps_per_epoch / icot_tokens_per_epoch)` steps
+  (train.py:243 and 256-261): scheduled(b) = b // that (b + 1 when it rounds to 0), so
+  `icot_tokens_per_epoch` (8 in the paper) leave per epoch, progressively within it;
+- once the count reaches `icot_remove_all_beyond` (train.py's `remove_all_when_remove_beyond`,
+  default none) the whole trace goes (train.py:251-252, 269-270). Our `icot_final_epochs`
+  (default 0) does the same for the run's last epochs: not in the reference;
+- removal smoothing whenever λ is finite, count 0 included (train.py:280-284): o extra tokens
+  with P(o) = (1 − e^−λ) e^−λo for o = 0 … 98 and the rest of the mass on o = 99
+  (`compute_lambda_distribution`, train.py:25-35; λ = `icot_smoothing_lambda`, 4 in the paper;
+  None: λ = ∞, no smoothing). Drawn from the example's own generator
+  (`mixing.example_rng(seed, epoch, index)`), so a resumed run draws the same;
+- a fresh optimizer (moments reset; the learning-rate schedule continuing) whenever the count
+  changes (train.py:262-268), until every training trace is wholly removed (the reference stops
+  once the previous batch had no trace left).
 
-Optimizer. Its state is reset (fresh AdamW moments, the learning-rate schedule continuing)
-at the start of every epoch whose scheduled count differs from the previous epoch's: the
-method's phase (`methods.Method.phase`).
-
-One deviation from the paper, which raises the count gradually within an epoch (one more
-token every 1/8 of an epoch, resetting the optimizer each time): here the count changes
-at epoch boundaries, so every epoch trains at one removal count.
+The final phase: every training trace wholly removed at the scheduled count. Only its steps may
+give the saved model (the reference forgets its best accuracy whenever a batch still had
+trace tokens, train.py:311-312), which then answers with no trace, and is evaluated like
+Sol-Only (greedy, whatever it writes). The reference's learning rate is constant (train.py:231,
+no scheduler); see `lm/config.py`'s LR_SCHEDULES for which one runs here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,51 +44,82 @@ from ...data.encoding import EncodedExample
 from ..mixing import IGNORE_INDEX, CoT, MixedSequence, Strategy, collate, example_rng
 from .base import Method
 
-ALL_REMOVED = -1  # the phase of the final epochs: the whole trace removed
-SMOOTHING_SUPPORT = 101  # extra tokens o = 0 … 100 (Deng et al. truncate the distribution there too)
+ALL_REMOVED = -1  # the scheduled count once the whole trace goes
+SMOOTHING_SUPPORT = 100  # extra tokens o = 0 … 99 (train.py:25, truncate_length=100)
 
 
 @dataclass(frozen=True)
 class RemovalSchedule:
-    """How many leading trace tokens an epoch removes."""
+    """How many leading trace tokens an optimizer step removes."""
 
-    tokens_per_epoch: int  # removed per epoch (Deng et al.: 8)
-    epochs: int  # of the whole run
-    final_epochs: int  # the last epochs remove the whole trace
+    tokens_per_epoch: float  # removed per epoch (Deng et al.: 8)
     smoothing_lambda: float | None  # λ of the removal smoothing (None: off)
+    remove_all_beyond: int | None = None  # a count at or past this removes the whole trace
+    final_epochs: int = 0  # the run's last epochs remove the whole trace
+    steps_per_epoch: int = 1
+    total_steps: int = 0
+    longest: int = 0  # the longest training trace, in tokens
 
     def __post_init__(self) -> None:
-        if self.tokens_per_epoch < 1:
-            raise ConfigError(f"icot_tokens_per_epoch must be >= 1, got {self.tokens_per_epoch}")
-        if not 0 <= self.final_epochs <= self.epochs:
-            raise ConfigError(f"icot_final_epochs must be between 0 and epochs ({self.epochs}), "
-                              f"got {self.final_epochs}")
+        if self.tokens_per_epoch <= 0:
+            raise ConfigError(f"icot_tokens_per_epoch must be > 0, got {self.tokens_per_epoch}")
+        if self.final_epochs < 0:
+            raise ConfigError(f"icot_final_epochs must be >= 0, got {self.final_epochs}")
         if self.smoothing_lambda is not None and self.smoothing_lambda <= 0:
             raise ConfigError(f"icot_smoothing_lambda must be > 0 (or null: no smoothing), "
                               f"got {self.smoothing_lambda}")
+        if self.remove_all_beyond is not None and self.remove_all_beyond < 1:
+            raise ConfigError(f"icot_remove_all_beyond must be >= 1 (or null), got {self.remove_all_beyond}")
 
-    def scheduled(self, epoch: int) -> int:
-        """Tokens the schedule removes at `epoch`; ALL_REMOVED in the final epochs."""
-        if epoch >= self.epochs - self.final_epochs:
+    @property
+    def steps_per_token(self) -> int:
+        """train.py:243: int(round(steps_per_epoch / remove_per_epoch)) (Python's round, half to even)."""
+        return int(round(self.steps_per_epoch / self.tokens_per_epoch))
+
+    def count(self, step: int) -> int:
+        """The reference's scheduled_to_remove before step `step` (0-based), without the remove-all rules."""
+        per = self.steps_per_token
+        return step + 1 if per == 0 else step // per
+
+    def scheduled(self, step: int) -> int:
+        """Tokens the schedule removes at `step`; ALL_REMOVED once the whole trace goes."""
+        if self.final_epochs and step >= self.total_steps - self.final_epochs * self.steps_per_epoch:
             return ALL_REMOVED
-        return self.tokens_per_epoch * epoch
+        count = self.count(step)
+        if self.remove_all_beyond is not None and count >= self.remove_all_beyond:
+            return ALL_REMOVED
+        return count
 
-    def removed(self, trace_length: int, epoch: int, rng: np.random.Generator) -> int:
+    def removed(self, trace_length: int, step: int, rng: np.random.Generator) -> int:
         """Tokens removed from a trace of `trace_length` this time it is seen (smoothing included)."""
-        scheduled = self.scheduled(epoch)
+        scheduled = self.scheduled(step)
         if scheduled == ALL_REMOVED:
             return trace_length
-        extra = smoothing_offset(self.smoothing_lambda, rng) if scheduled > 0 else 0
-        return min(trace_length, scheduled + extra)
+        return min(trace_length, scheduled + smoothing_offset(self.smoothing_lambda, rng))
+
+    def level(self, step: int) -> int:
+        """The scheduled count capped at the longest trace: every trace gone at `longest`."""
+        scheduled = self.scheduled(step)
+        return self.longest if scheduled == ALL_REMOVED else min(scheduled, self.longest)
+
+    def final(self, step: int) -> bool:
+        return self.level(step) >= self.longest
+
+
+def smoothing_distribution(smoothing_lambda: float) -> np.ndarray:
+    """P(o) for o = 0 … 99: (1 − e^−λ) e^−λo, the mass beyond 99 added to o = 99 (train.py:25-35)."""
+    positions = np.arange(SMOOTHING_SUPPORT)
+    probabilities = (1 - math.exp(-smoothing_lambda)) * np.exp(-smoothing_lambda * positions)
+    probabilities[-1] += 1 - probabilities.sum()
+    return probabilities
 
 
 def smoothing_offset(smoothing_lambda: float | None, rng: np.random.Generator) -> int:
-    """Extra tokens o >= 0 with P(o) ∝ exp(−λ o) (truncated at 100); 0 without smoothing."""
+    """Extra tokens o >= 0 drawn from `smoothing_distribution`; 0 without smoothing."""
     if smoothing_lambda is None:
         return 0
-    weights = np.exp(-smoothing_lambda * np.arange(SMOOTHING_SUPPORT))
+    cumulative = np.cumsum(smoothing_distribution(smoothing_lambda))
     # Inverse CDF of one uniform draw: one number from the example's generator per sequence.
-    cumulative = np.cumsum(weights / weights.sum())
     return int(min(np.searchsorted(cumulative, rng.random(), side="right"), SMOOTHING_SUPPORT - 1))
 
 
@@ -93,34 +130,58 @@ def internalized_sequence(encoded: EncodedExample, removed: int) -> MixedSequenc
 
 
 class StepwiseInternalization(Method):
-    """Strategy `icot`: text sequences whose trace loses its first tokens epoch by epoch."""
+    """Strategy `icot`: text sequences whose trace loses its first tokens step by step."""
+
+    reference_schedule = "constant"  # src/train.py:231: AdamW at a fixed lr, no scheduler
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.schedule = RemovalSchedule(config.icot_tokens_per_epoch, config.epochs, config.icot_final_epochs,
-                                        config.icot_smoothing_lambda)
+        if config.icot_final_epochs > config.epochs:
+            raise ConfigError(f"icot_final_epochs must be between 0 and epochs ({config.epochs}), "
+                              f"got {config.icot_final_epochs}")
+        self.schedule = self._schedule(1, 0, 0)
+
+    def _schedule(self, steps_per_epoch: int, total_steps: int, longest: int) -> RemovalSchedule:
+        config = self.config
+        return RemovalSchedule(config.icot_tokens_per_epoch, config.icot_smoothing_lambda,
+                               config.icot_remove_all_beyond, config.icot_final_epochs, steps_per_epoch,
+                               total_steps, longest)
 
     @staticmethod
     def chunk_strategy(config: Any) -> Strategy:
         return CoT()  # text only: no codes, the baselines' vocabulary
 
-    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int) -> dict:
+    def plan(self, run: Any, steps_per_epoch: int, total_steps: int) -> None:
+        longest = max((len(e.trace_ids) for e in run.encoded), default=0)
+        self.schedule = self._schedule(steps_per_epoch, total_steps, longest)
+        super().plan(run, steps_per_epoch, total_steps)
+
+    def too_short_hint(self) -> str:
+        return (f"the longest trace ({self.schedule.longest} tokens) is never wholly removed: raise "
+                f"icot_tokens_per_epoch or set icot_remove_all_beyond or icot_final_epochs")
+
+    def stage(self, step: int) -> int:
+        return self.schedule.level(step)  # trace tokens removed (the longest trace's length: all)
+
+    def final(self, step: int) -> bool:
+        return self.schedule.final(step)
+
+    def phase(self, step: int) -> Hashable:
+        return self.schedule.level(step)
+
+    def batch(self, run: Any, indices: Sequence[int], seed: int, epoch: int, step: int | None = None) -> dict:
+        step = epoch * self.steps_per_epoch if step is None else step
         sequences = []
         for i in indices:
             trace = run.encoded[i].trace_ids
-            removed = self.schedule.removed(len(trace), epoch, example_rng(seed, epoch, i))
+            removed = self.schedule.removed(len(trace), step, example_rng(seed, epoch, i))
             sequences.append(internalized_sequence(run.encoded[i], removed))
         return collate(sequences, run.tokenizer.pad_token_id)
 
-    def phase(self, epoch: int) -> int:
-        return self.schedule.scheduled(epoch)
-
-    def selectable(self, epoch: int) -> bool:
-        return self.schedule.scheduled(epoch) == ALL_REMOVED
-
-    def meta(self, epoch: int) -> dict[str, Any]:
-        scheduled = self.schedule.scheduled(epoch)
+    def meta(self, step: int) -> dict[str, Any]:
+        scheduled = self.schedule.scheduled(step)
         return {"icot": {"tokens_per_epoch": self.schedule.tokens_per_epoch,
+                         "remove_all_beyond": self.schedule.remove_all_beyond,
                          "final_epochs": self.schedule.final_epochs,
                          "smoothing_lambda": self.schedule.smoothing_lambda,
-                         "removed_tokens": "all" if scheduled == ALL_REMOVED else scheduled}}
+                         "removed_tokens": "all" if self.final(step) or scheduled == ALL_REMOVED else scheduled}}
