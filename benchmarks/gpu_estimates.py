@@ -10,7 +10,7 @@ Nothing here runs a model: every figure is arithmetic on the assumptions below, 
 - achieved throughput: 15 % of the H100's 989 bf16 TFLOP/s for GPT-2 size (small matrices),
   35 % for 1B-8B Llamas;
 - the VQ-VAE: 100k steps (the paper's) at the 12 steps/s measured on one H100 for the GSM8K
-  VQ-VAE (BENCHMARKS.md, `bench_gsm8k_gpu.py`), times a task factor (codes by search, long traces);
+  VQ-VAE (docs/LAB_NOTES.md, `bench_gsm8k_gpu.py`), times a task factor (codes by search, long traces);
 - generation (the test split, the probes' evaluations, the per-epoch validation): every decoding step costs max(weights + KV cache bytes / 3.35 TB/s, 25 ms of
   `generate`'s per-token overhead), for the longest answer of each batch;
 - memory: 16 bytes per parameter (fp32 weights, gradients, two AdamW moments), activations of

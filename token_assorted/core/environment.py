@@ -2,7 +2,7 @@
 
 The same seed gives the same bits only with the same kernels: on a CPU with AVX-512, PyTorch,
 MKL and oneDNN take AVX-512 code, whose rounding sends training down another path than AVX2
-code does (BENCHMARKS.md, "The default run on an AVX-512 CPU"). A report that names its
+code does (docs/LAB_NOTES.md, "The default run on an AVX-512 CPU"). A report that names its
 kernels can be told apart from one that does not reproduce for that reason.
 """
 

@@ -16,6 +16,7 @@ from ..core.config import Bound, above, at_least, check_limits, within
 from ..core.devices import check_precision
 from ..core.errors import ConfigError
 from ..generation.config import GenerationConfig
+from ..training.options import OptimizationOptions
 from .lora import LoraSettings, check_lora
 
 # Learning-rate schedules (`lr_schedule`). "cosine": warm-up, then cosine decay to zero over the whole run;
@@ -29,8 +30,10 @@ if TYPE_CHECKING:  # the methods load torch: this module stays light, the CLI bu
 
 
 @dataclass
-class TrainConfig:
-    """Everything one stage-2 run depends on (saved beside the model, resolved)."""
+class TrainConfig(OptimizationOptions):
+    """Everything one stage-2 run depends on (saved beside the model, resolved). The optimisation
+    options (batch_size, grad_accum, lr, weight_decay, warmup, max_grad_norm, seed, log_every) are
+    stage 1's too, declared once in `OptimizationOptions`; the seed also draws Token Assorted's m."""
 
     task: str = ""  # a task name (token_assorted.data.tasks.TASK_NAMES)
     task_options: dict[str, Any] = field(default_factory=dict)  # the generic task's (qa): fields, answer_match, ...
@@ -46,17 +49,11 @@ class TrainConfig:
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
     latent_vocab_for_baselines: bool = True  # cot/sol-only with a VQ-VAE get the latent rows too
     epochs: int = 10  # training epochs
-    batch_size: int = 32  # effective sequences per optimizer step (all processes together)
-    grad_accum: int = 1  # micro-batches per optimizer step and process
-    lr: float = 1e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup: float = 0.05  # < 1: fraction of all optimizer steps; >= 1: a number of steps
     # cosine (every method: warm-up and cosine decay over the whole run) | reference | final-cosine | constant
     # (LR_SCHEDULES). The default is pending measurement: "reference" and "final-cosine" treat the curricula
     # more fairly and leave Sol-Only, CoT and Token Assorted as they are, but have not been measured against
     # each other yet (docs/DEPARTURES.md); "cosine" changes nothing until they are.
     lr_schedule: str = "cosine"
-    max_grad_norm: float = 1.0  # gradient-norm clipping (0: none)
     max_length: int = 512  # longer examples are skipped (with a count)
     group_by_length: bool = False  # batches of similar lengths: less padding (train.group_by_length)
     m_values: list[int] | None = None  # token-assorted: m drawn from this set; None: any whole chunks
@@ -71,7 +68,6 @@ class TrainConfig:
     icot_smoothing_lambda: float | None = 4.0  # icot: P(o extra removed) ∝ exp(-λ o), count 0 too; None: none
     icot_remove_all_beyond: int | None = None  # icot: a scheduled count >= this removes the whole trace
     icot_final_epochs: int = 0  # icot: the run's last epochs train with the whole trace removed (not iCoT's own)
-    seed: int = 0  # random seed (data order, m draws, initialisation)
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, else none), "no", "bf16"
     sharding: str = "ddp"  # ddp: a whole model per process; fsdp: weights, gradients, optimizer sharded (FSDP2)
@@ -83,17 +79,14 @@ class TrainConfig:
     validation: GenerationConfig = field(default_factory=GenerationConfig)  # greedy answers on --valid each epoch
     save_every: int = 0  # optimizer steps between resume checkpoints (0: end of each epoch only)
     max_steps: int | None = None  # stop after this many optimizer steps in all
-    log_every: int = 10  # optimizer steps between TensorBoard points
     resume: bool = False  # continue the run saved in --out
     progress: bool = True  # tqdm bar (main process only)
 
     # Each numeric option's range, checked wherever a config is read (a preset: before any stage runs).
     LIMITS: ClassVar[dict[str, Bound]] = {
-        "epochs": at_least(1), "batch_size": at_least(1), "grad_accum": at_least(1), "lr": Bound(0, 1, low_open=True),
-        "weight_decay": at_least(0), "warmup": at_least(0), "max_grad_norm": at_least(0), "max_length": within(2, 131072),
-        "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1), "seed": at_least(0),
+        **OptimizationOptions.LIMITS, "epochs": at_least(1), "max_length": within(2, 131072),
+        "m_values": at_least(0), "poisson_p": within(0, 1), "curriculum_epochs": at_least(1),
         "curriculum_max_chunks": at_least(0), "save_every": at_least(0), "max_steps": at_least(1),
-        "log_every": at_least(0),
         "coconut_thoughts_per_step": at_least(1), "coconut_stages": at_least(1),
         "coconut_epochs_per_stage": above(0),
         "coconut_cot_epochs": at_least(0), "icot_tokens_per_epoch": above(0), "icot_smoothing_lambda": above(0),
@@ -110,9 +103,6 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
             raise ConfigError(f"{source}: '{name}' is required")
     check_limits(dataclasses.asdict(config), TrainConfig.LIMITS, source, prefix)  # configs built in Python too
     check_limits(dataclasses.asdict(config.validation), GenerationConfig.LIMITS, source, f"{prefix}validation.")
-    if config.batch_size % config.grad_accum:
-        raise ConfigError(f"{source}: {prefix}batch_size: {config.batch_size} is not divisible by "
-                          f"grad_accum={config.grad_accum}")
     from .methods import METHODS, method_for
     from .models import EMBEDDING_INITS, check_model_spec
 
