@@ -37,7 +37,7 @@ def _single_thread() -> None:
 
 
 # --------------------------------------------------------------------------- shared tiny artefacts
-# Used by the reliability tests (test_reliability, test_limits, test_system_errors, test_hostile_files,
+# Used by the reliability tests (test_bad_input, test_interruptions, test_limits, test_system_errors, test_hostile_files,
 # test_outputs, test_bounds): one definition each, instead of a copy per file.
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -49,6 +49,12 @@ VQ_SHAPE = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "
             "--warmup", "1", "--d-model", "16", "--heads", "2", "--encoder-layers", "1", "--decoder-layers", "1",
             "--codebook-dim", "4", "--max-prompt-len", "64", "--device", "cpu", "--no-progress"]
 VQ_TINY = ["--steps", "2", "--valid-every", "2", *VQ_SHAPE]
+# The interruption tests' VQ-VAE (test_bad_input, test_interruptions): a prompt encoder layer and dead-code
+# replacement at every step, so that a resumed run must restore the replacement's random state too.
+VQ_OPTIONS = ["--chunk-size", "4", "--compression", "2", "--codebook-size", "8", "--batch-size", "4",
+              "--warmup", "2", "--d-model", "16", "--heads", "2", "--encoder-layers", "1",
+              "--decoder-layers", "1", "--prompt-layers", "1", "--codebook-dim", "4", "--max-prompt-len", "64",
+              "--dead-code-threshold", "1.0", "--device", "cpu", "--no-progress"]
 
 
 def one_line(capsys, code: int, *names: str, exit_code: int = 2) -> str:
@@ -112,3 +118,19 @@ def tiny_lm(pronto, tiny_vqvae, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lm") / "lm"
     assert main(tiny_lm_argv(pronto, tiny_vqvae, out)) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def artefacts(pronto, tmp_path_factory) -> dict[str, Path]:
+    """The ProntoQA file, a VQ-VAE of VQ_OPTIONS trained 4 steps on it and a one-epoch LM on that."""
+    import torch
+
+    from token_assorted.cli import main
+
+    vqvae = tmp_path_factory.mktemp("vq") / "vq"
+    torch.set_num_threads(1)
+    assert main(["vqvae", "train", "--task", "prontoqa", "--data", str(pronto), "--out", str(vqvae),
+                 "--steps", "4", "--valid-every", "2", *VQ_OPTIONS]) == 0
+    lm = tmp_path_factory.mktemp("lm") / "lm"
+    assert main(tiny_lm_argv(pronto, vqvae, lm)) == 0
+    return {"pronto": pronto, "vqvae": vqvae, "lm": lm}
