@@ -17,7 +17,7 @@ from token_assorted.data.schema import Example
 from token_assorted.data.tokenizer import load_tokenizer
 from token_assorted.evaluation.evaluate import evaluate_dir
 from token_assorted.generation.config import EvalConfig, GenerationConfig
-from token_assorted.lm.config import TrainConfig, check_config
+from token_assorted.lm.config import TrainConfig
 from token_assorted.lm.methods import method_for
 from token_assorted.lm.methods.coconut import StageSchedule, add_thought_tokens, encode_steps, stage_sequence
 from token_assorted.lm.methods.coconut_pause import CoconutPause
@@ -89,25 +89,29 @@ def test_a_schedule_that_never_reaches_its_final_stage_is_refused(data, tmp_path
 
 
 # --------------------------------------------------------------------------- learning-rate schedules
-def _rates(data, tmp_path, strategy, schedule, **overrides):
-    out = train_lm(config(data, tmp_path / f"{strategy}-{schedule}", strategy, lr_schedule=schedule, log_every=1,
-                          valid=None, **overrides))
+def _run(data, tmp_path, strategy, **overrides):
+    """The saved model's metadata and the learning rate of each optimizer step."""
+    out = train_lm(config(data, tmp_path / strategy, strategy, log_every=1, valid=None, **overrides))
     lines = [json.loads(line) for line in (out / "logs" / "log.jsonl").read_text().splitlines()]
-    return [line["lr"] for line in lines if line["split"] == "train"]
+    meta = json.loads((out / "token_assorted.json").read_text())
+    return meta, [line["lr"] for line in lines if line["split"] == "train"]
 
 
-def test_every_schedule_but_constant_is_cosine_for_one_phase_methods_bit_for_bit(data, tmp_path):
-    assert TrainConfig().lr_schedule == "cosine"  # the default until the schedules are measured (DEPARTURES.md)
-    cosine = _rates(data, tmp_path, "cot", "cosine")
-    assert _rates(data, tmp_path, "cot", "final-cosine") == cosine == _rates(data, tmp_path, "cot", "reference")
-    assert len(set(cosine)) > 2  # it does decay
+def test_a_one_phase_method_warms_up_and_decays_over_the_whole_run(data, tmp_path):
+    meta, rates = _run(data, tmp_path, "cot", warmup=2)  # the rate after each of 16 steps
+    assert meta["lr_schedule"] == "cosine"
+    assert rates[:2] == [1.5e-3, 3e-3] and rates[-1] == 0.0
+    assert all(a > b for a, b in zip(rates[1:], rates[2:]))  # decays from the first step after warm-up
 
 
-def test_reference_schedules_are_constant_for_coconut_and_icot(data, tmp_path):
-    for strategy, options in (("coconut", CURRICULA["coconut"]), ("icot", CURRICULA["icot"])):
-        method = method_for(config(data, tmp_path, strategy, lr_schedule="reference", **options))
-        assert method.lr_schedule() == "constant"
-    assert set(_rates(data, tmp_path, "icot", "reference", **CURRICULA["icot"])) == {3e-3}
+def test_a_curriculum_holds_the_peak_rate_until_its_final_phase(data, tmp_path):
+    meta, rates = _run(data, tmp_path, "icot", warmup=2, **CURRICULA["icot"])
+    assert meta["lr_schedule"] == "final-cosine"
+    decay = next(i for i, rate in enumerate(rates) if rate < 3e-3 and i > 0)  # the first step of lower rate
+    assert rates[0] == 1.5e-3 and set(rates[1:decay]) == {3e-3} and decay >= 4
+    assert all(a > b for a, b in zip(rates[decay - 1:], rates[decay:])) and rates[-1] == 0.0
+    final_steps = 4 * sum(epoch["final_stage"] for epoch in meta["history"])  # 4 steps per epoch
+    assert len(rates) - decay <= final_steps  # the decay lies inside the final phase
 
 
 def test_final_cosine_holds_the_peak_until_the_final_phase_then_decays():
@@ -120,11 +124,6 @@ def test_final_cosine_holds_the_peak_until_the_final_phase_then_decays():
     assert rates[:6] == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
     assert rates[6] == 1.0 and all(a > b for a, b in zip(rates[6:], rates[7:]))
     assert math.isclose(rates[8], 0.5)  # halfway through the final phase
-
-
-def test_an_unknown_schedule_is_a_config_error(data, tmp_path):
-    with pytest.raises(ConfigError, match="lr_schedule must be one of cosine, reference, final-cosine, constant"):
-        check_config(config(data, tmp_path, "cot", lr_schedule="linear"))
 
 
 # --------------------------------------------------------------------------- coconut-pause

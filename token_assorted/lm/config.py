@@ -19,12 +19,6 @@ from ..generation.config import GenerationConfig
 from ..training.options import OptimizationOptions
 from .lora import LoraSettings, check_lora
 
-# Learning-rate schedules (`lr_schedule`). "cosine": warm-up, then cosine decay to zero over the whole run;
-# "constant": the peak rate from the first step (no warm-up, as Coconut's and iCoT's code); "reference": each method's reference's own (`Method.reference_schedule`:
-# constant for Coconut, Coconut-Pause and iCoT, cosine for the chunk strategies); "final-cosine": warm-up, the peak
-# rate until the method's final phase, cosine decay to zero over that phase (a one-phase method: "cosine" exactly).
-LR_SCHEDULES = ("cosine", "reference", "final-cosine", "constant")
-
 if TYPE_CHECKING:  # the methods load torch: this module stays light, the CLI builds its flags from it
     from .methods.base import Method
 
@@ -49,11 +43,6 @@ class TrainConfig(OptimizationOptions):
     lora: LoraSettings | None = None  # LoRA adapters instead of full fine-tuning (lora.py); None: off
     latent_vocab_for_baselines: bool = True  # cot/sol-only with a VQ-VAE get the latent rows too
     epochs: int = 10  # training epochs
-    # cosine (every method: warm-up and cosine decay over the whole run) | reference | final-cosine | constant
-    # (LR_SCHEDULES). The default is pending measurement: "reference" and "final-cosine" treat the curricula
-    # more fairly and leave Sol-Only, CoT and Token Assorted as they are, but have not been measured against
-    # each other yet (docs/DEPARTURES.md); "cosine" changes nothing until they are.
-    lr_schedule: str = "cosine"
     max_length: int = 512  # longer examples are skipped (with a count)
     group_by_length: bool = False  # batches of similar lengths: less padding (train.group_by_length)
     m_values: list[int] | None = None  # token-assorted: m drawn from this set; None: any whole chunks
@@ -112,8 +101,6 @@ def check_config(config: TrainConfig, source: str = "train", prefix: str = "", h
         if METHODS[config.strategy].layout and not (config.vqvae or config.codes or have_latents):
             raise ConfigError(f"strategy {config.strategy!r} replaces trace chunks by latent tokens: "
                               f"pass --vqvae DIR (or a codes file)")
-        if config.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
         if config.embedding_init not in EMBEDDING_INITS:
             raise ConfigError(f"embedding_init must be one of {EMBEDDING_INITS}, got {config.embedding_init!r}")
         check_precision(config.mixed_precision)

@@ -162,12 +162,9 @@ class LMStage(Stage):
         config = self.config
         # < 1: a fraction of all optimizer steps; >= 1: a number of steps
         warmup = int(config.warmup * self.total) if config.warmup < 1 else int(config.warmup)
-        schedule = self.run.method.lr_schedule()
-        if schedule == "final-cosine" and self.run.method.final_start() == 0:
-            schedule = "cosine"  # one phase: exactly the warm-up and cosine decay of every single-phase method
-        return Optimization(self.total, config.batch_size, config.lr, warmup, schedule, grad_accum=config.grad_accum,
-                            weight_decay=config.weight_decay, betas=(0.9, 0.95), max_grad_norm=config.max_grad_norm,
-                            fused=use_fused_adamw(config, device))
+        return Optimization(self.total, config.batch_size, config.lr, warmup, self.run.method.lr_schedule(),
+                            grad_accum=config.grad_accum, weight_decay=config.weight_decay, betas=(0.9, 0.95),
+                            max_grad_norm=config.max_grad_norm, fused=use_fused_adamw(config, device))
 
     def scheduler(self, optimization: Optimization) -> Callable[[torch.optim.Optimizer], Any] | None:
         """The "final-cosine" schedule of a method with earlier phases (None: a transformers schedule by name)."""

@@ -46,8 +46,6 @@ Generate = Callable[..., Any]  # evaluate.generate_ids's signature: (model, toke
 class Method:
     """The default: a chunk strategy's mixed sequences through one forward pass, one phase."""
 
-    reference_schedule = "cosine"  # the chunk strategies: the warm-up and cosine decay Token Assorted is tuned with
-
     def __init__(self, config: Any) -> None:
         self.config = config
         self.strategy: Strategy = self.chunk_strategy(config)
@@ -107,9 +105,11 @@ class Method:
         return 0
 
     def lr_schedule(self) -> str:
-        """The learning-rate schedule this method trains with: "cosine", "constant" or "final-cosine"."""
-        name = self.config.lr_schedule  # lm/config.py's LR_SCHEDULES
-        return self.reference_schedule if name == "reference" else name
+        """Every method's schedule: warm-up, the peak rate until its final phase, cosine decay to zero
+        over that phase ("final-cosine"); for a one-phase method that is the warm-up and cosine decay
+        over the whole run ("cosine", transformers' own). Measured against each method's reference
+        schedule (constant for Coconut and iCoT): BENCHMARKS.md, "Learning-rate schedules"."""
+        return "final-cosine" if self.final_start() > 0 else "cosine"
 
     def checkpoint(self, step: int) -> dict[str, Any]:
         """What results.json records of a kept model: its epoch (1-based), stage and whether it is final."""

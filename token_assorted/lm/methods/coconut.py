@@ -37,8 +37,8 @@ Optimizer: a fresh one (its moments reset; the learning-rate schedule continues)
 of every epoch and at every stage change. Coconut's run.py creates a new AdamW at the start of
 every epoch when `reset_optimizer` is set (run.py:312-319; True in every args/*_coconut.yaml),
 although its README describes the flag as a reset "when switching training stages"; we follow
-the code. Learning rate: Coconut's is constant (run.py:228-236, no scheduler); see
-`lm/config.py`'s LR_SCHEDULES for which one runs here.
+the code. Learning rate: Coconut's is constant (run.py:228-236, no scheduler); ours is every
+method's (`Method.lr_schedule`): the peak rate until the final stage, cosine decay over it.
 """
 
 from __future__ import annotations
@@ -231,7 +231,6 @@ class CoconutForward(torch.nn.Module):
 class Coconut(Method):
     """Strategy `coconut`: the stage curriculum of continuous thoughts."""
 
-    reference_schedule = "constant"  # run.py:228-236: AdamW at a fixed lr, no scheduler
     filler = THOUGHT  # the token at thought positions (coconut-pause: <pause>)
 
     def __init__(self, config: Any) -> None:

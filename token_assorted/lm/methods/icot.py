@@ -27,7 +27,8 @@ The final phase: every training trace wholly removed at the scheduled count. Onl
 give the saved model (the reference forgets its best accuracy whenever a batch still had
 trace tokens, train.py:311-312), which then answers with no trace, and is evaluated like
 Sol-Only (greedy, whatever it writes). The reference's learning rate is constant (train.py:231,
-no scheduler); see `lm/config.py`'s LR_SCHEDULES for which one runs here.
+no scheduler); ours is every method's (`Method.lr_schedule`): the peak rate until the final
+phase, cosine decay over it.
 """
 
 from __future__ import annotations
@@ -132,7 +133,6 @@ def internalized_sequence(encoded: EncodedExample, removed: int) -> MixedSequenc
 class StepwiseInternalization(Method):
     """Strategy `icot`: text sequences whose trace loses its first tokens step by step."""
 
-    reference_schedule = "constant"  # src/train.py:231: AdamW at a fixed lr, no scheduler
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
